@@ -1,0 +1,181 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The one egress decision, shared by every hook. It mirrors
+ * userspace/core/decision.cc (the C++ reference model); the kernel tests
+ * check the two against each other. Order: docs/decision.md.
+ */
+#ifndef EGRESSD_BPF_DECISION_BPF_H
+#define EGRESSD_BPF_DECISION_BPF_H
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "egressd_abi.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct egressd_control);
+} EGRESSD_MAP_CONTROL SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EGRESSD_SLOTS);
+	__type(key, __u32);
+	__type(value, struct egressd_config);
+} EGRESSD_MAP_CONFIG SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_CIDR_CAPACITY);
+	__type(key, struct egressd_cidr_key);
+	__type(value, struct egressd_cidr_value);
+} EGRESSD_MAP_CIDRS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_PORT_CAPACITY);
+	__type(key, struct egressd_port_key);
+	__type(value, struct egressd_port_value);
+} EGRESSD_MAP_PORTS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EGRESSD_COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct egressd_counter);
+} EGRESSD_MAP_COUNTERS SEC(".maps");
+
+/* A destination in the one 16-byte address space, network byte order. */
+struct egressd_addr {
+	__u32 w[4];
+};
+
+struct egressd_decision {
+	__u32 verdict; /* enum egressd_verdict */
+	__u32 reason;  /* enum egressd_reason */
+	__u32 rule;    /* index in the list that decided, where one did */
+};
+
+static __always_inline void egressd_addr_from_v4(struct egressd_addr *a, __u32 ip4_be)
+{
+	a->w[0] = 0;
+	a->w[1] = 0;
+	a->w[2] = bpf_htonl(0x0000ffff);
+	a->w[3] = ip4_be;
+}
+
+static __always_inline int egressd_addr_is_v4(const struct egressd_addr *a)
+{
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0x0000ffff);
+}
+
+/* Row 1: 127.0.0.0/8, ::1, and the unspecified addresses (a connect() to
+ * 0.0.0.0 or :: reaches this host). */
+static __always_inline int egressd_addr_is_local(const struct egressd_addr *a)
+{
+	if (egressd_addr_is_v4(a))
+		return (bpf_ntohl(a->w[3]) >> 24) == 127 || a->w[3] == 0;
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 &&
+	       (a->w[3] == 0 || a->w[3] == bpf_htonl(1));
+}
+
+static __always_inline const struct egressd_cidr_value *
+egressd_cidr_lookup(__u8 slot, __u8 table, const struct egressd_addr *a)
+{
+	struct egressd_cidr_key key = {
+		.prefixlen = EGRESSD_CIDR_KEY_FIXED_BITS + 128,
+		.slot = slot,
+		.table = table,
+	};
+
+	__builtin_memcpy(key.addr, a->w, sizeof(key.addr));
+	return bpf_map_lookup_elem(&EGRESSD_MAP_CIDRS, &key);
+}
+
+static __always_inline struct egressd_decision
+egressd_verdict(__u32 verdict, __u32 reason, __u32 rule)
+{
+	struct egressd_decision d = { .verdict = verdict, .reason = reason, .rule = rule };
+	return d;
+}
+
+/* The decision, rows 1-8 of docs/decision.md, first match wins. */
+static __always_inline struct egressd_decision
+egressd_decide(const struct egressd_addr *dst, __u16 port, __u32 uid)
+{
+	const struct egressd_cidr_value *cidr;
+	const struct egressd_port_value *pv;
+	const struct egressd_control *ctl;
+	const struct egressd_config *cfg;
+	struct egressd_port_key pkey = {};
+	__u32 zero = 0, slot;
+
+	if (egressd_addr_is_local(dst))
+		return egressd_verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL, 0);
+
+	/* One read of the active slot: everything below is one generation. */
+	ctl = bpf_map_lookup_elem(&EGRESSD_MAP_CONTROL, &zero);
+	if (!ctl)
+		return egressd_verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG, 0);
+	slot = ctl->active_slot & 1;
+	cfg = bpf_map_lookup_elem(&EGRESSD_MAP_CONFIG, &slot);
+	if (!cfg || !(cfg->flags & EGRESSD_CFG_VALID))
+		return egressd_verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG, 0);
+
+	if ((cfg->flags & EGRESSD_CFG_SIDECAR_UID) && uid == cfg->sidecar_uid)
+		return egressd_verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_SIDECAR_UID, 0);
+
+	cidr = egressd_cidr_lookup(slot, EGRESSD_TABLE_EXCLUDE, dst);
+	if (cidr)
+		return egressd_verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_CIDR, cidr->rule);
+	pkey.slot = slot;
+	pkey.table = EGRESSD_PORTS_EXCLUDE;
+	pkey.port = port;
+	pv = bpf_map_lookup_elem(&EGRESSD_MAP_PORTS, &pkey);
+	if (pv)
+		return egressd_verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_PORT, pv->rule);
+
+	if ((cfg->flags & EGRESSD_CFG_HAS_INCLUSION) &&
+	    !egressd_cidr_lookup(slot, EGRESSD_TABLE_INCLUDE, dst))
+		return egressd_verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_NOT_INCLUDED, 0);
+
+	cidr = egressd_cidr_lookup(slot, EGRESSD_TABLE_MESH, dst);
+	if (cidr)
+		return egressd_verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_MESH, cidr->rule);
+
+	if (cfg->flags & EGRESSD_CFG_ENABLE_EGRESS)
+		return egressd_verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_PASSTHROUGH, 0);
+
+	/* Row 7 (Egress policies, when EGRESSD_CFG_POLICY_ACTIVE) goes here. */
+
+	return egressd_verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_DENY, 0);
+}
+
+static __always_inline void egressd_count(__u32 reason, __u32 hook)
+{
+	__u32 index = reason * EGRESSD_HOOK_MAX + hook;
+	struct egressd_counter *c = bpf_map_lookup_elem(&EGRESSD_MAP_COUNTERS, &index);
+
+	if (c)
+		__sync_fetch_and_add(&c->decisions, 1);
+}
+
+/* Entry for every sock_addr hook: 1 lets the call proceed, 0 fails it with
+ * EPERM before anything leaves the host. */
+static __always_inline int egressd_sock_addr(struct bpf_sock_addr *ctx,
+					     const struct egressd_addr *dst, __u32 hook)
+{
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+	struct egressd_decision d = egressd_decide(dst, port, uid);
+
+	egressd_count(d.reason, hook);
+	return d.verdict == EGRESSD_VERDICT_ALLOW ? 1 : 0;
+}
+
+#endif /* EGRESSD_BPF_DECISION_BPF_H */

@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * egressd map ABI: the one definition of every map, key, value, enum, limit
+ * and pin name shared by the BPF programs (bpf/) and the C++ agent and CLI
+ * (userspace/). Nothing here may be duplicated elsewhere.
+ *
+ * Rules for changing this file:
+ *  - Fixed-width types only, explicit padding, no implicit holes.
+ *    userspace/kernel/abi_check.h static_asserts every size and offset.
+ *  - Changing the layout of a key or value, or the type of a map, means a new
+ *    versioned map name (config_v1 -> config_v2). libbpf and the kernel only
+ *    reuse a pinned map whose type, key and value sizes match; the agent
+ *    installs the new map beside the old one and swaps programs atomically.
+ *
+ * Address space: every address is 16 bytes. An IPv4 address a.b.c.d is
+ * stored and looked up as the IPv4-mapped IPv6 address ::ffff:a.b.c.d, so a
+ * rule for 10.0.0.0/8 also decides a connect() to ::ffff:10.1.2.3 from an
+ * AF_INET6 socket: one address space for every map and rule.
+ *
+ * Generations: every policy-carrying map has a slot (0 or 1) in its key.
+ * control_v1 names the active slot. The agent writes the inactive slot, then
+ * flips control_v1 (one aligned 4-byte store), then waits for programs in
+ * flight (an update of an ARRAY_OF_MAPS waits for them: kernel
+ * maybe_wait_bpf_programs), and only then may touch the old slot again. A
+ * program reads the slot once, so it sees one whole generation, never a mix.
+ */
+#ifndef EGRESSD_MAPS_EGRESSD_ABI_H
+#define EGRESSD_MAPS_EGRESSD_ABI_H
+
+#include <linux/types.h>
+
+#define EGRESSD_ABI_VERSION 1
+
+/* ---- pin names (files under the bpffs pin directory) -------------------- */
+#define EGRESSD_PIN_DIR_DEFAULT "/sys/fs/bpf/egressd"
+#define EGRESSD_PIN_LINKS_SUBDIR "links"
+
+/* Map names double as pin file names. They carry their own layout version. */
+#define EGRESSD_MAP_CONTROL control_v1
+#define EGRESSD_MAP_CONFIG config_v1
+#define EGRESSD_MAP_CIDRS cidrs_v1
+#define EGRESSD_MAP_PORTS ports_v1
+#define EGRESSD_MAP_COUNTERS counters_v1
+
+#define EGRESSD_STRINGIFY_(x) #x
+#define EGRESSD_STRINGIFY(x) EGRESSD_STRINGIFY_(x)
+
+/* ---- limits --------------------------------------------------------------- */
+#define EGRESSD_SLOTS 2
+/* Default capacities per generation; the agent settings may raise them. The
+ * maps hold both slots, so they are created with twice this many entries. */
+#define EGRESSD_DEFAULT_CIDR_CAPACITY 16384
+#define EGRESSD_DEFAULT_PORT_CAPACITY 1024
+
+/* ---- decision ------------------------------------------------------------- */
+enum egressd_verdict {
+	EGRESSD_VERDICT_DENY = 0,
+	EGRESSD_VERDICT_ALLOW = 1,
+};
+
+/* Why a decision was taken: one value per row of the decision order
+ * (docs/decision.md). Also the index into counters_v1. */
+enum egressd_reason {
+	EGRESSD_REASON_NONE = 0,
+	EGRESSD_REASON_LOCAL = 1,         /* row 1: loopback or unspecified address */
+	EGRESSD_REASON_SIDECAR_UID = 2,   /* row 2: the sidecar proxy's own socket */
+	EGRESSD_REASON_EXCLUDED_CIDR = 3, /* row 3: outboundIPRangeExclusionList */
+	EGRESSD_REASON_EXCLUDED_PORT = 4, /* row 3: outboundPortExclusionList */
+	EGRESSD_REASON_NOT_INCLUDED = 5,  /* row 4: outside outboundIPRangeInclusionList */
+	EGRESSD_REASON_MESH = 6,          /* row 5: destination in a mesh CIDR */
+	EGRESSD_REASON_PASSTHROUGH = 7,   /* row 6: enableEgress true */
+	EGRESSD_REASON_POLICY = 8,        /* row 7: an Egress policy allows it */
+	EGRESSD_REASON_DENY = 9,          /* row 8: egress disabled */
+	EGRESSD_REASON_NO_CONFIG = 10,    /* fail closed: no valid generation */
+	EGRESSD_REASON_MAX = 11,
+};
+
+/* The hook that asked; part of counters and (later) events. */
+enum egressd_hook {
+	EGRESSD_HOOK_CONNECT4 = 0,
+	EGRESSD_HOOK_CONNECT6 = 1,
+	EGRESSD_HOOK_SENDMSG4 = 2,
+	EGRESSD_HOOK_SENDMSG6 = 3,
+	EGRESSD_HOOK_MAX = 4,
+};
+
+/* ---- control_v1: ARRAY, 1 entry, key __u32 0 ------------------------------ */
+struct egressd_control {
+	__u32 active_slot; /* 0 or 1 */
+	__u32 abi_version; /* EGRESSD_ABI_VERSION of the agent that wrote it */
+};
+
+/* ---- config_v1: ARRAY, EGRESSD_SLOTS entries, key __u32 slot -------------- */
+enum egressd_config_flag {
+	EGRESSD_CFG_VALID = 1u << 0,          /* slot holds a complete generation */
+	EGRESSD_CFG_ENABLE_EGRESS = 1u << 1,  /* spec.traffic.enableEgress */
+	EGRESSD_CFG_EGRESS_POLICY = 1u << 2,  /* spec.featureFlags.enableEgressPolicy */
+	EGRESSD_CFG_POLICY_ACTIVE = 1u << 3,  /* row 7 applies (derived, FSM or OSM semantics) */
+	EGRESSD_CFG_HAS_INCLUSION = 1u << 4,  /* outboundIPRangeInclusionList non-empty */
+	EGRESSD_CFG_SIDECAR_UID = 1u << 5,    /* sidecar_uid is set (row 2 active) */
+};
+
+enum egressd_mode {
+	EGRESSD_MODE_ENFORCE = 0,
+	EGRESSD_MODE_AUDIT = 1,
+};
+
+struct egressd_config {
+	__u64 generation; /* increases with every applied change */
+	__u32 flags;      /* enum egressd_config_flag */
+	__u32 sidecar_uid;
+	__u32 mode;       /* enum egressd_mode */
+	__u32 _pad;
+};
+
+/* ---- cidrs_v1: LPM_TRIE (BPF_F_NO_PREALLOC) -------------------------------
+ * Every CIDR list of a generation in one trie. The slot, table and padding
+ * bytes lead the key and are always matched in full, so prefixlen is
+ * EGRESSD_CIDR_KEY_FIXED_BITS + the address prefix length (IPv4 /n is
+ * stored as ::ffff:0:0/96+n). */
+enum egressd_cidr_table {
+	EGRESSD_TABLE_NONE = 0,
+	EGRESSD_TABLE_EXCLUDE = 1, /* outboundIPRangeExclusionList */
+	EGRESSD_TABLE_INCLUDE = 2, /* outboundIPRangeInclusionList */
+	EGRESSD_TABLE_MESH = 3,    /* agent setting meshCIDRs */
+};
+
+#define EGRESSD_CIDR_KEY_FIXED_BITS 32
+
+struct egressd_cidr_key {
+	__u32 prefixlen;
+	__u8 slot;
+	__u8 table; /* enum egressd_cidr_table */
+	__u8 _pad[2];
+	__u8 addr[16];
+};
+
+struct egressd_cidr_value {
+	__u32 rule; /* index of the CIDR in its list, as written, for explanations */
+	__u32 _pad;
+};
+
+/* ---- ports_v1: HASH ------------------------------------------------------- */
+enum egressd_port_table {
+	EGRESSD_PORTS_NONE = 0,
+	EGRESSD_PORTS_EXCLUDE = 1, /* outboundPortExclusionList */
+};
+
+struct egressd_port_key {
+	__u8 slot;
+	__u8 table; /* enum egressd_port_table */
+	__u16 port; /* host byte order */
+};
+
+struct egressd_port_value {
+	__u32 rule; /* index in outboundPortExclusionList */
+	__u32 _pad;
+};
+
+/* ---- counters_v1: PERCPU_ARRAY, key __u32 reason * EGRESSD_HOOK_MAX + hook */
+#define EGRESSD_COUNTER_SLOTS ((int)EGRESSD_REASON_MAX * (int)EGRESSD_HOOK_MAX)
+
+struct egressd_counter {
+	__u64 decisions;
+};
+
+#endif /* EGRESSD_MAPS_EGRESSD_ABI_H */
