@@ -1,0 +1,158 @@
+#include <doctest/doctest.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/agent_config.h"
+#include "core/meshconfig.h"
+#include "egressd_abi.h"
+
+using namespace egressd;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kAgentFixtures = fs::path(EGRESSD_FIXTURES) / "agent";
+
+// The two required keys, on lines 1 and 2; a case's own lines follow.
+std::string with_required(std::string_view more_lines) {
+    return "cgroup: kubepods.slice\n"
+           "meshConfig: /etc/fsm/meshconfig.yaml\n" +
+           std::string(more_lines);
+}
+
+}  // namespace
+
+TEST_CASE("agent settings with every key set") {
+    auto config = load_agent_config(kAgentFixtures / "egressd.yaml");
+    REQUIRE_MESSAGE(config.ok(), config.error().describe());
+    CHECK(config->source_file == kAgentFixtures / "egressd.yaml");
+    CHECK(config->cgroup == "kubepods.slice/kubepods-burstable.slice");
+    CHECK(config->bpffs == "/sys/fs/bpf/egressd-test");
+    CHECK(config->mesh_config == kAgentFixtures / "mesh/meshconfig.yaml");
+    REQUIRE(config->mesh_cidrs.size() == 3);
+    CHECK(config->mesh_cidrs[0].str() == "10.244.0.0/16");
+    CHECK(config->mesh_cidrs[1].str() == "10.96.0.0/12");
+    CHECK(config->mesh_cidrs[2].str() == "fd00:10:244::/56");
+    CHECK(config->sidecar_uid == 1337u);
+    CHECK(config->run_dir == kAgentFixtures / "run");
+    CHECK(config->egress_policy_semantics == PolicySemantics::osm);
+    CHECK(config->capacities == Capacities{4096, 256});
+}
+
+TEST_CASE("agent settings with only the required keys take the defaults") {
+    auto config = load_agent_config(kAgentFixtures / "minimal.yaml");
+    REQUIRE_MESSAGE(config.ok(), config.error().describe());
+    const AgentConfig defaults;
+    CHECK(config->cgroup == "/sys/fs/cgroup/kubepods.slice");
+    CHECK(config->mesh_config == "/etc/fsm/meshconfig.yaml");  // absolute: kept
+    CHECK(config->bpffs == EGRESSD_PIN_DIR_DEFAULT);           // the agent default agrees with the ABI
+    CHECK(config->mesh_cidrs.empty());
+    CHECK(config->sidecar_uid == 1500u);
+    CHECK(config->run_dir == defaults.run_dir);
+    CHECK(config->egress_policy_semantics == PolicySemantics::fsm);
+    CHECK(config->capacities == Capacities{EGRESSD_DEFAULT_CIDR_CAPACITY, EGRESSD_DEFAULT_PORT_CAPACITY});
+}
+
+TEST_CASE("sidecarUID: null turns row 2 off; meshConfig resolves against the file's directory") {
+    auto config = load_agent_config(kAgentFixtures / "no-sidecar.yaml");
+    REQUIRE_MESSAGE(config.ok(), config.error().describe());
+    CHECK_FALSE(config->sidecar_uid.has_value());
+    CHECK(config->cgroup == "system.slice/batch.service");
+    CHECK(config->mesh_config == kAgentFixtures / "../meshconfig/fsm-v1alpha1-minimal.yaml");
+    auto mesh = load_meshconfig(config->mesh_config);
+    CHECK_MESSAGE(mesh.ok(), mesh.error().describe());
+}
+
+TEST_CASE("a relative settings path resolves against the working directory") {
+    auto config = parse_agent_config(with_required("runDir: state\nsidecarUID: 0\n"), "conf/egressd.yaml");
+    REQUIRE_MESSAGE(config.ok(), config.error().describe());
+    CHECK(config->source_file == fs::current_path() / "conf/egressd.yaml");
+    CHECK(config->run_dir == fs::current_path() / "conf/state");
+    CHECK(config->sidecar_uid == 0u);
+}
+
+TEST_CASE("the largest accepted values") {
+    auto config = parse_agent_config(
+        with_required("sidecarUID: 4294967294\ncapacities:\n  cidrs: 1000000\n  ports: 65536\n"), "/etc/egressd.yaml");
+    REQUIRE_MESSAGE(config.ok(), config.error().describe());
+    CHECK(config->sidecar_uid == 4294967294u);
+    CHECK(config->capacities == Capacities{1000000, 65536});
+}
+
+TEST_CASE("bad agent settings: file, line, column, key path and reason") {
+    struct Case {
+        const char* name;
+        std::string yaml;
+        std::string message;  // after "egressd.yaml:"
+    };
+    const Case cases[] = {
+        {"empty file", "", "1:1: empty document"},
+        {"top level is a list", "- cgroup: x\n", "1:1: expected a mapping at the top level, got a list"},
+        {"a typo in a key", with_required("sidecarUid: 1500\n"),
+         "3:1: sidecarUid: unknown key; expected one of cgroup, bpffs, meshConfig, meshCIDRs, sidecarUID, runDir, "
+         "egressPolicySemantics, capacities"},
+        {"a typo under capacities", with_required("capacities:\n  cidr: 10\n"),
+         "4:3: capacities.cidr: unknown key; expected one of cidrs, ports"},
+        {"capacities a scalar", with_required("capacities: 10\n"), "3:13: capacities: expected a mapping, got \"10\""},
+        {"a key twice", with_required("cgroup: other.slice\n"), "3:1: cgroup: duplicate key (first at line 1)"},
+        // cgroup
+        {"no cgroup", "meshConfig: /etc/fsm/meshconfig.yaml\n", "1:1: cgroup: required field is missing"},
+        {"empty cgroup", "cgroup: \"\"\nmeshConfig: /m.yaml\n", "1:9: cgroup: must not be empty"},
+        {"null cgroup", "cgroup:\nmeshConfig: /m.yaml\n", "1:1: cgroup: expected a string, got null"},
+        {"the cgroup root", "cgroup: /\nmeshConfig: /m.yaml\n",
+         "1:9: cgroup: \"/\" is the cgroup root; name the cgroup to enforce on"},
+        {"the cgroup root, dressed up", "cgroup: /./\nmeshConfig: /m.yaml\n",
+         "1:9: cgroup: \"/./\" is the cgroup root; name the cgroup to enforce on"},
+        {"the relative cgroup root", "cgroup: kubepods/..\nmeshConfig: /m.yaml\n",
+         "1:9: cgroup: \"kubepods/..\" is the cgroup root; name the cgroup to enforce on"},
+        // paths
+        {"no meshConfig", "cgroup: kubepods.slice\n", "1:1: meshConfig: required field is missing"},
+        {"empty meshConfig", "cgroup: kubepods.slice\nmeshConfig: ''\n", "2:13: meshConfig: must not be empty"},
+        {"relative bpffs", with_required("bpffs: egressd\n"),
+         "3:8: bpffs: must be an absolute path on the bpf filesystem"},
+        {"empty runDir", with_required("runDir: \"\"\n"), "3:9: runDir: must not be empty"},
+        // meshCIDRs
+        {"bad mesh CIDR", with_required("meshCIDRs:\n  - 10.0.0.0/8\n  - 10.0.0.0/40\n"),
+         "5:5: meshCIDRs[1]: \"10.0.0.0/40\" is not a valid CIDR: prefix length 40 exceeds 32 for IPv4"},
+        {"meshCIDRs a string", with_required("meshCIDRs: 10.0.0.0/8\n"),
+         "3:12: meshCIDRs: expected a list, got \"10.0.0.0/8\""},
+        // sidecarUID
+        {"negative uid", with_required("sidecarUID: -1\n"), "3:13: sidecarUID: -1 is out of range 0-4294967294"},
+        {"the invalid uid", with_required("sidecarUID: 4294967295\n"),
+         "3:13: sidecarUID: 4294967295 is out of range 0-4294967294"},
+        {"quoted uid", with_required("sidecarUID: \"1500\"\n"),
+         "3:13: sidecarUID: expected an integer, got the string \"1500\""},
+        {"a user name", with_required("sidecarUID: envoy\n"), "3:13: sidecarUID: expected an integer, got \"envoy\""},
+        // egressPolicySemantics
+        {"unknown semantics", with_required("egressPolicySemantics: istio\n"),
+         "3:24: egressPolicySemantics: expected fsm or osm, got \"istio\""},
+        {"semantics in capitals", with_required("egressPolicySemantics: FSM\n"),
+         "3:24: egressPolicySemantics: expected fsm or osm, got \"FSM\""},
+        // capacities
+        {"zero cidrs", with_required("capacities:\n  cidrs: 0\n"),
+         "4:10: capacities.cidrs: 0 is out of range 1-1000000"},
+        {"too many cidrs", with_required("capacities:\n  cidrs: 1000001\n"),
+         "4:10: capacities.cidrs: 1000001 is out of range 1-1000000"},
+        {"too many ports", with_required("capacities:\n  ports: 65537\n"),
+         "4:10: capacities.ports: 65537 is out of range 1-65536"},
+        {"fractional ports", with_required("capacities:\n  ports: 1.5\n"),
+         "4:10: capacities.ports: expected an integer, got \"1.5\""},
+    };
+    for (const Case& c : cases) {
+        CAPTURE(c.name);
+        auto config = parse_agent_config(c.yaml, "egressd.yaml");
+        REQUIRE_FALSE(config.ok());
+        CHECK(config.error().message == "egressd.yaml:" + c.message);
+    }
+}
+
+TEST_CASE("load_agent_config: a missing file") {
+    const fs::path file = kAgentFixtures / "absent.yaml";
+    auto config = load_agent_config(file);
+    REQUIRE_FALSE(config.ok());
+    CHECK(config.error().errnum == ENOENT);
+    CHECK(config.error().describe() == "reading " + file.string() + ": No such file or directory");
+}

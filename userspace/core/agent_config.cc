@@ -1,0 +1,100 @@
+#include "core/agent_config.h"
+
+#include <fmt/format.h>
+
+#include "core/yaml_input.h"
+
+namespace egressd {
+
+namespace {
+
+namespace fs = std::filesystem;
+using yaml_input::Field;
+
+constexpr long long kMaxCidrCapacity = 1'000'000;
+constexpr long long kMaxPortCapacity = 65'536;
+constexpr long long kMaxUid = 4'294'967'294;  // (uid_t)-1 means "no uid" to the kernel
+
+uint32_t bounded(const Field& field, long long min, long long max) {
+    const long long value = field.integer();
+    if (value < min || value > max) field.fail(fmt::format("{} is out of range {}-{}", value, min, max));
+    return static_cast<uint32_t>(value);
+}
+
+std::string non_empty_string(const Field& field) {
+    std::string text = field.string();
+    if (text.empty()) field.fail("must not be empty");
+    return text;
+}
+
+// Relative paths are relative to the settings file's directory, not to the
+// agent's working directory.
+fs::path resolved_path(const Field& field, const fs::path& directory) { return directory / non_empty_string(field); }
+
+std::string cgroup_setting(const Field& field) {
+    std::string cgroup = non_empty_string(field);
+    const fs::path normal = fs::path(cgroup).lexically_normal();
+    if (normal.relative_path().empty() || normal == ".")
+        field.fail(fmt::format("\"{}\" is the cgroup root; name the cgroup to enforce on", cgroup));
+    return cgroup;
+}
+
+PolicySemantics semantics_setting(const Field& field) {
+    const std::string name = field.string();
+    if (name == "fsm") return PolicySemantics::fsm;
+    if (name == "osm") return PolicySemantics::osm;
+    field.fail(fmt::format("expected fsm or osm, got \"{}\"", name));
+}
+
+AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
+    root.reject_unknown_keys(
+        {"cgroup", "bpffs", "meshConfig", "meshCIDRs", "sidecarUID", "runDir", "egressPolicySemantics", "capacities"});
+    AgentConfig config;
+    config.source_file = source_file;
+    const fs::path directory = source_file.parent_path();
+
+    config.cgroup = cgroup_setting(root.required("cgroup"));
+    if (const Field bpffs = root.child("bpffs"); bpffs.present()) {
+        config.bpffs = non_empty_string(bpffs);
+        if (!config.bpffs.is_absolute()) bpffs.fail("must be an absolute path on the bpf filesystem");
+    }
+    config.mesh_config = resolved_path(root.required("meshConfig"), directory);
+    config.mesh_cidrs = root.child("meshCIDRs").cidrs();
+    if (const Field uid = root.child("sidecarUID"); uid.is_null())
+        config.sidecar_uid.reset();
+    else if (uid.present())
+        config.sidecar_uid = bounded(uid, 0, kMaxUid);
+    if (const Field run_dir = root.child("runDir"); run_dir.present())
+        config.run_dir = resolved_path(run_dir, directory);
+    if (const Field semantics = root.child("egressPolicySemantics"); semantics.present())
+        config.egress_policy_semantics = semantics_setting(semantics);
+
+    const Field capacities = root.child("capacities");
+    capacities.reject_unknown_keys({"cidrs", "ports"});
+    if (const Field cidrs = capacities.child("cidrs"); cidrs.present())
+        config.capacities.cidrs = bounded(cidrs, 1, kMaxCidrCapacity);
+    if (const Field ports = capacities.child("ports"); ports.present())
+        config.capacities.ports = bounded(ports, 1, kMaxPortCapacity);
+    return config;
+}
+
+}  // namespace
+
+Result<AgentConfig> parse_agent_config(std::string_view yaml_text, const std::filesystem::path& file) {
+    std::error_code error;
+    const fs::path source_file = fs::absolute(file, error);
+    if (error) return Error{error.value(), fmt::format("resolving {}", file.string())};
+    try {
+        return read_agent_config(Field::load(yaml_text, file.string()), source_file);
+    } catch (const yaml_input::ParseError& e) {
+        return make_error(e.message);
+    }
+}
+
+Result<AgentConfig> load_agent_config(const std::filesystem::path& file) {
+    auto text = yaml_input::read_file(file);
+    if (!text) return text.error();
+    return parse_agent_config(*text, file);
+}
+
+}  // namespace egressd

@@ -1,0 +1,51 @@
+// The agent's own settings (config/egressd.yaml).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+#include "core/net.h"
+
+namespace egressd {
+
+enum class PolicySemantics { fsm, osm };
+
+struct Capacities {
+    uint32_t cidrs = 16384;  // CIDR entries per generation (all lists together)
+    uint32_t ports = 1024;   // port entries per generation
+    bool operator==(const Capacities&) const = default;
+};
+
+struct AgentConfig {
+    std::filesystem::path source_file;  // absolute path of the settings file
+
+    // cgroup: the cgroup v2 path to enforce on, as written. Relative paths are
+    // under the cgroup2 mount; an absolute path must lie under it. "" or "/"
+    // (the cgroup root) is an error.
+    std::string cgroup;
+    std::filesystem::path bpffs = "/sys/fs/bpf/egressd";  // pin directory
+    std::filesystem::path mesh_config;                    // absolute, resolved against the file's directory
+    std::vector<Cidr> mesh_cidrs;
+    std::optional<uint32_t> sidecar_uid = 1500;          // `sidecarUID: null` disables row 2
+    std::filesystem::path run_dir = "/run/egressd";      // pid/lock and status files
+    PolicySemantics egress_policy_semantics = PolicySemantics::fsm;
+    Capacities capacities;
+
+    bool operator==(const AgentConfig&) const = default;
+};
+
+// Keys (camelCase): cgroup (required), bpffs, meshConfig (required), meshCIDRs,
+// sidecarUID (integer 0..4294967294 or null), runDir,
+// egressPolicySemantics (fsm|osm), capacities: {cidrs, ports}.
+// Unknown keys are an error (a typo in an agent setting must not pass
+// silently). Relative paths (meshConfig, runDir) are relative to the file's
+// directory. Errors: "<file>:<line>:<column>: <key path>: <why>".
+Result<AgentConfig> parse_agent_config(std::string_view yaml_text, const std::filesystem::path& file);
+Result<AgentConfig> load_agent_config(const std::filesystem::path& file);
+
+}  // namespace egressd

@@ -1,0 +1,105 @@
+#include "core/decision.h"
+
+#include <algorithm>
+
+namespace egressd {
+
+namespace {
+
+// Row 1: 127.0.0.0/8, ::1, and the unspecified addresses (a connect() to
+// 0.0.0.0 or :: reaches this host).
+bool is_local(const IpAddress& address) {
+    if (address.is_v4()) return address.v4() >> 24 == 127 || address.v4() == 0;
+    static constexpr IpAddress kUnspecified{};
+    static constexpr IpAddress kLoopback{{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}};
+    return address == kUnspecified || address == kLoopback;
+}
+
+Decision verdict(egressd_verdict verdict, egressd_reason reason, uint32_t rule = 0) {
+    return Decision{verdict, reason, rule};
+}
+
+}  // namespace
+
+const CidrRule* lookup_cidr(const MapImage& image, uint8_t table, const IpAddress& addr) {
+    const CidrRule* longest = nullptr;
+    for (const CidrRule& rule : image.cidrs) {
+        if (rule.table != table || !rule.cidr.contains(addr)) continue;
+        if (!longest || rule.cidr.prefix > longest->cidr.prefix) longest = &rule;
+    }
+    return longest;
+}
+
+// Rows 1-8 of docs/decision.md in the order of egressd_decide() in
+// bpf/decision.bpf.h, first match wins.
+Decision decide(const MapImage* image, const Query& query) {
+    if (is_local(query.dst)) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL);
+    if (!image || !(image->flags & EGRESSD_CFG_VALID)) return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG);
+
+    if ((image->flags & EGRESSD_CFG_SIDECAR_UID) && query.uid == image->sidecar_uid)
+        return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_SIDECAR_UID);
+
+    if (const CidrRule* excluded = lookup_cidr(*image, EGRESSD_TABLE_EXCLUDE, query.dst))
+        return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_CIDR, excluded->rule);
+    auto port = std::find_if(image->ports.begin(), image->ports.end(), [&](const PortRule& rule) {
+        return rule.table == EGRESSD_PORTS_EXCLUDE && rule.port == query.port;
+    });
+    if (port != image->ports.end()) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_PORT, port->rule);
+
+    if ((image->flags & EGRESSD_CFG_HAS_INCLUSION) && !lookup_cidr(*image, EGRESSD_TABLE_INCLUDE, query.dst))
+        return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_NOT_INCLUDED);
+
+    if (const CidrRule* mesh = lookup_cidr(*image, EGRESSD_TABLE_MESH, query.dst))
+        return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_MESH, mesh->rule);
+
+    if (image->flags & EGRESSD_CFG_ENABLE_EGRESS) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_PASSTHROUGH);
+
+    // Row 7 (Egress policies, when EGRESSD_CFG_POLICY_ACTIVE) is not in the kernel yet.
+    return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_DENY);
+}
+
+std::string_view reason_name(egressd_reason reason) {
+    switch (reason) {
+    case EGRESSD_REASON_NONE: return "none";
+    case EGRESSD_REASON_LOCAL: return "local";
+    case EGRESSD_REASON_SIDECAR_UID: return "sidecar-uid";
+    case EGRESSD_REASON_EXCLUDED_CIDR: return "excluded-cidr";
+    case EGRESSD_REASON_EXCLUDED_PORT: return "excluded-port";
+    case EGRESSD_REASON_NOT_INCLUDED: return "not-included";
+    case EGRESSD_REASON_MESH: return "mesh";
+    case EGRESSD_REASON_PASSTHROUGH: return "passthrough";
+    case EGRESSD_REASON_POLICY: return "policy";
+    case EGRESSD_REASON_DENY: return "deny";
+    case EGRESSD_REASON_NO_CONFIG: return "no-config";
+    case EGRESSD_REASON_MAX: break;
+    }
+    return "unknown";  // a value read from a map, out of the enum's range
+}
+
+int reason_row(egressd_reason reason) {
+    switch (reason) {
+    case EGRESSD_REASON_LOCAL: return 1;
+    case EGRESSD_REASON_SIDECAR_UID: return 2;
+    case EGRESSD_REASON_EXCLUDED_CIDR:
+    case EGRESSD_REASON_EXCLUDED_PORT: return 3;
+    case EGRESSD_REASON_NOT_INCLUDED: return 4;
+    case EGRESSD_REASON_MESH: return 5;
+    case EGRESSD_REASON_PASSTHROUGH: return 6;
+    case EGRESSD_REASON_POLICY: return 7;
+    case EGRESSD_REASON_DENY: return 8;
+    default: return 0;  // none, no-config: not a row of the order
+    }
+}
+
+std::string_view hook_name(egressd_hook hook) {
+    switch (hook) {
+    case EGRESSD_HOOK_CONNECT4: return "connect4";
+    case EGRESSD_HOOK_CONNECT6: return "connect6";
+    case EGRESSD_HOOK_SENDMSG4: return "sendmsg4";
+    case EGRESSD_HOOK_SENDMSG6: return "sendmsg6";
+    case EGRESSD_HOOK_MAX: break;
+    }
+    return "unknown";
+}
+
+}  // namespace egressd

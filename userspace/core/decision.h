@@ -1,0 +1,41 @@
+// The C++ reference model of the kernel decision (bpf/decision.bpf.h). It
+// evaluates a MapImage exactly as the BPF programs evaluate the active slot,
+// so the kernel's verdicts can be checked against it and explained.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "core/image.h"
+#include "core/net.h"
+#include "egressd_abi.h"
+
+namespace egressd {
+
+struct Query {
+    IpAddress dst;       // IPv4 as ::ffff:a.b.c.d
+    uint16_t port = 0;   // host order
+    uint8_t proto = 0;   // IPPROTO_TCP / IPPROTO_UDP (not used by rows 1-6, 8)
+    uint32_t uid = 0;    // uid of the calling task
+};
+
+struct Decision {
+    egressd_verdict verdict = EGRESSD_VERDICT_DENY;
+    egressd_reason reason = EGRESSD_REASON_NONE;
+    uint32_t rule = 0;  // index in the list that decided (exclusion, mesh CIDR, port)
+
+    bool operator==(const Decision&) const = default;
+};
+
+// `image` null means no valid generation: deny (EGRESSD_REASON_NO_CONFIG)
+// except row 1.
+Decision decide(const MapImage* image, const Query& query);
+
+// Longest-prefix match within one table, as the LPM trie does; nullptr if none.
+const CidrRule* lookup_cidr(const MapImage& image, uint8_t table, const IpAddress& addr);
+
+std::string_view reason_name(egressd_reason reason);  // "local", "sidecar-uid", "excluded-cidr", ...
+int reason_row(egressd_reason reason);                // row of docs/decision.md, 0 for none
+std::string_view hook_name(egressd_hook hook);        // "connect4", ...
+
+}  // namespace egressd

@@ -1,0 +1,208 @@
+#include "core/image.h"
+
+#include <algorithm>
+#include <set>
+#include <tuple>
+
+#include <fmt/format.h>
+
+namespace egressd {
+
+namespace {
+
+constexpr std::string_view kCidrsMap = EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS);
+constexpr std::string_view kPortsMap = EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS);
+
+// The identity of an entry in its map; the rule index is its value.
+auto map_key(const CidrRule& rule) { return std::tie(rule.table, rule.cidr); }
+auto map_key(const PortRule& rule) { return std::tie(rule.table, rule.port); }
+
+// Sorted by key, one entry per key: the first occurrence in its list (the
+// lowest rule index) wins, as the header promises.
+template <typename Rule>
+void sort_unique(std::vector<Rule>& rules) {
+    std::sort(rules.begin(), rules.end());  // (key, rule): the first occurrence leads its key
+    auto same_key = [](const Rule& a, const Rule& b) { return map_key(a) == map_key(b); };
+    rules.erase(std::unique(rules.begin(), rules.end(), same_key), rules.end());
+}
+
+void add_cidrs(std::vector<CidrRule>& rules, uint8_t table, const std::vector<Cidr>& list) {
+    for (uint32_t i = 0; i < list.size(); ++i) rules.push_back(CidrRule{table, list[i], i});
+}
+
+uint32_t config_flags(const AgentConfig& agent, const MeshConfig& mesh) {
+    uint32_t flags = EGRESSD_CFG_VALID;
+    if (mesh.enable_egress) flags |= EGRESSD_CFG_ENABLE_EGRESS;
+    if (mesh.enable_egress_policy) flags |= EGRESSD_CFG_EGRESS_POLICY;
+    // FSM gates Egress policies on the feature flag; OSM applies them whenever egress is off.
+    const bool policy_active = agent.egress_policy_semantics == PolicySemantics::fsm
+                                   ? !mesh.enable_egress && mesh.enable_egress_policy
+                                   : !mesh.enable_egress;
+    if (policy_active) flags |= EGRESSD_CFG_POLICY_ACTIVE;
+    if (!mesh.outbound_ip_range_inclusion.empty()) flags |= EGRESSD_CFG_HAS_INCLUSION;
+    if (agent.sidecar_uid) flags |= EGRESSD_CFG_SIDECAR_UID;
+    return flags;
+}
+
+Status check_capacity(std::string_view map, size_t needed, uint32_t capacity, std::string_view setting) {
+    if (needed <= capacity) return {};
+    return make_error(
+        fmt::format("{} needs {} entries per generation, capacity is {} ({})", map, needed, capacity, setting));
+}
+
+// Deletes what `from` has and `to` lacks; upserts what `to` adds or changes.
+// Sorted copies: a slot read back from the kernel comes in map order.
+template <typename Rule>
+void diff_rules(std::vector<Rule> from, std::vector<Rule> to, std::vector<Rule>& deletes, std::vector<Rule>& upserts) {
+    std::sort(from.begin(), from.end());
+    std::sort(to.begin(), to.end());
+    auto old_rule = from.begin();
+    for (const Rule& rule : to) {
+        for (; old_rule != from.end() && map_key(*old_rule) < map_key(rule); ++old_rule) deletes.push_back(*old_rule);
+        if (old_rule != from.end() && map_key(*old_rule) == map_key(rule)) {
+            if (old_rule->rule != rule.rule) upserts.push_back(rule);
+            ++old_rule;
+        } else {
+            upserts.push_back(rule);
+        }
+    }
+    deletes.insert(deletes.end(), old_rule, from.end());
+}
+
+// "<name> +a -b": what `after` adds and `before` loses, as sets (order and
+// duplicates change no decision); "" when nothing does.
+template <typename T, typename Format>
+std::string list_change(std::string_view name, const std::vector<T>& before, const std::vector<T>& after,
+                        Format format) {
+    const std::set<T> before_set(before.begin(), before.end());
+    const std::set<T> after_set(after.begin(), after.end());
+    std::string change;
+    for (const T& value : after_set)
+        if (!before_set.contains(value)) change += " +" + format(value);
+    for (const T& value : before_set)
+        if (!after_set.contains(value)) change += " -" + format(value);
+    return change.empty() ? change : std::string(name) + change;
+}
+
+}  // namespace
+
+Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, uint64_t generation) {
+    MapImage image;
+    image.generation = generation;
+    image.flags = config_flags(agent, mesh);
+    image.sidecar_uid = agent.sidecar_uid.value_or(0);
+
+    add_cidrs(image.cidrs, EGRESSD_TABLE_EXCLUDE, mesh.outbound_ip_range_exclusion);
+    add_cidrs(image.cidrs, EGRESSD_TABLE_INCLUDE, mesh.outbound_ip_range_inclusion);
+    add_cidrs(image.cidrs, EGRESSD_TABLE_MESH, agent.mesh_cidrs);
+    sort_unique(image.cidrs);
+    for (uint32_t i = 0; i < mesh.outbound_port_exclusion.size(); ++i)
+        image.ports.push_back(PortRule{EGRESSD_PORTS_EXCLUDE, mesh.outbound_port_exclusion[i], i});
+    sort_unique(image.ports);
+
+    const Status cidrs_fit = check_capacity(kCidrsMap, image.cidrs.size(), agent.capacities.cidrs, "capacities.cidrs");
+    if (!cidrs_fit) return cidrs_fit.error();
+    const Status ports_fit = check_capacity(kPortsMap, image.ports.size(), agent.capacities.ports, "capacities.ports");
+    if (!ports_fit) return ports_fit.error();
+    return image;
+}
+
+egressd_cidr_key encode_cidr_key(uint8_t slot, uint8_t table, const Cidr& cidr) {
+    egressd_cidr_key key{};
+    key.prefixlen = EGRESSD_CIDR_KEY_FIXED_BITS + cidr.prefix;
+    key.slot = slot;
+    key.table = table;
+    std::copy(cidr.addr.bytes.begin(), cidr.addr.bytes.end(), key.addr);
+    return key;
+}
+
+egressd_cidr_value encode_cidr_value(const CidrRule& rule) {
+    egressd_cidr_value value{};
+    value.rule = rule.rule;
+    return value;
+}
+
+Result<CidrRule> decode_cidr(const egressd_cidr_key& key, const egressd_cidr_value& value) {
+    constexpr uint32_t kMaxPrefixLen = EGRESSD_CIDR_KEY_FIXED_BITS + 128;
+    if (key.prefixlen < EGRESSD_CIDR_KEY_FIXED_BITS || key.prefixlen > kMaxPrefixLen)
+        return make_error(fmt::format("{} key has prefix length {}, expected {}-{}", kCidrsMap, key.prefixlen,
+                                      EGRESSD_CIDR_KEY_FIXED_BITS, kMaxPrefixLen));
+    if (key.table != EGRESSD_TABLE_EXCLUDE && key.table != EGRESSD_TABLE_INCLUDE && key.table != EGRESSD_TABLE_MESH)
+        return make_error(fmt::format("{} key has unknown table {}", kCidrsMap, key.table));
+    // Lookups carry zero padding: an entry with other padding never matches.
+    if (key._pad[0] != 0 || key._pad[1] != 0) return make_error(fmt::format("{} key has non-zero padding", kCidrsMap));
+
+    CidrRule rule{key.table, Cidr{}, value.rule};
+    std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
+    rule.cidr.prefix = static_cast<uint8_t>(key.prefixlen - EGRESSD_CIDR_KEY_FIXED_BITS);
+    // Cidr::parse clears host bits; a key with some set was not written by egressd.
+    if (!rule.cidr.contains(rule.cidr.addr))
+        return make_error(fmt::format("{} key {} has host bits set", kCidrsMap, rule.cidr.str()));
+    return rule;
+}
+
+egressd_port_key encode_port_key(uint8_t slot, const PortRule& rule) {
+    egressd_port_key key{};
+    key.slot = slot;
+    key.table = rule.table;
+    key.port = rule.port;
+    return key;
+}
+
+egressd_port_value encode_port_value(const PortRule& rule) {
+    egressd_port_value value{};
+    value.rule = rule.rule;
+    return value;
+}
+
+PortRule decode_port(const egressd_port_key& key, const egressd_port_value& value) {
+    return PortRule{key.table, key.port, value.rule};
+}
+
+egressd_config encode_config(const MapImage& image) {
+    egressd_config config{};
+    config.generation = image.generation;
+    config.flags = image.flags;
+    config.sidecar_uid = image.sidecar_uid;
+    config.mode = image.mode;
+    return config;
+}
+
+void decode_config(const egressd_config& config, MapImage& image) {
+    image.generation = config.generation;
+    image.flags = config.flags;
+    image.sidecar_uid = config.sidecar_uid;
+    image.mode = config.mode;
+}
+
+ImageDiff diff_images(const MapImage& from, const MapImage& to) {
+    ImageDiff diff;
+    diff_rules(from.cidrs, to.cidrs, diff.cidr_deletes, diff.cidr_upserts);
+    diff_rules(from.ports, to.ports, diff.port_deletes, diff.port_upserts);
+    return diff;
+}
+
+std::string describe_changes(const MeshConfig& before, const MeshConfig& after) {
+    std::vector<std::string> changes;
+    auto flag_change = [&](std::string_view name, bool was, bool is) {
+        if (was != is) changes.push_back(fmt::format("{} {} -> {}", name, was, is));
+    };
+    auto add = [&](std::string change) {
+        if (!change.empty()) changes.push_back(std::move(change));
+    };
+    auto cidr_text = [](const Cidr& cidr) { return cidr.str(); };
+    auto port_text = [](uint16_t port) { return std::to_string(port); };
+
+    flag_change("enableEgress", before.enable_egress, after.enable_egress);
+    flag_change("enableEgressPolicy", before.enable_egress_policy, after.enable_egress_policy);
+    add(list_change("outboundIPRangeExclusionList", before.outbound_ip_range_exclusion,
+                    after.outbound_ip_range_exclusion, cidr_text));
+    add(list_change("outboundIPRangeInclusionList", before.outbound_ip_range_inclusion,
+                    after.outbound_ip_range_inclusion, cidr_text));
+    add(list_change("outboundPortExclusionList", before.outbound_port_exclusion, after.outbound_port_exclusion,
+                    port_text));
+    if (changes.empty()) return "no effective change";
+    return fmt::format("{}", fmt::join(changes, "; "));
+}
+
+}  // namespace egressd

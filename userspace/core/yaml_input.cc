@@ -1,0 +1,196 @@
+#include "core/yaml_input.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <charconv>
+
+#include <fmt/format.h>
+
+namespace egressd {
+
+namespace yaml_input {
+
+namespace {
+
+// What a missing key, or the top level's key, holds.
+YAML::Node undefined() { return YAML::Node(YAML::NodeType::Undefined); }
+
+// yaml-cpp's marks are 0-based; messages are 1-based.
+std::string position(const std::string& file, const YAML::Mark& mark) {
+    if (mark.is_null()) return file;
+    return fmt::format("{}:{}:{}", file, mark.line + 1, mark.column + 1);
+}
+
+std::string describe(const YAML::Node& node) {
+    switch (node.Type()) {
+    case YAML::NodeType::Null: return "null";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Map: return "a mapping";
+    case YAML::NodeType::Scalar:
+        // The non-specific tag "!" marks a quoted scalar: a string, whatever its text.
+        if (node.Tag() == "!") return fmt::format("the string \"{}\"", node.Scalar());
+        if (node.Tag() == "?") return fmt::format("\"{}\"", node.Scalar());
+        return fmt::format("\"{}\" tagged {}", node.Scalar(), node.Tag());
+    default: return "no value";
+    }
+}
+
+// Plain (untagged, unquoted) scalars get the tag "?"; an explicit tag must name the type.
+bool is_plain_or_tagged(const YAML::Node& node, std::string_view type) {
+    return node.IsScalar() && (node.Tag() == "?" || node.Tag() == fmt::format("tag:yaml.org,2002:{}", type));
+}
+
+}  // namespace
+
+Result<std::string> read_file(const std::filesystem::path& file) {
+    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return system_error(fmt::format("reading {}", file.string()));
+    std::string text;
+    std::array<char, 65536> buffer;
+    for (;;) {
+        const ssize_t n = ::read(fd, buffer.data(), buffer.size());
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            const int read_errno = errno;
+            ::close(fd);
+            return system_error(fmt::format("reading {}", file.string()), read_errno);
+        }
+        if (n == 0) break;
+        text.append(buffer.data(), static_cast<size_t>(n));
+    }
+    ::close(fd);
+    return text;
+}
+
+std::optional<bool> bool_word(std::string_view text) {
+    if (text == "true" || text == "True" || text == "TRUE") return true;
+    if (text == "false" || text == "False" || text == "FALSE") return false;
+    return std::nullopt;
+}
+
+Field Field::load(std::string_view text, const std::string& file_name) {
+    std::vector<YAML::Node> documents;
+    try {
+        // A trailing "---" or a comment-only part yields a null document: not content.
+        for (const YAML::Node& document : YAML::LoadAll(std::string(text)))
+            if (!document.IsNull()) documents.push_back(document);
+    } catch (const YAML::Exception& e) {
+        throw ParseError{fmt::format("{}: {}", position(file_name, e.mark), e.msg)};
+    }
+    if (documents.empty()) throw ParseError{fmt::format("{}:1:1: empty document", file_name)};
+    if (documents.size() > 1)
+        Field(file_name, "", documents[1], undefined(), documents[1].Mark())
+            .fail("expected one YAML document, found a second one");
+    Field top(file_name, "", documents[0], undefined(), documents[0].Mark());
+    if (!top.node_.IsMap()) top.fail_expected("a mapping at the top level");
+    return top;
+}
+
+void Field::fail(std::string_view why) const {
+    const std::string where = position(file_, mark_);
+    throw ParseError{path_.empty() ? fmt::format("{}: {}", where, why) : fmt::format("{}: {}: {}", where, path_, why)};
+}
+
+void Field::fail_expected(std::string_view expected) const {
+    fail(fmt::format("expected {}, got {}", expected, describe(node_)));
+}
+
+void Field::expect_mapping() const {
+    if (!node_.IsMap()) fail_expected("a mapping");
+}
+
+Field Field::child(std::string_view key) const {
+    const std::string child_path = path_.empty() ? std::string(key) : fmt::format("{}.{}", path_, key);
+    std::optional<Field> found;
+    if (present()) {
+        expect_mapping();
+        for (const auto& entry : node_) {
+            if (!entry.first.IsScalar() || entry.first.Scalar() != key) continue;
+            // yaml-cpp keeps duplicate keys; reading only one of them would hide the other.
+            if (found)
+                Field(file_, child_path, entry.second, entry.first, entry.first.Mark())
+                    .fail(fmt::format("duplicate key (first at line {})", found->key_.Mark().line + 1));
+            // A null value's mark points past it, at the next token: point at its key.
+            const YAML::Mark mark = entry.second.IsNull() ? entry.first.Mark() : entry.second.Mark();
+            found.emplace(Field(file_, child_path, entry.second, entry.first, mark));
+        }
+    }
+    if (found) return *found;
+    return Field(file_, child_path, undefined(), undefined(), mark_);
+}
+
+Field Field::required(std::string_view key) const {
+    Field field = child(key);
+    if (!field.node_.IsDefined()) field.fail("required field is missing");
+    return field;
+}
+
+void Field::reject_unknown_keys(std::initializer_list<std::string_view> known) const {
+    if (!present()) return;
+    expect_mapping();
+    for (const auto& entry : node_) {
+        const std::string name = entry.first.IsScalar() ? entry.first.Scalar() : describe(entry.first);
+        if (std::find(known.begin(), known.end(), name) != known.end()) continue;
+        Field(file_, path_.empty() ? name : fmt::format("{}.{}", path_, name), entry.second, entry.first,
+              entry.first.Mark())
+            .fail(fmt::format("unknown key; expected one of {}", fmt::join(known, ", ")));
+    }
+}
+
+std::vector<Field> Field::items() const {
+    std::vector<Field> items;
+    if (!present()) return items;
+    if (!node_.IsSequence()) fail_expected("a list");
+    for (const YAML::Node& item : node_) {
+        // A null item's mark points past it; the list's own is the nearest truth.
+        const YAML::Mark mark = item.IsNull() ? mark_ : item.Mark();
+        items.push_back(Field(file_, fmt::format("{}[{}]", path_, items.size()), item, undefined(), mark));
+    }
+    return items;
+}
+
+bool Field::boolean() const {
+    if (is_plain_or_tagged(node_, "bool"))
+        if (auto value = bool_word(node_.Scalar())) return *value;
+    fail_expected("a boolean (true or false)");
+}
+
+long long Field::integer() const {
+    if (!is_plain_or_tagged(node_, "int")) fail_expected("an integer");
+    const std::string& text = node_.Scalar();
+    const std::string_view digits =
+        std::string_view(text).substr(text.starts_with('-') || text.starts_with('+') ? 1 : 0);
+    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        fail_expected("an integer");
+    // YAML 1.1 (Kubernetes' Go YAML) reads 0755 as octal, YAML 1.2 as decimal.
+    if (digits.size() > 1 && digits[0] == '0')
+        fail(fmt::format("integer {} has a leading zero (octal or decimal?)", text));
+    long long value = 0;
+    const char* first = text.data() + (text.starts_with('+') ? 1 : 0);
+    if (std::from_chars(first, text.data() + text.size(), value).ec != std::errc())
+        fail(fmt::format("integer {} is too large", text));
+    return value;
+}
+
+std::string Field::string() const {
+    if (!node_.IsScalar()) fail_expected("a string");
+    return node_.Scalar();
+}
+
+std::vector<Cidr> Field::cidrs() const {
+    std::vector<Cidr> cidrs;
+    for (const Field& item : items()) {
+        auto cidr = Cidr::parse(item.string());
+        if (!cidr) item.fail(cidr.error().message);
+        cidrs.push_back(*cidr);
+    }
+    return cidrs;
+}
+
+}  // namespace yaml_input
+
+}  // namespace egressd
