@@ -1,0 +1,44 @@
+// Compile-time checks that the C++ view of maps/egressd_abi.h has exactly the
+// layout the BPF side (clang -target bpf) uses: no implicit padding, sizes
+// and offsets as written. A failure here means the header changed without
+// explicit padding or a new map version.
+#pragma once
+
+#include <cstddef>
+#include <type_traits>
+
+#include "egressd_abi.h"
+
+namespace egressd::abi {
+
+static_assert(sizeof(egressd_control) == 8);
+static_assert(offsetof(egressd_control, active_slot) == 0);
+static_assert(offsetof(egressd_control, abi_version) == 4);
+
+static_assert(sizeof(egressd_config) == 24);
+static_assert(offsetof(egressd_config, generation) == 0);
+static_assert(offsetof(egressd_config, flags) == 8);
+static_assert(offsetof(egressd_config, sidecar_uid) == 12);
+static_assert(offsetof(egressd_config, mode) == 16);
+
+static_assert(sizeof(egressd_cidr_key) == 4 + 4 + 16);
+static_assert(offsetof(egressd_cidr_key, prefixlen) == 0);
+static_assert(offsetof(egressd_cidr_key, slot) == 4);
+static_assert(offsetof(egressd_cidr_key, table) == 5);
+static_assert(offsetof(egressd_cidr_key, addr) == 8);
+// The LPM trie's fixed part is everything between prefixlen and addr.
+static_assert((offsetof(egressd_cidr_key, addr) - offsetof(egressd_cidr_key, slot)) * 8 == EGRESSD_CIDR_KEY_FIXED_BITS);
+static_assert(sizeof(egressd_cidr_value) == 8);
+
+static_assert(sizeof(egressd_port_key) == 4);
+static_assert(offsetof(egressd_port_key, slot) == 0);
+static_assert(offsetof(egressd_port_key, table) == 1);
+static_assert(offsetof(egressd_port_key, port) == 2);
+static_assert(sizeof(egressd_port_value) == 8);
+
+static_assert(sizeof(egressd_counter) == 8);
+static_assert(EGRESSD_COUNTER_SLOTS == int{EGRESSD_REASON_MAX} * int{EGRESSD_HOOK_MAX});
+
+static_assert(std::is_trivially_copyable_v<egressd_cidr_key> && std::is_trivially_copyable_v<egressd_config>);
+
+}  // namespace egressd::abi

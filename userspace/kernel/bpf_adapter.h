@@ -1,0 +1,132 @@
+// The kernel edge: every libbpf call of egressd lives behind these classes
+// (the pure core never sees libbpf). See docs/architecture.md.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/fd.h"
+#include "common/result.h"
+#include "core/agent_config.h"
+#include "core/image.h"
+#include "egressd_abi.h"
+#include "kernel/cgroup.h"
+
+struct egressd_bpf;
+struct bpf_link;
+
+namespace egressd {
+
+// The hooks egressd attaches, in egressd_hook order; also their link pin names.
+inline constexpr std::array<const char*, EGRESSD_HOOK_MAX> kHookNames = {"connect4", "connect6", "sendmsg4",
+                                                                          "sendmsg6"};
+
+// Open file descriptors of the egressd maps, from a loaded object or from
+// the pins. Reads and writes whole slots (maps/egressd_abi.h).
+class MapSet {
+public:
+    // Opens the pinned maps of `pin_dir`; fails naming the first one missing.
+    static Result<MapSet> open_pinned(const std::filesystem::path& pin_dir, bool read_only);
+
+    Result<egressd_control> read_control() const;
+    // Config, CIDRs and ports of one slot. The image's flags say whether the
+    // slot holds a valid generation.
+    Result<MapImage> read_slot(uint32_t slot) const;
+    // Decisions per counter index (reason * EGRESSD_HOOK_MAX + hook), summed over CPUs.
+    Result<std::vector<uint64_t>> read_counters() const;
+
+    // Turns slot `slot`, holding `from`, into `to`. Only for the inactive slot.
+    Status write_slot(uint32_t slot, const MapImage& from, const MapImage& to) const;
+    Status set_active_slot(uint32_t slot) const;
+
+    UniqueFd control, config, cidrs, ports, counters;
+};
+
+struct LinkInfo {
+    std::string hook;
+    bool pinned = false;
+    uint32_t link_id = 0;
+    uint32_t prog_id = 0;
+    uint64_t cgroup_id = 0;
+    uint32_t attach_type = 0;
+    std::string prog_name;
+};
+
+// What is pinned under pin_dir/links, for status and clean-up.
+std::vector<LinkInfo> read_pinned_links(const std::filesystem::path& pin_dir);
+
+// Detaches every link and removes every pin under pin_dir (and the directory).
+// Reports each removed object in `removed`.
+Status cleanup_pins(const std::filesystem::path& pin_dir, std::vector<std::string>& removed);
+
+// Waits until every BPF program that might have read the previous value of a
+// map has finished: an update of an ARRAY_OF_MAPS returns only after the
+// kernel's synchronize_rcu() (kernel/bpf/syscall.c, maybe_wait_bpf_programs),
+// and sock_addr programs run inside an RCU read-side section.
+class ProgramBarrier {
+public:
+    static Result<ProgramBarrier> create();
+    Status wait() const;
+
+private:
+    UniqueFd inner_, outer_;
+};
+
+struct AttachReport {
+    std::string hook;
+    std::string action;  // "attached", "adopted", "moved"
+};
+
+// The agent's datapath: the loaded programs, their maps and the links.
+class Datapath {
+public:
+    struct Options {
+        std::filesystem::path pin_dir;
+        Capacities capacities;
+    };
+
+    // Opens and loads the BPF object. When every pinned map is compatible the
+    // maps are adopted (the kernel keeps its current generation); otherwise a
+    // fresh set is created and replaces the pins only after the links use it.
+    static Result<std::unique_ptr<Datapath>> load(const Options& options);
+    ~Datapath();
+    Datapath(const Datapath&) = delete;
+    Datapath& operator=(const Datapath&) = delete;
+
+    bool adopted_maps() const { return adopted_maps_; }
+    // The generation the kernel enforces now (adopted maps), if any.
+    std::optional<MapImage> active_image() const;
+
+    // Atomically replaces the enforced generation: writes the inactive slot,
+    // flips the active slot, waits for programs in flight.
+    Status publish(const MapImage& image);
+
+    // Attaches the programs to the cgroup with bpf_link and pins the links,
+    // or adopts pinned links (their program is replaced atomically with
+    // bpf_link_update, so enforcement never stops). A link on another cgroup
+    // is replaced after the new one is attached. Then pins the maps if they
+    // are new. Call after the first publish().
+    Result<std::vector<AttachReport>> attach(const CgroupTarget& cgroup);
+
+    const MapSet& maps() const { return maps_; }
+
+private:
+    Datapath() = default;
+    Status pin_maps();
+
+    Options options_;
+    egressd_bpf* skel_ = nullptr;
+    MapSet maps_;
+    ProgramBarrier barrier_;
+    bool adopted_maps_ = false;
+    uint32_t active_slot_ = 0;
+    std::array<MapImage, EGRESSD_SLOTS> slot_images_{};  // what each slot holds in the kernel
+    std::vector<bpf_link*> links_;
+};
+
+}  // namespace egressd

@@ -1,0 +1,35 @@
+// The cgroup v2 egressd enforces on.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "common/fd.h"
+#include "common/result.h"
+
+namespace egressd {
+
+struct CgroupTarget {
+    std::filesystem::path path;  // absolute, under the cgroup2 mount
+    uint64_t id = 0;             // what bpf_get_current_cgroup_id() reports (the directory's inode)
+};
+
+// Resolves the configured cgroup against the cgroup2 mount. A relative path is
+// taken under the mount; an absolute one must lie under it. The cgroup root is
+// refused: a deny there would cut every connection of the machine.
+Result<std::filesystem::path> resolve_cgroup_path(const std::string& configured, const std::filesystem::path& cgroup2_mount);
+
+// resolve_cgroup_path against the mount found in /proc/mounts.
+Result<std::filesystem::path> resolve_cgroup_path(const std::string& configured);
+
+// Creates the cgroup (and missing parents) if needed.
+Result<CgroupTarget> ensure_cgroup(const std::filesystem::path& path);
+Result<CgroupTarget> open_existing_cgroup(const std::filesystem::path& path);
+
+Result<UniqueFd> open_cgroup_dir(const std::filesystem::path& path);
+
+// Moves the calling process into the cgroup.
+Status join_cgroup(const std::filesystem::path& path);
+
+}  // namespace egressd

@@ -1,0 +1,40 @@
+// Agent liveness and the status the agent publishes for egressctl.
+#pragma once
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <optional>
+
+#include <nlohmann/json.hpp>
+
+#include "common/fd.h"
+#include "common/result.h"
+
+namespace egressd {
+
+// One agent per pin directory: the agent holds an exclusive flock on the pin
+// directory itself (the shared resource) for as long as it runs.
+class AgentLock {
+public:
+    static Result<AgentLock> acquire(const std::filesystem::path& pin_dir);
+
+private:
+    UniqueFd fd_;
+};
+
+// True while an agent holds the pin directory's lock.
+bool agent_running(const std::filesystem::path& pin_dir);
+
+// <run_dir>/status.json, written atomically (write aside, rename).
+Status write_status_file(const std::filesystem::path& run_dir, const nlohmann::json& status);
+Result<nlohmann::json> read_status_file(const std::filesystem::path& run_dir);
+
+// Writes `content` to `path` atomically: a temporary file beside it, fsync,
+// rename. Keeps the mode of an existing file. A symlink is followed, so the
+// file it names is replaced and the link stays.
+Status write_file_atomically(const std::filesystem::path& path, const std::string& content);
+
+Result<std::string> read_file(const std::filesystem::path& path);
+
+}  // namespace egressd
