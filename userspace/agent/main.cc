@@ -1,0 +1,58 @@
+// egressd: the node agent. Loads the BPF programs, attaches them to the
+// configured cgroup, and keeps their maps equal to the MeshConfig file.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "agent/agent.h"
+#include "common/log.h"
+#include "kernel/bpf_adapter.h"
+#include "kernel/runtime.h"
+
+using namespace egressd;
+
+int main(int argc, char** argv) {
+    CLI::App app{"egressd: kernel egress enforcement for FSM/OSM meshes"};
+    std::string config_file;
+    bool cleanup = false;
+    app.add_option("-c,--config", config_file, "agent settings file (YAML), e.g. config/egressd.yaml")->required();
+    app.add_flag("--cleanup", cleanup, "detach and unpin everything egressd owns for this configuration, then exit");
+    app.set_version_flag("--version", std::string("egressd ") + EGRESSD_VERSION);
+    CLI11_PARSE(app, argc, argv);
+
+    auto config = load_agent_config(config_file);
+    if (!config) {
+        std::cerr << "egressd: " << config.error().describe() << "\n";
+        return 2;
+    }
+    if (::geteuid() != 0) {
+        std::cerr << "egressd: must run as root (it loads BPF programs and attaches them to a cgroup)\n";
+        return 2;
+    }
+
+    if (cleanup) {
+        if (agent_running(config->bpffs)) {
+            std::cerr << "egressd: an agent is running on " << config->bpffs.string() << "; stop it first\n";
+            return 1;
+        }
+        std::vector<std::string> removed;
+        auto done = cleanup_pins(config->bpffs, removed);
+        for (const auto& r : removed) std::cout << "removed " << r << "\n";
+        if (!done) {
+            std::cerr << "egressd: cleanup: " << done.error().describe() << "\n";
+            return 1;
+        }
+        std::cout << (removed.empty() ? "nothing pinned in " + config->bpffs.string() : "egressd detached and unpinned")
+                  << "\n";
+        return 0;
+    }
+
+    auto agent = Agent::start(*config);
+    if (!agent) {
+        log::error("{}", agent.error().describe());
+        log::error("egressd did not start; nothing was attached or changed by this run");
+        return 1;
+    }
+    return (*agent)->run();
+}
