@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# End to end, as a user drives egressd: the agent on a temporary config
+# (private cgroup, pin directory, MeshConfig copy), egressctl toggling egress,
+# real connections from `egressctl run` into a private network namespace whose
+# only route leads to a sink namespace serving HTTP on 203.0.113.10.
+#
+# usage: tests/e2e/run.sh BIN_DIR        (root; CI=true turns every skip into a failure)
+set -uo pipefail
+
+bin=$(cd "${1:?usage: run.sh BIN_DIR}" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+egressd=$bin/egressd
+egressctl=$bin/egressctl
+probe=$here/probe.py
+
+passed=0
+failed=0
+ok() { echo "ok - $*"; passed=$((passed + 1)); }
+not_ok() { echo "not ok - $*"; failed=$((failed + 1)); }
+check() { # check NAME CMD...: CMD must succeed
+  local name=$1; shift
+  if "$@"; then ok "$name"; else not_ok "$name"; fi
+}
+unavailable() {
+  if [ "${CI:-}" = "true" ]; then echo "e2e: cannot run under CI=true: $*" >&2; echo "0 passed, 1 failed"; exit 1; fi
+  echo "e2e: SKIPPED: $*" >&2; echo "0 passed, 0 failed, 1 skipped"; exit 0
+}
+
+[ "$(id -u)" -eq 0 ] || unavailable "needs root"
+cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
+[ -n "$cg2" ] || unavailable "no cgroup2 mount in /proc/mounts"
+for tool in ip python3 curl bpftool setpriv; do command -v $tool >/dev/null || unavailable "missing $tool"; done
+
+# ---- private world ----------------------------------------------------------
+id=$$
+work=$(mktemp -d /tmp/egressd-e2e.XXXXXX)
+pins=/sys/fs/bpf/egressd-e2e-$id
+cgroup_rel=egressd-tests/e2e-$id/enforced
+cgroup=$cg2/$cgroup_rel
+client=egte${id}c
+sink=egte${id}s
+agent_pid=
+server_pid=
+
+cleanup() {
+  [ -n "$agent_pid" ] && kill -9 "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
+  "$egressd" --cleanup --config "$work/egressd.yaml" >/dev/null 2>&1
+  rm -rf "$pins"
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+  for dir in "$cgroup" "$cg2/egressd-tests/e2e-$id"; do
+    if [ -d "$dir" ]; then
+      for p in $(cat "$dir/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+      sleep 0.05
+      rmdir "$dir" 2>/dev/null
+    fi
+  done
+  rmdir "$cg2/egressd-tests" 2>/dev/null
+  ip netns del "$client" 2>/dev/null
+  ip netns del "$sink" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+ip netns add "$client" && ip netns add "$sink" || unavailable "cannot create network namespaces"
+ip link add veth-c netns "$client" type veth peer name veth-s netns "$sink"
+ip -n "$client" link set lo up; ip -n "$sink" link set lo up
+ip -n "$client" addr add 198.18.255.1/24 dev veth-c
+ip -n "$sink" addr add 198.18.255.2/24 dev veth-s
+ip -n "$client" link set veth-c up; ip -n "$sink" link set veth-s up
+ip -n "$sink" addr add 203.0.113.10/32 dev lo
+# The client's only routes lead to the sink: no default route.
+ip -n "$client" route add 203.0.113.0/24 via 198.18.255.2
+mkdir -p "$work/www" && echo "hello from the sink" > "$work/www/index.html"
+ip netns exec "$sink" python3 -m http.server 80 --bind 203.0.113.10 --directory "$work/www" >/dev/null 2>&1 &
+server_pid=$!
+
+cp "$root/config/meshconfig.yaml" "$work/meshconfig.yaml"
+cat > "$work/egressd.yaml" <<EOF
+cgroup: $cgroup_rel
+bpffs: $pins
+meshConfig: meshconfig.yaml
+meshCIDRs: [198.18.0.0/16]
+sidecarUID: 1500
+runDir: $work/run
+EOF
+ctl() { "$egressctl" --config "$work/egressd.yaml" "$@"; }
+# A command in the enforced cgroup (egressctl run), inside the client namespace.
+in_workload() { ctl run -- ip netns exec "$client" "$@"; }
+verdict() { in_workload python3 "$probe" once 203.0.113.10 80 "$@"; }
+start_agent() {
+  "$egressd" --config "$work/egressd.yaml" >>"$work/agent.log" 2>&1 &
+  agent_pid=$!
+  for _ in $(seq 200); do grep -q "watching" "$work/agent.log" 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
+log_has() { grep -q -- "$1" "$work/agent.log"; }
+# Milliseconds from running "$@" to the moment a looping probe in the
+# workload sees the verdict $1 (the probe starts, and waits, before "$@" runs).
+latency_ms() {
+  local want=$1; shift
+  rm -f "$work/ready" "$work/seen"
+  in_workload python3 "$probe" until "$want" 203.0.113.10 80 --ready "$work/ready" --out "$work/seen" --timeout 3 &
+  local watcher=$!
+  for _ in $(seq 200); do [ -s "$work/ready" ] && break; sleep 0.01; done
+  local t0; t0=$(date +%s%N)
+  "$@" >/dev/null
+  wait "$watcher" || { echo "never saw $want" >&2; echo 99999; return; }
+  python3 -c "import json,sys; print(int((json.load(open('$work/seen'))['seen_ns'] - $t0) / 1e6))"
+}
+
+# ---- refuses bad input at start, attaching nothing ----------------------------
+echo "apiVersion: config.flomesh.io/v1alpha3" > "$work/bad.yaml"
+sed "s|meshConfig: meshconfig.yaml|meshConfig: bad.yaml|" "$work/egressd.yaml" > "$work/egressd-bad.yaml"
+"$egressd" --config "$work/egressd-bad.yaml" >"$work/refused.log" 2>&1
+rc=$?
+check "start with an invalid MeshConfig is refused" test "$rc" -ne 0
+check "the refusal names the file and field" grep -q "bad.yaml.*kind" "$work/refused.log"
+check "a refused start pins nothing" test ! -e "$pins/control_v1"
+printf 'cgroup: x\nmeshConfig: m.yaml\nbogus: 1\n' > "$work/unknown-key.yaml"
+"$egressd" --config "$work/unknown-key.yaml" >"$work/refused2.log" 2>&1
+check "an unknown agent setting is refused with its name" grep -q "unknown-key.yaml:3.*bogus" "$work/refused2.log"
+
+# ---- start, deny, toggle ------------------------------------------------------
+check "egressd starts on the temporary config" start_agent
+check "egressctl status reports enforcing" ctl status >/dev/null
+check "enableEgress false: connect is denied (EPERM)" test "$(verdict)" = denied
+check "enableEgress false: UDP sendmsg is denied" test "$(verdict --udp)" = denied
+check "curl through egressctl run fails" test "$(in_workload curl -s -o /dev/null -m 2 -w '%{http_code}' http://203.0.113.10/ 2>/dev/null)" = 000
+
+ms=$(latency_ms allowed ctl egress enable --no-wait)
+check "egress enable reaches the kernel within 100 ms (took ${ms} ms)" test "$ms" -le 100
+check "curl through egressctl run gets the page" test "$(in_workload curl -s -m 2 http://203.0.113.10/)" = "hello from the sink"
+check "the MeshConfig keeps its comments" grep -q "Mesh-wide passthrough" "$work/meshconfig.yaml"
+check "the MeshConfig now says enableEgress: true" grep -q "enableEgress: true" "$work/meshconfig.yaml"
+check "the agent logged what changed" log_has "enableEgress false -> true"
+
+ms=$(latency_ms denied ctl egress disable --no-wait)
+check "egress disable reaches the kernel within 100 ms (took ${ms} ms)" test "$ms" -le 100
+check "egressctl egress disable waits for the kernel and says so" bash -c "'$egressctl' --config '$work/egressd.yaml' egress enable | grep -q 'egressd applied it'"
+check "status --json shows enableEgress as the kernel sees it" \
+  bash -c "'$egressctl' --config '$work/egressd.yaml' status --json | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d[\"kernel\"][\"enableEgress\"] is True and d[\"enforcing\"] else 1)'"
+
+# ---- an editor that replaces the file by rename ----------------------------------
+sed 's/enableEgress: true/enableEgress: false/' "$work/meshconfig.yaml" > "$work/meshconfig.yaml.new"
+ms=$(latency_ms denied mv "$work/meshconfig.yaml.new" "$work/meshconfig.yaml")
+check "a rename-replaced MeshConfig applies within 100 ms (took ${ms} ms)" test "$ms" -le 100
+
+# ---- bad input while running: the last good policy stays ----------------------
+ctl egress enable >/dev/null
+cp "$work/meshconfig.yaml" "$work/good.yaml"
+sed 's|outboundIPRangeExclusionList: \[\]|outboundIPRangeExclusionList: ["10.0.0.300/8"]|' "$work/good.yaml" > "$work/meshconfig.yaml"
+sleep 0.3
+check "a bad CIDR is logged with file, line and field" log_has "meshconfig.yaml:[0-9]*:[0-9]*: spec.traffic.outboundIPRangeExclusionList\[0\]"
+check "the previous policy stays in force (still allowed)" test "$(verdict)" = allowed
+check "egressctl status shows the last error" bash -c "'$egressctl' --config '$work/egressd.yaml' status | grep -q 'last error:.*10.0.0.300'"
+printf 'apiVersion: [unclosed\n' > "$work/meshconfig.yaml"
+sleep 0.3
+check "a YAML syntax error is logged with the file" log_has "meshconfig.yaml:[0-9]*:[0-9]*:"
+check "the agent is still running" kill -0 "$agent_pid"
+check "egressctl refuses to toggle a broken file" bash -c "! '$egressctl' --config '$work/egressd.yaml' egress disable 2>/dev/null"
+cp "$work/good.yaml" "$work/meshconfig.yaml"
+ctl egress disable >/dev/null
+check "after the fix, the new policy applies (denied)" test "$(verdict)" = denied
+
+# ---- kill -9: enforcement continues; restart adopts without a gap --------------
+kill -9 "$agent_pid"; wait "$agent_pid" 2>/dev/null; agent_pid=
+check "after kill -9, connects are still denied" test "$(verdict)" = denied
+check "status says the agent is not running" bash -c "'$egressctl' --config '$work/egressd.yaml' status | grep -q 'agent: *not running'"
+in_workload python3 "$probe" watch 203.0.113.10 80 --seconds 2 > "$work/watch.json" &
+watcher=$!
+sleep 0.3
+check "restart adopts the pinned state" start_agent
+wait "$watcher"
+check "no connect was allowed during the restart ($(cat "$work/watch.json"))" \
+  python3 -c "import json; d=json.load(open('$work/watch.json')); exit(0 if d.get('denied',0) > 100 and set(d) == {'denied'} else 1)"
+check "the agent logged the adoption" log_has "adopted the pinned maps"
+check "the links were adopted, not re-created" log_has "connect4 adopted"
+
+# ---- operators' views ------------------------------------------------------------
+check "egressctl dump lists the mesh CIDR" bash -c "'$egressctl' --config '$work/egressd.yaml' dump | grep -q 'mesh *198.18.0.0/16'"
+check "bpftool prints config_v1 with field names" bash -c "bpftool map dump pinned '$pins/config_v1' | grep -q '\"generation\"'"
+check "bpftool shows four programs on the cgroup" test "$(bpftool cgroup show "$cgroup" | grep -c egressd_)" -eq 4
+check "egressctl needs root, says so" bash -c "setpriv --reuid=65534 --regid=65534 --clear-groups '$egressctl' --config '$work/egressd.yaml' status 2>&1 | grep -q 'must run as root'"
+
+# ---- stop and clean up ----------------------------------------------------------
+kill -TERM "$agent_pid"; wait "$agent_pid"; rc=$?; agent_pid=
+check "SIGTERM stops the agent cleanly" test "$rc" -eq 0
+check "enforcement outlives the agent" test "$(verdict)" = denied
+check "--cleanup succeeds" "$egressd" --cleanup --config "$work/egressd.yaml"
+check "--cleanup leaves nothing pinned" test ! -e "$pins"
+check "--cleanup leaves nothing attached" test -z "$(bpftool cgroup show "$cgroup" 2>/dev/null | tail -n +2)"
+check "egressctl run refuses when nothing enforces" bash -c "! '$egressctl' --config '$work/egressd.yaml' run -- true 2>/dev/null"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
