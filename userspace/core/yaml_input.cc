@@ -72,28 +72,35 @@ std::optional<bool> bool_word(std::string_view text) {
     return std::nullopt;
 }
 
-Field Field::load(std::string_view text, const std::string& file_name) {
-    std::vector<YAML::Node> documents;
+std::vector<Field> Field::load_all(std::string_view text, const std::string& file_name) {
+    std::vector<YAML::Node> nodes;
     try {
-        // A trailing "---" or a comment-only part yields a null document: not content.
-        for (const YAML::Node& document : YAML::LoadAll(std::string(text)))
-            if (!document.IsNull()) documents.push_back(document);
+        nodes = YAML::LoadAll(std::string(text));
     } catch (const YAML::Exception& e) {
         throw ParseError{fmt::format("{}: {}", position(file_name, e.mark), e.msg)};
     }
-    if (documents.empty()) throw ParseError{fmt::format("{}:1:1: empty document", file_name)};
-    if (documents.size() > 1)
-        Field(file_name, "", documents[1], undefined(), documents[1].Mark())
-            .fail("expected one YAML document, found a second one");
-    Field top(file_name, "", documents[0], undefined(), documents[0].Mark());
-    if (!top.node_.IsMap()) top.fail_expected("a mapping at the top level");
-    return top;
+    std::vector<Field> documents;
+    for (const YAML::Node& node : nodes) documents.push_back(Field(file_name, "", node, undefined(), node.Mark()));
+    return documents;
 }
 
-void Field::fail(std::string_view why) const {
-    const std::string where = position(file_, mark_);
-    throw ParseError{path_.empty() ? fmt::format("{}: {}", where, why) : fmt::format("{}: {}: {}", where, path_, why)};
+Field Field::load(std::string_view text, const std::string& file_name) {
+    std::vector<Field> documents;
+    // A trailing "---" or a comment-only part yields a null document: not content.
+    for (const Field& document : load_all(text, file_name))
+        if (!document.is_null()) documents.push_back(document);
+    if (documents.empty()) throw ParseError{fmt::format("{}:1:1: empty document", file_name)};
+    if (documents.size() > 1) documents[1].fail("expected one YAML document, found a second one");
+    if (!documents[0].node_.IsMap()) documents[0].fail_expected("a mapping at the top level");
+    return documents[0];
 }
+
+std::string Field::message(std::string_view why) const {
+    const std::string where = position(file_, mark_);
+    return path_.empty() ? fmt::format("{}: {}", where, why) : fmt::format("{}: {}: {}", where, path_, why);
+}
+
+void Field::fail(std::string_view why) const { throw ParseError{message(why)}; }
 
 void Field::fail_expected(std::string_view expected) const {
     fail(fmt::format("expected {}, got {}", expected, describe(node_)));

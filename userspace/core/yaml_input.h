@@ -1,6 +1,7 @@
 // Reading YAML with positions: typed access to fields with their path, and
 // errors worded alike ("<file>:<line>:<column>: <path>: <why>") by every
-// parser of the core (meshconfig.cc, agent_config.cc, yaml_edit.cc).
+// parser of the core (meshconfig.cc, agent_config.cc, yaml_edit.cc,
+// egress_policy.cc).
 #pragma once
 
 #include <filesystem>
@@ -18,7 +19,8 @@
 namespace egressd {
 
 // Internal to the core's YAML parsers (meshconfig.cc, agent_config.cc,
-// yaml_edit.cc), so that they check types and word their errors alike.
+// yaml_edit.cc, egress_policy.cc), so that they check types and word their
+// errors alike.
 namespace yaml_input {
 
 // Thrown only inside those parsers; each turns it into an Error at its edge.
@@ -39,6 +41,9 @@ public:
     // Exactly one document, whose top level is a mapping. Syntax errors keep
     // yaml-cpp's position.
     static Field load(std::string_view text, const std::string& file_name);
+    // Every document of a "---"-separated stream, in order, whatever its top level is (an empty
+    // document is null). A syntax error anywhere fails the whole text, with yaml-cpp's position.
+    static std::vector<Field> load_all(std::string_view text, const std::string& file_name);
 
     // yaml-cpp's Node assignment rewrites the node it refers to: copy only.
     Field(const Field&) = default;
@@ -50,6 +55,7 @@ public:
     const YAML::Node& key() const { return key_; }  // undefined for the top level and list items
     const std::string& path() const { return path_; }
 
+    std::string message(std::string_view why) const;  // what fail() throws, for notes that do not fail
     [[noreturn]] void fail(std::string_view why) const;
     [[noreturn]] void fail_expected(std::string_view expected) const;  // "expected <expected>, got <what it is>"
 

@@ -1,0 +1,77 @@
+// Egress policies (FSM policy.flomesh.io/v1alpha1, OSM
+// policy.openservicemesh.io/v1alpha1, kind Egress), read from a directory of
+// YAML files. One bad policy never blocks the good ones: it is reported and
+// left out.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/net.h"
+
+namespace egressd {
+
+struct PolicySource {
+    std::string namespace_;        // spec.sources[i].namespace
+    std::string service_account;   // spec.sources[i].name (kind ServiceAccount)
+    bool operator==(const PolicySource&) const = default;
+    auto operator<=>(const PolicySource&) const = default;
+};
+
+struct PolicyPort {
+    uint16_t number = 0;   // 1..65535
+    std::string protocol;  // as written, lower-cased: tcp, tcp-server-first, http, https, udp
+    uint8_t l4 = 0;        // IPPROTO_TCP (6) or IPPROTO_UDP (17)
+    bool operator==(const PolicyPort&) const = default;
+};
+
+struct EgressPolicy {
+    std::string api_version;
+    std::string namespace_;  // metadata.namespace ("default" when absent, as Kubernetes does)
+    std::string name;        // metadata.name (required)
+    std::string file;        // where it was read: file name and document index, for messages
+    int document = 0;        // 0-based index of the YAML document in the file
+
+    std::vector<PolicySource> sources;   // at least one
+    std::vector<Cidr> ip_addresses;      // spec.ipAddresses
+    std::vector<std::string> hosts;      // spec.hosts, exact names (lower-cased, trailing dot removed)
+    std::vector<std::string> wildcard_hosts;  // spec.hosts like "*.example.com": accepted, not enforceable by address
+    std::vector<PolicyPort> ports;       // at least one
+    std::vector<std::string> matches;    // spec.matches as "Kind/name": L7, delegated to the proxy
+
+    // Neither ipAddresses nor hosts (nor wildcard hosts): any destination on the ports.
+    bool any_destination() const { return ip_addresses.empty() && hosts.empty() && wildcard_hosts.empty(); }
+    bool operator==(const EgressPolicy&) const = default;
+};
+
+struct PolicySet {
+    std::vector<EgressPolicy> policies;  // valid ones, sorted by (namespace, name), unique by (namespace, name)
+    std::vector<std::string> errors;     // invalid documents and policies, not applied
+    std::vector<std::string> notes;      // accepted with a remark: mtls ignored, matches delegated, wildcard hosts,
+                                         // other kinds passed over, unresolvable references
+    bool operator==(const PolicySet&) const = default;
+};
+
+// Every message starts "<file>:<line>:<column>: document <n> (Egress <namespace>/<name>): <field path>: <why>"
+// (document numbers 1-based in messages; the Egress part where the name is known).
+//
+// Accepted: apiVersion policy.flomesh.io/v1alpha1 or policy.openservicemesh.io/v1alpha1 with kind
+// Egress. Kinds HTTPRouteGroup (specs.smi-spec.io) and UpstreamTrafficSetting (policy.*) are read
+// so that spec.matches references can be checked, otherwise passed over with a note; any other
+// kind is reported as a note and ignored. Fields: metadata.name (required), metadata.namespace;
+// spec.sources[] (kind ServiceAccount, name, namespace required; mtls accepted and ignored with
+// a note; another kind is an error); spec.ipAddresses[] (IPv4/IPv6 CIDRs or addresses);
+// spec.hosts[] (DNS names; "*.domain" wildcards); spec.ports[] (number 1..65535, protocol
+// case-insensitive among tcp, tcp-server-first, http, https, udp; anything else is an error);
+// spec.matches[] (apiGroup, kind, name). Unknown fields are ignored.
+PolicySet parse_policy_documents(std::string_view yaml_text, const std::string& file_name);
+
+// Every *.yaml / *.yml file directly in `dir`, in name order (hidden files and the ConfigMap
+// "..data" machinery skipped). An unreadable file or directory is an error in the set. Two
+// policies with the same namespace/name: the first (by file order) wins, the second is an error.
+PolicySet load_policy_dir(const std::filesystem::path& dir);
+
+}  // namespace egressd
