@@ -50,15 +50,44 @@ struct {
 	__type(value, struct egressd_counter);
 } EGRESSD_MAP_COUNTERS SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EGRESSD_DEFAULT_WORKLOAD_CAPACITY);
+	__type(key, struct egressd_identity_key);
+	__type(value, struct egressd_identity_value);
+} EGRESSD_MAP_IDENTITIES SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EGRESSD_DEFAULT_IDENTITY_CAPACITY);
+	__type(key, __u32);
+	__type(value, struct egressd_identity_name);
+} EGRESSD_MAP_ID_NAMES SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_POLICY_RULE_CAPACITY);
+	__type(key, struct egressd_policy_key);
+	__type(value, struct egressd_policy_value);
+} EGRESSD_MAP_POLICIES SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_POLICY_CAPACITY);
+	__type(key, struct egressd_policy_name_key);
+	__type(value, struct egressd_policy_name);
+} EGRESSD_MAP_POLICY_NAMES SEC(".maps");
+
 /* A destination in the one 16-byte address space, network byte order. */
 struct egressd_addr {
 	__u32 w[4];
 };
 
 struct egressd_decision {
-	__u32 verdict; /* enum egressd_verdict */
-	__u32 reason;  /* enum egressd_reason */
-	__u32 rule;    /* index in the list that decided, where one did */
+	__u32 verdict;  /* enum egressd_verdict */
+	__u32 reason;   /* enum egressd_reason */
+	__u32 rule;     /* index in the list that decided, or the policy index */
 };
 
 static __always_inline void egressd_addr_from_v4(struct egressd_addr *a, __u32 ip4_be)
@@ -104,10 +133,57 @@ egressd_verdict(__u32 verdict, __u32 reason, __u32 rule)
 	return d;
 }
 
+static __always_inline __u32 egressd_identity_of(__u64 cgroup_id)
+{
+	struct egressd_identity_key key = { .cgroup_id = cgroup_id };
+	const struct egressd_identity_value *v = bpf_map_lookup_elem(&EGRESSD_MAP_IDENTITIES, &key);
+
+	return v ? v->identity : 0;
+}
+
+/* The identity of the calling task: its own cgroup if registered, else the
+ * nearest registered ancestor below the enforced cgroup, else 0 (unknown).
+ * Only computed when row 7 is reached. */
+static __always_inline __u32 egressd_current_identity(const struct egressd_config *cfg)
+{
+	__u32 identity = egressd_identity_of(bpf_get_current_cgroup_id());
+
+	if (identity)
+		return identity;
+#pragma unroll
+	for (int depth = EGRESSD_MAX_WORKLOAD_DEPTH; depth >= 1; depth--) {
+		/* 0 when the task's cgroup is not that deep. */
+		__u64 ancestor = bpf_get_current_ancestor_cgroup_id(cfg->cgroup_level + depth);
+
+		if (!ancestor)
+			continue;
+		identity = egressd_identity_of(ancestor);
+		if (identity)
+			return identity;
+	}
+	return 0;
+}
+
+static __always_inline const struct egressd_policy_value *
+egressd_policy_lookup(__u8 slot, __u32 identity, __u8 proto, __u16 port, const struct egressd_addr *a)
+{
+	struct egressd_policy_key key = {
+		.prefixlen = EGRESSD_POLICY_KEY_FIXED_BITS + 128,
+		.slot = slot,
+		.proto = proto,
+		.port = port,
+		.identity = identity,
+	};
+
+	__builtin_memcpy(key.addr, a->w, sizeof(key.addr));
+	return bpf_map_lookup_elem(&EGRESSD_MAP_POLICIES, &key);
+}
+
 /* The decision, rows 1-8 of docs/decision.md, first match wins. */
 static __always_inline struct egressd_decision
-egressd_decide(const struct egressd_addr *dst, __u16 port, __u32 uid)
+egressd_decide(const struct egressd_addr *dst, __u16 port, __u8 proto, __u32 uid)
 {
+	const struct egressd_policy_value *policy;
 	const struct egressd_cidr_value *cidr;
 	const struct egressd_port_value *pv;
 	const struct egressd_control *ctl;
@@ -151,7 +227,15 @@ egressd_decide(const struct egressd_addr *dst, __u16 port, __u32 uid)
 	if (cfg->flags & EGRESSD_CFG_ENABLE_EGRESS)
 		return egressd_verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_PASSTHROUGH, 0);
 
-	/* Row 7 (Egress policies, when EGRESSD_CFG_POLICY_ACTIVE) goes here. */
+	if (cfg->flags & EGRESSD_CFG_POLICY_ACTIVE) {
+		__u32 identity = egressd_current_identity(cfg);
+
+		if (identity) {
+			policy = egressd_policy_lookup(slot, identity, proto, port, dst);
+			if (policy)
+				return egressd_verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_POLICY, policy->policy);
+		}
+	}
 
 	return egressd_verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_DENY, 0);
 }
@@ -172,7 +256,7 @@ static __always_inline int egressd_sock_addr(struct bpf_sock_addr *ctx,
 {
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 	__u32 uid = (__u32)bpf_get_current_uid_gid();
-	struct egressd_decision d = egressd_decide(dst, port, uid);
+	struct egressd_decision d = egressd_decide(dst, port, (__u8)ctx->protocol, uid);
 
 	egressd_count(d.reason, hook);
 	return d.verdict == EGRESSD_VERDICT_ALLOW ? 1 : 0;

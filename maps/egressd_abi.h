@@ -41,6 +41,10 @@
 #define EGRESSD_MAP_CIDRS cidrs_v1
 #define EGRESSD_MAP_PORTS ports_v1
 #define EGRESSD_MAP_COUNTERS counters_v1
+#define EGRESSD_MAP_IDENTITIES identities_v1
+#define EGRESSD_MAP_ID_NAMES id_names_v1
+#define EGRESSD_MAP_POLICIES policies_v1
+#define EGRESSD_MAP_POLICY_NAMES policy_names_v1
 
 #define EGRESSD_STRINGIFY_(x) #x
 #define EGRESSD_STRINGIFY(x) EGRESSD_STRINGIFY_(x)
@@ -51,6 +55,17 @@
  * maps hold both slots, so they are created with twice this many entries. */
 #define EGRESSD_DEFAULT_CIDR_CAPACITY 16384
 #define EGRESSD_DEFAULT_PORT_CAPACITY 1024
+#define EGRESSD_DEFAULT_POLICY_RULE_CAPACITY 131072
+#define EGRESSD_DEFAULT_POLICY_CAPACITY 4096
+/* Identities and their cgroups are not per generation (identity numbers are
+ * stable), so these maps are created with exactly this many entries. */
+#define EGRESSD_DEFAULT_IDENTITY_CAPACITY 16384
+#define EGRESSD_DEFAULT_WORKLOAD_CAPACITY 16384
+/* How many cgroup levels below the enforced cgroup the kernel searches for
+ * the nearest registered workload. */
+#define EGRESSD_MAX_WORKLOAD_DEPTH 8
+#define EGRESSD_NAME_LEN 256 /* Kubernetes object names are at most 253 bytes */
+#define EGRESSD_NAMESPACE_LEN 64 /* namespaces are DNS labels, at most 63 bytes */
 
 /* ---- decision ------------------------------------------------------------- */
 enum egressd_verdict {
@@ -106,11 +121,11 @@ enum egressd_mode {
 };
 
 struct egressd_config {
-	__u64 generation; /* increases with every applied change */
-	__u32 flags;      /* enum egressd_config_flag */
+	__u64 generation;   /* increases with every applied change */
+	__u32 flags;        /* enum egressd_config_flag */
 	__u32 sidecar_uid;
-	__u32 mode;       /* enum egressd_mode */
-	__u32 _pad;
+	__u32 mode;         /* enum egressd_mode */
+	__u32 cgroup_level; /* level of the enforced cgroup (root = 0), for the workload search */
 };
 
 /* ---- cidrs_v1: LPM_TRIE (BPF_F_NO_PREALLOC) -------------------------------
@@ -155,6 +170,61 @@ struct egressd_port_key {
 struct egressd_port_value {
 	__u32 rule; /* index in outboundPortExclusionList */
 	__u32 _pad;
+};
+
+/* ---- identities_v1: HASH, cgroup id -> identity (not per generation) -----
+ * A workload is a cgroup with an identity (namespace, serviceAccount). The
+ * kernel looks up the socket owner's cgroup, then its ancestors up to
+ * EGRESSD_MAX_WORKLOAD_DEPTH levels below the enforced cgroup: the nearest
+ * registered one decides. No entry: identity 0, unknown. */
+struct egressd_identity_key {
+	__u64 cgroup_id;
+};
+
+struct egressd_identity_value {
+	__u32 identity; /* > 0 */
+	__u32 _pad;
+};
+
+/* ---- id_names_v1: HASH, identity -> its names, for people ---------------- */
+struct egressd_identity_name {
+	char k8s_namespace[EGRESSD_NAMESPACE_LEN];
+	char service_account[EGRESSD_NAME_LEN];
+};
+
+/* ---- policies_v1: LPM_TRIE (BPF_F_NO_PREALLOC) ----------------------------
+ * Row 7. One entry per (source identity, protocol, port, destination prefix)
+ * of the valid Egress policies. Slot, protocol, port and identity lead the
+ * key and are always matched in full, so prefixlen is
+ * EGRESSD_POLICY_KEY_FIXED_BITS + the address prefix length. A policy with
+ * neither ipAddresses nor hosts is one /0 entry (any destination). Hosts
+ * appear as their resolved addresses (/32, /128). */
+#define EGRESSD_POLICY_KEY_FIXED_BITS 64
+
+struct egressd_policy_key {
+	__u32 prefixlen;
+	__u8 slot;
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u16 port; /* host byte order */
+	__u32 identity;
+	__u8 addr[16];
+};
+
+struct egressd_policy_value {
+	__u32 policy; /* index of the policy in this generation (policy_names_v1) */
+	__u32 _pad;
+};
+
+/* ---- policy_names_v1: HASH, (slot, policy index) -> namespace/name -------- */
+struct egressd_policy_name_key {
+	__u8 slot;
+	__u8 _pad[3];
+	__u32 policy;
+};
+
+struct egressd_policy_name {
+	char k8s_namespace[EGRESSD_NAMESPACE_LEN];
+	char name[EGRESSD_NAME_LEN];
 };
 
 /* ---- counters_v1: PERCPU_ARRAY, key __u32 reason * EGRESSD_HOOK_MAX + hook */

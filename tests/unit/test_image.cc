@@ -208,14 +208,16 @@ TEST_CASE("encode and decode round trips") {
 
     image->mode = EGRESSD_MODE_AUDIT;
     image->sidecar_uid = 1337;
+    image->cgroup_level = 3;
     const egressd_config config = encode_config(*image);
-    CHECK(config._pad == 0);
+    CHECK(config.cgroup_level == 3);
     MapImage decoded;
     decode_config(config, decoded);
     CHECK(decoded.generation == 9);
     CHECK(decoded.flags == image->flags);
     CHECK(decoded.sidecar_uid == 1337);
     CHECK(decoded.mode == EGRESSD_MODE_AUDIT);
+    CHECK(decoded.cgroup_level == 3);
 }
 
 TEST_CASE("decode_cidr refuses keys egressd does not write") {

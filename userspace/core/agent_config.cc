@@ -13,6 +13,8 @@ using yaml_input::Field;
 
 constexpr long long kMaxCidrCapacity = 1'000'000;
 constexpr long long kMaxPortCapacity = 65'536;
+constexpr long long kMaxPolicyRuleCapacity = 4'000'000;
+constexpr long long kMaxTableCapacity = 1'000'000;
 constexpr long long kMaxUid = 4'294'967'294;  // (uid_t)-1 means "no uid" to the kernel
 
 uint32_t bounded(const Field& field, long long min, long long max) {
@@ -48,7 +50,8 @@ PolicySemantics semantics_setting(const Field& field) {
 
 AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
     root.reject_unknown_keys(
-        {"cgroup", "bpffs", "meshConfig", "meshCIDRs", "sidecarUID", "runDir", "egressPolicySemantics", "capacities"});
+        {"cgroup", "bpffs", "meshConfig", "meshCIDRs", "sidecarUID", "runDir", "egressPolicySemantics", "policyDir",
+         "workloads", "dnsServer", "capacities"});
     AgentConfig config;
     config.source_file = source_file;
     const fs::path directory = source_file.parent_path();
@@ -68,13 +71,23 @@ AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
         config.run_dir = resolved_path(run_dir, directory);
     if (const Field semantics = root.child("egressPolicySemantics"); semantics.present())
         config.egress_policy_semantics = semantics_setting(semantics);
+    if (const Field dir = root.child("policyDir"); dir.present()) config.policy_dir = resolved_path(dir, directory);
+    if (const Field file = root.child("workloads"); file.present())
+        config.workloads_file = resolved_path(file, directory);
+    if (const Field server = root.child("dnsServer"); server.present()) config.dns_server = non_empty_string(server);
 
     const Field capacities = root.child("capacities");
-    capacities.reject_unknown_keys({"cidrs", "ports"});
-    if (const Field cidrs = capacities.child("cidrs"); cidrs.present())
-        config.capacities.cidrs = bounded(cidrs, 1, kMaxCidrCapacity);
-    if (const Field ports = capacities.child("ports"); ports.present())
-        config.capacities.ports = bounded(ports, 1, kMaxPortCapacity);
+    capacities.reject_unknown_keys({"cidrs", "ports", "policyRules", "policies", "identities", "workloads"});
+    const std::pair<const char*, std::pair<uint32_t*, long long>> limits[] = {
+        {"cidrs", {&config.capacities.cidrs, kMaxCidrCapacity}},
+        {"ports", {&config.capacities.ports, kMaxPortCapacity}},
+        {"policyRules", {&config.capacities.policy_rules, kMaxPolicyRuleCapacity}},
+        {"policies", {&config.capacities.policies, kMaxTableCapacity}},
+        {"identities", {&config.capacities.identities, kMaxTableCapacity}},
+        {"workloads", {&config.capacities.workloads, kMaxTableCapacity}},
+    };
+    for (const auto& [key, target] : limits)
+        if (const Field value = capacities.child(key); value.present()) *target.first = bounded(value, 1, target.second);
     return config;
 }
 

@@ -16,8 +16,12 @@ namespace egressd {
 enum class PolicySemantics { fsm, osm };
 
 struct Capacities {
-    uint32_t cidrs = 16384;  // CIDR entries per generation (all lists together)
-    uint32_t ports = 1024;   // port entries per generation
+    uint32_t cidrs = 16384;           // CIDR entries per generation (all lists together)
+    uint32_t ports = 1024;            // port entries per generation
+    uint32_t policy_rules = 131072;   // policy entries per generation (sources x ports x destinations)
+    uint32_t policies = 4096;         // Egress policies per generation
+    uint32_t identities = 16384;      // (namespace, serviceAccount) pairs known at once
+    uint32_t workloads = 16384;       // registered workload cgroups
     bool operator==(const Capacities&) const = default;
 };
 
@@ -34,6 +38,9 @@ struct AgentConfig {
     std::optional<uint32_t> sidecar_uid = 1500;          // `sidecarUID: null` disables row 2
     std::filesystem::path run_dir = "/run/egressd";      // pid/lock and status files
     PolicySemantics egress_policy_semantics = PolicySemantics::fsm;
+    std::filesystem::path policy_dir;      // Egress policies (*.yaml); empty: none
+    std::filesystem::path workloads_file;  // workload cgroups and their identities; empty: none
+    std::string dns_server;                // "" = system resolver; else ADDRESS[:PORT]
     Capacities capacities;
 
     bool operator==(const AgentConfig&) const = default;
@@ -41,7 +48,8 @@ struct AgentConfig {
 
 // Keys (camelCase): cgroup (required), bpffs, meshConfig (required), meshCIDRs,
 // sidecarUID (integer 0..4294967294 or null), runDir,
-// egressPolicySemantics (fsm|osm), capacities: {cidrs, ports}.
+// egressPolicySemantics (fsm|osm), policyDir, workloads, dnsServer,
+// capacities: {cidrs, ports, policyRules, policies, identities, workloads}.
 // Unknown keys are an error (a typo in an agent setting must not pass
 // silently). Relative paths (meshConfig, runDir) are relative to the file's
 // directory. Errors: "<file>:<line>:<column>: <key path>: <why>".

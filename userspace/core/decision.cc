@@ -1,6 +1,7 @@
 #include "core/decision.h"
 
 #include <algorithm>
+#include <tuple>
 
 namespace egressd {
 
@@ -30,6 +31,20 @@ const CidrRule* lookup_cidr(const MapImage& image, uint8_t table, const IpAddres
     return longest;
 }
 
+const PolicyRule* lookup_policy(const MapImage& image, uint32_t identity, uint8_t proto, uint16_t port,
+                                const IpAddress& addr) {
+    // Rules are sorted by (identity, proto, port, cidr): only that key's range can match.
+    const auto key = std::tie(identity, proto, port);
+    auto first = std::lower_bound(image.policy_rules.begin(), image.policy_rules.end(), key,
+                                  [](const PolicyRule& r, const auto& k) { return std::tie(r.identity, r.proto, r.port) < k; });
+    const PolicyRule* longest = nullptr;
+    for (auto it = first; it != image.policy_rules.end() && std::tie(it->identity, it->proto, it->port) == key; ++it) {
+        if (!it->cidr.contains(addr)) continue;
+        if (!longest || it->cidr.prefix > longest->cidr.prefix) longest = &*it;
+    }
+    return longest;
+}
+
 // Rows 1-8 of docs/decision.md in the order of egressd_decide() in
 // bpf/decision.bpf.h, first match wins.
 Decision decide(const MapImage* image, const Query& query) {
@@ -54,7 +69,10 @@ Decision decide(const MapImage* image, const Query& query) {
 
     if (image->flags & EGRESSD_CFG_ENABLE_EGRESS) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_PASSTHROUGH);
 
-    // Row 7 (Egress policies, when EGRESSD_CFG_POLICY_ACTIVE) is not in the kernel yet.
+    if ((image->flags & EGRESSD_CFG_POLICY_ACTIVE) && query.identity != 0) {
+        if (const PolicyRule* rule = lookup_policy(*image, query.identity, query.proto, query.port, query.dst))
+            return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_POLICY, rule->policy);
+    }
     return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_DENY);
 }
 

@@ -17,6 +17,7 @@ struct Query {
     uint16_t port = 0;   // host order
     uint8_t proto = 0;   // IPPROTO_TCP / IPPROTO_UDP (not used by rows 1-6, 8)
     uint32_t uid = 0;    // uid of the calling task
+    uint32_t identity = 0;  // the caller's workload identity, 0 when unknown
 };
 
 struct Decision {
@@ -33,6 +34,9 @@ Decision decide(const MapImage* image, const Query& query);
 
 // Longest-prefix match within one table, as the LPM trie does; nullptr if none.
 const CidrRule* lookup_cidr(const MapImage& image, uint8_t table, const IpAddress& addr);
+// Longest-prefix match among the policy rules of (identity, proto, port).
+const PolicyRule* lookup_policy(const MapImage& image, uint32_t identity, uint8_t proto, uint16_t port,
+                                const IpAddress& addr);
 
 std::string_view reason_name(egressd_reason reason);  // "local", "sidecar-uid", "excluded-cidr", ...
 int reason_row(egressd_reason reason);                // row of docs/decision.md, 0 for none

@@ -1,6 +1,7 @@
 #include "core/image.h"
 
 #include <algorithm>
+#include <cstring>
 #include <set>
 #include <tuple>
 
@@ -12,10 +13,16 @@ namespace {
 
 constexpr std::string_view kCidrsMap = EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS);
 constexpr std::string_view kPortsMap = EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS);
+constexpr std::string_view kPoliciesMap = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES);
+constexpr std::string_view kPolicyNamesMap = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES);
 
 // The identity of an entry in its map; the rule index is its value.
 auto map_key(const CidrRule& rule) { return std::tie(rule.table, rule.cidr); }
 auto map_key(const PortRule& rule) { return std::tie(rule.table, rule.port); }
+auto map_key(const PolicyRule& rule) { return std::tie(rule.identity, rule.proto, rule.port, rule.cidr); }
+uint32_t map_value(const CidrRule& rule) { return rule.rule; }
+uint32_t map_value(const PortRule& rule) { return rule.rule; }
+uint32_t map_value(const PolicyRule& rule) { return rule.policy; }
 
 // Sorted by key, one entry per key: the first occurrence in its list (the
 // lowest rule index) wins, as the header promises.
@@ -60,7 +67,7 @@ void diff_rules(std::vector<Rule> from, std::vector<Rule> to, std::vector<Rule>&
     for (const Rule& rule : to) {
         for (; old_rule != from.end() && map_key(*old_rule) < map_key(rule); ++old_rule) deletes.push_back(*old_rule);
         if (old_rule != from.end() && map_key(*old_rule) == map_key(rule)) {
-            if (old_rule->rule != rule.rule) upserts.push_back(rule);
+            if (map_value(*old_rule) != map_value(rule)) upserts.push_back(rule);
             ++old_rule;
         } else {
             upserts.push_back(rule);
@@ -84,13 +91,54 @@ std::string list_change(std::string_view name, const std::vector<T>& before, con
     return change.empty() ? change : std::string(name) + change;
 }
 
+// Copies a name into a fixed, zero-padded kernel field (names longer than
+// the field were refused by the parsers; this only guards the copy).
+template <size_t N>
+void copy_name(char (&field)[N], const std::string& text) {
+    std::fill(std::begin(field), std::end(field), '\0');
+    std::copy_n(text.data(), std::min(text.size(), N - 1), field);
+}
+
+template <size_t N>
+std::string read_name(const char (&field)[N]) {
+    return std::string(field, strnlen(field, N));
+}
+
+const Cidr kAnyDestination{};  // ::/0
+
+void add_policy_rules(MapImage& image, const PolicyInputs& in) {
+    if (!in.policies) return;
+    for (uint32_t index = 0; index < in.policies->size(); ++index) {
+        const EgressPolicy& policy = (*in.policies)[index];
+        image.policies.push_back(PolicyRef{policy.namespace_, policy.name});
+        std::vector<Cidr> destinations = policy.ip_addresses;
+        for (const std::string& host : policy.hosts) {
+            if (!in.host_addresses) break;
+            auto found = in.host_addresses->find(host);
+            if (found == in.host_addresses->end()) continue;
+            for (const IpAddress& addr : found->second) destinations.push_back(Cidr{addr, 128});
+        }
+        if (policy.any_destination()) destinations.push_back(kAnyDestination);
+        for (const PolicySource& source : policy.sources) {
+            const uint32_t identity = in.identities->number_for({source.namespace_, source.service_account});
+            for (const PolicyPort& port : policy.ports)
+                for (const Cidr& cidr : destinations)
+                    image.policy_rules.push_back(PolicyRule{identity, port.l4, port.number, cidr, index});
+        }
+    }
+    // One entry per key; sorting by (key, policy) puts the lowest policy index first.
+    sort_unique(image.policy_rules);
+}
+
 }  // namespace
 
-Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, uint64_t generation) {
+Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, uint64_t generation,
+                             const PolicyInputs& policy) {
     MapImage image;
     image.generation = generation;
     image.flags = config_flags(agent, mesh);
     image.sidecar_uid = agent.sidecar_uid.value_or(0);
+    image.cgroup_level = policy.cgroup_level;
 
     add_cidrs(image.cidrs, EGRESSD_TABLE_EXCLUDE, mesh.outbound_ip_range_exclusion);
     add_cidrs(image.cidrs, EGRESSD_TABLE_INCLUDE, mesh.outbound_ip_range_inclusion);
@@ -104,6 +152,13 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
     if (!cidrs_fit) return cidrs_fit.error();
     const Status ports_fit = check_capacity(kPortsMap, image.ports.size(), agent.capacities.ports, "capacities.ports");
     if (!ports_fit) return ports_fit.error();
+    add_policy_rules(image, policy);
+    const Status rules_fit = check_capacity(kPoliciesMap, image.policy_rules.size(), agent.capacities.policy_rules,
+                                            "capacities.policyRules");
+    if (!rules_fit) return rules_fit.error();
+    const Status names_fit =
+        check_capacity(kPolicyNamesMap, image.policies.size(), agent.capacities.policies, "capacities.policies");
+    if (!names_fit) return names_fit.error();
     return image;
 }
 
@@ -165,6 +220,7 @@ egressd_config encode_config(const MapImage& image) {
     config.flags = image.flags;
     config.sidecar_uid = image.sidecar_uid;
     config.mode = image.mode;
+    config.cgroup_level = image.cgroup_level;
     return config;
 }
 
@@ -173,12 +229,69 @@ void decode_config(const egressd_config& config, MapImage& image) {
     image.flags = config.flags;
     image.sidecar_uid = config.sidecar_uid;
     image.mode = config.mode;
+    image.cgroup_level = config.cgroup_level;
+}
+
+egressd_policy_key encode_policy_key(uint8_t slot, const PolicyRule& rule) {
+    egressd_policy_key key{};
+    key.prefixlen = EGRESSD_POLICY_KEY_FIXED_BITS + rule.cidr.prefix;
+    key.slot = slot;
+    key.proto = rule.proto;
+    key.port = rule.port;
+    key.identity = rule.identity;
+    std::copy(rule.cidr.addr.bytes.begin(), rule.cidr.addr.bytes.end(), key.addr);
+    return key;
+}
+
+egressd_policy_value encode_policy_value(const PolicyRule& rule) {
+    egressd_policy_value value{};
+    value.policy = rule.policy;
+    return value;
+}
+
+Result<PolicyRule> decode_policy(const egressd_policy_key& key, const egressd_policy_value& value) {
+    constexpr uint32_t kMaxPrefixLen = EGRESSD_POLICY_KEY_FIXED_BITS + 128;
+    if (key.prefixlen < EGRESSD_POLICY_KEY_FIXED_BITS || key.prefixlen > kMaxPrefixLen)
+        return make_error(fmt::format("{} key has prefix length {}", kPoliciesMap, key.prefixlen));
+    PolicyRule rule{key.identity, key.proto, key.port, Cidr{}, value.policy};
+    std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
+    rule.cidr.prefix = static_cast<uint8_t>(key.prefixlen - EGRESSD_POLICY_KEY_FIXED_BITS);
+    if (!rule.cidr.contains(rule.cidr.addr))
+        return make_error(fmt::format("{} key {} has host bits set", kPoliciesMap, rule.cidr.str()));
+    return rule;
+}
+
+egressd_identity_name encode_identity_name(const IdentityName& name) {
+    egressd_identity_name value{};
+    copy_name(value.k8s_namespace, name.namespace_);
+    copy_name(value.service_account, name.service_account);
+    return value;
+}
+
+IdentityName decode_identity_name(const egressd_identity_name& value) {
+    return IdentityName{read_name(value.k8s_namespace), read_name(value.service_account)};
+}
+
+egressd_policy_name encode_policy_name(const PolicyRef& ref) {
+    egressd_policy_name value{};
+    copy_name(value.k8s_namespace, ref.namespace_);
+    copy_name(value.name, ref.name);
+    return value;
+}
+
+PolicyRef decode_policy_name(const egressd_policy_name& value) {
+    return PolicyRef{read_name(value.k8s_namespace), read_name(value.name)};
 }
 
 ImageDiff diff_images(const MapImage& from, const MapImage& to) {
     ImageDiff diff;
     diff_rules(from.cidrs, to.cidrs, diff.cidr_deletes, diff.cidr_upserts);
     diff_rules(from.ports, to.ports, diff.port_deletes, diff.port_upserts);
+    diff_rules(from.policy_rules, to.policy_rules, diff.policy_deletes, diff.policy_upserts);
+    for (uint32_t i = 0; i < to.policies.size(); ++i)
+        if (i >= from.policies.size() || from.policies[i] != to.policies[i]) diff.policy_name_upserts.push_back(i);
+    for (uint32_t i = static_cast<uint32_t>(to.policies.size()); i < from.policies.size(); ++i)
+        diff.policy_name_deletes.push_back(i);
     return diff;
 }
 

@@ -10,6 +10,8 @@
 
 #include "common/result.h"
 #include "core/agent_config.h"
+#include "core/egress_policy.h"
+#include "core/identity.h"
 #include "core/meshconfig.h"
 #include "core/net.h"
 #include "egressd_abi.h"
@@ -32,15 +34,35 @@ struct PortRule {
     auto operator<=>(const PortRule&) const = default;
 };
 
+// Row 7: one entry per (source identity, protocol, port, destination prefix).
+struct PolicyRule {
+    uint32_t identity = 0;
+    uint8_t proto = 0;  // IPPROTO_TCP / IPPROTO_UDP
+    uint16_t port = 0;
+    Cidr cidr;           // ::/0 for "any destination"
+    uint32_t policy = 0;  // index in MapImage::policies
+
+    auto operator<=>(const PolicyRule&) const = default;
+};
+
+struct PolicyRef {
+    std::string namespace_;
+    std::string name;
+    auto operator<=>(const PolicyRef&) const = default;
+};
+
 struct MapImage {
     // Slot-independent configuration (generation, flags, sidecar uid, mode).
     uint64_t generation = 0;
     uint32_t flags = 0;  // enum egressd_config_flag
     uint32_t sidecar_uid = 0;
     uint32_t mode = EGRESSD_MODE_ENFORCE;
+    uint32_t cgroup_level = 0;  // level of the enforced cgroup
 
     std::vector<CidrRule> cidrs;  // sorted by (table, cidr), one entry per (table, cidr)
     std::vector<PortRule> ports;  // sorted by (table, port), one entry per (table, port)
+    std::vector<PolicyRule> policy_rules;  // sorted by (identity, proto, port, cidr), one entry per those
+    std::vector<PolicyRef> policies;       // policy index -> namespace/name
 
     bool operator==(const MapImage&) const = default;
 };
@@ -51,7 +73,21 @@ struct MapImage {
 // enableEgressPolicy; osm: !enableEgress). Refuses, whole, an image that does
 // not fit the capacities: "cidrs_v1 needs 20000 entries per generation, capacity
 // is 16384 (capacities.cidrs)".
-Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, uint64_t generation);
+//
+// Egress policies become policy rules: for every valid policy (in PolicySet
+// order, which is its index), every source identity (numbered by `identities`,
+// which allocates new numbers), every port, and every destination (ipAddresses,
+// the current addresses of its hosts, or ::/0 when it names neither). Several
+// policies on the same key: the lowest index wins. A policy whose hosts have
+// no addresses yet and which has no ipAddresses allows nothing.
+struct PolicyInputs {
+    const std::vector<EgressPolicy>* policies = nullptr;
+    const std::map<std::string, std::vector<IpAddress>>* host_addresses = nullptr;
+    IdentityRegistry* identities = nullptr;  // required when policies is non-empty
+    uint32_t cgroup_level = 0;
+};
+Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, uint64_t generation,
+                             const PolicyInputs& policy = {});
 
 // Encoding to and from the kernel's keys and values (maps/egressd_abi.h).
 egressd_cidr_key encode_cidr_key(uint8_t slot, uint8_t table, const Cidr& cidr);
@@ -62,14 +98,26 @@ egressd_port_value encode_port_value(const PortRule& rule);
 PortRule decode_port(const egressd_port_key& key, const egressd_port_value& value);
 egressd_config encode_config(const MapImage& image);
 void decode_config(const egressd_config& config, MapImage& image);
+egressd_policy_key encode_policy_key(uint8_t slot, const PolicyRule& rule);
+egressd_policy_value encode_policy_value(const PolicyRule& rule);
+Result<PolicyRule> decode_policy(const egressd_policy_key& key, const egressd_policy_value& value);
+egressd_identity_name encode_identity_name(const IdentityName& name);
+IdentityName decode_identity_name(const egressd_identity_name& value);
+egressd_policy_name encode_policy_name(const PolicyRef& ref);
+PolicyRef decode_policy_name(const egressd_policy_name& value);
 
 // What turns one slot's content into another: delete what is gone, upsert what
 // is new or whose value changed. Applying it leaves exactly `to`.
 struct ImageDiff {
     std::vector<CidrRule> cidr_deletes, cidr_upserts;
     std::vector<PortRule> port_deletes, port_upserts;
+    std::vector<PolicyRule> policy_deletes, policy_upserts;
+    std::vector<uint32_t> policy_name_deletes;  // indexes beyond the new list
+    std::vector<uint32_t> policy_name_upserts;  // indexes whose name is new or changed
     bool empty() const {
-        return cidr_deletes.empty() && cidr_upserts.empty() && port_deletes.empty() && port_upserts.empty();
+        return cidr_deletes.empty() && cidr_upserts.empty() && port_deletes.empty() && port_upserts.empty() &&
+               policy_deletes.empty() && policy_upserts.empty() && policy_name_deletes.empty() &&
+               policy_name_upserts.empty();
     }
 };
 ImageDiff diff_images(const MapImage& from, const MapImage& to);

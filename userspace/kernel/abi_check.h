@@ -36,6 +36,26 @@ static_assert(offsetof(egressd_port_key, table) == 1);
 static_assert(offsetof(egressd_port_key, port) == 2);
 static_assert(sizeof(egressd_port_value) == 8);
 
+static_assert(offsetof(egressd_config, cgroup_level) == 20);
+
+static_assert(sizeof(egressd_identity_key) == 8);
+static_assert(sizeof(egressd_identity_value) == 8);
+static_assert(sizeof(egressd_identity_name) == EGRESSD_NAMESPACE_LEN + EGRESSD_NAME_LEN);
+static_assert(offsetof(egressd_identity_name, service_account) == EGRESSD_NAMESPACE_LEN);
+
+static_assert(sizeof(egressd_policy_key) == 4 + 8 + 16);
+static_assert(offsetof(egressd_policy_key, slot) == 4);
+static_assert(offsetof(egressd_policy_key, proto) == 5);
+static_assert(offsetof(egressd_policy_key, port) == 6);
+static_assert(offsetof(egressd_policy_key, identity) == 8);
+static_assert(offsetof(egressd_policy_key, addr) == 12);
+static_assert((offsetof(egressd_policy_key, addr) - offsetof(egressd_policy_key, slot)) * 8 ==
+              EGRESSD_POLICY_KEY_FIXED_BITS);
+static_assert(sizeof(egressd_policy_value) == 8);
+static_assert(sizeof(egressd_policy_name_key) == 8);
+static_assert(offsetof(egressd_policy_name_key, policy) == 4);
+static_assert(sizeof(egressd_policy_name) == EGRESSD_NAMESPACE_LEN + EGRESSD_NAME_LEN);
+
 static_assert(sizeof(egressd_counter) == 8);
 static_assert(EGRESSD_COUNTER_SLOTS == int{EGRESSD_REASON_MAX} * int{EGRESSD_HOOK_MAX});
 

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
 
 #include "egressd.skel.h"
 #include "kernel/abi_check.h"
@@ -23,6 +24,12 @@ const char* const kConfigName = EGRESSD_STRINGIFY(EGRESSD_MAP_CONFIG);
 const char* const kCidrsName = EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS);
 const char* const kPortsName = EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS);
 const char* const kCountersName = EGRESSD_STRINGIFY(EGRESSD_MAP_COUNTERS);
+const char* const kIdentitiesName = EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITIES);
+const char* const kIdNamesName = EGRESSD_STRINGIFY(EGRESSD_MAP_ID_NAMES);
+const char* const kPoliciesName = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES);
+const char* const kPolicyNamesName = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES);
+const char* const kAllMapNames[] = {kControlName,    kConfigName,  kCidrsName,    kPortsName,      kCountersName,
+                                    kIdentitiesName, kIdNamesName, kPoliciesName, kPolicyNamesName};
 
 // libbpf returns negative errno (libbpf 1.0 semantics) and sets errno.
 Error libbpf_error(const std::string& what, long err) { return Error{static_cast<int>(err < 0 ? -err : errno), what}; }
@@ -64,6 +71,40 @@ bool path_present(const fs::path& p) {
     return ::lstat(p.c_str(), &st) == 0;
 }
 
+// Calls fn(key, value) for every entry of a hash or LPM map. Entries deleted
+// while walking are skipped.
+template <typename Key, typename Value, typename Fn>
+void for_each_entry(int fd, Fn fn) {
+    Key key{}, next{};
+    const void* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+        key = next;
+        prev = &key;
+        Value value{};
+        if (bpf_map_lookup_elem(fd, &key, &value) == 0) fn(key, value);
+    }
+}
+
+// Writes the entries of `to` that differ from `from` and deletes what `to`
+// lacks: the unslotted maps change entry by entry.
+template <typename K, typename V, typename EncodeKey, typename EncodeValue>
+Status sync_entries(int fd, const char* map, const std::map<K, V>& from, const std::map<K, V>& to, EncodeKey encode_key,
+                    EncodeValue encode_value) {
+    for (const auto& [k, v] : to) {
+        auto old = from.find(k);
+        if (old != from.end() && old->second == v) continue;
+        const auto key = encode_key(k);
+        const auto value = encode_value(v);
+        if (bpf_map_update_elem(fd, &key, &value, BPF_ANY) != 0) return system_error(std::string("writing ") + map);
+    }
+    for (const auto& [k, v] : from) {
+        if (to.contains(k)) continue;
+        const auto key = encode_key(k);
+        if (bpf_map_delete_elem(fd, &key) != 0 && errno != ENOENT) return system_error(std::string("deleting from ") + map);
+    }
+    return {};
+}
+
 void silence_libbpf_debug() {
     libbpf_set_print([](enum libbpf_print_level level, const char* format, va_list args) -> int {
         if (level == LIBBPF_DEBUG) return 0;
@@ -77,11 +118,10 @@ void silence_libbpf_debug() {
 
 Result<MapSet> MapSet::open_pinned(const fs::path& pin_dir, bool read_only) {
     MapSet set;
-    const std::pair<const char*, UniqueFd*> maps[] = {{kControlName, &set.control},
-                                                      {kConfigName, &set.config},
-                                                      {kCidrsName, &set.cidrs},
-                                                      {kPortsName, &set.ports},
-                                                      {kCountersName, &set.counters}};
+    const std::pair<const char*, UniqueFd*> maps[] = {
+        {kControlName, &set.control},       {kConfigName, &set.config},     {kCidrsName, &set.cidrs},
+        {kPortsName, &set.ports},           {kCountersName, &set.counters}, {kIdentitiesName, &set.identities},
+        {kIdNamesName, &set.id_names},      {kPoliciesName, &set.policies}, {kPolicyNamesName, &set.policy_names}};
     for (const auto& [name, fd] : maps) {
         auto opened = open_pinned_object(pin_dir / name, read_only);
         if (!opened) return opened.error();
@@ -104,30 +144,36 @@ Result<MapImage> MapSet::read_slot(uint32_t slot) const {
     if (bpf_map_lookup_elem(config.get(), &slot, &cfg) != 0) return system_error(std::string("reading ") + kConfigName);
     decode_config(cfg, image);
 
-    egressd_cidr_key key{}, next{};
-    const void* prev = nullptr;
-    while (bpf_map_get_next_key(cidrs.get(), prev, &next) == 0) {
-        key = next;
-        prev = &key;
-        if (key.slot != slot) continue;
-        egressd_cidr_value value{};
-        if (bpf_map_lookup_elem(cidrs.get(), &key, &value) != 0) continue;  // deleted meanwhile
+    std::optional<Error> bad;
+    for_each_entry<egressd_cidr_key, egressd_cidr_value>(cidrs.get(), [&](const auto& key, const auto& value) {
+        if (key.slot != slot) return;
         auto rule = decode_cidr(key, value);
-        if (!rule) return rule.error().with_context(std::string("decoding ") + kCidrsName);
-        image.cidrs.push_back(*rule);
-    }
-    egressd_port_key pkey{}, pnext{};
-    const void* pprev = nullptr;
-    while (bpf_map_get_next_key(ports.get(), pprev, &pnext) == 0) {
-        pkey = pnext;
-        pprev = &pkey;
-        if (pkey.slot != slot) continue;
-        egressd_port_value value{};
-        if (bpf_map_lookup_elem(ports.get(), &pkey, &value) != 0) continue;
-        image.ports.push_back(decode_port(pkey, value));
+        if (rule) image.cidrs.push_back(*rule);
+        else bad = rule.error().with_context(std::string("decoding ") + kCidrsName);
+    });
+    for_each_entry<egressd_port_key, egressd_port_value>(ports.get(), [&](const auto& key, const auto& value) {
+        if (key.slot == slot) image.ports.push_back(decode_port(key, value));
+    });
+    for_each_entry<egressd_policy_key, egressd_policy_value>(policies.get(), [&](const auto& key, const auto& value) {
+        if (key.slot != slot) return;
+        auto rule = decode_policy(key, value);
+        if (rule) image.policy_rules.push_back(*rule);
+        else bad = rule.error().with_context(std::string("decoding ") + kPoliciesName);
+    });
+    std::map<uint32_t, PolicyRef> names;
+    for_each_entry<egressd_policy_name_key, egressd_policy_name>(policy_names.get(),
+                                                                [&](const auto& key, const auto& value) {
+        if (key.slot == slot) names[key.policy] = decode_policy_name(value);
+    });
+    if (bad) return *bad;
+    // Indexes are dense from 0 in a written slot; a gap means a torn write of an inactive slot.
+    for (const auto& [index, ref] : names) {
+        if (index >= image.policies.size()) image.policies.resize(index + 1);
+        image.policies[index] = ref;
     }
     std::sort(image.cidrs.begin(), image.cidrs.end());
     std::sort(image.ports.begin(), image.ports.end());
+    std::sort(image.policy_rules.begin(), image.policy_rules.end());
     return image;
 }
 
@@ -142,6 +188,33 @@ Result<std::vector<uint64_t>> MapSet::read_counters() const {
         for (const auto& c : per_cpu) totals[i] += c.decisions;
     }
     return totals;
+}
+
+Result<std::map<uint64_t, uint32_t>> MapSet::read_workload_identities() const {
+    std::map<uint64_t, uint32_t> out;
+    for_each_entry<egressd_identity_key, egressd_identity_value>(
+        identities.get(), [&](const auto& key, const auto& value) { out[key.cgroup_id] = value.identity; });
+    return out;
+}
+
+Result<std::map<uint32_t, IdentityName>> MapSet::read_identity_names() const {
+    std::map<uint32_t, IdentityName> out;
+    for_each_entry<uint32_t, egressd_identity_name>(
+        id_names.get(), [&](const auto& key, const auto& value) { out[key] = decode_identity_name(value); });
+    return out;
+}
+
+Status MapSet::write_workload_identities(const std::map<uint64_t, uint32_t>& from,
+                                         const std::map<uint64_t, uint32_t>& to) const {
+    return sync_entries(
+        identities.get(), kIdentitiesName, from, to, [](uint64_t id) { return egressd_identity_key{id}; },
+        [](uint32_t identity) { return egressd_identity_value{identity, 0}; });
+}
+
+Status MapSet::write_identity_names(const std::map<uint32_t, IdentityName>& from,
+                                    const std::map<uint32_t, IdentityName>& to) const {
+    return sync_entries(
+        id_names.get(), kIdNamesName, from, to, [](uint32_t id) { return id; }, encode_identity_name);
 }
 
 Status MapSet::write_slot(uint32_t slot, const MapImage& from, const MapImage& to) const {
@@ -173,6 +246,28 @@ Status MapSet::write_slot(uint32_t slot, const MapImage& from, const MapImage& t
         const auto value = encode_port_value(rule);
         if (bpf_map_update_elem(ports.get(), &key, &value, BPF_ANY) != 0)
             return fail(kPortsName, "writing port " + std::to_string(rule.port));
+    }
+    for (const auto& rule : diff.policy_deletes) {
+        const auto key = encode_policy_key(static_cast<uint8_t>(slot), rule);
+        if (bpf_map_delete_elem(policies.get(), &key) != 0 && errno != ENOENT)
+            return fail(kPoliciesName, "deleting " + rule.cidr.str());
+    }
+    for (const auto& rule : diff.policy_upserts) {
+        const auto key = encode_policy_key(static_cast<uint8_t>(slot), rule);
+        const auto value = encode_policy_value(rule);
+        if (bpf_map_update_elem(policies.get(), &key, &value, BPF_ANY) != 0)
+            return fail(kPoliciesName, "writing " + rule.cidr.str());
+    }
+    for (uint32_t index : diff.policy_name_deletes) {
+        const egressd_policy_name_key key{static_cast<uint8_t>(slot), {}, index};
+        if (bpf_map_delete_elem(policy_names.get(), &key) != 0 && errno != ENOENT)
+            return fail(kPolicyNamesName, "deleting a name");
+    }
+    for (uint32_t index : diff.policy_name_upserts) {
+        const egressd_policy_name_key key{static_cast<uint8_t>(slot), {}, index};
+        const auto value = encode_policy_name(to.policies[index]);
+        if (bpf_map_update_elem(policy_names.get(), &key, &value, BPF_ANY) != 0)
+            return fail(kPolicyNamesName, "writing a name");
     }
     const egressd_config cfg = encode_config(to);
     if (bpf_map_update_elem(config.get(), &slot, &cfg, BPF_ANY) != 0) return fail(kConfigName, "writing slot");
@@ -248,7 +343,7 @@ Status cleanup_pins(const fs::path& pin_dir, std::vector<std::string>& removed) 
         removed.push_back(path.string());
     }
     ::rmdir(links_dir(pin_dir).c_str());
-    for (const char* name : {kControlName, kConfigName, kCidrsName, kPortsName, kCountersName}) {
+    for (const char* name : kAllMapNames) {
         const fs::path path = pin_dir / name;
         if (!path_present(path)) continue;
         if (::unlink(path.c_str()) != 0) return system_error("removing " + path.string());
@@ -281,6 +376,10 @@ Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
     const std::map<std::string, uint32_t> capacity = {
         {kCidrsName, EGRESSD_SLOTS * options.capacities.cidrs},
         {kPortsName, EGRESSD_SLOTS * options.capacities.ports},
+        {kPoliciesName, EGRESSD_SLOTS * options.capacities.policy_rules},
+        {kPolicyNamesName, EGRESSD_SLOTS * options.capacities.policies},
+        {kIdNamesName, options.capacities.identities},
+        {kIdentitiesName, options.capacities.workloads},
     };
     bpf_map* map = nullptr;
     bpf_object__for_each_map(map, obj) {
@@ -320,14 +419,16 @@ Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
     if (int err = egressd_bpf__load(dp->skel_); err != 0)
         return libbpf_error("loading the BPF programs (is this kernel built with CONFIG_CGROUP_BPF?)", err);
 
-    const std::pair<bpf_map*, UniqueFd*> fds[] = {{dp->skel_->maps.control_v1, &dp->maps_.control},
-                                                  {dp->skel_->maps.config_v1, &dp->maps_.config},
-                                                  {dp->skel_->maps.cidrs_v1, &dp->maps_.cidrs},
-                                                  {dp->skel_->maps.ports_v1, &dp->maps_.ports},
-                                                  {dp->skel_->maps.counters_v1, &dp->maps_.counters}};
-    for (const auto& [m, fd] : fds) {
-        fd->reset(::fcntl(bpf_map__fd(m), F_DUPFD_CLOEXEC, 0));
-        if (!fd->valid()) return system_error("duplicating a map descriptor");
+    const std::pair<const char*, UniqueFd*> fds[] = {
+        {kControlName, &dp->maps_.control},       {kConfigName, &dp->maps_.config},
+        {kCidrsName, &dp->maps_.cidrs},           {kPortsName, &dp->maps_.ports},
+        {kCountersName, &dp->maps_.counters},     {kIdentitiesName, &dp->maps_.identities},
+        {kIdNamesName, &dp->maps_.id_names},      {kPoliciesName, &dp->maps_.policies},
+        {kPolicyNamesName, &dp->maps_.policy_names}};
+    for (const auto& [name, fd] : fds) {
+        bpf_map* m = bpf_object__find_map_by_name(obj, name);
+        fd->reset(m ? ::fcntl(bpf_map__fd(m), F_DUPFD_CLOEXEC, 0) : -1);
+        if (!fd->valid()) return system_error(std::string("duplicating the descriptor of ") + name);
     }
 
     if (dp->adopted_maps_) {
@@ -339,6 +440,12 @@ Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
             if (!image) return image.error().with_context("adopting the pinned generation");
             dp->slot_images_[slot] = std::move(*image);
         }
+        auto names = dp->maps_.read_identity_names();
+        if (!names) return names.error();
+        dp->identity_names_ = std::move(*names);
+        auto workloads = dp->maps_.read_workload_identities();
+        if (!workloads) return workloads.error();
+        dp->workload_identities_ = std::move(*workloads);
     }
     return dp;
 }
@@ -372,6 +479,21 @@ Status Datapath::publish(const MapImage& image) {
     // Until every program that read the old slot has finished, the old slot
     // must not change: the next publish() writes it.
     return barrier_.wait();
+}
+
+Status Datapath::set_identities(const std::map<uint32_t, IdentityName>& names,
+                                const std::map<uint64_t, uint32_t>& workloads) {
+    if (auto written = maps_.write_identity_names(identity_names_, names); !written) {
+        if (auto actual = maps_.read_identity_names()) identity_names_ = std::move(*actual);
+        return written;
+    }
+    identity_names_ = names;
+    if (auto written = maps_.write_workload_identities(workload_identities_, workloads); !written) {
+        if (auto actual = maps_.read_workload_identities()) workload_identities_ = std::move(*actual);
+        return written;
+    }
+    workload_identities_ = workloads;
+    return {};
 }
 
 Result<std::vector<AttachReport>> Datapath::attach(const CgroupTarget& cgroup) {

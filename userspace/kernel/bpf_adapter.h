@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -13,6 +14,7 @@
 #include "common/fd.h"
 #include "common/result.h"
 #include "core/agent_config.h"
+#include "core/identity.h"
 #include "core/image.h"
 #include "egressd_abi.h"
 #include "kernel/cgroup.h"
@@ -40,11 +42,19 @@ public:
     // Decisions per counter index (reason * EGRESSD_HOOK_MAX + hook), summed over CPUs.
     Result<std::vector<uint64_t>> read_counters() const;
 
+    // Not per generation: registered workload cgroups and identity names.
+    Result<std::map<uint64_t, uint32_t>> read_workload_identities() const;
+    Result<std::map<uint32_t, IdentityName>> read_identity_names() const;
+    Status write_workload_identities(const std::map<uint64_t, uint32_t>& from,
+                                     const std::map<uint64_t, uint32_t>& to) const;
+    Status write_identity_names(const std::map<uint32_t, IdentityName>& from,
+                                const std::map<uint32_t, IdentityName>& to) const;
+
     // Turns slot `slot`, holding `from`, into `to`. Only for the inactive slot.
     Status write_slot(uint32_t slot, const MapImage& from, const MapImage& to) const;
     Status set_active_slot(uint32_t slot) const;
 
-    UniqueFd control, config, cidrs, ports, counters;
+    UniqueFd control, config, cidrs, ports, counters, identities, id_names, policies, policy_names;
 };
 
 struct LinkInfo {
@@ -113,6 +123,12 @@ public:
     // are new. Call after the first publish().
     Result<std::vector<AttachReport>> attach(const CgroupTarget& cgroup);
 
+    // Identity names and registered workload cgroups: not per generation.
+    // Names must be written before a generation that uses them is published.
+    Status set_identities(const std::map<uint32_t, IdentityName>& names, const std::map<uint64_t, uint32_t>& workloads);
+    const std::map<uint32_t, IdentityName>& identity_names() const { return identity_names_; }
+    const std::map<uint64_t, uint32_t>& workload_identities() const { return workload_identities_; }
+
     const MapSet& maps() const { return maps_; }
 
 private:
@@ -127,6 +143,8 @@ private:
     uint32_t active_slot_ = 0;
     std::array<MapImage, EGRESSD_SLOTS> slot_images_{};  // what each slot holds in the kernel
     std::vector<bpf_link*> links_;
+    std::map<uint32_t, IdentityName> identity_names_;
+    std::map<uint64_t, uint32_t> workload_identities_;
 };
 
 }  // namespace egressd

@@ -1,0 +1,253 @@
+// Row 7 in the pure core: identities, workloads, policy rules in the image,
+// the reference decision over them, and slot diffs of policy entries.
+#include <netinet/in.h>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+
+#include "core/decision.h"
+#include "core/identity.h"
+#include "core/image.h"
+#include "core/workloads.h"
+
+using namespace egressd;
+
+namespace {
+
+Cidr cidr(const char* text) { return Cidr::parse(text).value(); }
+IpAddress ip(const char* text) { return IpAddress::parse(text).value(); }
+
+EgressPolicy policy(std::string ns, std::string name, std::vector<PolicySource> sources, std::vector<PolicyPort> ports,
+                    std::vector<Cidr> ips = {}, std::vector<std::string> hosts = {}) {
+    EgressPolicy p;
+    p.api_version = "policy.flomesh.io/v1alpha1";
+    p.namespace_ = std::move(ns);
+    p.name = std::move(name);
+    p.sources = std::move(sources);
+    p.ports = std::move(ports);
+    p.ip_addresses = std::move(ips);
+    p.hosts = std::move(hosts);
+    return p;
+}
+
+const PolicyPort kHttp{80, "http", IPPROTO_TCP};
+const PolicyPort kDns{53, "udp", IPPROTO_UDP};
+
+MeshConfig egress_off() {
+    MeshConfig m;
+    m.enable_egress = false;
+    m.enable_egress_policy = true;
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("identity names parse as NAMESPACE/SERVICEACCOUNT") {
+    CHECK(IdentityName::parse("curl/curl").value() == IdentityName{"curl", "curl"});
+    for (const char* bad : {"curl", "/curl", "curl/", "a/b/c", ""}) {
+        CAPTURE(bad);
+        auto parsed = IdentityName::parse(bad);
+        REQUIRE_FALSE(parsed.ok());
+        CHECK(parsed.error().message.find("NAMESPACE/SERVICEACCOUNT") != std::string::npos);
+    }
+}
+
+TEST_CASE("identity numbers are stable, never 0, and not reused after being forgotten") {
+    IdentityRegistry registry;
+    const uint32_t a = registry.number_for({"ns", "a"});
+    const uint32_t b = registry.number_for({"ns", "b"});
+    CHECK(a != 0);
+    CHECK(b != a);
+    CHECK(registry.number_for({"ns", "a"}) == a);
+    registry.retain({b});
+    CHECK_FALSE(registry.find({"ns", "a"}).has_value());
+    CHECK(registry.number_for({"ns", "a"}) > b);  // a fresh number
+
+    // Adopting what the kernel holds continues after its highest number.
+    IdentityRegistry adopted({{7, {"ns", "x"}}, {3, {"ns", "y"}}});
+    CHECK(adopted.find({"ns", "x"}) == 7u);
+    CHECK(adopted.number_for({"ns", "new"}) == 8u);
+}
+
+TEST_CASE("the workloads file: parsing, errors, rendering round trip") {
+    const std::string text =
+        "workloads:\n"
+        "  - cgroup: curl/curl\n    namespace: curl\n    serviceAccount: curl\n"
+        "  - cgroup: ./web//\n    namespace: web\n    serviceAccount: client\n";
+    auto parsed = parse_workloads(text, "w.yaml");
+    REQUIRE(parsed.ok());
+    REQUIRE(parsed->size() == 2);
+    CHECK((*parsed)[1].cgroup == "web");
+    CHECK((*parsed)[1].identity == IdentityName{"web", "client"});
+    auto again = parse_workloads(render_workloads(*parsed), "w.yaml");
+    REQUIRE(again.ok());
+    CHECK(*again == *parsed);
+    CHECK(parse_workloads("", "w.yaml").value().empty());
+    CHECK(parse_workloads(render_workloads({}), "w.yaml").value().empty());
+
+    const struct {
+        const char* text;
+        const char* message;
+    } bad[] = {
+        {"workloads:\n  - cgroup: ../escape\n    namespace: a\n    serviceAccount: b\n",
+         "w.yaml:2:13: workloads[0].cgroup: \"../escape\" must be a path below the enforced cgroup"},
+        {"workloads:\n  - cgroup: /abs\n    namespace: a\n    serviceAccount: b\n", "must be a path below"},
+        {"workloads:\n  - cgroup: x\n    namespace: a\n", "workloads[0].serviceAccount"},
+        {"workloads:\n  - cgroup: x\n    namespace: a\n    serviceAccount: b\n"
+         "  - cgroup: x/\n    namespace: c\n    serviceAccount: d\n",
+         "cgroup x is listed twice"},
+        {"workloads:\n  - cgroup: x\n    namespace: a\n    serviceAccount: b\n    extra: 1\n", "extra: unknown key"},
+    };
+    for (const auto& c : bad) {
+        CAPTURE(c.text);
+        auto result = parse_workloads(c.text, "w.yaml");
+        REQUIRE_FALSE(result.ok());
+        CHECK(result.error().message.find(c.message) != std::string::npos);
+    }
+}
+
+TEST_CASE("policies become one entry per source, port and destination") {
+    AgentConfig agent;
+    IdentityRegistry ids;
+    const std::vector<EgressPolicy> policies = {
+        policy("curl", "by-address", {{"curl", "curl"}, {"curl", "other"}}, {kHttp, kDns},
+               {cidr("203.0.113.0/24"), cidr("2001:db8::/32")}),
+        policy("curl", "by-host", {{"curl", "curl"}}, {kHttp}, {}, {"api.test", "unresolved.test"}),
+        policy("curl", "anywhere", {{"web", "client"}}, {kHttp}),
+    };
+    const std::map<std::string, std::vector<IpAddress>> hosts = {{"api.test", {ip("198.19.0.1"), ip("2001:db8:1::1")}}};
+    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, &hosts, &ids, 2});
+    REQUIRE(image.ok());
+    CHECK(image->cgroup_level == 2);
+    CHECK(image->policies.size() == 3);
+    CHECK(image->policies[1] == PolicyRef{"curl", "by-host"});
+    // 2 sources x 2 ports x 2 CIDRs + 1 x 1 x 2 host addresses + 1 x 1 x any.
+    CHECK(image->policy_rules.size() == 8 + 2 + 1);
+    const uint32_t curl = ids.find({"curl", "curl"}).value();
+    const uint32_t web = ids.find({"web", "client"}).value();
+    CHECK(std::is_sorted(image->policy_rules.begin(), image->policy_rules.end()));
+    const auto any = std::find_if(image->policy_rules.begin(), image->policy_rules.end(),
+                                  [&](const PolicyRule& r) { return r.identity == web; });
+    REQUIRE(any != image->policy_rules.end());
+    CHECK(any->cidr.prefix == 0);
+    CHECK(any->policy == 2);
+    const size_t curl_host_rules = std::count_if(image->policy_rules.begin(), image->policy_rules.end(),
+                                                 [&](const PolicyRule& r) { return r.identity == curl && r.policy == 1; });
+    CHECK(curl_host_rules == 2);
+}
+
+TEST_CASE("a host policy with no addresses yet allows nothing, not everything") {
+    AgentConfig agent;
+    IdentityRegistry ids;
+    const std::vector<EgressPolicy> policies = {policy("curl", "by-host", {{"curl", "curl"}}, {kHttp}, {}, {"x.test"})};
+    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, 0});
+    REQUIRE(image.ok());
+    CHECK(image->policy_rules.empty());
+    const Decision d = decide(&*image, Query{ip("203.0.113.1"), 80, IPPROTO_TCP, 0, ids.find({"curl", "curl"}).value()});
+    CHECK(d.reason == EGRESSD_REASON_DENY);
+}
+
+TEST_CASE("the same entry from two policies names the first policy") {
+    AgentConfig agent;
+    IdentityRegistry ids;
+    const std::vector<EgressPolicy> policies = {
+        policy("a", "first", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/24")}),
+        policy("b", "second", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/24"), cidr("203.0.113.128/25")}),
+    };
+    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, 0});
+    REQUIRE(image.ok());
+    CHECK(image->policy_rules.size() == 2);
+    const uint32_t id = ids.find({"ns", "sa"}).value();
+    // Longest prefix wins: .200 is in the /25 of "second"; .1 only in the /24 both name, kept for "first".
+    CHECK(decide(&*image, Query{ip("203.0.113.200"), 80, IPPROTO_TCP, 0, id}).rule == 1);
+    CHECK(decide(&*image, Query{ip("203.0.113.1"), 80, IPPROTO_TCP, 0, id}).rule == 0);
+}
+
+TEST_CASE("row 7 in the reference decision: identity, protocol, port, destination and the flags") {
+    AgentConfig agent;
+    agent.mesh_cidrs = {cidr("198.18.0.0/16")};
+    IdentityRegistry ids;
+    const std::vector<EgressPolicy> policies = {
+        policy("curl", "web", {{"curl", "curl"}}, {kHttp}, {cidr("203.0.113.10/32")})};
+    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, 0});
+    REQUIRE(image.ok());
+    const uint32_t curl = ids.find({"curl", "curl"}).value();
+    const uint32_t stranger = curl + 100;
+    const struct {
+        const char* what;
+        Query query;
+        egressd_reason reason;
+    } cases[] = {
+        {"listed identity, port, protocol", {ip("203.0.113.10"), 80, IPPROTO_TCP, 0, curl}, EGRESSD_REASON_POLICY},
+        {"v4-mapped destination", {ip("::ffff:203.0.113.10"), 80, IPPROTO_TCP, 0, curl}, EGRESSD_REASON_POLICY},
+        {"other port", {ip("203.0.113.10"), 81, IPPROTO_TCP, 0, curl}, EGRESSD_REASON_DENY},
+        {"other protocol", {ip("203.0.113.10"), 80, IPPROTO_UDP, 0, curl}, EGRESSD_REASON_DENY},
+        {"other destination", {ip("203.0.113.11"), 80, IPPROTO_TCP, 0, curl}, EGRESSD_REASON_DENY},
+        {"other identity", {ip("203.0.113.10"), 80, IPPROTO_TCP, 0, stranger}, EGRESSD_REASON_DENY},
+        {"unknown identity", {ip("203.0.113.10"), 80, IPPROTO_TCP, 0, 0}, EGRESSD_REASON_DENY},
+        {"mesh before policy", {ip("198.18.0.1"), 80, IPPROTO_TCP, 0, curl}, EGRESSD_REASON_MESH},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.what);
+        CHECK(decide(&*image, c.query).reason == c.reason);
+    }
+
+    // enableEgressPolicy false (FSM semantics): row 7 is off; OSM semantics: on.
+    MeshConfig no_flag = egress_off();
+    no_flag.enable_egress_policy = false;
+    const Query allowed{ip("203.0.113.10"), 80, IPPROTO_TCP, 0, curl};
+    auto fsm = build_image(agent, no_flag, 2, PolicyInputs{&policies, nullptr, &ids, 0});
+    CHECK(decide(&*fsm, allowed).reason == EGRESSD_REASON_DENY);
+    agent.egress_policy_semantics = PolicySemantics::osm;
+    auto osm = build_image(agent, no_flag, 3, PolicyInputs{&policies, nullptr, &ids, 0});
+    CHECK(decide(&*osm, allowed).reason == EGRESSD_REASON_POLICY);
+    // enableEgress true: passthrough decides first.
+    MeshConfig on = egress_off();
+    on.enable_egress = true;
+    auto passthrough = build_image(agent, on, 4, PolicyInputs{&policies, nullptr, &ids, 0});
+    CHECK(decide(&*passthrough, allowed).reason == EGRESSD_REASON_PASSTHROUGH);
+}
+
+TEST_CASE("policy rules and names round-trip through the kernel encoding") {
+    const PolicyRule rule{42, IPPROTO_UDP, 5353, cidr("2001:db8:1::/48"), 7};
+    const egressd_policy_key key = encode_policy_key(1, rule);
+    CHECK(key.prefixlen == EGRESSD_POLICY_KEY_FIXED_BITS + 48);
+    CHECK(key.slot == 1);
+    CHECK(decode_policy(key, encode_policy_value(rule)).value() == rule);
+    egressd_policy_key torn = key;
+    torn.prefixlen = 10;
+    CHECK_FALSE(decode_policy(torn, encode_policy_value(rule)).ok());
+
+    const PolicyRef ref{"namespace", std::string(253, 'n')};
+    CHECK(decode_policy_name(encode_policy_name(ref)) == ref);
+    const IdentityName name{"ns", "sa"};
+    CHECK(decode_identity_name(encode_identity_name(name)) == name);
+}
+
+TEST_CASE("policy entries and names diff between slots") {
+    AgentConfig agent;
+    IdentityRegistry ids;
+    std::vector<EgressPolicy> before = {policy("a", "p", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/24")}),
+                                        policy("a", "q", {{"ns", "sa"}}, {kDns}, {cidr("198.19.0.0/16")})};
+    std::vector<EgressPolicy> after = {policy("a", "p", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/25")})};
+    auto from = build_image(agent, egress_off(), 1, PolicyInputs{&before, nullptr, &ids, 0});
+    auto to = build_image(agent, egress_off(), 2, PolicyInputs{&after, nullptr, &ids, 0});
+    const ImageDiff diff = diff_images(*from, *to);
+    CHECK(diff.policy_deletes.size() == 2);
+    CHECK(diff.policy_upserts.size() == 1);
+    CHECK(diff.policy_name_deletes == std::vector<uint32_t>{1});
+    CHECK(diff.policy_name_upserts.empty());
+    CHECK(diff_images(*to, *to).empty());
+}
+
+TEST_CASE("a policy set that does not fit is refused whole, naming the map and the numbers") {
+    AgentConfig agent;
+    agent.capacities.policy_rules = 3;
+    IdentityRegistry ids;
+    const std::vector<EgressPolicy> policies = {policy("a", "p", {{"ns", "sa"}, {"ns", "sb"}}, {kHttp, kDns},
+                                                       {cidr("203.0.113.0/24")})};
+    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, 0});
+    REQUIRE_FALSE(image.ok());
+    CHECK(image.error().message == "policies_v1 needs 4 entries per generation, capacity is 3 (capacities.policyRules)");
+}
