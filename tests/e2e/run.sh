@@ -30,7 +30,7 @@ unavailable() {
 [ "$(id -u)" -eq 0 ] || unavailable "needs root"
 cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
 [ -n "$cg2" ] || unavailable "no cgroup2 mount in /proc/mounts"
-for tool in ip python3 curl bpftool setpriv; do command -v $tool >/dev/null || unavailable "missing $tool"; done
+for tool in ip python3 curl bpftool setpriv dnsmasq; do command -v $tool >/dev/null || unavailable "missing $tool"; done
 
 # ---- private world ----------------------------------------------------------
 id=$$
@@ -42,19 +42,23 @@ client=egte${id}c
 sink=egte${id}s
 agent_pid=
 server_pid=
+dns_pid=
+dns_port=$((20000 + id % 20000))
 
 cleanup() {
   [ -n "$agent_pid" ] && kill -9 "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
   "$egressd" --cleanup --config "$work/egressd.yaml" >/dev/null 2>&1
   rm -rf "$pins"
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
-  for dir in "$cgroup" "$cg2/egressd-tests/e2e-$id"; do
-    if [ -d "$dir" ]; then
+  [ -n "$dns_pid" ] && kill "$dns_pid" 2>/dev/null
+  # Deepest first: workload cgroups below the enforced one, then it, then the run dir.
+  if [ -d "$cg2/egressd-tests/e2e-$id" ]; then
+    find "$cg2/egressd-tests/e2e-$id" -depth -type d | while read -r dir; do
       for p in $(cat "$dir/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-      sleep 0.05
+      sleep 0.02
       rmdir "$dir" 2>/dev/null
-    fi
-  done
+    done
+  fi
   rmdir "$cg2/egressd-tests" 2>/dev/null
   ip netns del "$client" 2>/dev/null
   ip netns del "$sink" 2>/dev/null
@@ -75,7 +79,14 @@ mkdir -p "$work/www" && echo "hello from the sink" > "$work/www/index.html"
 ip netns exec "$sink" python3 -m http.server 80 --bind 203.0.113.10 --directory "$work/www" >/dev/null 2>&1 &
 server_pid=$!
 
+# A DNS server for the policies' hosts, on loopback only.
+printf '203.0.113.10 web.test.egressd\n' > "$work/dns-hosts"
+dnsmasq --no-daemon --conf-file=/dev/null --no-resolv --no-hosts --port="$dns_port" --listen-address=127.0.0.1 \
+  --bind-interfaces --addn-hosts="$work/dns-hosts" --local-ttl=2 --pid-file="$work/dnsmasq.pid" -q >/dev/null 2>&1 &
+dns_pid=$!
+
 cp "$root/config/meshconfig.yaml" "$work/meshconfig.yaml"
+mkdir -p "$work/policies"
 cat > "$work/egressd.yaml" <<EOF
 cgroup: $cgroup_rel
 bpffs: $pins
@@ -83,10 +94,17 @@ meshConfig: meshconfig.yaml
 meshCIDRs: [198.18.0.0/16]
 sidecarUID: 1500
 runDir: $work/run
+policyDir: policies
+workloads: $work/run/workloads.yaml
+dnsServer: 127.0.0.1:$dns_port
 EOF
 ctl() { "$egressctl" --config "$work/egressd.yaml" "$@"; }
-# A command in the enforced cgroup (egressctl run), inside the client namespace.
-in_workload() { ctl run -- ip netns exec "$client" "$@"; }
+# A command in the enforced cgroup (egressctl run, as the workload \$AS if
+# set), inside the client namespace.
+in_workload() {
+  if [ -n "${AS:-}" ]; then ctl run --as "$AS" -- ip netns exec "$client" "$@"
+  else ctl run -- ip netns exec "$client" "$@"; fi
+}
 verdict() { in_workload python3 "$probe" once 203.0.113.10 80 "$@"; }
 start_agent() {
   "$egressd" --config "$work/egressd.yaml" >>"$work/agent.log" 2>&1 &
@@ -162,6 +180,44 @@ check "egressctl refuses to toggle a broken file" bash -c "! '$egressctl' --conf
 cp "$work/good.yaml" "$work/meshconfig.yaml"
 ctl egress disable >/dev/null
 check "after the fix, the new policy applies (denied)" test "$(verdict)" = denied
+
+# ---- Egress policies: per workload, per port, by address and by host ----------
+policy() { # policy FILE NAME NAMESPACE SA DESTINATIONS-YAML PORT
+  cat > "$work/policies/$1" <<EOF
+kind: Egress
+apiVersion: policy.flomesh.io/v1alpha1
+metadata: {name: $2, namespace: $3}
+spec:
+  sources: [{kind: ServiceAccount, name: $4, namespace: $3}]
+$5
+  ports: [{number: $6, protocol: http}]
+EOF
+}
+check "egressctl run --as before any policy: denied" test "$(AS=curl/curl verdict)" = denied
+ms=$(AS=curl/curl latency_ms allowed policy curl.yaml curl-to-web curl curl "  ipAddresses: [203.0.113.10/32]" 80)
+check "a new policy file reaches the kernel within 100 ms (took ${ms} ms)" test "$ms" -le 100
+check "curl/curl reaches the policy's host on port 80" test "$(AS=curl/curl in_workload curl -s -m 2 http://203.0.113.10/)" = "hello from the sink"
+check "curl/curl is denied on port 81" test "$(AS=curl/curl in_workload python3 "$probe" once 203.0.113.10 81)" = denied
+check "curl/curl is denied over UDP on port 80" test "$(AS=curl/curl verdict --udp)" = denied
+check "another identity is denied" test "$(AS=other/sa verdict)" = denied
+check "a process without identity is denied" test "$(verdict)" = denied
+check "egressctl check names the policy and row 7" bash -c "'$egressctl' --config '$work/egressd.yaml' check --from curl/curl --to 203.0.113.10:80 | grep -q 'ALLOW.*Egress curl/curl-to-web.*row 7'"
+check "egressctl check explains the deny on port 81 (row 8)" bash -c "'$egressctl' --config '$work/egressd.yaml' check --from curl/curl --to 203.0.113.10:81 | grep -q 'DENY.*row 8'"
+check "egressctl check --json is machine-readable" bash -c "'$egressctl' --config '$work/egressd.yaml' check --json --from other/sa --to 203.0.113.10:80 | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d[\"verdict\"]==\"deny\" and d[\"row\"]==8 else 1)'"
+printf 'kind: Egress\napiVersion: policy.flomesh.io/v1alpha1\nmetadata: {name: bad, namespace: curl}\nspec:\n  sources: [{kind: ServiceAccount, name: curl, namespace: curl}]\n  ports: [{number: 80, protocol: grpc}]\n' > "$work/policies/bad.yaml"
+sleep 0.3
+check "a bad policy is reported with file and field" log_has "bad.yaml:[0-9]*:[0-9]*: document 1 (Egress curl/bad): spec.ports\[0\].protocol"
+check "the good policy stays enforced" test "$(AS=curl/curl verdict)" = allowed
+rm -f "$work/policies/bad.yaml"
+policy hosts.yaml web-by-name web client "  hosts: [web.test.egressd]" 80
+ok_host=no
+for _ in $(seq 50); do [ "$(AS=web/client verdict)" = allowed ] && { ok_host=yes; break; }; sleep 0.1; done
+check "a policy by host name allows the host's resolved address" test "$ok_host" = yes
+check "status shows the resolved host" bash -c "'$egressctl' --config '$work/egressd.yaml' status --json | grep -q '203.0.113.10'"
+check "dump shows the identities" bash -c "'$egressctl' --config '$work/egressd.yaml' dump | grep -q 'curl/curl'"
+check "bpftool prints policy names" bash -c "bpftool map dump pinned '$pins/policy_names_v1' | grep -q 'curl-to-web'"
+ms=$(AS=curl/curl latency_ms denied rm -f "$work/policies/curl.yaml")
+check "deleting the policy file denies again within 100 ms (took ${ms} ms)" test "$ms" -le 100
 
 # ---- kill -9: enforcement continues; restart adopts without a gap --------------
 kill -9 "$agent_pid"; wait "$agent_pid" 2>/dev/null; agent_pid=

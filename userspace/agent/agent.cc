@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <set>
 
 #include "common/log.h"
 #include "kernel/mounts.h"
@@ -28,6 +29,31 @@ double millis_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
+// "policies +ns/a -ns/b ~ns/c" for added, removed and changed policies.
+std::string describe_policy_changes(const std::vector<EgressPolicy>& before, const std::vector<EgressPolicy>& after) {
+    std::map<std::pair<std::string, std::string>, const EgressPolicy*> old_by_name;
+    for (const auto& p : before) old_by_name[{p.namespace_, p.name}] = &p;
+    std::string added, changed, removed;
+    for (const auto& p : after) {
+        auto it = old_by_name.find({p.namespace_, p.name});
+        if (it == old_by_name.end()) added += " +" + p.namespace_ + "/" + p.name;
+        else if (!(*it->second == p)) changed += " ~" + p.namespace_ + "/" + p.name;
+        if (it != old_by_name.end()) old_by_name.erase(it);
+    }
+    for (const auto& [name, p] : old_by_name) removed += " -" + name.first + "/" + name.second;
+    const std::string all = added + removed + changed;
+    return all.empty() ? "" : "policies" + all;
+}
+
+// The level of a cgroup below the cgroup2 mount (the mount itself is 0).
+uint32_t cgroup_level(const fs::path& cgroup, const fs::path& mount) {
+    uint32_t level = 0;
+    for (const auto& part : cgroup.lexically_relative(mount)) {
+        if (!part.empty() && part != ".") ++level;
+    }
+    return level;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
@@ -35,15 +61,19 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
     agent->config_ = config;
     agent->started_at_ = log::timestamp();
 
-    // Nothing touches the kernel before the configuration is known good.
+    // Nothing touches the kernel before the MeshConfig is known good.
     auto text = read_file(config.mesh_config);
     if (!text) return text.error();
     auto mesh = parse_meshconfig(*text, config.mesh_config.string());
     if (!mesh) return mesh.error();
-    agent->last_seen_text_ = *text;
+    agent->mesh_text_ = *text;
+    agent->mesh_ = *mesh;
 
-    auto cgroup_path = resolve_cgroup_path(config.cgroup);
+    auto mount = find_cgroup2_mount();
+    if (!mount) return mount.error();
+    auto cgroup_path = resolve_cgroup_path(config.cgroup, *mount);
     if (!cgroup_path) return cgroup_path.error().with_context(config.source_file.string() + ": cgroup");
+    agent->cgroup_level_ = cgroup_level(*cgroup_path, *mount);
     if (auto ok = ensure_bpffs_dir(config.bpffs); !ok) return ok.error();
     auto lock = AgentLock::acquire(config.bpffs);
     if (!lock) return lock.error();
@@ -52,23 +82,32 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
     if (!cgroup) return cgroup.error();
     agent->cgroup_ = *cgroup;
 
+    if (!config.policy_dir.empty()) {
+        HostResolver::Options options;
+        options.dns_server = config.dns_server;
+        auto resolver = HostResolver::start(options);
+        if (!resolver) return resolver.error().with_context(config.source_file.string() + ": dnsServer");
+        agent->resolver_ = std::move(*resolver);
+    }
+    // Watch before reading, so no change between the read and the watch is missed.
+    if (auto watching = agent->watch_inputs(); !watching) return watching.error();
+    // Policies and workloads may be wrong without stopping the agent: bad
+    // ones are reported and left out, as while running.
+    agent->reload_policies();
+    agent->reload_workloads();
+
     auto datapath = Datapath::load({config.bpffs, config.capacities});
     if (!datapath) return datapath.error();
     agent->datapath_ = std::move(*datapath);
+    agent->identities_ = IdentityRegistry(agent->datapath_->identity_names());
 
-    uint64_t generation = 1;
     if (auto adopted = agent->datapath_->active_image()) {
-        generation = adopted->generation + 1;
+        agent->applied_image_.generation = adopted->generation;
         log::info("adopted the pinned maps in {} (generation {} in force)", config.bpffs.string(), adopted->generation);
     }
-    auto image = build_image(config, *mesh, generation);
-    if (!image) return image.error();
     // Fill the maps before any program can read them: a fresh attach then
     // enforces the full configuration from its first connect().
-    if (auto published = agent->datapath_->publish(*image); !published) return published.error();
-    agent->applied_mesh_ = *mesh;
-    agent->applied_image_ = *image;
-    agent->applied_at_ = log::timestamp();
+    if (auto published = agent->rebuild(); !published) return published.error();
 
     auto reports = agent->datapath_->attach(agent->cgroup_);
     if (!reports) return reports.error();
@@ -76,76 +115,204 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
     for (const auto& r : *reports) hooks += fmt::format("{}{} {}", hooks.empty() ? "" : ", ", r.hook, r.action);
     log::info("enforcing on cgroup {} (id {}): {}; pins in {}", agent->cgroup_.path.string(), agent->cgroup_.id, hooks,
               config.bpffs.string());
-    log::info("applied generation {} from {}: {}", generation, config.mesh_config.string(), summarize(*mesh, config));
     agent->last_change_ = "initial: " + summarize(*mesh, config);
+    log::info("applied generation {} from {}: {}; policies={} workloads={}", agent->applied_image_.generation,
+              config.mesh_config.string(), summarize(*mesh, config), agent->applied_policies_.size(),
+              agent->workloads_.size());
 
-    if (auto watching = agent->watch_mesh_config(); !watching) return watching.error();
     agent->write_status();
     return agent;
 }
 
-Status Agent::watch_mesh_config() {
+Status Agent::watch_inputs() {
     inotify_.reset(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
     if (!inotify_.valid()) return system_error("inotify_init1");
-    // Watch the directory, not the file: editors replace files by rename and
-    // a Kubernetes ConfigMap mount swaps its `..data` symlink; both show up as
-    // events on the directory, and the file is re-read and compared.
-    const fs::path dir = config_.mesh_config.parent_path();
+    // Watch directories, not files: editors replace files by rename and a
+    // Kubernetes ConfigMap mount swaps its `..data` symlink; both show up as
+    // events on the directory, and the inputs are re-read and compared.
+    std::map<fs::path, unsigned> dirs;
+    dirs[config_.mesh_config.parent_path()] |= kMesh;
+    if (!config_.policy_dir.empty()) dirs[config_.policy_dir] |= kPolicies;
+    if (!config_.workloads_file.empty()) dirs[config_.workloads_file.parent_path()] |= kWorkloads;
     const uint32_t mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_ATTRIB;
-    if (::inotify_add_watch(inotify_.get(), dir.c_str(), mask) < 0) return system_error("watching " + dir.string());
+    for (const auto& [dir, inputs] : dirs) {
+        // The policy directory and the workloads file's directory may not
+        // exist yet (nothing registered); an empty one means "none".
+        std::error_code ec;
+        if (inputs & (kPolicies | kWorkloads)) fs::create_directories(dir, ec);
+        const int wd = ::inotify_add_watch(inotify_.get(), dir.c_str(), mask);
+        if (wd < 0) return system_error("watching " + dir.string());
+        watches_[wd] |= inputs;
+    }
     return {};
 }
 
-Status Agent::apply(const MeshConfig& mesh) {
-    auto image = build_image(config_, mesh, applied_image_.generation + 1);
+void Agent::record_error(const std::string& message) {
+    log::error("{}; generation {} stays in force", message, applied_image_.generation);
+    last_error_ = message;
+    last_error_at_ = log::timestamp();
+}
+
+bool Agent::reload_mesh_config(bool force) {
+    const std::string file = config_.mesh_config.string();
+    auto text = read_file(config_.mesh_config);
+    if (!text) {
+        if (mesh_text_ || force) record_error(text.error().describe());
+        mesh_text_.reset();
+        return false;
+    }
+    if (!force && mesh_text_ == *text) return false;  // an event for another file, or the same bytes
+    mesh_text_ = *text;
+    auto mesh = parse_meshconfig(*text, file);
+    if (!mesh) {
+        record_error(mesh.error().describe());
+        return false;
+    }
+    if (*mesh == mesh_) {
+        log::info("{} changed; no effective change", file);
+        return false;
+    }
+    mesh_ = *mesh;
+    return true;
+}
+
+bool Agent::reload_policies() {
+    if (config_.policy_dir.empty()) return false;
+    PolicySet loaded = load_policy_dir(config_.policy_dir);
+    if (loaded == policies_) return false;
+    // Report what is new; errors that stay are not repeated on every event.
+    const std::set<std::string> old_errors(policies_.errors.begin(), policies_.errors.end());
+    const std::set<std::string> old_notes(policies_.notes.begin(), policies_.notes.end());
+    for (const auto& e : loaded.errors)
+        if (!old_errors.contains(e)) record_error("policy not applied: " + e);
+    for (const auto& n : loaded.notes)
+        if (!old_notes.contains(n)) log::info("policy note: {}", n);
+    const bool policies_changed = loaded.policies != policies_.policies;
+    policies_ = std::move(loaded);
+    if (resolver_) {
+        std::set<std::string> hosts;
+        for (const auto& p : policies_.policies) hosts.insert(p.hosts.begin(), p.hosts.end());
+        resolver_->set_hosts({hosts.begin(), hosts.end()});
+    }
+    return policies_changed;
+}
+
+bool Agent::reload_workloads() {
+    if (config_.workloads_file.empty()) return false;
+    auto loaded = load_workloads(config_.workloads_file);
+    if (!loaded) {
+        record_error("workloads not updated: " + loaded.error().describe());
+        return false;
+    }
+    if (*loaded == workloads_) return false;
+    workloads_ = std::move(*loaded);
+    return true;
+}
+
+bool Agent::reload_hosts() {
+    if (!resolver_) return false;
+    auto snapshot = resolver_->snapshot();
+    bool addresses_changed = false;
+    for (const auto& [host, state] : snapshot) {
+        auto old = hosts_.find(host);
+        const bool had = old != hosts_.end();
+        if (state.last_error && (!had || old->second.last_error != state.last_error))
+            log::error("resolving {}: {} ({} addresses kept)", host, *state.last_error, state.addresses.size());
+        if (!had || old->second.addresses != state.addresses) addresses_changed = true;
+    }
+    addresses_changed |= snapshot.size() != hosts_.size();
+    hosts_ = std::move(snapshot);
+    return addresses_changed;
+}
+
+Status Agent::rebuild() {
+    std::map<std::string, std::vector<IpAddress>> addresses;
+    for (const auto& [host, state] : hosts_) addresses[host] = state.addresses;
+
+    // Workload cgroups exist before their identity does: a process moved in
+    // at once is decided with that identity.
+    std::map<uint64_t, uint32_t> workload_ids;
+    std::set<uint32_t> used;
+    for (const auto& w : workloads_) {
+        auto cg = ensure_cgroup(cgroup_.path / w.cgroup);
+        if (!cg) {
+            record_error("workload " + w.identity.str() + ": " + cg.error().describe());
+            continue;
+        }
+        const uint32_t number = identities_.number_for(w.identity);
+        workload_ids[cg->id] = number;
+        used.insert(number);
+    }
+    auto image = build_image(config_, mesh_, applied_image_.generation + 1,
+                             PolicyInputs{&policies_.policies, &addresses, &identities_, cgroup_level_});
     if (!image) return image.error();
+    for (const auto& rule : image->policy_rules) used.insert(rule.identity);
+    if (identities_.size() > config_.capacities.identities)
+        return make_error(fmt::format("id_names_v1 needs {} identities, capacity is {} (capacities.identities)",
+                                      identities_.size(), config_.capacities.identities));
+    if (workload_ids.size() > config_.capacities.workloads)
+        return make_error(fmt::format("identities_v1 needs {} workload cgroups, capacity is {} (capacities.workloads)",
+                                      workload_ids.size(), config_.capacities.workloads));
+
+    const std::map<uint64_t, uint32_t> previous_workloads = datapath_->workload_identities();
+    // Names first (a generation may use new identities), then the generation,
+    // then forget the names nothing uses any more.
+    if (auto named = datapath_->set_identities(identities_.names(), workload_ids); !named) return named;
     if (auto published = datapath_->publish(*image); !published) return published;
-    last_change_ = describe_changes(applied_mesh_, mesh);
-    applied_mesh_ = mesh;
+    identities_.retain(used);
+    if (auto pruned = datapath_->set_identities(identities_.names(), workload_ids); !pruned) return pruned;
+
+    std::vector<std::string> changes;
+    if (applied_image_.flags & EGRESSD_CFG_VALID) {
+        if (!(mesh_ == applied_mesh_)) changes.push_back(describe_changes(applied_mesh_, mesh_));
+        if (auto p = describe_policy_changes(applied_policies_, policies_.policies); !p.empty()) changes.push_back(p);
+        if (image->policy_rules != applied_image_.policy_rules && changes.empty())
+            changes.push_back(fmt::format("policy entries {} -> {}", applied_image_.policy_rules.size(),
+                                          image->policy_rules.size()));
+        if (workload_ids != previous_workloads || changes.empty())
+            changes.push_back(fmt::format("workloads={}", workload_ids.size()));
+    }
+    last_change_ = fmt::format("{}", fmt::join(changes, "; "));
+    applied_mesh_ = mesh_;
+    applied_policies_ = policies_.policies;
     applied_image_ = std::move(*image);
     applied_at_ = log::timestamp();
     return {};
 }
 
-void Agent::on_mesh_config_event(bool force) {
+void Agent::on_inputs_changed(unsigned inputs, bool force) {
     const auto started = std::chrono::steady_clock::now();
-    const std::string file = config_.mesh_config.string();
-    const auto keep = [&](const std::string& why) {
-        log::error("{}; generation {} stays in force", why, applied_image_.generation);
-        last_error_ = why;
-        last_error_at_ = log::timestamp();
-        write_status();
-    };
-
-    auto text = read_file(config_.mesh_config);
-    if (!text) {
-        if (last_seen_text_ || force) keep(text.error().describe());
-        last_seen_text_.reset();
-        return;
+    bool changed = false;
+    if (inputs & kMesh) changed |= reload_mesh_config(force);
+    if (inputs & kPolicies) changed |= reload_policies();
+    if (inputs & kWorkloads) changed |= reload_workloads();
+    if (inputs & kHosts) changed |= reload_hosts();
+    if (changed || force) {
+        if (auto applied = rebuild(); !applied) {
+            record_error("applying the change: " + applied.error().describe());
+        } else {
+            last_apply_ms_ = millis_since(started);
+            last_error_.reset();
+            log::info("applied generation {} in {:.1f} ms: {}", applied_image_.generation, last_apply_ms_,
+                      last_change_);
+        }
     }
-    if (!force && last_seen_text_ == *text) return;  // an event for another file, or the same bytes
-    last_seen_text_ = *text;
-
-    auto mesh = parse_meshconfig(*text, file);
-    if (!mesh) return keep(mesh.error().describe());
-    if (*mesh == applied_mesh_) {
-        log::info("{} changed; no effective change, generation {} stays", file, applied_image_.generation);
-        last_error_.reset();
-        write_status();
-        return;
-    }
-    if (auto applied = apply(*mesh); !applied) return keep("applying " + file + ": " + applied.error().describe());
-    last_apply_ms_ = millis_since(started);
-    last_error_.reset();
-    log::info("applied generation {} in {:.1f} ms: {}", applied_image_.generation, last_apply_ms_, last_change_);
     write_status();
 }
 
 void Agent::write_status() const {
+    nlohmann::json hosts = nlohmann::json::object();
+    for (const auto& [host, state] : hosts_) {
+        nlohmann::json addresses = nlohmann::json::array();
+        for (const auto& a : state.addresses) addresses.push_back(a.str());
+        hosts[host] = {{"addresses", addresses},
+                       {"error", state.last_error ? nlohmann::json(*state.last_error) : nlohmann::json(nullptr)}};
+    }
     nlohmann::json status = {
         {"pid", ::getpid()},
         {"config", config_.source_file.string()},
         {"meshConfig", config_.mesh_config.string()},
+        {"policyDir", config_.policy_dir.string()},
         {"cgroup", cgroup_.path.string()},
         {"cgroupId", cgroup_.id},
         {"pinDir", config_.bpffs.string()},
@@ -155,32 +322,45 @@ void Agent::write_status() const {
         {"lastChange", last_change_},
         {"lastApplyMillis", last_apply_ms_},
         {"lastError", nullptr},
+        {"policies", applied_policies_.size()},
+        {"policyErrors", policies_.errors},
+        {"policyNotes", policies_.notes},
+        {"hosts", hosts},
+        {"workloads", workloads_.size()},
     };
     if (last_error_) status["lastError"] = {{"at", last_error_at_}, {"message", *last_error_}};
     if (auto written = write_status_file(config_.run_dir, status); !written)
         log::error("writing status: {}", written.error().describe());
 }
 
-int Agent::run() {
+sigset_t Agent::handled_signals() {
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGTERM);
     sigaddset(&signals, SIGHUP);
-    sigprocmask(SIG_BLOCK, &signals, nullptr);
+    return signals;
+}
+
+int Agent::run() {
+    const sigset_t signals = handled_signals();
     UniqueFd signal_fd(::signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC));
     UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
     if (!signal_fd.valid() || !epoll.valid()) {
         log::error("setting up the event loop: {}", std::strerror(errno));
         return 1;
     }
-    for (int fd : {signal_fd.get(), inotify_.get()}) {
+    const int resolver_fd = resolver_ ? resolver_->notify_fd() : -1;
+    for (int fd : {signal_fd.get(), inotify_.get(), resolver_fd}) {
+        if (fd < 0) continue;
         epoll_event ev{};
         ev.events = EPOLLIN;
         ev.data.fd = fd;
         ::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &ev);
     }
-    log::info("watching {} for changes", config_.mesh_config.string());
+    log::info("watching {}{}{} for changes", config_.mesh_config.string(),
+              config_.policy_dir.empty() ? "" : ", " + config_.policy_dir.string(),
+              config_.workloads_file.empty() ? "" : ", " + config_.workloads_file.string());
 
     alignas(inotify_event) char buffer[16 * 1024];
     for (;;) {
@@ -188,11 +368,12 @@ int Agent::run() {
         const int n = ::epoll_wait(epoll.get(), events, 4, -1);  // no timeout: idle costs nothing
         if (n < 0 && errno == EINTR) continue;
         for (int i = 0; i < n; ++i) {
-            if (events[i].data.fd == signal_fd.get()) {
+            const int fd = events[i].data.fd;
+            if (fd == signal_fd.get()) {
                 signalfd_siginfo si{};
                 while (::read(signal_fd.get(), &si, sizeof(si)) == sizeof(si)) {
                     if (si.ssi_signo == SIGHUP) {
-                        on_mesh_config_event(true);
+                        on_inputs_changed(kAll, true);
                         continue;
                     }
                     log::info("exiting on signal {}; enforcement stays attached (pinned in {}); "
@@ -200,17 +381,21 @@ int Agent::run() {
                               si.ssi_signo, config_.bpffs.string(), config_.source_file.string());
                     return 0;
                 }
+            } else if (fd == resolver_fd) {
+                on_inputs_changed(kHosts, false);
             } else {
+                unsigned inputs = 0;
                 bool overflow = false;
                 ssize_t len;
                 while ((len = ::read(inotify_.get(), buffer, sizeof(buffer))) > 0) {
                     for (char* p = buffer; p < buffer + len;) {
                         auto* ev = reinterpret_cast<inotify_event*>(p);
                         overflow |= (ev->mask & IN_Q_OVERFLOW) != 0;
+                        if (auto w = watches_.find(ev->wd); w != watches_.end()) inputs |= w->second;
                         p += sizeof(inotify_event) + ev->len;
                     }
                 }
-                on_mesh_config_event(overflow);
+                on_inputs_changed(overflow ? unsigned{kAll} : inputs, overflow);
             }
         }
     }

@@ -1,16 +1,26 @@
-// The egressd agent: keeps the kernel maps equal to the MeshConfig file.
+// The egressd agent: keeps the kernel maps equal to its inputs (the
+// MeshConfig file, the Egress policy directory, the workloads file and the
+// DNS answers for the policies' hosts).
 #pragma once
 
+#include <signal.h>
+
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/fd.h"
 #include "common/result.h"
 #include "core/agent_config.h"
+#include "core/egress_policy.h"
+#include "core/identity.h"
 #include "core/image.h"
 #include "core/meshconfig.h"
+#include "core/workloads.h"
+#include "dns/host_resolver.h"
 #include "kernel/bpf_adapter.h"
 #include "kernel/cgroup.h"
 #include "kernel/runtime.h"
@@ -19,30 +29,57 @@ namespace egressd {
 
 class Agent {
 public:
-    // Reads the MeshConfig, loads the programs, publishes the first
-    // generation and attaches (or adopts what is pinned) without a window in
-    // which the cgroup is unenforced. Refuses, attaching nothing, when the
-    // MeshConfig is not valid.
+    // Reads every input, loads the programs, publishes the first generation
+    // and attaches (or adopts what is pinned) without a window in which the
+    // cgroup is unenforced. Refuses, attaching nothing, when the MeshConfig
+    // is not valid.
     static Result<std::unique_ptr<Agent>> start(const AgentConfig& config);
 
-    // Watches the MeshConfig and applies each change until SIGTERM/SIGINT.
-    // SIGHUP re-reads the file. Returns the process exit code.
+    // The signals run() handles. They must be blocked in every thread, so
+    // main() blocks them before start() creates any.
+    static sigset_t handled_signals();
+
+    // Watches the inputs and applies each change until SIGTERM/SIGINT.
+    // SIGHUP re-reads everything. Returns the process exit code.
     int run();
 
 private:
+    enum Input : unsigned { kMesh = 1, kPolicies = 2, kWorkloads = 4, kHosts = 8, kAll = 15 };
+
     Agent() = default;
-    void on_mesh_config_event(bool force);
-    Status apply(const MeshConfig& mesh);
-    Status watch_mesh_config();
+    // Re-reads the inputs named by `inputs` and applies a new generation if
+    // anything that matters changed. `force` re-reads even identical bytes.
+    void on_inputs_changed(unsigned inputs, bool force);
+    bool reload_mesh_config(bool force);
+    bool reload_policies();
+    bool reload_workloads();
+    bool reload_hosts();
+    // Builds and publishes the next generation from the current inputs.
+    Status rebuild();
+    Status watch_inputs();
+    void record_error(const std::string& message);
     void write_status() const;
 
     AgentConfig config_;
     std::optional<AgentLock> lock_;
     CgroupTarget cgroup_;
+    uint32_t cgroup_level_ = 0;
     std::unique_ptr<Datapath> datapath_;
+    std::unique_ptr<HostResolver> resolver_;
+    IdentityRegistry identities_;
+
+    // Inputs as last read and accepted.
+    MeshConfig mesh_;
+    std::optional<std::string> mesh_text_;  // the MeshConfig bytes last read
+    PolicySet policies_;
+    std::vector<Workload> workloads_;
+    std::map<std::string, HostState> hosts_;
+
+    // What the kernel enforces.
     MeshConfig applied_mesh_;
     MapImage applied_image_;
-    std::optional<std::string> last_seen_text_;  // the MeshConfig bytes last read
+    std::vector<EgressPolicy> applied_policies_;
+
     std::string started_at_;
     std::string applied_at_;
     std::string last_change_;
@@ -50,6 +87,7 @@ private:
     std::optional<std::string> last_error_;
     std::string last_error_at_;
     UniqueFd inotify_;
+    std::map<int, unsigned> watches_;  // inotify watch descriptor -> inputs in that directory
 };
 
 }  // namespace egressd

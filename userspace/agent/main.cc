@@ -1,5 +1,6 @@
 // egressd: the node agent. Loads the BPF programs, attaches them to the
 // configured cgroup, and keeps their maps equal to the MeshConfig file.
+#include <pthread.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -48,6 +49,8 @@ int main(int argc, char** argv) {
         return 0;
     }
 
+    const sigset_t signals = Agent::handled_signals();
+    ::pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread exists
     auto agent = Agent::start(*config);
     if (!agent) {
         log::error("{}", agent.error().describe());

@@ -1,5 +1,6 @@
 // egressctl: inspect and steer egressd. Reads the kernel's pinned maps (the
 // source of truth for what is enforced) and the agent's status file.
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -12,6 +13,7 @@
 #include "core/agent_config.h"
 #include "core/decision.h"
 #include "core/meshconfig.h"
+#include "core/workloads.h"
 #include "core/yaml_edit.h"
 #include "kernel/bpf_adapter.h"
 #include "kernel/cgroup.h"
@@ -163,6 +165,8 @@ int cmd_status(const AgentConfig& config, bool as_json) {
         out["agent"]["appliedAt"] = (*agent_status)["appliedAt"];
         out["agent"]["lastApplyMillis"] = (*agent_status)["lastApplyMillis"];
         out["agent"]["lastError"] = (*agent_status)["lastError"];
+        for (const char* key : {"policies", "policyErrors", "policyNotes", "hosts", "workloads"})
+            if (agent_status->contains(key)) out["agent"][key] = (*agent_status)[key];
     }
     for (const auto& l : view.links)
         out["links"].push_back({{"hook", l.hook},
@@ -218,6 +222,17 @@ int cmd_status(const AgentConfig& config, bool as_json) {
         if (s.contains("lastError") && !s["lastError"].is_null())
             std::cout << "last error:  " << s["lastError"].value("message", "") << " (at "
                       << s["lastError"].value("at", "") << ")\n";
+        std::cout << fmt::format("policies:    {} applied, {} not applied (errors); workloads: {}\n",
+                                 s.value("policies", 0), s.value("policyErrors", json::array()).size(),
+                                 s.value("workloads", 0));
+        for (const auto& e : s.value("policyErrors", json::array()))
+            std::cout << "  not applied: " << e.get<std::string>() << "\n";
+        for (const auto& [host, h] : s.value("hosts", json::object()).items()) {
+            std::string addresses;
+            for (const auto& a : h["addresses"]) addresses += (addresses.empty() ? "" : ", ") + a.get<std::string>();
+            std::cout << fmt::format("  host {}: {}{}\n", host, addresses.empty() ? "(no addresses)" : addresses,
+                                     h["error"].is_null() ? "" : " (" + h["error"].get<std::string>() + ")");
+        }
     }
     if (view.pinned) print_counters(view.counters);
     return enforcing ? 0 : 3;
@@ -265,22 +280,148 @@ int cmd_egress(const AgentConfig& config, bool enable, bool wait) {
 
 // ---- run ----------------------------------------------------------------------
 
-int cmd_run(const AgentConfig& config, const std::vector<std::string>& command) {
-    require_root("run");
-    if (command.empty()) fail("run: no command given (egressctl run -- CMD ARGS...)", 2);
-    const fs::path path = must(resolve_cgroup_path(config.cgroup));
-    const CgroupTarget cgroup = must(open_existing_cgroup(path), "is egressd running? (scripts/run)");
+// Registers the workload (cgroup <enforced>/<ns>/<sa> in the workloads file)
+// and waits until the kernel knows its identity; returns its cgroup.
+fs::path register_workload(const AgentConfig& config, const fs::path& enforced, const IdentityName& identity) {
+    if (config.workloads_file.empty())
+        fail("run --as needs the agent setting `workloads` (a file egressctl can register workloads in)", 2);
+    std::vector<Workload> workloads = must(load_workloads(config.workloads_file));
+    auto it = std::find_if(workloads.begin(), workloads.end(), [&](const Workload& w) { return w.identity == identity; });
+    if (it == workloads.end()) {
+        workloads.push_back(Workload{default_workload_cgroup(identity), identity});
+        must(write_file_atomically(config.workloads_file, render_workloads(workloads)));
+        it = std::prev(workloads.end());
+    }
+    const fs::path path = enforced / it->cgroup;
+    const CgroupTarget cgroup = must(ensure_cgroup(path));
+    if (!agent_running(config.bpffs))
+        fail("egressd is not running: it registers " + identity.str() + " when it starts (scripts/run)");
+    auto maps = must(MapSet::open_pinned(config.bpffs, true));
+    const auto start = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - start < std::chrono::seconds(3)) {
+        auto known = maps.read_workload_identities();
+        if (known && known->contains(cgroup.id)) return path;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    fail("egressd has not registered " + identity.str() + " after 3 s; see its log (egressctl status)");
+}
+
+int cmd_run(const AgentConfig& config, const std::optional<IdentityName>& as, const std::vector<std::string>& command) {
+    if (command.empty()) fail("run: no command given (egressctl run [--as NS/SA] -- CMD ARGS...)", 2);
+    const fs::path enforced = must(resolve_cgroup_path(config.cgroup));
+    const CgroupTarget cgroup = must(open_existing_cgroup(enforced), "is egressd running? (scripts/run)");
     int attached = 0;
     for (const auto& l : read_pinned_links(config.bpffs)) attached += l.pinned && l.cgroup_id == cgroup.id;
     if (attached != EGRESSD_HOOK_MAX)
         fail(fmt::format("egressd is not enforcing on {} ({} of {} hooks attached); start it with scripts/run",
-                         path.string(), attached, EGRESSD_HOOK_MAX));
+                         enforced.string(), attached, EGRESSD_HOOK_MAX));
+    const fs::path path = as ? register_workload(config, enforced, *as) : enforced;
     must(join_cgroup(path));
     std::vector<char*> argv;
     for (const auto& arg : command) argv.push_back(const_cast<char*>(arg.c_str()));
     argv.push_back(nullptr);
     ::execvp(argv[0], argv.data());
     fail(fmt::format("run: cannot execute {}: {}", command[0], std::strerror(errno)), 127);
+}
+
+// ---- check ----------------------------------------------------------------------
+
+struct Destination {
+    IpAddress address;
+    uint16_t port = 0;
+};
+
+// ADDRESS:PORT, with an IPv6 address in brackets: [2001:db8::1]:443.
+Destination parse_destination(const std::string& text) {
+    std::string address, port;
+    if (!text.empty() && text[0] == '[') {
+        const auto close = text.find("]:");
+        if (close == std::string::npos) fail("--to: expected [IPV6]:PORT, got \"" + text + "\"", 2);
+        address = text.substr(1, close - 1);
+        port = text.substr(close + 2);
+    } else {
+        const auto colon = text.rfind(':');
+        if (colon == std::string::npos || text.find(':') != colon)
+            fail("--to: expected ADDRESS:PORT (IPv6 as [ADDRESS]:PORT), got \"" + text + "\"", 2);
+        address = text.substr(0, colon);
+        port = text.substr(colon + 1);
+    }
+    Destination d;
+    d.address = must(IpAddress::parse(address), "--to");
+    long long number = -1;
+    try {
+        size_t used = 0;
+        number = std::stoll(port, &used);
+        if (used != port.size()) number = -1;
+    } catch (const std::exception&) {
+    }
+    d.port = must(validate_port(number), "--to");
+    return d;
+}
+
+int cmd_check(const AgentConfig& config, const std::string& from, const std::string& to, const std::string& proto_name,
+              uint32_t uid, bool as_json) {
+    const IdentityName identity = must(IdentityName::parse(from), "--from");
+    const Destination dst = parse_destination(to);
+    if (proto_name != "tcp" && proto_name != "udp") fail("--proto: expected tcp or udp", 2);
+    const uint8_t proto = proto_name == "tcp" ? IPPROTO_TCP : IPPROTO_UDP;
+
+    // The live kernel maps, evaluated by the reference model: what the kernel does now.
+    auto maps = must(MapSet::open_pinned(config.bpffs, true), "nothing pinned (is egressd running?)");
+    const egressd_control control = must(maps.read_control());
+    const MapImage image = must(maps.read_slot(control.active_slot & 1));
+    uint32_t number = 0;
+    for (const auto& [n, name] : must(maps.read_identity_names()))
+        if (name == identity) number = n;
+    const Decision d = decide(&image, Query{dst.address, dst.port, proto, uid, number});
+
+    const bool allowed = d.verdict == EGRESSD_VERDICT_ALLOW;
+    std::optional<PolicyRef> policy;
+    if (d.reason == EGRESSD_REASON_POLICY && d.rule < image.policies.size()) policy = image.policies[d.rule];
+    const std::string target = fmt::format("{}:{}/{}", dst.address.str(), dst.port, proto_name);
+    std::string why;
+    switch (d.reason) {
+        case EGRESSD_REASON_POLICY:
+            why = policy ? fmt::format("Egress {}/{} allows {} to {}", policy->namespace_, policy->name, identity.str(),
+                                       target)
+                         : "an Egress policy allows it";
+            break;
+        case EGRESSD_REASON_DENY:
+            if (!(image.flags & EGRESSD_CFG_POLICY_ACTIVE))
+                why = "enableEgress is false and Egress policies do not apply (enableEgressPolicy is false)";
+            else if (number == 0)
+                why = identity.str() + " is not a known identity (no registered workload, no policy names it)";
+            else
+                why = fmt::format("enableEgress is false and no Egress policy allows {} to {}", identity.str(), target);
+            break;
+        case EGRESSD_REASON_PASSTHROUGH: why = "enableEgress is true: mesh-wide passthrough"; break;
+        case EGRESSD_REASON_MESH: why = "the destination is in a mesh CIDR: the sidecar's business"; break;
+        case EGRESSD_REASON_EXCLUDED_CIDR: why = "the destination is in outboundIPRangeExclusionList"; break;
+        case EGRESSD_REASON_EXCLUDED_PORT: why = "the port is in outboundPortExclusionList"; break;
+        case EGRESSD_REASON_NOT_INCLUDED: why = "the destination is outside outboundIPRangeInclusionList"; break;
+        case EGRESSD_REASON_SIDECAR_UID: why = "the caller runs as the sidecar UID"; break;
+        case EGRESSD_REASON_LOCAL: why = "local destination (loopback)"; break;
+        case EGRESSD_REASON_NO_CONFIG: why = "no valid generation is loaded: fail closed"; break;
+        default: break;
+    }
+    if (as_json) {
+        json out = {{"verdict", allowed ? "allow" : "deny"},
+                    {"reason", reason_name(d.reason)},
+                    {"row", reason_row(d.reason)},
+                    {"why", why},
+                    {"from", {{"namespace", identity.namespace_}, {"serviceAccount", identity.service_account},
+                              {"identity", number}}},
+                    {"to", {{"address", dst.address.str()}, {"port", dst.port}, {"protocol", proto_name}}},
+                    {"generation", image.generation},
+                    {"policy", policy ? json{{"namespace", policy->namespace_}, {"name", policy->name}} : json(nullptr)}};
+        std::cout << out.dump(2) << "\n";
+    } else {
+        std::cout << fmt::format("{} {} -> {}: {} (row {}: {})\n", allowed ? "ALLOW" : "DENY", identity.str(), target,
+                                 why, reason_row(d.reason), reason_name(d.reason));
+        std::cout << fmt::format("  identity {} = {}; generation {}\n", identity.str(),
+                                 number ? std::to_string(number) : std::string("unknown"), image.generation);
+    }
+    return allowed ? 0 : 1;
 }
 
 // ---- dump ---------------------------------------------------------------------
@@ -292,6 +433,8 @@ int cmd_dump(const AgentConfig& config, bool as_json) {
     const uint32_t slot = control.active_slot & 1;
     const MapImage image = must(maps.read_slot(slot));
     const auto counters = must(maps.read_counters());
+    const auto names = must(maps.read_identity_names());
+    const auto workloads = must(maps.read_workload_identities());
     const std::string dir = config.bpffs.string();
     const std::vector<std::string> bpftool = {
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_CONTROL),
@@ -299,6 +442,10 @@ int cmd_dump(const AgentConfig& config, bool as_json) {
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS),
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS),
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_COUNTERS),
+        "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES),
+        "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES),
+        "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_ID_NAMES),
+        "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITIES),
         "bpftool link show pinned " + dir + "/links/connect4",
         "bpftool cgroup show <cgroup path>",
     };
@@ -319,6 +466,19 @@ int cmd_dump(const AgentConfig& config, bool as_json) {
             out["cidrs"].push_back({{"table", table_name(r.table)}, {"cidr", r.cidr.str()}, {"rule", r.rule}});
         for (const auto& p : image.ports)
             out["ports"].push_back({{"table", "exclude"}, {"port", p.port}, {"rule", p.rule}});
+        out["policies"] = json::array();
+        for (const auto& p : image.policies) out["policies"].push_back({{"namespace", p.namespace_}, {"name", p.name}});
+        out["policyRules"] = json::array();
+        for (const auto& r : image.policy_rules)
+            out["policyRules"].push_back({{"identity", r.identity},
+                                          {"protocol", r.proto == IPPROTO_TCP ? "tcp" : "udp"},
+                                          {"port", r.port},
+                                          {"cidr", r.cidr.str()},
+                                          {"policy", r.policy}});
+        out["identities"] = json::object();
+        for (const auto& [n, name] : names) out["identities"][std::to_string(n)] = name.str();
+        out["workloads"] = json::object();
+        for (const auto& [cg, n] : workloads) out["workloads"][std::to_string(cg)] = n;
         std::cout << out.dump(2) << "\n";
         return 0;
     }
@@ -331,6 +491,22 @@ int cmd_dump(const AgentConfig& config, bool as_json) {
         std::cout << fmt::format("  {:<8} {:<45} rule {}\n", table_name(r.table), r.cidr.str(), r.rule);
     std::cout << fmt::format("{}/ports_v1 (slot {}): {} entries\n", dir, slot, image.ports.size());
     for (const auto& p : image.ports) std::cout << fmt::format("  exclude  port {:<5} rule {}\n", p.port, p.rule);
+    std::cout << fmt::format("{}/policy_names_v1 (slot {}): {} policies\n", dir, slot, image.policies.size());
+    for (size_t i = 0; i < image.policies.size(); ++i)
+        std::cout << fmt::format("  {:<5} {}/{}\n", i, image.policies[i].namespace_, image.policies[i].name);
+    std::cout << fmt::format("{}/policies_v1 (slot {}): {} entries\n", dir, slot, image.policy_rules.size());
+    constexpr size_t kShown = 50;
+    for (size_t i = 0; i < image.policy_rules.size() && i < kShown; ++i) {
+        const auto& r = image.policy_rules[i];
+        std::cout << fmt::format("  identity {:<5} {}/{:<5} {:<45} policy {}\n", r.identity,
+                                 r.proto == IPPROTO_TCP ? "tcp" : "udp", r.port, r.cidr.str(), r.policy);
+    }
+    if (image.policy_rules.size() > kShown)
+        std::cout << fmt::format("  ... {} more (egressctl dump --json lists all)\n", image.policy_rules.size() - kShown);
+    std::cout << fmt::format("{}/id_names_v1: {} identities\n", dir, names.size());
+    for (const auto& [n, name] : names) std::cout << fmt::format("  {:<5} {}\n", n, name.str());
+    std::cout << fmt::format("{}/identities_v1: {} workload cgroups\n", dir, workloads.size());
+    for (const auto& [cg, n] : workloads) std::cout << fmt::format("  cgroup id {:<10} identity {}\n", cg, n);
     std::cout << dir << "/counters_v1:\n";
     print_counters(counters);
     std::cout << "\nThe same with bpftool (field names come from the maps' BTF):\n";
@@ -362,6 +538,7 @@ int main(int argc, char** argv) {
     // Everything after `run` belongs to the command, options included, so it
     // is split off before CLI11 sees it (CLI11 would take `-c` for --config).
     std::vector<std::string> command;
+    std::optional<std::string> run_as;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if (arg == "-c" || arg == "--config") {
@@ -370,12 +547,29 @@ int main(int argc, char** argv) {
         }
         if (arg == "run") {
             command.assign(argv + i + 1, argv + argc);
-            if (!command.empty() && command.front() == "--") command.erase(command.begin());
             argc = i + 1;
+            // run's own option, then the command.
+            if (command.size() >= 2 && command[0] == "--as") {
+                run_as = command[1];
+                command.erase(command.begin(), command.begin() + 2);
+            } else if (!command.empty() && command[0].rfind("--as=", 0) == 0) {
+                run_as = command[0].substr(5);
+                command.erase(command.begin());
+            }
+            if (!command.empty() && command.front() == "--") command.erase(command.begin());
             break;
         }
         if (!arg.empty() && arg[0] != '-') break;  // another subcommand
     }
+
+    std::string check_from, check_to, check_proto = "tcp";
+    uint32_t check_uid = 0;
+    auto* check = app.add_subcommand("check", "explain what the kernel decides now for a connection");
+    check->add_option("--from", check_from, "source identity NAMESPACE/SERVICEACCOUNT")->required();
+    check->add_option("--to", check_to, "destination ADDRESS:PORT ([IPV6]:PORT)")->required();
+    check->add_option("--proto", check_proto, "tcp or udp")->capture_default_str();
+    check->add_option("--uid", check_uid, "uid of the caller (row 2)")->capture_default_str();
+    check->add_flag("--json", json_output, "machine-readable output");
 
     auto* dump = app.add_subcommand("dump", "the pinned maps decoded, and the bpftool commands that show them");
     dump->add_flag("--json", json_output, "machine-readable output");
@@ -387,12 +581,18 @@ int main(int argc, char** argv) {
         if (status->parsed()) require_root("status");
         if (run->parsed()) require_root("run");
         if (dump->parsed()) require_root("dump");
+        if (check->parsed()) require_root("check");
         const fs::path file = config_file.empty() ? default_config_file() : fs::path(config_file);
         const AgentConfig config = must(load_agent_config(file));
         if (status->parsed()) return cmd_status(config, json_output);
         if (enable->parsed()) return cmd_egress(config, true, !no_wait);
         if (disable->parsed()) return cmd_egress(config, false, !no_wait);
-        if (run->parsed()) return cmd_run(config, command);
+        if (run->parsed()) {
+            std::optional<IdentityName> as;
+            if (run_as) as = must(IdentityName::parse(*run_as), "--as");
+            return cmd_run(config, as, command);
+        }
+        if (check->parsed()) return cmd_check(config, check_from, check_to, check_proto, check_uid, json_output);
         if (dump->parsed()) return cmd_dump(config, json_output);
     } catch (const Failure& f) {
         std::cerr << "egressctl: " << f.message << "\n";
