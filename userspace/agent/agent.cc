@@ -108,6 +108,7 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
     // Fill the maps before any program can read them: a fresh attach then
     // enforces the full configuration from its first connect().
     if (auto published = agent->rebuild(); !published) return published.error();
+    if (auto converged = agent->datapath_->converge(); !converged) return converged.error();
 
     auto reports = agent->datapath_->attach(agent->cgroup_);
     if (!reports) return reports.error();
@@ -295,6 +296,8 @@ void Agent::on_inputs_changed(unsigned inputs, bool force) {
             last_error_.reset();
             log::info("applied generation {} in {:.1f} ms: {}", applied_image_.generation, last_apply_ms_,
                       last_change_);
+            if (auto converged = datapath_->converge(); !converged)
+                log::error("{} (the next change writes more)", converged.error().describe());
         }
     }
     write_status();

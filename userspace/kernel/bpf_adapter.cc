@@ -477,8 +477,20 @@ Status Datapath::publish(const MapImage& image) {
     if (auto flipped = maps_.set_active_slot(next); !flipped) return flipped;
     active_slot_ = next;
     // Until every program that read the old slot has finished, the old slot
-    // must not change: the next publish() writes it.
+    // must not change (converge() and the next publish() write it).
     return barrier_.wait();
+}
+
+Status Datapath::converge() {
+    const uint32_t inactive = active_slot_ ^ 1;
+    const MapImage& active = slot_images_[active_slot_];
+    if (slot_images_[inactive] == active) return {};
+    if (auto written = maps_.write_slot(inactive, slot_images_[inactive], active); !written) {
+        if (auto actual = maps_.read_slot(inactive)) slot_images_[inactive] = std::move(*actual);
+        return written.error().with_context("bringing the inactive slot up to date");
+    }
+    slot_images_[inactive] = active;
+    return {};
 }
 
 Status Datapath::set_identities(const std::map<uint32_t, IdentityName>& names,

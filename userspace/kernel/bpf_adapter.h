@@ -116,6 +116,11 @@ public:
     // flips the active slot, waits for programs in flight.
     Status publish(const MapImage& image);
 
+    // Makes the inactive slot equal to the active one, so the next publish()
+    // writes only what changes. Off the critical path: call it after a
+    // publish() has taken effect. Failing leaves enforcement as it is.
+    Status converge();
+
     // Attaches the programs to the cgroup with bpf_link and pins the links,
     // or adopts pinned links (their program is replaced atomically with
     // bpf_link_update, so enforcement never stops). A link on another cgroup
