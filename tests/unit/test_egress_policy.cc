@@ -515,3 +515,224 @@ TEST_CASE("a missing directory, or a file given as the directory, is an error in
     CHECK(lines(file.errors) ==
           lines({"reading " + (kEgressFixtures / "good/30-mtls.yaml").string() + ": Not a directory"}));
 }
+
+// PolicyDirLoader: load_policy_dir's result, parsing only the files whose bytes changed.
+
+namespace {
+
+// An Egress in namespace ops that refers to the HTTPRouteGroup `routes` (spec.matches at line 7).
+std::string egress_with_match(std::string_view name, std::string_view routes) {
+    return minimal_egress(name, 443) + fmt::format("  matches: [{{kind: HTTPRouteGroup, name: {}}}]\n", routes);
+}
+
+std::string route_group(std::string_view name) {
+    return fmt::format(
+        "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{name: {}, namespace: ops}}\n", name);
+}
+
+// load() of `loader`, checked against a fresh load_policy_dir of the same directory.
+PolicySet load_checked(PolicyDirLoader& loader) {
+    PolicySet set = loader.load();
+    CHECK(set == load_policy_dir(loader.dir()));
+    return set;
+}
+
+}  // namespace
+
+TEST_CASE("PolicyDirLoader: the fixture directories give load_policy_dir's result, then from the cache") {
+    for (const fs::path& dir : {kEgressFixtures / "good", kEgressFixtures / "mixed"}) {
+        CAPTURE(dir);
+        const PolicySet expected = load_policy_dir(dir);
+        PolicyDirLoader loader(dir);
+        CHECK(loader.load() == expected);
+        CHECK(loader.files_parsed_last_load() == (dir.filename() == "good" ? 3 : 4));
+        CHECK(loader.files_cached() == loader.files_parsed_last_load());
+        CHECK(loader.load() == expected);  // the duplicate and the references are worked out again
+        CHECK(loader.files_parsed_last_load() == 0);
+    }
+    for (const fs::path& dir : {kEgressFixtures / "no-such-dir", kEgressFixtures / "good/30-mtls.yaml"}) {
+        CAPTURE(dir);
+        PolicyDirLoader loader(dir);
+        const PolicySet set = loader.load();
+        CHECK(set == load_policy_dir(dir));
+        CHECK(set.errors.size() == 1);
+        CHECK(loader.files_cached() == 0);
+    }
+}
+
+TEST_CASE("PolicyDirLoader: an edited file is parsed again, the others come from the cache") {
+    TempDir tmp;
+    tmp.write("a.yaml", minimal_egress("api", 443));
+    tmp.write("b.yaml", minimal_egress("db", 5432));
+    tmp.write("c.yaml", minimal_egress("cache", 6379));
+    PolicyDirLoader loader(tmp.path);
+    CHECK(names(load_checked(loader)) == std::vector<std::string>{"ops/api", "ops/cache", "ops/db"});
+    CHECK(loader.files_parsed_last_load() == 3);
+
+    tmp.write("b.yaml", minimal_egress("db", 5433));  // same length, other bytes
+    const PolicySet set = load_checked(loader);
+    CHECK(loader.files_parsed_last_load() == 1);
+    CHECK(find(set, "ops", "db").ports == std::vector<PolicyPort>{{5433, "tcp", IPPROTO_TCP}});
+    CHECK(find(set, "ops", "api").ports == std::vector<PolicyPort>{{443, "tcp", IPPROTO_TCP}});
+
+    tmp.write("b.yaml", minimal_egress("db", 5433));  // written again, the same bytes
+    CHECK(load_checked(loader) == set);
+    CHECK(loader.files_parsed_last_load() == 0);
+
+    tmp.write("c.yaml", "spec: [unclosed\n");  // now broken: its policy is gone, the error is new
+    const PolicySet broken = load_checked(loader);
+    CHECK(loader.files_parsed_last_load() == 1);
+    CHECK(names(broken) == std::vector<std::string>{"ops/api", "ops/db"});
+    REQUIRE(broken.errors.size() == 1);
+    CHECK(broken.errors[0].starts_with((tmp.path / "c.yaml").string() + ":"));
+    CHECK(broken.errors[0].ends_with("(no document of this file is applied)"));
+}
+
+TEST_CASE("PolicyDirLoader: a removed file's policies disappear and it leaves the cache; a new file appears") {
+    TempDir tmp;
+    tmp.write("a.yaml", minimal_egress("api", 443));
+    tmp.write("b.yml", minimal_egress("db", 5432) + "---\n" + minimal_egress("db-replica", 5432));
+    PolicyDirLoader loader(tmp.path);
+    CHECK(names(load_checked(loader)) == std::vector<std::string>{"ops/api", "ops/db", "ops/db-replica"});
+
+    fs::remove(tmp.path / "b.yml");
+    CHECK(names(load_checked(loader)) == std::vector<std::string>{"ops/api"});
+    CHECK(loader.files_parsed_last_load() == 0);
+    CHECK(loader.files_cached() == 1);
+
+    tmp.write("c.yaml", minimal_egress("cache", 6379));
+    tmp.write("notes.txt", minimal_egress("not-a-policy-file", 1));
+    CHECK(names(load_checked(loader)) == std::vector<std::string>{"ops/api", "ops/cache"});
+    CHECK(loader.files_parsed_last_load() == 1);
+    CHECK(loader.files_cached() == 2);
+
+    // The same bytes under another name: parsed again, since messages and EgressPolicy::file name it.
+    fs::rename(tmp.path / "c.yaml", tmp.path / "d.yaml");
+    const PolicySet renamed = load_checked(loader);
+    CHECK(loader.files_parsed_last_load() == 1);
+    CHECK(find(renamed, "ops", "cache").file == (tmp.path / "d.yaml").string());
+
+    // A file that cannot be read is an error and leaves the cache; readable again, it is parsed again.
+    fs::rename(tmp.path / "d.yaml", tmp.path / "elsewhere");
+    fs::create_symlink("elsewhere", tmp.path / "d.yaml");
+    fs::remove(tmp.path / "elsewhere");
+    const PolicySet dangling = load_checked(loader);
+    CHECK(names(dangling) == std::vector<std::string>{"ops/api"});
+    CHECK(lines(dangling.errors) ==
+          lines({"reading " + (tmp.path / "d.yaml").string() + ": No such file or directory"}));
+    CHECK(loader.files_cached() == 1);
+    tmp.write("elsewhere", minimal_egress("cache", 6379));
+    CHECK(names(load_checked(loader)) == std::vector<std::string>{"ops/api", "ops/cache"});
+    CHECK(loader.files_parsed_last_load() == 1);
+
+    // The directory itself gone: the error of load_policy_dir, and an empty cache.
+    const fs::path moved = tmp.path.string() + "-moved";
+    fs::rename(tmp.path, moved);
+    const PolicySet missing = load_checked(loader);
+    fs::rename(moved, tmp.path);
+    CHECK(lines(missing.errors) == lines({"reading " + tmp.path.string() + ": No such file or directory"}));
+    CHECK(loader.files_cached() == 0);
+}
+
+TEST_CASE("PolicyDirLoader: duplicates across files and references are worked out on every load, cached or not") {
+    TempDir tmp;
+    tmp.write("a.yml", minimal_egress("same", 1));
+    tmp.write("b.yaml", minimal_egress("same", 2) + "---\n" + egress_with_match("web", "routes"));
+    tmp.write("c.yaml", route_group("routes"));
+    PolicyDirLoader loader(tmp.path);
+    const PolicySet first = load_checked(loader);
+    CHECK(names(first) == std::vector<std::string>{"ops/same", "ops/web"});
+    CHECK(find(first, "ops", "same").ports[0].number == 1);
+    CHECK(lines(first.errors) == lines({(tmp.path / "b.yaml").string() +
+                                        ":3:18: document 1 (Egress ops/same): metadata.name: Egress ops/same "
+                                        "is already defined in " +
+                                        (tmp.path / "a.yml").string() + " document 1; the first one is kept"}));
+    CHECK(first.notes.size() == 1);  // matches delegated; routes is defined in c.yaml
+
+    // The first definition gone: b.yaml's, from the cache, is kept now, with no error.
+    fs::remove(tmp.path / "a.yml");
+    const PolicySet second = load_checked(loader);
+    CHECK(loader.files_parsed_last_load() == 0);
+    CHECK(second.errors.empty());
+    CHECK(find(second, "ops", "same").ports[0].number == 2);
+
+    // The route group gone: the reference in b.yaml, from the cache, is a note now.
+    fs::remove(tmp.path / "c.yaml");
+    const PolicySet third = load_checked(loader);
+    CHECK(loader.files_parsed_last_load() == 0);
+    REQUIRE(third.notes.size() == 2);
+    CHECK(third.notes[1] == (tmp.path / "b.yaml").string() +
+                                ":14:13: document 2 (Egress ops/web): spec.matches[0]: HTTPRouteGroup/routes is not "
+                                "defined in namespace ops in the loaded documents");
+
+    // A new file before b.yaml in name order takes the name: b.yaml's policy, cached, is the duplicate again.
+    tmp.write("0.yaml", minimal_egress("same", 3));
+    const PolicySet fourth = load_checked(loader);
+    CHECK(loader.files_parsed_last_load() == 1);
+    CHECK(find(fourth, "ops", "same").ports[0].number == 3);
+    CHECK(lines(fourth.errors) == lines({(tmp.path / "b.yaml").string() +
+                                         ":3:18: document 1 (Egress ops/same): metadata.name: Egress ops/same "
+                                         "is already defined in " +
+                                         (tmp.path / "0.yaml").string() + " document 1; the first one is kept"}));
+}
+
+TEST_CASE("PolicyDirLoader: a ConfigMap update swaps ..data; only the file whose bytes changed is parsed") {
+    TempDir tmp;
+    const auto version = [&](std::string_view name, uint16_t db_port) {
+        fs::create_directory(tmp.path / name);
+        tmp.write(fs::path(name) / "api.yaml", minimal_egress("api", 443));
+        tmp.write(fs::path(name) / "db.yaml", minimal_egress("db", db_port));
+    };
+    version("..2024_05_01_12_00_00.000000001", 5432);
+    fs::create_directory_symlink("..2024_05_01_12_00_00.000000001", tmp.path / "..data");
+    fs::create_symlink("..data/api.yaml", tmp.path / "api.yaml");
+    fs::create_symlink("..data/db.yaml", tmp.path / "db.yaml");
+    PolicyDirLoader loader(tmp.path);
+    CHECK(names(load_checked(loader)) == std::vector<std::string>{"ops/api", "ops/db"});
+
+    version("..2024_05_01_12_05_00.000000002", 5433);  // what the kubelet does: a new version, then ..data swapped
+    fs::create_directory_symlink("..2024_05_01_12_05_00.000000002", tmp.path / "..data_tmp");
+    fs::rename(tmp.path / "..data_tmp", tmp.path / "..data");
+    fs::remove_all(tmp.path / "..2024_05_01_12_00_00.000000001");
+    const PolicySet set = load_checked(loader);
+    CHECK(loader.files_parsed_last_load() == 1);
+    CHECK(find(set, "ops", "db").ports[0].number == 5433);
+}
+
+TEST_CASE("PolicyDirLoader: 200 files, one changed: one file parsed, the result that of a fresh load") {
+    TempDir tmp;
+    const auto file_text = [](int i, int port) {
+        std::string text = minimal_egress(fmt::format("p{:03}", i), static_cast<uint16_t>(port)) + "  ipAddresses:\n";
+        for (int j = 0; j < 20; ++j) text += fmt::format("  - 10.{}.{}.0/24\n", i % 256, j);
+        return text;
+    };
+    for (int i = 0; i < 200; ++i) tmp.write(fmt::format("{:03}.yaml", i), file_text(i, 443));
+    PolicyDirLoader loader(tmp.path);
+    const PolicySet before = load_checked(loader);
+    CHECK(loader.files_parsed_last_load() == 200);
+    CHECK(before.policies.size() == 200);
+    CHECK(before.errors.empty());
+
+    tmp.write("137.yaml", file_text(137, 8443));
+    const PolicySet after = load_checked(loader);
+    CHECK(loader.files_parsed_last_load() == 1);
+    CHECK(find(after, "ops", "p137").ports[0].number == 8443);
+    PolicySet expected = before;  // the same, but for the one port
+    for (EgressPolicy& policy : expected.policies)
+        if (policy.name == "p137") policy.ports[0].number = 8443;
+    CHECK(after == expected);
+
+    CHECK(loader.load() == after);
+    CHECK(loader.files_parsed_last_load() == 0);
+}
+
+TEST_CASE("PolicyDirLoader: a moved-to loader keeps the cache; load_policy_dir is a fresh loader's load") {
+    TempDir tmp;
+    tmp.write("a.yaml", minimal_egress("api", 443));
+    PolicyDirLoader first(tmp.path);
+    const PolicySet set = first.load();
+    PolicyDirLoader second = std::move(first);
+    CHECK(second.load() == set);
+    CHECK(second.files_parsed_last_load() == 0);
+    CHECK(set == load_policy_dir(tmp.path));
+}

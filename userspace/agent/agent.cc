@@ -179,7 +179,8 @@ bool Agent::reload_mesh_config(bool force) {
 
 bool Agent::reload_policies() {
     if (config_.policy_dir.empty()) return false;
-    PolicySet loaded = load_policy_dir(config_.policy_dir);
+    if (!policy_loader_) policy_loader_.emplace(config_.policy_dir);
+    PolicySet loaded = policy_loader_->load();
     if (loaded == policies_) return false;
     // Report what is new; errors that stay are not repeated on every event.
     const std::set<std::string> old_errors(policies_.errors.begin(), policies_.errors.end());

@@ -71,6 +71,7 @@ private:
     // Inputs as last read and accepted.
     MeshConfig mesh_;
     std::optional<std::string> mesh_text_;  // the MeshConfig bytes last read
+    std::optional<PolicyDirLoader> policy_loader_;  // re-parses only changed files
     PolicySet policies_;
     std::vector<Workload> workloads_;
     std::map<std::string, HostState> hosts_;

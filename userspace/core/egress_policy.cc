@@ -5,9 +5,12 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <map>
+#include <optional>
 #include <set>
 #include <span>
 #include <tuple>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -153,20 +156,105 @@ PolicyPort read_port(const Field& port) {
     return PolicyPort{*value, name, static_cast<uint8_t>(name == "udp" ? IPPROTO_UDP : IPPROTO_TCP)};
 }
 
-// Collects what the documents of one load define, then resolves what needs the whole load.
-class Loader {
+// What one document contributes to a load, worked out from the document alone so that it can be
+// cached with its file. Exactly one of error, policy, target is set, or none (another kind: a note).
+struct DocumentResult {
+    std::string error;                   // not applied, and why
+    std::optional<EgressPolicy> policy;  // an Egress read without error
+    // For `policy`: the error it becomes when an earlier document of the load has its namespace/name,
+    // up to the reason (the message of metadata.name, worded for this document).
+    std::string duplicate_prefix;
+    std::optional<Target> target;  // an HTTPRouteGroup or UpstreamTrafficSetting
+    // Applied with the document: not when it turns out to be a duplicate.
+    std::vector<std::string> notes;
+    std::vector<Reference> references;
+};
+
+EgressPolicy read_egress(const Field& top, Document& doc, std::string& duplicate_prefix) {
+    EgressPolicy policy;
+    const Field name = top.child("metadata").required("name");
+    policy.name = non_empty(name);
+    policy.namespace_ = namespace_of(top);
+    doc.label = fmt::format("document {} (Egress {}/{})", doc.index + 1, policy.namespace_, policy.name);
+    const Field api_version = top.required("apiVersion");
+    policy.api_version = one_of(api_version, api_version.string(), kApiVersions);
+    policy.file = doc.file;
+    policy.document = doc.index;
+
+    const Field spec = top.required("spec");
+    for (const Field& source : at_least_one(spec.required("sources")))
+        push_unique(policy.sources, read_source(source, doc));
+    for (const Cidr& cidr : spec.child("ipAddresses").cidrs()) push_unique(policy.ip_addresses, cidr);
+    for (const Field& host : spec.child("hosts").items()) read_host(host, policy, doc);
+    for (const Field& port : at_least_one(spec.required("ports"))) push_unique(policy.ports, read_port(port));
+    const Field matches = spec.child("matches");
+    for (const Field& match : matches.items()) {
+        const Field kind = match.required("kind");
+        const std::string kind_name = one_of(kind, kind.string(), kMatchKinds);
+        const std::string target = non_empty(match.required("name"));
+        policy.matches.push_back(fmt::format("{}/{}", kind_name, target));
+        doc.references.push_back(
+            {{policy.namespace_, kind_name, target},
+             doc.word(match.message(fmt::format("{}/{} is not defined in namespace {} in the loaded documents",
+                                                kind_name, target, policy.namespace_)))});
+    }
+    if (!policy.matches.empty())
+        doc.note(matches, "L7 matches are delegated to the proxy; egressd enforces sources, destinations and ports");
+
+    // The reason follows the field path, at the end of the message: the prefix is the message
+    // without it. Whether it is needed is known only once the load is combined.
+    duplicate_prefix = doc.word(name.message(""));
+    return policy;
+}
+
+DocumentResult read_document(const Field& top, Document doc) {
+    DocumentResult result;
+    try {
+        if (!top.node().IsMap()) top.fail_expected("a mapping at the top level");
+        const std::string kind = top.required("kind").string();
+        if (kind == "Egress") {
+            result.policy = read_egress(top, doc, result.duplicate_prefix);
+        } else if (contains(kMatchKinds, kind)) {
+            // The name is checked before the namespace (the order the reported error has always had).
+            std::string name = non_empty(top.child("metadata").required("name"));
+            result.target.emplace(namespace_of(top), kind, std::move(name));
+        } else {
+            doc.note(top, fmt::format("kind {} ignored", kind));
+        }
+    } catch (const ParseError& e) {
+        return DocumentResult{.error = doc.word(e.message)};
+    }
+    result.notes = std::move(doc.notes);
+    result.references = std::move(doc.references);
+    return result;
+}
+
+// Everything one file's text contributes, document by document; what PolicyDirLoader caches.
+std::vector<DocumentResult> read_documents(std::string_view text, const std::string& file) {
+    std::vector<Field> documents;
+    try {
+        documents = Field::load_all(text, file);
+    } catch (const ParseError& e) {
+        return {DocumentResult{.error = fmt::format("{} (no document of this file is applied)", e.message)}};
+    }
+    std::vector<DocumentResult> results;
+    for (size_t i = 0; i < documents.size(); ++i) {
+        if (documents[i].is_null()) continue;  // empty: only comments, or "---" twice
+        results.push_back(
+            read_document(documents[i], Document{file, static_cast<int>(i), fmt::format("document {}", i + 1)}));
+    }
+    return results;
+}
+
+// The steps of a load that need all its documents: in the order they are added, the first
+// Egress with a namespace/name is kept and a later one is an error; references that no
+// document of the load defines are notes; policies sorted.
+class Combiner {
 public:
     void add_error(std::string message) { set_.errors.push_back(std::move(message)); }
 
-    void add_text(std::string_view text, const std::string& file) {
-        std::vector<Field> documents;
-        try {
-            documents = Field::load_all(text, file);
-        } catch (const ParseError& e) {
-            return add_error(fmt::format("{} (no document of this file is applied)", e.message));
-        }
-        for (size_t i = 0; i < documents.size(); ++i)
-            add_document(documents[i], Document{file, static_cast<int>(i), fmt::format("document {}", i + 1)});
+    void add(const std::vector<DocumentResult>& documents) {
+        for (const DocumentResult& doc : documents) add(doc);
     }
 
     PolicySet finish() && {
@@ -177,80 +265,32 @@ public:
     }
 
 private:
-    void add_document(const Field& top, Document doc) {
-        if (top.is_null()) return;  // empty: only comments, or "---" twice
-        try {
-            if (!top.node().IsMap()) top.fail_expected("a mapping at the top level");
-            const std::string kind = top.required("kind").string();
-            if (kind == "Egress")
-                set_.policies.push_back(read_egress(top, doc));
-            else if (contains(kMatchKinds, kind))
-                targets_.emplace(namespace_of(top), kind, non_empty(top.child("metadata").required("name")));
-            else
-                doc.note(top, fmt::format("kind {} ignored", kind));
-        } catch (const ParseError& e) {
-            return add_error(doc.word(e.message));
+    void add(const DocumentResult& doc) {
+        if (!doc.error.empty()) return add_error(doc.error);
+        if (doc.policy) {
+            const EgressPolicy& policy = *doc.policy;
+            const auto [first, inserted] =
+                first_.try_emplace({policy.namespace_, policy.name}, policy.file, policy.document);
+            if (!inserted)
+                return add_error(fmt::format(
+                    "{}Egress {}/{} is already defined in {} document {}; the first one is kept", doc.duplicate_prefix,
+                    policy.namespace_, policy.name, first->second.first, first->second.second + 1));
+            set_.policies.push_back(policy);
         }
+        if (doc.target) targets_.insert(*doc.target);
         set_.notes.insert(set_.notes.end(), doc.notes.begin(), doc.notes.end());
         references_.insert(references_.end(), doc.references.begin(), doc.references.end());
     }
 
-    EgressPolicy read_egress(const Field& top, Document& doc) const {
-        EgressPolicy policy;
-        const Field name = top.child("metadata").required("name");
-        policy.name = non_empty(name);
-        policy.namespace_ = namespace_of(top);
-        doc.label = fmt::format("document {} (Egress {}/{})", doc.index + 1, policy.namespace_, policy.name);
-        const Field api_version = top.required("apiVersion");
-        policy.api_version = one_of(api_version, api_version.string(), kApiVersions);
-        policy.file = doc.file;
-        policy.document = doc.index;
-
-        const Field spec = top.required("spec");
-        for (const Field& source : at_least_one(spec.required("sources")))
-            push_unique(policy.sources, read_source(source, doc));
-        for (const Cidr& cidr : spec.child("ipAddresses").cidrs()) push_unique(policy.ip_addresses, cidr);
-        for (const Field& host : spec.child("hosts").items()) read_host(host, policy, doc);
-        for (const Field& port : at_least_one(spec.required("ports"))) push_unique(policy.ports, read_port(port));
-        const Field matches = spec.child("matches");
-        for (const Field& match : matches.items()) {
-            const Field kind = match.required("kind");
-            const std::string kind_name = one_of(kind, kind.string(), kMatchKinds);
-            const std::string target = non_empty(match.required("name"));
-            policy.matches.push_back(fmt::format("{}/{}", kind_name, target));
-            doc.references.push_back(
-                {{policy.namespace_, kind_name, target},
-                 doc.word(match.message(fmt::format("{}/{} is not defined in namespace {} in the loaded documents",
-                                                    kind_name, target, policy.namespace_)))});
-        }
-        if (!policy.matches.empty())
-            doc.note(matches,
-                     "L7 matches are delegated to the proxy; egressd enforces sources, destinations and ports");
-
-        const auto first = std::find_if(set_.policies.begin(), set_.policies.end(), [&](const EgressPolicy& p) {
-            return p.namespace_ == policy.namespace_ && p.name == policy.name;
-        });
-        if (first != set_.policies.end())
-            name.fail(fmt::format("Egress {}/{} is already defined in {} document {}; the first one is kept",
-                                  policy.namespace_, policy.name, first->file, first->document + 1));
-        return policy;
-    }
-
     PolicySet set_;
+    // namespace/name: the file and document of the one kept
+    std::map<std::pair<std::string, std::string>, std::pair<std::string, int>> first_;
     std::set<Target> targets_;
     std::vector<Reference> references_;
 };
 
-}  // namespace
-
-PolicySet parse_policy_documents(std::string_view yaml_text, const std::string& file_name) {
-    Loader loader;
-    loader.add_text(yaml_text, file_name);
-    return std::move(loader).finish();
-}
-
-PolicySet load_policy_dir(const fs::path& dir) {
-    Loader loader;
+// The files load_policy_dir reads, in order; an error listing the directory is added to `combiner`.
+std::vector<fs::path> policy_files(const fs::path& dir, Combiner& combiner) {
     std::vector<fs::path> files;
     std::error_code error;
     for (fs::directory_iterator it(dir, error), end; !error && it != end; it.increment(error)) {
@@ -262,16 +302,61 @@ PolicySet load_policy_dir(const fs::path& dir) {
             continue;
         files.push_back(path);
     }
-    if (error) loader.add_error(Error{error.value(), fmt::format("reading {}", dir.string())}.describe());
+    if (error) combiner.add_error(Error{error.value(), fmt::format("reading {}", dir.string())}.describe());
     std::sort(files.begin(), files.end());
-    for (const fs::path& file : files) {
+    return files;
+}
+
+}  // namespace
+
+PolicySet parse_policy_documents(std::string_view yaml_text, const std::string& file_name) {
+    Combiner combiner;
+    combiner.add(read_documents(yaml_text, file_name));
+    return std::move(combiner).finish();
+}
+
+PolicySet load_policy_dir(const fs::path& dir) { return PolicyDirLoader(dir).load(); }
+
+// A file's bytes, and what they contribute to a load.
+struct PolicyDirLoader::Cache {
+    struct File {
+        std::string text;
+        std::vector<DocumentResult> documents;
+    };
+    std::map<fs::path, File> files;
+};
+
+PolicyDirLoader::PolicyDirLoader(fs::path dir) : dir_(std::move(dir)), cache_(std::make_unique<Cache>()) {}
+PolicyDirLoader::~PolicyDirLoader() = default;
+PolicyDirLoader::PolicyDirLoader(PolicyDirLoader&&) noexcept = default;
+PolicyDirLoader& PolicyDirLoader::operator=(PolicyDirLoader&&) noexcept = default;
+
+size_t PolicyDirLoader::files_cached() const { return cache_ ? cache_->files.size() : 0; }
+
+PolicySet PolicyDirLoader::load() {
+    if (!cache_) cache_ = std::make_unique<Cache>();  // moved from
+    Combiner combiner;
+    std::map<fs::path, Cache::File> kept;  // the next cache: only the files read by this load
+    files_parsed_last_load_ = 0;
+    for (const fs::path& file : policy_files(dir_, combiner)) {
         auto text = yaml_input::read_file(file);
-        if (text)
-            loader.add_text(*text, file.string());
-        else
-            loader.add_error(text.error().describe());
+        if (!text) {
+            combiner.add_error(text.error().describe());
+            continue;
+        }
+        Cache::File entry;
+        if (auto cached = cache_->files.extract(file); cached && cached.mapped().text == *text) {
+            entry = std::move(cached.mapped());
+        } else {
+            entry.documents = read_documents(*text, file.string());
+            entry.text = std::move(*text);
+            ++files_parsed_last_load_;
+        }
+        combiner.add(entry.documents);
+        kept.emplace(file, std::move(entry));
     }
-    return std::move(loader).finish();
+    cache_->files = std::move(kept);
+    return std::move(combiner).finish();
 }
 
 }  // namespace egressd

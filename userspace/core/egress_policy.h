@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -73,5 +74,38 @@ PolicySet parse_policy_documents(std::string_view yaml_text, const std::string& 
 // "..data" machinery skipped). An unreadable file or directory is an error in the set. Two
 // policies with the same namespace/name: the first (by file order) wins, the second is an error.
 PolicySet load_policy_dir(const std::filesystem::path& dir);
+
+// Loads a policy directory like load_policy_dir, re-parsing only files whose bytes changed since
+// the previous load (by path); unchanged files reuse their parsed result. The result of load() is
+// identical to load_policy_dir(dir) at that moment.
+//
+// Every load lists the directory and reads every file (cheap); what is cached per file is the YAML
+// parse and its reading into policies, errors, notes and spec.matches targets and references. Only
+// the steps that need the whole load run every time: file order, namespace/name duplicates across
+// files, references that nothing in the load defines, sorting. A file that is gone, or unreadable,
+// leaves the cache. Not thread-safe: one load at a time.
+class PolicyDirLoader {
+public:
+    explicit PolicyDirLoader(std::filesystem::path dir);
+    ~PolicyDirLoader();
+    PolicyDirLoader(PolicyDirLoader&&) noexcept;
+    PolicyDirLoader& operator=(PolicyDirLoader&&) noexcept;
+    PolicyDirLoader(const PolicyDirLoader&) = delete;
+    PolicyDirLoader& operator=(const PolicyDirLoader&) = delete;
+
+    PolicySet load();
+
+    const std::filesystem::path& dir() const { return dir_; }
+    // How many files the last load() parsed (new or changed bytes); the others came from the cache.
+    size_t files_parsed_last_load() const { return files_parsed_last_load_; }
+    // How many files the cache holds: those the last load() read.
+    size_t files_cached() const;
+
+private:
+    struct Cache;
+    std::filesystem::path dir_;
+    std::unique_ptr<Cache> cache_;
+    size_t files_parsed_last_load_ = 0;
+};
 
 }  // namespace egressd
