@@ -10,176 +10,21 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
-#include <array>
 #include <cstdio>
-#include <map>
-#include <memory>
 
 #include "core/decision.h"
 #include "core/image.h"
+#include "enforcer.h"
 #include "kernel/bpf_adapter.h"
-#include "kernel/mounts.h"
 #include "testenv.h"
 
 using namespace egressd;
 using namespace egressd::testenv;
+using namespace egressd::ktest;
 
 namespace {
 
 using Net = TestNetwork;
-
-Cidr cidr(const char* text) { return Cidr::parse(text).value(); }
-
-// The datapath on a private pin directory and the test's cgroup. Removes
-// every link and pin it made, also when a test fails.
-class Enforcer {
-public:
-    explicit Enforcer(const TestCgroup& cgroup) : pin_dir_(fmt::format("/sys/fs/bpf/egressd-test-{}", ::getpid())) {
-        std::vector<std::string> ignored;
-        (void)cleanup_pins(pin_dir_, ignored);
-        REQUIRE_MESSAGE(ensure_bpffs_dir(pin_dir_).ok(), "bpffs unavailable for " << pin_dir_);
-        auto dp = Datapath::load({pin_dir_, Capacities{}});
-        REQUIRE_MESSAGE(dp.ok(), (dp.ok() ? "" : dp.error().describe()));
-        datapath_ = std::move(*dp);
-        target_ = CgroupTarget{cgroup.path(), cgroup.id()};
-    }
-    ~Enforcer() {
-        datapath_.reset();
-        std::vector<std::string> removed;
-        (void)cleanup_pins(pin_dir_, removed);
-    }
-
-    MapImage publish(const AgentConfig& agent, const MeshConfig& mesh) {
-        auto image = build_image(agent, mesh, ++generation_);
-        REQUIRE_MESSAGE(image.ok(), (image.ok() ? "" : image.error().describe()));
-        auto published = datapath_->publish(*image);
-        REQUIRE_MESSAGE(published.ok(), (published.ok() ? "" : published.error().describe()));
-        return *image;
-    }
-    void attach() {
-        auto attached = datapath_->attach(target_);
-        REQUIRE_MESSAGE(attached.ok(), (attached.ok() ? "" : attached.error().describe()));
-    }
-    std::vector<uint64_t> counters() const {
-        auto c = datapath_->maps().read_counters();
-        REQUIRE(c.ok());
-        return *c;
-    }
-    const std::filesystem::path& pin_dir() const { return pin_dir_; }
-    Datapath& datapath() { return *datapath_; }
-
-private:
-    std::filesystem::path pin_dir_;
-    std::unique_ptr<Datapath> datapath_;
-    CgroupTarget target_;
-    uint64_t generation_ = 0;
-};
-
-struct Case {
-    Probe probe;
-    egressd_reason reason;  // the row we expect to decide it
-};
-
-bool is_v6_socket(const Probe& p) {
-    if (p.v4_mapped) return true;
-    if (p.family != 0) return p.family == AF_INET6;
-    return p.address.find(':') != std::string::npos;
-}
-
-// The hooks the kernel runs for a probe. udpv6_sendmsg() hands a datagram to
-// a v4-mapped destination to udp_sendmsg() with an explicit IPv4 address, so
-// sendmsg4 decides it, and does so again for every datagram of an AF_INET6
-// UDP socket connected to a v4-mapped address.
-std::vector<egressd_hook> hooks_of(const Probe& p, bool allowed) {
-    const bool v6 = is_v6_socket(p);
-    if (p.op == Op::sendmsg) return {v6 && !p.v4_mapped ? EGRESSD_HOOK_SENDMSG6 : EGRESSD_HOOK_SENDMSG4};
-    std::vector<egressd_hook> hooks{v6 ? EGRESSD_HOOK_CONNECT6 : EGRESSD_HOOK_CONNECT4};
-    if (p.proto == Proto::udp && p.v4_mapped && allowed && p.expect_reply) hooks.push_back(EGRESSD_HOOK_SENDMSG4);
-    return hooks;
-}
-
-bool allows(egressd_reason reason) { return reason != EGRESSD_REASON_DENY && reason != EGRESSD_REASON_NO_CONFIG; }
-
-Query query_of(const Probe& p) {
-    Query q;
-    q.dst = IpAddress::parse(p.address).value();
-    q.port = p.port;
-    q.proto = p.proto == Proto::tcp ? IPPROTO_TCP : IPPROTO_UDP;
-    q.uid = p.uid.value_or(0);
-    return q;
-}
-
-// Runs the cases and checks verdicts, the model and the kernel's counters.
-void check_cases(Enforcer& enforcer, const MapImage* image, const TestCgroup& cg, const Net& net,
-                 const std::vector<Case>& cases) {
-    std::vector<Probe> probes;
-    std::map<uint32_t, uint64_t> expected_counts;
-    for (const auto& c : cases) {
-        probes.push_back(c.probe);
-        for (egressd_hook hook : hooks_of(c.probe, allows(c.reason)))
-            expected_counts[static_cast<uint32_t>(c.reason) * EGRESSD_HOOK_MAX + static_cast<uint32_t>(hook)]++;
-        // The reference model must name the same row.
-        const Decision model = decide(image, query_of(c.probe));
-        CHECK_MESSAGE(model.reason == c.reason, describe(c.probe) << ": model says " << reason_name(model.reason)
-                                                                  << ", expected " << reason_name(c.reason));
-    }
-    const auto before = enforcer.counters();
-    const auto results = run_probes(cg, net, probes);
-    const auto after = enforcer.counters();
-    REQUIRE(results.size() == cases.size());
-    for (size_t i = 0; i < cases.size(); ++i) {
-        const int expected = allows(cases[i].reason) ? 0 : EPERM;
-        CHECK_MESSAGE(results[i].error == expected,
-                      describe(cases[i].probe) << ": got " << (results[i].error ? strerror(results[i].error) : "allowed")
-                                               << " (" << results[i].detail << "), expected "
-                                               << (expected ? "EPERM" : "allowed") << " by "
-                                               << reason_name(cases[i].reason));
-    }
-    // Each row × hook the kernel counted is exactly what we expected.
-    for (uint32_t i = 0; i < EGRESSD_COUNTER_SLOTS; ++i) {
-        const uint64_t delta = after[i] - before[i];
-        const uint64_t want = expected_counts.count(i) ? expected_counts[i] : 0;
-        CHECK_MESSAGE(delta == want, "kernel counted " << delta << " decisions for "
-                                                       << reason_name(static_cast<egressd_reason>(i / EGRESSD_HOOK_MAX))
-                                                       << "/" << hook_name(static_cast<egressd_hook>(i % EGRESSD_HOOK_MAX))
-                                                       << ", expected " << want);
-    }
-}
-
-AgentConfig test_agent(const TestCgroup& cg) {
-    AgentConfig a;
-    a.cgroup = cg.path();
-    a.mesh_cidrs = {cidr("198.18.0.0/16"), cidr("2001:db8:2::/48")};
-    a.sidecar_uid = 1500;
-    return a;
-}
-
-MeshConfig mesh_with_egress(bool enable) {
-    MeshConfig m;
-    m.api_version = "config.flomesh.io/v1alpha3";
-    m.name = "test";
-    m.enable_egress = enable;
-    return m;
-}
-
-// Every way a process reaches an address: TCP connect, UDP connect, UDP
-// sendmsg; over the natural family, and for IPv4 also over an AF_INET6
-// socket with the IPv4-mapped address.
-std::vector<Probe> every_way(const std::string& address, uint16_t tcp_port, uint16_t udp_port) {
-    std::vector<Probe> out;
-    const bool v4 = address.find(':') == std::string::npos;
-    for (bool mapped : {false, true}) {
-        if (mapped && !v4) continue;
-        out.push_back({.address = address, .port = tcp_port, .proto = Proto::tcp, .op = Op::connect, .v4_mapped = mapped});
-        out.push_back({.address = address, .port = udp_port, .proto = Proto::udp, .op = Op::connect, .v4_mapped = mapped});
-        out.push_back({.address = address, .port = udp_port, .proto = Proto::udp, .op = Op::sendmsg, .v4_mapped = mapped});
-    }
-    return out;
-}
-
-void add(std::vector<Case>& cases, const std::vector<Probe>& probes, egressd_reason reason) {
-    for (const auto& p : probes) cases.push_back({p, reason});
-}
 
 struct Env {
     Net net;
