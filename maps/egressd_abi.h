@@ -211,11 +211,11 @@ struct egressd_policy_key {
 };
 
 struct egressd_policy_value {
-	__u32 policy; /* index of the policy in this generation (policy_names_v1) */
+	__u32 policy; /* the policy's number, stable while it exists (policy_names_v1) */
 	__u32 _pad;
 };
 
-/* ---- policy_names_v1: HASH, (slot, policy index) -> namespace/name -------- */
+/* ---- policy_names_v1: HASH, (slot, policy number) -> namespace/name ------- */
 struct egressd_policy_name_key {
 	__u8 slot;
 	__u8 _pad[3];

@@ -132,16 +132,23 @@ EgressPolicy make_policy(const std::string& ns, const std::string& name, const s
     return p;
 }
 
-// As a PolicySet holds them: sorted by (namespace, name); the index is the position.
+// As a PolicySet holds them: sorted by (namespace, name), which breaks ties between policies.
 void sort_policies(std::vector<EgressPolicy>& policies) {
     std::sort(policies.begin(), policies.end(), [](const EgressPolicy& a, const EgressPolicy& b) {
         return std::tie(a.namespace_, a.name) < std::tie(b.namespace_, b.name);
     });
 }
 
-uint32_t index_of(const std::vector<EgressPolicy>& policies, const std::string& name) {
-    for (uint32_t i = 0; i < policies.size(); ++i)
-        if (policies[i].name == name) return i;
+// Policy numbers for every image these tests build: stable per (namespace,
+// name), as the agent's registry keeps them.
+PolicyRegistry& policy_numbers() {
+    static PolicyRegistry numbers;
+    return numbers;
+}
+
+uint32_t number_of(const std::vector<EgressPolicy>& policies, const std::string& name) {
+    for (const EgressPolicy& p : policies)
+        if (p.name == name) return policy_numbers().number_for({p.namespace_, p.name});
     FAIL("no policy " << name);
     return 0;
 }
@@ -163,7 +170,7 @@ std::string describe_policy(const EgressPolicy& p) {
 PolicyInputs inputs(const std::vector<EgressPolicy>& policies,
                     const std::map<std::string, std::vector<IpAddress>>& hosts, IdentityRegistry& registry,
                     uint32_t level) {
-    return PolicyInputs{&policies, &hosts, &registry, level};
+    return PolicyInputs{&policies, &hosts, &registry, &policy_numbers(), level};
 }
 
 IpAddress addr(const char* text) { return IpAddress::parse(text).value(); }
@@ -205,7 +212,7 @@ Probe table_probe(const Destination& d, Family f, Way w, uint16_t port) {
 
 struct TableCase {
     Case c;
-    std::optional<uint32_t> rule;  // the policy index the model must name for a `policy` verdict
+    std::optional<uint32_t> rule;  // the policy number the model must name for a `policy` verdict
 };
 
 // identity x destination x port/protocol x family x way. `listed`: the
@@ -237,7 +244,7 @@ void append(std::vector<TableCase>& to, const std::vector<TableCase>& more) {
     to.insert(to.end(), more.begin(), more.end());
 }
 
-// check_cases, plus the policy index the model names for `policy` verdicts.
+// check_cases, plus the policy number the model names for `policy` verdicts.
 void run_table(Enforcer& enforcer, const MapImage& image, const TestCgroup& cg, const Net& net, uint32_t identity,
                const std::vector<TableCase>& cases) {
     std::vector<Case> plain_cases;
@@ -424,8 +431,8 @@ TEST_CASE("kernel: policy: identity x destination x port/protocol x family, and 
         make_policy("ops", "anywhere", {batch_name}, {}, {}, {port_of(81, Proto::tcp), port_of(8080, Proto::udp)}),
     };
     sort_policies(policies);
-    const uint32_t p_ips = index_of(policies, "partner-ips"), p_hosts = index_of(policies, "partner-hosts"),
-                   p_any = index_of(policies, "anywhere");
+    const uint32_t p_ips = number_of(policies, "partner-ips"), p_hosts = number_of(policies, "partner-hosts"),
+                   p_any = number_of(policies, "anywhere");
     const std::map<std::string, std::vector<IpAddress>> hosts = {
         {"api.partner.test", {addr(Net::kExternal4b), addr(Net::kExternal6b)}}};
     const PolicyInputs in = inputs(policies, hosts, registry, workloads.level());

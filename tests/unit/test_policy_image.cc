@@ -110,6 +110,7 @@ TEST_CASE("the workloads file: parsing, errors, rendering round trip") {
 TEST_CASE("policies become one entry per source, port and destination") {
     AgentConfig agent;
     IdentityRegistry ids;
+    PolicyRegistry numbers;
     const std::vector<EgressPolicy> policies = {
         policy("curl", "by-address", {{"curl", "curl"}, {"curl", "other"}}, {kHttp, kDns},
                {cidr("203.0.113.0/24"), cidr("2001:db8::/32")}),
@@ -117,11 +118,12 @@ TEST_CASE("policies become one entry per source, port and destination") {
         policy("curl", "anywhere", {{"web", "client"}}, {kHttp}),
     };
     const std::map<std::string, std::vector<IpAddress>> hosts = {{"api.test", {ip("198.19.0.1"), ip("2001:db8:1::1")}}};
-    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, &hosts, &ids, 2});
+    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, &hosts, &ids, &numbers, 2});
     REQUIRE(image.ok());
     CHECK(image->cgroup_level == 2);
     CHECK(image->policies.size() == 3);
-    CHECK(image->policies[1] == PolicyRef{"curl", "by-host"});
+    const uint32_t by_host = numbers.find({"curl", "by-host"}).value();
+    CHECK(image->policies.at(by_host) == PolicyRef{"curl", "by-host"});
     // 2 sources x 2 ports x 2 CIDRs + 1 x 1 x 2 host addresses + 1 x 1 x any.
     CHECK(image->policy_rules.size() == 8 + 2 + 1);
     const uint32_t curl = ids.find({"curl", "curl"}).value();
@@ -131,17 +133,18 @@ TEST_CASE("policies become one entry per source, port and destination") {
                                   [&](const PolicyRule& r) { return r.identity == web; });
     REQUIRE(any != image->policy_rules.end());
     CHECK(any->cidr.prefix == 0);
-    CHECK(any->policy == 2);
+    CHECK(any->policy == numbers.find({"curl", "anywhere"}).value());
     const size_t curl_host_rules = std::count_if(image->policy_rules.begin(), image->policy_rules.end(),
-                                                 [&](const PolicyRule& r) { return r.identity == curl && r.policy == 1; });
+                                                 [&](const PolicyRule& r) { return r.identity == curl && r.policy == by_host; });
     CHECK(curl_host_rules == 2);
 }
 
 TEST_CASE("a host policy with no addresses yet allows nothing, not everything") {
     AgentConfig agent;
     IdentityRegistry ids;
+    PolicyRegistry numbers;
     const std::vector<EgressPolicy> policies = {policy("curl", "by-host", {{"curl", "curl"}}, {kHttp}, {}, {"x.test"})};
-    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, 0});
+    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     REQUIRE(image.ok());
     CHECK(image->policy_rules.empty());
     const Decision d = decide(&*image, Query{ip("203.0.113.1"), 80, IPPROTO_TCP, 0, ids.find({"curl", "curl"}).value()});
@@ -151,26 +154,38 @@ TEST_CASE("a host policy with no addresses yet allows nothing, not everything") 
 TEST_CASE("the same entry from two policies names the first policy") {
     AgentConfig agent;
     IdentityRegistry ids;
+    PolicyRegistry numbers;
     const std::vector<EgressPolicy> policies = {
         policy("a", "first", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/24")}),
         policy("b", "second", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/24"), cidr("203.0.113.128/25")}),
     };
-    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, 0});
+    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     REQUIRE(image.ok());
     CHECK(image->policy_rules.size() == 2);
     const uint32_t id = ids.find({"ns", "sa"}).value();
+    const uint32_t first = numbers.find({"a", "first"}).value(), second = numbers.find({"b", "second"}).value();
     // Longest prefix wins: .200 is in the /25 of "second"; .1 only in the /24 both name, kept for "first".
-    CHECK(decide(&*image, Query{ip("203.0.113.200"), 80, IPPROTO_TCP, 0, id}).rule == 1);
-    CHECK(decide(&*image, Query{ip("203.0.113.1"), 80, IPPROTO_TCP, 0, id}).rule == 0);
+    CHECK(decide(&*image, Query{ip("203.0.113.200"), 80, IPPROTO_TCP, 0, id}).rule == second);
+    CHECK(decide(&*image, Query{ip("203.0.113.1"), 80, IPPROTO_TCP, 0, id}).rule == first);
+
+    // Numbers stay with the names: the first in (namespace, name) order still
+    // wins the shared entry when it was numbered after the other.
+    PolicyRegistry late;
+    late.number_for({"b", "second"});
+    auto again = build_image(agent, egress_off(), 2, PolicyInputs{&policies, nullptr, &ids, &late, 0});
+    REQUIRE(again.ok());
+    CHECK(decide(&*again, Query{ip("203.0.113.1"), 80, IPPROTO_TCP, 0, id}).rule == late.find({"a", "first"}).value());
+    CHECK(late.find({"a", "first"}).value() > late.find({"b", "second"}).value());
 }
 
 TEST_CASE("row 7 in the reference decision: identity, protocol, port, destination and the flags") {
     AgentConfig agent;
     agent.mesh_cidrs = {cidr("198.18.0.0/16")};
     IdentityRegistry ids;
+    PolicyRegistry numbers;
     const std::vector<EgressPolicy> policies = {
         policy("curl", "web", {{"curl", "curl"}}, {kHttp}, {cidr("203.0.113.10/32")})};
-    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, 0});
+    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     REQUIRE(image.ok());
     const uint32_t curl = ids.find({"curl", "curl"}).value();
     const uint32_t stranger = curl + 100;
@@ -197,15 +212,15 @@ TEST_CASE("row 7 in the reference decision: identity, protocol, port, destinatio
     MeshConfig no_flag = egress_off();
     no_flag.enable_egress_policy = false;
     const Query allowed{ip("203.0.113.10"), 80, IPPROTO_TCP, 0, curl};
-    auto fsm = build_image(agent, no_flag, 2, PolicyInputs{&policies, nullptr, &ids, 0});
+    auto fsm = build_image(agent, no_flag, 2, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     CHECK(decide(&*fsm, allowed).reason == EGRESSD_REASON_DENY);
     agent.egress_policy_semantics = PolicySemantics::osm;
-    auto osm = build_image(agent, no_flag, 3, PolicyInputs{&policies, nullptr, &ids, 0});
+    auto osm = build_image(agent, no_flag, 3, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     CHECK(decide(&*osm, allowed).reason == EGRESSD_REASON_POLICY);
     // enableEgress true: passthrough decides first.
     MeshConfig on = egress_off();
     on.enable_egress = true;
-    auto passthrough = build_image(agent, on, 4, PolicyInputs{&policies, nullptr, &ids, 0});
+    auto passthrough = build_image(agent, on, 4, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     CHECK(decide(&*passthrough, allowed).reason == EGRESSD_REASON_PASSTHROUGH);
 }
 
@@ -228,16 +243,17 @@ TEST_CASE("policy rules and names round-trip through the kernel encoding") {
 TEST_CASE("policy entries and names diff between slots") {
     AgentConfig agent;
     IdentityRegistry ids;
+    PolicyRegistry numbers;
     std::vector<EgressPolicy> before = {policy("a", "p", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/24")}),
                                         policy("a", "q", {{"ns", "sa"}}, {kDns}, {cidr("198.19.0.0/16")})};
     std::vector<EgressPolicy> after = {policy("a", "p", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/25")})};
-    auto from = build_image(agent, egress_off(), 1, PolicyInputs{&before, nullptr, &ids, 0});
-    auto to = build_image(agent, egress_off(), 2, PolicyInputs{&after, nullptr, &ids, 0});
+    auto from = build_image(agent, egress_off(), 1, PolicyInputs{&before, nullptr, &ids, &numbers, 0});
+    auto to = build_image(agent, egress_off(), 2, PolicyInputs{&after, nullptr, &ids, &numbers, 0});
     const ImageDiff diff = diff_images(*from, *to);
     CHECK(diff.policy_deletes.size() == 2);
     CHECK(diff.policy_upserts.size() == 1);
-    CHECK(diff.policy_name_deletes == std::vector<uint32_t>{1});
-    CHECK(diff.policy_name_upserts.empty());
+    CHECK(diff.policy_name_deletes == std::vector<uint32_t>{numbers.find({"a", "q"}).value()});
+    CHECK(diff.policy_name_upserts.empty());  // "p" keeps its number and name
     CHECK(diff_images(*to, *to).empty());
 }
 
@@ -245,9 +261,10 @@ TEST_CASE("a policy set that does not fit is refused whole, naming the map and t
     AgentConfig agent;
     agent.capacities.policy_rules = 3;
     IdentityRegistry ids;
+    PolicyRegistry numbers;
     const std::vector<EgressPolicy> policies = {policy("a", "p", {{"ns", "sa"}, {"ns", "sb"}}, {kHttp, kDns},
                                                        {cidr("203.0.113.0/24")})};
-    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, 0});
+    auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     REQUIRE_FALSE(image.ok());
     CHECK(image.error().message == "policies_v1 needs 4 entries per generation, capacity is 3 (capacities.policyRules)");
 }

@@ -103,6 +103,7 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
 
     if (auto adopted = agent->datapath_->active_image()) {
         agent->applied_image_.generation = adopted->generation;
+        agent->policy_numbers_ = PolicyRegistry(adopted->policies);
         log::info("adopted the pinned maps in {} (generation {} in force)", config.bpffs.string(), adopted->generation);
     }
     // Fill the maps before any program can read them: a fresh attach then
@@ -246,7 +247,8 @@ Status Agent::rebuild() {
         used.insert(number);
     }
     auto image = build_image(config_, mesh_, applied_image_.generation + 1,
-                             PolicyInputs{&policies_.policies, &addresses, &identities_, cgroup_level_});
+                             PolicyInputs{&policies_.policies, &addresses, &identities_, &policy_numbers_,
+                                          cgroup_level_});
     if (!image) return image.error();
     for (const auto& rule : image->policy_rules) used.insert(rule.identity);
     if (identities_.size() > config_.capacities.identities)
@@ -262,6 +264,9 @@ Status Agent::rebuild() {
     if (auto named = datapath_->set_identities(identities_.names(), workload_ids); !named) return named;
     if (auto published = datapath_->publish(*image); !published) return published;
     identities_.retain(used);
+    std::set<uint32_t> policies_in_use;
+    for (const auto& [number, ref] : image->policies) policies_in_use.insert(number);
+    policy_numbers_.retain(policies_in_use);
     if (auto pruned = datapath_->set_identities(identities_.names(), workload_ids); !pruned) return pruned;
 
     std::vector<std::string> changes;

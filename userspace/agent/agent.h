@@ -67,6 +67,7 @@ private:
     std::unique_ptr<Datapath> datapath_;
     std::unique_ptr<HostResolver> resolver_;
     IdentityRegistry identities_;
+    PolicyRegistry policy_numbers_;
 
     // Inputs as last read and accepted.
     MeshConfig mesh_;

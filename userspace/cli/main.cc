@@ -377,7 +377,7 @@ int cmd_check(const AgentConfig& config, const std::string& from, const std::str
 
     const bool allowed = d.verdict == EGRESSD_VERDICT_ALLOW;
     std::optional<PolicyRef> policy;
-    if (d.reason == EGRESSD_REASON_POLICY && d.rule < image.policies.size()) policy = image.policies[d.rule];
+    if (d.reason == EGRESSD_REASON_POLICY && image.policies.contains(d.rule)) policy = image.policies.at(d.rule);
     const std::string target = fmt::format("{}:{}/{}", dst.address.str(), dst.port, proto_name);
     std::string why;
     switch (d.reason) {
@@ -467,7 +467,8 @@ int cmd_dump(const AgentConfig& config, bool as_json) {
         for (const auto& p : image.ports)
             out["ports"].push_back({{"table", "exclude"}, {"port", p.port}, {"rule", p.rule}});
         out["policies"] = json::array();
-        for (const auto& p : image.policies) out["policies"].push_back({{"namespace", p.namespace_}, {"name", p.name}});
+        for (const auto& [n, p] : image.policies)
+            out["policies"].push_back({{"number", n}, {"namespace", p.namespace_}, {"name", p.name}});
         out["policyRules"] = json::array();
         for (const auto& r : image.policy_rules)
             out["policyRules"].push_back({{"identity", r.identity},
@@ -492,8 +493,7 @@ int cmd_dump(const AgentConfig& config, bool as_json) {
     std::cout << fmt::format("{}/ports_v1 (slot {}): {} entries\n", dir, slot, image.ports.size());
     for (const auto& p : image.ports) std::cout << fmt::format("  exclude  port {:<5} rule {}\n", p.port, p.rule);
     std::cout << fmt::format("{}/policy_names_v1 (slot {}): {} policies\n", dir, slot, image.policies.size());
-    for (size_t i = 0; i < image.policies.size(); ++i)
-        std::cout << fmt::format("  {:<5} {}/{}\n", i, image.policies[i].namespace_, image.policies[i].name);
+    for (const auto& [n, p] : image.policies) std::cout << fmt::format("  {:<5} {}/{}\n", n, p.namespace_, p.name);
     std::cout << fmt::format("{}/policies_v1 (slot {}): {} entries\n", dir, slot, image.policy_rules.size());
     constexpr size_t kShown = 50;
     for (size_t i = 0; i < image.policy_rules.size() && i < kShown; ++i) {

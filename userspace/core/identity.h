@@ -1,7 +1,5 @@
-// Workload identities: (namespace, serviceAccount) pairs numbered with small
-// integers for the kernel maps. Numbers are stable for as long as a name is
-// in use, so registering a workload or changing policies never renumbers
-// what the kernel holds; a number is not reused while the agent runs.
+// Workload identities: (namespace, serviceAccount) pairs, numbered for the
+// kernel maps by a NumberRegistry (stable numbers, see core/registry.h).
 #pragma once
 
 #include <compare>
@@ -12,6 +10,7 @@
 #include <string>
 
 #include "common/result.h"
+#include "core/registry.h"
 
 namespace egressd {
 
@@ -25,23 +24,7 @@ struct IdentityName {
     static Result<IdentityName> parse(const std::string& text);
 };
 
-class IdentityRegistry {
-public:
-    IdentityRegistry() = default;
-    // Continues numbering after what the kernel already holds (adoption).
-    explicit IdentityRegistry(std::map<uint32_t, IdentityName> existing);
-
-    uint32_t number_for(const IdentityName& name);  // allocates a new number when needed
-    std::optional<uint32_t> find(const IdentityName& name) const;
-    const std::map<uint32_t, IdentityName>& names() const { return names_; }
-    size_t size() const { return names_.size(); }
-    // Forgets every number not in `in_use`.
-    void retain(const std::set<uint32_t>& in_use);
-
-private:
-    std::map<uint32_t, IdentityName> names_;
-    std::map<IdentityName, uint32_t> numbers_;
-    uint32_t next_ = 1;  // 0 is "unknown"
-};
+// Identity 0 is "unknown" in the kernel; numbers start at 1.
+using IdentityRegistry = NumberRegistry<IdentityName>;
 
 }  // namespace egressd

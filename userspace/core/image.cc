@@ -108,9 +108,14 @@ const Cidr kAnyDestination{};  // ::/0
 
 void add_policy_rules(MapImage& image, const PolicyInputs& in) {
     if (!in.policies) return;
+    // Rules carry the policy's position first, so that sorting keeps the first
+    // policy in (namespace, name) order on a shared key; then its number.
+    std::vector<uint32_t> numbers;
     for (uint32_t index = 0; index < in.policies->size(); ++index) {
         const EgressPolicy& policy = (*in.policies)[index];
-        image.policies.push_back(PolicyRef{policy.namespace_, policy.name});
+        const PolicyRef ref{policy.namespace_, policy.name};
+        numbers.push_back(in.policy_numbers->number_for(ref));
+        image.policies[numbers.back()] = ref;
         std::vector<Cidr> destinations = policy.ip_addresses;
         for (const std::string& host : policy.hosts) {
             if (!in.host_addresses) break;
@@ -126,8 +131,9 @@ void add_policy_rules(MapImage& image, const PolicyInputs& in) {
                     image.policy_rules.push_back(PolicyRule{identity, port.l4, port.number, cidr, index});
         }
     }
-    // One entry per key; sorting by (key, policy) puts the lowest policy index first.
+    // One entry per key; sorting by (key, position) puts the first policy first.
     sort_unique(image.policy_rules);
+    for (PolicyRule& rule : image.policy_rules) rule.policy = numbers[rule.policy];
 }
 
 }  // namespace
@@ -288,10 +294,12 @@ ImageDiff diff_images(const MapImage& from, const MapImage& to) {
     diff_rules(from.cidrs, to.cidrs, diff.cidr_deletes, diff.cidr_upserts);
     diff_rules(from.ports, to.ports, diff.port_deletes, diff.port_upserts);
     diff_rules(from.policy_rules, to.policy_rules, diff.policy_deletes, diff.policy_upserts);
-    for (uint32_t i = 0; i < to.policies.size(); ++i)
-        if (i >= from.policies.size() || from.policies[i] != to.policies[i]) diff.policy_name_upserts.push_back(i);
-    for (uint32_t i = static_cast<uint32_t>(to.policies.size()); i < from.policies.size(); ++i)
-        diff.policy_name_deletes.push_back(i);
+    for (const auto& [number, ref] : to.policies) {
+        auto old = from.policies.find(number);
+        if (old == from.policies.end() || old->second != ref) diff.policy_name_upserts.push_back(number);
+    }
+    for (const auto& [number, ref] : from.policies)
+        if (!to.policies.contains(number)) diff.policy_name_deletes.push_back(number);
     return diff;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <compare>
+#include <map>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "core/egress_policy.h"
 #include "core/identity.h"
 #include "core/meshconfig.h"
+#include "core/registry.h"
 #include "core/net.h"
 #include "egressd_abi.h"
 
@@ -40,7 +42,7 @@ struct PolicyRule {
     uint8_t proto = 0;  // IPPROTO_TCP / IPPROTO_UDP
     uint16_t port = 0;
     Cidr cidr;           // ::/0 for "any destination"
-    uint32_t policy = 0;  // index in MapImage::policies
+    uint32_t policy = 0;  // the policy's number (MapImage::policies)
 
     auto operator<=>(const PolicyRule&) const = default;
 };
@@ -50,6 +52,11 @@ struct PolicyRef {
     std::string name;
     auto operator<=>(const PolicyRef&) const = default;
 };
+
+// Policies are numbered like identities: a policy keeps its number across
+// generations while it exists, so events and per-rule totals stay attached
+// to the right policy.
+using PolicyRegistry = NumberRegistry<PolicyRef>;
 
 struct MapImage {
     // Slot-independent configuration (generation, flags, sidecar uid, mode).
@@ -62,7 +69,7 @@ struct MapImage {
     std::vector<CidrRule> cidrs;  // sorted by (table, cidr), one entry per (table, cidr)
     std::vector<PortRule> ports;  // sorted by (table, port), one entry per (table, port)
     std::vector<PolicyRule> policy_rules;  // sorted by (identity, proto, port, cidr), one entry per those
-    std::vector<PolicyRef> policies;       // policy index -> namespace/name
+    std::map<uint32_t, PolicyRef> policies;  // policy number -> namespace/name
 
     bool operator==(const MapImage&) const = default;
 };
@@ -74,16 +81,18 @@ struct MapImage {
 // not fit the capacities: "cidrs_v1 needs 20000 entries per generation, capacity
 // is 16384 (capacities.cidrs)".
 //
-// Egress policies become policy rules: for every valid policy (in PolicySet
-// order, which is its index), every source identity (numbered by `identities`,
-// which allocates new numbers), every port, and every destination (ipAddresses,
-// the current addresses of its hosts, or ::/0 when it names neither). Several
-// policies on the same key: the lowest index wins. A policy whose hosts have
-// no addresses yet and which has no ipAddresses allows nothing.
+// Egress policies become policy rules: for every valid policy (numbered by
+// `policy_numbers`), every source identity (numbered by `identities`; both
+// allocate new numbers), every port, and every destination (ipAddresses, the
+// current addresses of its hosts, or ::/0 when it names neither). Several
+// policies on the same key: the first in PolicySet order, (namespace, name),
+// wins. A policy whose hosts have no addresses yet and which has no
+// ipAddresses allows nothing.
 struct PolicyInputs {
     const std::vector<EgressPolicy>* policies = nullptr;
     const std::map<std::string, std::vector<IpAddress>>* host_addresses = nullptr;
-    IdentityRegistry* identities = nullptr;  // required when policies is non-empty
+    IdentityRegistry* identities = nullptr;    // required when policies is non-empty
+    PolicyRegistry* policy_numbers = nullptr;  // required when policies is non-empty
     uint32_t cgroup_level = 0;
 };
 Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, uint64_t generation,
@@ -112,8 +121,8 @@ struct ImageDiff {
     std::vector<CidrRule> cidr_deletes, cidr_upserts;
     std::vector<PortRule> port_deletes, port_upserts;
     std::vector<PolicyRule> policy_deletes, policy_upserts;
-    std::vector<uint32_t> policy_name_deletes;  // indexes beyond the new list
-    std::vector<uint32_t> policy_name_upserts;  // indexes whose name is new or changed
+    std::vector<uint32_t> policy_name_deletes;  // numbers no longer named
+    std::vector<uint32_t> policy_name_upserts;  // numbers whose name is new or changed
     bool empty() const {
         return cidr_deletes.empty() && cidr_upserts.empty() && port_deletes.empty() && port_upserts.empty() &&
                policy_deletes.empty() && policy_upserts.empty() && policy_name_deletes.empty() &&

@@ -160,17 +160,11 @@ Result<MapImage> MapSet::read_slot(uint32_t slot) const {
         if (rule) image.policy_rules.push_back(*rule);
         else bad = rule.error().with_context(std::string("decoding ") + kPoliciesName);
     });
-    std::map<uint32_t, PolicyRef> names;
     for_each_entry<egressd_policy_name_key, egressd_policy_name>(policy_names.get(),
                                                                 [&](const auto& key, const auto& value) {
-        if (key.slot == slot) names[key.policy] = decode_policy_name(value);
+        if (key.slot == slot) image.policies[key.policy] = decode_policy_name(value);
     });
     if (bad) return *bad;
-    // Indexes are dense from 0 in a written slot; a gap means a torn write of an inactive slot.
-    for (const auto& [index, ref] : names) {
-        if (index >= image.policies.size()) image.policies.resize(index + 1);
-        image.policies[index] = ref;
-    }
     std::sort(image.cidrs.begin(), image.cidrs.end());
     std::sort(image.ports.begin(), image.ports.end());
     std::sort(image.policy_rules.begin(), image.policy_rules.end());
@@ -265,7 +259,7 @@ Status MapSet::write_slot(uint32_t slot, const MapImage& from, const MapImage& t
     }
     for (uint32_t index : diff.policy_name_upserts) {
         const egressd_policy_name_key key{static_cast<uint8_t>(slot), {}, index};
-        const auto value = encode_policy_name(to.policies[index]);
+        const auto value = encode_policy_name(to.policies.at(index));
         if (bpf_map_update_elem(policy_names.get(), &key, &value, BPF_ANY) != 0)
             return fail(kPolicyNamesName, "writing a name");
     }
