@@ -1,0 +1,77 @@
+// A small HTTP server for /metrics, /healthz and /readyz, wrapping
+// cpp-httplib (kept out of this header).
+//
+// - Binds exactly the given address ("HOST:PORT", IPv6 as "[ADDR]:PORT"; HOST
+//   is an IP literal, port 0 picks a free port) without SO_REUSEPORT, so a
+//   second server on the same address fails instead of sharing the port.
+// - Serves on its own threads: one accepting, a fixed pool of two handling
+//   connections. One request per connection ("Connection: close"), so an idle
+//   client cannot hold a worker between requests.
+// - GET and HEAD only (anything else: 405 with "Allow: GET, HEAD"); paths are
+//   matched exactly (the query string is ignored); an unknown path is 404; a
+//   handler that throws gives 500.
+// - The destructor stops promptly: it closes the listening socket and shuts
+//   down the connections in progress, then joins the threads.
+//
+// Note: cpp-httplib sets SIGPIPE to SIG_IGN for the whole process when a
+// server is created.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "common/result.h"
+
+namespace egressd::observe {
+
+struct Response {
+    int status = 200;
+    std::string content_type = "text/plain; charset=utf-8";
+    std::string body;
+};
+
+// Runs on the server's threads, possibly two at once: it must be thread-safe
+// and quick (it holds a worker, and the destructor waits for it).
+using Handler = std::function<Response()>;
+using Routes = std::map<std::string, Handler>;  // exact path ("/metrics") -> handler
+
+struct ListenAddress {
+    int family = 0;     // AF_INET or AF_INET6
+    std::string host;   // the IP literal, without brackets
+    uint16_t port = 0;  // 0: any free port
+
+    std::string str() const;  // "HOST:PORT" or "[HOST]:PORT"
+};
+
+// Parses "HOST:PORT" / "[IPV6]:PORT". HOST must be an IP address (no names:
+// the server binds exactly one address).
+Result<ListenAddress> parse_listen_address(const std::string& text);
+
+class HttpServer {
+public:
+    static constexpr int kThreads = 2;  // connection handlers (plus one accepting thread)
+
+    // Binds and starts serving. Errors name the address; a failed bind carries
+    // its errno (EADDRINUSE, EADDRNOTAVAIL, EACCES, ...).
+    static Result<std::unique_ptr<HttpServer>> start(const std::string& address, Routes routes);
+
+    ~HttpServer();
+    HttpServer(const HttpServer&) = delete;
+    HttpServer& operator=(const HttpServer&) = delete;
+
+    // The port actually bound (useful with port 0).
+    uint16_t port() const;
+    // The address actually bound, "HOST:PORT".
+    std::string address() const;
+
+    struct Impl;
+
+private:
+    explicit HttpServer(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace egressd::observe
