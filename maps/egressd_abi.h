@@ -45,6 +45,13 @@
 #define EGRESSD_MAP_ID_NAMES id_names_v1
 #define EGRESSD_MAP_POLICIES policies_v1
 #define EGRESSD_MAP_POLICY_NAMES policy_names_v1
+#define EGRESSD_MAP_EVENTS events_v1
+#define EGRESSD_MAP_EVENT_BUCKETS event_limits_v1
+#define EGRESSD_MAP_EVENT_STATS event_stats_v1
+#define EGRESSD_MAP_FLOW_MARKS flow_marks_v1
+#define EGRESSD_MAP_FLOWS flows_v1
+#define EGRESSD_MAP_RULE_TRAFFIC rule_traffic_v1
+#define EGRESSD_MAP_ID_TRAFFIC id_traffic_v1
 
 #define EGRESSD_STRINGIFY_(x) #x
 #define EGRESSD_STRINGIFY(x) EGRESSD_STRINGIFY_(x)
@@ -113,6 +120,8 @@ enum egressd_config_flag {
 	EGRESSD_CFG_POLICY_ACTIVE = 1u << 3,  /* row 7 applies (derived, FSM or OSM semantics) */
 	EGRESSD_CFG_HAS_INCLUSION = 1u << 4,  /* outboundIPRangeInclusionList non-empty */
 	EGRESSD_CFG_SIDECAR_UID = 1u << 5,    /* sidecar_uid is set (row 2 active) */
+	EGRESSD_CFG_EVENTS_POLICY = 1u << 6,  /* also report allow-by-policy decisions */
+	EGRESSD_CFG_EVENTS_PASSTHROUGH = 1u << 7, /* also report passthrough decisions */
 };
 
 enum egressd_mode {
@@ -225,6 +234,105 @@ struct egressd_policy_name_key {
 struct egressd_policy_name {
 	char k8s_namespace[EGRESSD_NAMESPACE_LEN];
 	char name[EGRESSD_NAME_LEN];
+};
+
+/* ---- events_v1: RINGBUF of struct egressd_event ---------------------------
+ * Denials are always reported; audit-mode "would deny" decisions too; allow
+ * by policy and passthrough when config_v1 asks. Per source (identity, or
+ * cgroup when unknown) a token bucket in event_limits_v1 bounds the rate, so
+ * a workload looping on a denied connect cannot flood the agent; what the
+ * bucket suppresses, and what the full ring drops, is counted in
+ * event_stats_v1. */
+#define EGRESSD_EVENTS_RING_BYTES (1u << 20)
+#define EGRESSD_EVENT_RATE_PER_SEC 100  /* sustained events per source */
+#define EGRESSD_EVENT_BURST 200         /* events a quiet source may send at once */
+#define EGRESSD_EVENT_SOURCES 65536     /* sources tracked by the token buckets (LRU) */
+
+enum egressd_event_kind {
+	EGRESSD_EVENT_DENY = 0,  /* the call failed with EPERM */
+	EGRESSD_EVENT_AUDIT = 1, /* would be denied; allowed because of audit mode */
+	EGRESSD_EVENT_ALLOW = 2, /* allowed (by policy or passthrough), when asked for */
+};
+
+struct egressd_event {
+	__u64 timestamp_ns; /* CLOCK_BOOTTIME (bpf_ktime_get_boot_ns) */
+	__u64 cgroup_id;    /* the calling task's cgroup */
+	__u64 generation;   /* the generation that decided */
+	__u32 pid;          /* thread group id of the caller */
+	__u32 uid;
+	__u32 identity;     /* 0 when unknown */
+	__u32 rule;         /* as egressd's decision: list index, or policy number */
+	__u8 addr[16];      /* destination, IPv4 as ::ffff:a.b.c.d */
+	__u16 port;         /* host byte order */
+	__u8 proto;         /* IPPROTO_TCP / IPPROTO_UDP / other */
+	__u8 hook;          /* enum egressd_hook */
+	__u8 kind;          /* enum egressd_event_kind */
+	__u8 reason;        /* enum egressd_reason */
+	__u8 _pad[2];
+	char comm[16];      /* the caller's command name */
+};
+
+/* ---- event_limits_v1: LRU_HASH, source -> token bucket ------------------- */
+struct egressd_event_bucket {
+	__u64 refilled_ns; /* when tokens were last topped up */
+	__u64 tokens;      /* in thousandths of an event */
+};
+
+/* ---- event_stats_v1: PERCPU_ARRAY, key enum egressd_event_stat ----------- */
+enum egressd_event_stat {
+	EGRESSD_STAT_EVENTS_SENT = 0,
+	EGRESSD_STAT_EVENTS_SUPPRESSED = 1, /* rate limit */
+	EGRESSD_STAT_EVENTS_LOST = 2,       /* ring buffer full */
+	EGRESSD_STAT_FLOWS_LOST = 3,        /* a tracked connection evicted from flows_v1 before it closed */
+	EGRESSD_STAT_MAX = 4,
+};
+
+/* ---- flows -------------------------------------------------------------------
+ * The connect hook marks a TCP socket it allowed for a reason other than
+ * local or mesh (flow_marks_v1, socket-local storage). The sockops program
+ * turns a marked socket into a flow when it is established (flows_v1, LRU by
+ * socket cookie) and, when it closes, adds its bytes to the totals per rule
+ * (rule_traffic_v1) and per identity (id_traffic_v1) and removes it. */
+#define EGRESSD_FLOW_CAPACITY 65536
+#define EGRESSD_TRAFFIC_RULES 16384
+#define EGRESSD_TRAFFIC_IDENTITIES 16384
+
+struct egressd_flow_mark {
+	__u64 generation;
+	__u32 identity;
+	__u32 rule;
+	__u8 reason; /* enum egressd_reason that allowed it */
+	__u8 _pad[7];
+};
+
+struct egressd_flow {
+	__u64 started_ns; /* CLOCK_BOOTTIME at establishment */
+	__u64 cgroup_id;
+	__u32 identity;
+	__u32 rule;
+	__u8 addr[16];
+	__u16 port;
+	__u8 reason;
+	__u8 _pad[5];
+	/* So far, as of the last RTT sample (an ACK of new data); received bytes
+	 * may lag until close, when the totals get the exact counts. */
+	__u64 bytes_sent;
+	__u64 bytes_received;
+};
+
+struct egressd_traffic_key {
+	__u32 reason; /* enum egressd_reason */
+	__u32 rule;   /* list index, or policy number */
+};
+
+/* PERCPU_HASH values of rule_traffic_v1 (key egressd_traffic_key) and
+ * id_traffic_v1 (key __u32 identity, 0 = unknown). */
+struct egressd_traffic {
+	__u64 connections; /* closed connections counted */
+	/* The socket's own counters (tcp_sock bytes_acked, bytes_received). They
+	 * count sequence space: SYN and FIN add one each to the side that sent them. */
+	__u64 bytes_sent;
+	__u64 bytes_received;
 };
 
 /* ---- counters_v1: PERCPU_ARRAY, key __u32 reason * EGRESSD_HOOK_MAX + hook */

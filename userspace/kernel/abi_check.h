@@ -56,6 +56,23 @@ static_assert(sizeof(egressd_policy_name_key) == 8);
 static_assert(offsetof(egressd_policy_name_key, policy) == 4);
 static_assert(sizeof(egressd_policy_name) == EGRESSD_NAMESPACE_LEN + EGRESSD_NAME_LEN);
 
+static_assert(sizeof(egressd_event) == 80);
+static_assert(offsetof(egressd_event, cgroup_id) == 8);
+static_assert(offsetof(egressd_event, generation) == 16);
+static_assert(offsetof(egressd_event, pid) == 24);
+static_assert(offsetof(egressd_event, identity) == 32);
+static_assert(offsetof(egressd_event, addr) == 40);
+static_assert(offsetof(egressd_event, port) == 56);
+static_assert(offsetof(egressd_event, kind) == 60);
+static_assert(offsetof(egressd_event, comm) == 64);
+static_assert(sizeof(egressd_event_bucket) == 16);
+static_assert(sizeof(egressd_flow_mark) == 24);
+static_assert(sizeof(egressd_flow) == 64);
+static_assert(offsetof(egressd_flow, addr) == 24);
+static_assert(offsetof(egressd_flow, bytes_sent) == 48);
+static_assert(sizeof(egressd_traffic_key) == 8);
+static_assert(sizeof(egressd_traffic) == 24);
+
 static_assert(sizeof(egressd_counter) == 8);
 static_assert(EGRESSD_COUNTER_SLOTS == int{EGRESSD_REASON_MAX} * int{EGRESSD_HOOK_MAX});
 

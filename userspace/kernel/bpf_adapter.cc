@@ -28,8 +28,17 @@ const char* const kIdentitiesName = EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITIES);
 const char* const kIdNamesName = EGRESSD_STRINGIFY(EGRESSD_MAP_ID_NAMES);
 const char* const kPoliciesName = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES);
 const char* const kPolicyNamesName = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES);
-const char* const kAllMapNames[] = {kControlName,    kConfigName,  kCidrsName,    kPortsName,      kCountersName,
-                                    kIdentitiesName, kIdNamesName, kPoliciesName, kPolicyNamesName};
+const char* const kEventsName = EGRESSD_STRINGIFY(EGRESSD_MAP_EVENTS);
+const char* const kEventLimitsName = EGRESSD_STRINGIFY(EGRESSD_MAP_EVENT_BUCKETS);
+const char* const kEventStatsName = EGRESSD_STRINGIFY(EGRESSD_MAP_EVENT_STATS);
+const char* const kFlowMarksName = EGRESSD_STRINGIFY(EGRESSD_MAP_FLOW_MARKS);
+const char* const kFlowsName = EGRESSD_STRINGIFY(EGRESSD_MAP_FLOWS);
+const char* const kRuleTrafficName = EGRESSD_STRINGIFY(EGRESSD_MAP_RULE_TRAFFIC);
+const char* const kIdTrafficName = EGRESSD_STRINGIFY(EGRESSD_MAP_ID_TRAFFIC);
+const char* const kAllMapNames[] = {kControlName,     kConfigName,    kCidrsName,       kPortsName,
+                                    kCountersName,    kIdentitiesName, kIdNamesName,     kPoliciesName,
+                                    kPolicyNamesName, kEventsName,    kEventLimitsName, kEventStatsName,
+                                    kFlowMarksName,   kFlowsName,     kRuleTrafficName, kIdTrafficName};
 
 // libbpf returns negative errno (libbpf 1.0 semantics) and sets errno.
 Error libbpf_error(const std::string& what, long err) { return Error{static_cast<int>(err < 0 ? -err : errno), what}; }
@@ -121,7 +130,10 @@ Result<MapSet> MapSet::open_pinned(const fs::path& pin_dir, bool read_only) {
     const std::pair<const char*, UniqueFd*> maps[] = {
         {kControlName, &set.control},       {kConfigName, &set.config},     {kCidrsName, &set.cidrs},
         {kPortsName, &set.ports},           {kCountersName, &set.counters}, {kIdentitiesName, &set.identities},
-        {kIdNamesName, &set.id_names},      {kPoliciesName, &set.policies}, {kPolicyNamesName, &set.policy_names}};
+        {kIdNamesName, &set.id_names},      {kPoliciesName, &set.policies}, {kPolicyNamesName, &set.policy_names},
+        {kEventsName, &set.events},         {kEventLimitsName, &set.event_limits}, {kEventStatsName, &set.event_stats},
+        {kFlowMarksName, &set.flow_marks},  {kFlowsName, &set.flows},       {kRuleTrafficName, &set.rule_traffic},
+        {kIdTrafficName, &set.id_traffic}};
     for (const auto& [name, fd] : maps) {
         auto opened = open_pinned_object(pin_dir / name, read_only);
         if (!opened) return opened.error();
@@ -182,6 +194,95 @@ Result<std::vector<uint64_t>> MapSet::read_counters() const {
         for (const auto& c : per_cpu) totals[i] += c.decisions;
     }
     return totals;
+}
+
+Result<std::array<uint64_t, EGRESSD_STAT_MAX>> MapSet::read_event_stats() const {
+    const int cpus = libbpf_num_possible_cpus();
+    if (cpus <= 0) return libbpf_error("counting possible CPUs", cpus);
+    std::vector<uint64_t> per_cpu(static_cast<size_t>(cpus));
+    std::array<uint64_t, EGRESSD_STAT_MAX> totals{};
+    for (uint32_t i = 0; i < EGRESSD_STAT_MAX; ++i) {
+        if (bpf_map_lookup_elem(event_stats.get(), &i, per_cpu.data()) != 0)
+            return system_error(std::string("reading ") + kEventStatsName);
+        for (uint64_t v : per_cpu) totals[i] += v;
+    }
+    return totals;
+}
+
+namespace {
+
+// Walks a per-CPU hash of egressd_traffic, summing each key's CPUs.
+template <typename Key, typename Out, typename MakeKey>
+Status read_traffic(int fd, const char* name, Out& out, MakeKey make_key) {
+    const int cpus = libbpf_num_possible_cpus();
+    if (cpus <= 0) return libbpf_error("counting possible CPUs", cpus);
+    std::vector<egressd_traffic> per_cpu(static_cast<size_t>(cpus));
+    Key key{}, next{};
+    const void* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+        key = next;
+        prev = &key;
+        if (bpf_map_lookup_elem(fd, &key, per_cpu.data()) != 0) continue;
+        Traffic& t = out[make_key(key)];
+        for (const auto& c : per_cpu) {
+            t.connections += c.connections;
+            t.bytes_sent += c.bytes_sent;
+            t.bytes_received += c.bytes_received;
+        }
+    }
+    if (errno != ENOENT) return system_error(std::string("reading ") + name);  // the walk ends with ENOENT
+    return {};
+}
+
+}  // namespace
+
+Result<std::vector<std::pair<uint64_t, egressd_flow>>> MapSet::read_flows() const {
+    std::vector<std::pair<uint64_t, egressd_flow>> out;
+    for_each_entry<uint64_t, egressd_flow>(flows.get(),
+                                           [&](const auto& cookie, const auto& flow) { out.emplace_back(cookie, flow); });
+    return out;
+}
+
+Result<std::map<std::pair<uint32_t, uint32_t>, Traffic>> MapSet::read_rule_traffic() const {
+    std::map<std::pair<uint32_t, uint32_t>, Traffic> out;
+    auto read = read_traffic<egressd_traffic_key>(rule_traffic.get(), kRuleTrafficName, out,
+                                                  [](const egressd_traffic_key& k) { return std::pair{k.reason, k.rule}; });
+    if (!read) return read.error();
+    return out;
+}
+
+Result<std::map<uint32_t, Traffic>> MapSet::read_identity_traffic() const {
+    std::map<uint32_t, Traffic> out;
+    auto read = read_traffic<uint32_t>(id_traffic.get(), kIdTrafficName, out, [](uint32_t k) { return k; });
+    if (!read) return read.error();
+    return out;
+}
+
+Result<std::unique_ptr<EventReader>> EventReader::open(int events_map_fd, Callback callback) {
+    std::unique_ptr<EventReader> reader(new EventReader());
+    reader->callback_ = std::move(callback);
+    auto on_sample = [](void* self, void* data, size_t size) -> int {
+        if (size < sizeof(egressd_event)) return 0;  // not ours: skip
+        egressd_event event;
+        std::memcpy(&event, data, sizeof(event));
+        static_cast<EventReader*>(self)->callback_(event);
+        return 0;
+    };
+    reader->ring_ = ring_buffer__new(events_map_fd, on_sample, reader.get(), nullptr);
+    if (!reader->ring_) return system_error(std::string("opening the ring buffer ") + kEventsName);
+    return reader;
+}
+
+EventReader::~EventReader() {
+    if (ring_) ring_buffer__free(ring_);
+}
+
+int EventReader::epoll_fd() const { return ring_buffer__epoll_fd(ring_); }
+
+Result<int> EventReader::drain() {
+    const int n = ring_buffer__consume(ring_);
+    if (n < 0) return libbpf_error(std::string("reading ") + kEventsName, n);
+    return n;
 }
 
 Result<std::map<uint64_t, uint32_t>> MapSet::read_workload_identities() const {
@@ -300,7 +401,7 @@ Status ProgramBarrier::wait() const {
 
 std::vector<LinkInfo> read_pinned_links(const fs::path& pin_dir) {
     std::vector<LinkInfo> links;
-    for (const char* hook : kHookNames) {
+    for (const char* hook : kLinkNames) {
         LinkInfo li;
         li.hook = hook;
         // Links cannot be opened read-only (the kernel refuses BPF_F_RDONLY for them).
@@ -326,7 +427,7 @@ Status cleanup_pins(const fs::path& pin_dir, std::vector<std::string>& removed) 
     std::error_code ec;
     if (!fs::exists(pin_dir, ec)) return {};
     // Links first: detaching them ends enforcement before the maps go.
-    for (const char* hook : kHookNames) {
+    for (const char* hook : kLinkNames) {
         const fs::path path = links_dir(pin_dir) / hook;
         if (!path_present(path)) continue;
         if (auto fd = open_pinned_object(path, false)) {
@@ -418,7 +519,10 @@ Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
         {kCidrsName, &dp->maps_.cidrs},           {kPortsName, &dp->maps_.ports},
         {kCountersName, &dp->maps_.counters},     {kIdentitiesName, &dp->maps_.identities},
         {kIdNamesName, &dp->maps_.id_names},      {kPoliciesName, &dp->maps_.policies},
-        {kPolicyNamesName, &dp->maps_.policy_names}};
+        {kPolicyNamesName, &dp->maps_.policy_names}, {kEventsName, &dp->maps_.events},
+        {kEventLimitsName, &dp->maps_.event_limits}, {kEventStatsName, &dp->maps_.event_stats},
+        {kFlowMarksName, &dp->maps_.flow_marks},  {kFlowsName, &dp->maps_.flows},
+        {kRuleTrafficName, &dp->maps_.rule_traffic}, {kIdTrafficName, &dp->maps_.id_traffic}};
     for (const auto& [name, fd] : fds) {
         bpf_map* m = bpf_object__find_map_by_name(obj, name);
         fd->reset(m ? ::fcntl(bpf_map__fd(m), F_DUPFD_CLOEXEC, 0) : -1);
@@ -509,11 +613,12 @@ Result<std::vector<AttachReport>> Datapath::attach(const CgroupTarget& cgroup) {
     fs::create_directories(links_dir(options_.pin_dir), ec);
     if (ec) return Error{ec.value(), "creating " + links_dir(options_.pin_dir).string()};
 
-    bpf_program* programs[EGRESSD_HOOK_MAX] = {skel_->progs.egressd_conn4, skel_->progs.egressd_conn6,
-                                               skel_->progs.egressd_send4, skel_->progs.egressd_send6};
+    bpf_program* programs[kLinkNames.size()] = {skel_->progs.egressd_conn4, skel_->progs.egressd_conn6,
+                                                skel_->progs.egressd_send4, skel_->progs.egressd_send6,
+                                                skel_->progs.egressd_sockops};
     std::vector<AttachReport> reports;
-    for (int hook = 0; hook < EGRESSD_HOOK_MAX; ++hook) {
-        const fs::path pin = links_dir(options_.pin_dir) / kHookNames[hook];
+    for (size_t hook = 0; hook < kLinkNames.size(); ++hook) {
+        const fs::path pin = links_dir(options_.pin_dir) / kLinkNames[hook];
         bpf_link* old_link = path_present(pin) ? bpf_link__open(pin.c_str()) : nullptr;
         if (old_link) {
             auto info = link_info(bpf_link__fd(old_link));
@@ -525,7 +630,7 @@ Result<std::vector<AttachReport>> Datapath::attach(const CgroupTarget& cgroup) {
                     return libbpf_error("updating the program of pinned link " + pin.string(), err);
                 }
                 links_.push_back(old_link);
-                reports.push_back({kHookNames[hook], "adopted"});
+                reports.push_back({kLinkNames[hook], "adopted"});
                 continue;
             }
         }
@@ -533,7 +638,7 @@ Result<std::vector<AttachReport>> Datapath::attach(const CgroupTarget& cgroup) {
         if (!link) {
             const int err = errno;
             if (old_link) bpf_link__destroy(old_link);
-            return Error{err, std::string("attaching ") + kHookNames[hook] + " to " + cgroup.path.string()};
+            return Error{err, std::string("attaching ") + kLinkNames[hook] + " to " + cgroup.path.string()};
         }
         links_.push_back(link);
         if (old_link) {
@@ -543,7 +648,7 @@ Result<std::vector<AttachReport>> Datapath::attach(const CgroupTarget& cgroup) {
             bpf_link__destroy(old_link);
         }
         if (int err = bpf_link__pin(link, pin.c_str()); err != 0) return libbpf_error("pinning " + pin.string(), err);
-        reports.push_back({kHookNames[hook], old_link ? "moved" : "attached"});
+        reports.push_back({kLinkNames[hook], old_link ? "moved" : "attached"});
     }
     if (!adopted_maps_) {
         if (auto pinned = pin_maps(); !pinned) return pinned.error();

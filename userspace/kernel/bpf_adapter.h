@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <filesystem>
 #include <memory>
@@ -21,12 +22,18 @@
 
 struct egressd_bpf;
 struct bpf_link;
+struct ring_buffer;
 
 namespace egressd {
 
-// The hooks egressd attaches, in egressd_hook order; also their link pin names.
-inline constexpr std::array<const char*, EGRESSD_HOOK_MAX> kHookNames = {"connect4", "connect6", "sendmsg4",
-                                                                          "sendmsg6"};
+// The programs egressd attaches to the cgroup, as named by their pinned links:
+// the four decision hooks (in egressd_hook order), then flow accounting.
+inline constexpr std::array<const char*, EGRESSD_HOOK_MAX + 1> kLinkNames = {"connect4", "connect6", "sendmsg4",
+                                                                              "sendmsg6", "sockops"};
+
+struct Traffic {
+    uint64_t connections = 0, bytes_sent = 0, bytes_received = 0;
+};
 
 // Open file descriptors of the egressd maps, from a loaded object or from
 // the pins. Reads and writes whole slots (maps/egressd_abi.h).
@@ -42,6 +49,16 @@ public:
     // Decisions per counter index (reason * EGRESSD_HOOK_MAX + hook), summed over CPUs.
     Result<std::vector<uint64_t>> read_counters() const;
 
+    // Events sent, suppressed by the rate limit and lost to a full ring
+    // (enum egressd_event_stat), summed over CPUs.
+    Result<std::array<uint64_t, EGRESSD_STAT_MAX>> read_event_stats() const;
+
+    // Open egress TCP connections (socket cookie -> flow), and what closed
+    // ones carried per (reason, rule) and per identity, summed over CPUs.
+    Result<std::vector<std::pair<uint64_t, egressd_flow>>> read_flows() const;
+    Result<std::map<std::pair<uint32_t, uint32_t>, Traffic>> read_rule_traffic() const;
+    Result<std::map<uint32_t, Traffic>> read_identity_traffic() const;
+
     // Not per generation: registered workload cgroups and identity names.
     Result<std::map<uint64_t, uint32_t>> read_workload_identities() const;
     Result<std::map<uint32_t, IdentityName>> read_identity_names() const;
@@ -54,7 +71,25 @@ public:
     Status write_slot(uint32_t slot, const MapImage& from, const MapImage& to) const;
     Status set_active_slot(uint32_t slot) const;
 
-    UniqueFd control, config, cidrs, ports, counters, identities, id_names, policies, policy_names;
+    UniqueFd control, config, cidrs, ports, counters, identities, id_names, policies, policy_names, events,
+        event_limits, event_stats, flow_marks, flows, rule_traffic, id_traffic;
+};
+
+// Reads decision events from events_v1 as they arrive. Only the agent reads
+// the ring (a ring buffer has one consumer position).
+class EventReader {
+public:
+    using Callback = std::function<void(const egressd_event&)>;
+    static Result<std::unique_ptr<EventReader>> open(int events_map_fd, Callback callback);
+    ~EventReader();
+    int epoll_fd() const;  // readable when events are waiting
+    // Hands every waiting event to the callback; returns how many.
+    Result<int> drain();
+
+private:
+    EventReader() = default;
+    struct ring_buffer* ring_ = nullptr;
+    Callback callback_;
 };
 
 struct LinkInfo {
