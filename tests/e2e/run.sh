@@ -44,6 +44,9 @@ agent_pid=
 server_pid=
 dns_pid=
 dns_port=$((20000 + id % 20000))
+http_port=$((40000 + id % 20000))
+http=127.0.0.1:$http_port
+prom_check=$bin/prom_check
 
 cleanup() {
   [ -n "$agent_pid" ] && kill -9 "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
@@ -97,6 +100,7 @@ runDir: $work/run
 policyDir: policies
 workloads: $work/run/workloads.yaml
 dnsServer: 127.0.0.1:$dns_port
+httpAddress: $http
 EOF
 ctl() { "$egressctl" --config "$work/egressd.yaml" "$@"; }
 # A command in the enforced cgroup (egressctl run, as the workload \$AS if
@@ -219,6 +223,69 @@ check "bpftool prints policy names" bash -c "bpftool map dump pinned '$pins/poli
 ms=$(AS=curl/curl latency_ms denied rm -f "$work/policies/curl.yaml")
 check "deleting the policy file denies again within 100 ms (took ${ms} ms)" test "$ms" -le 100
 
+# ---- events, flows, metrics, health ------------------------------------------------
+metric() { curl -s -m 2 "http://$http/metrics" | "$prom_check" "$@"; }
+check "/healthz answers ok" test "$(curl -s -m 2 "http://$http/healthz")" = ok
+check "/readyz says ready" test "$(curl -s -m 2 "http://$http/readyz")" = ready
+check "/metrics passes the strict exposition parser" bash -c "curl -s -m 2 'http://$http/metrics' | '$prom_check'"
+before=$(metric egressd_denied_connections_total)
+check "a denied connect as events/test" test "$(AS=events/test verdict)" = denied
+after=$(metric egressd_denied_connections_total)
+check "/metrics counts exactly that deny (${before} -> ${after})" test $((after - before)) -eq 1
+sleep 0.2
+ctl events --json --verdict deny --identity events/test > "$work/events.json"
+check "egressctl events shows the denial with its fields" python3 -c "
+import json; lines=[json.loads(l) for l in open('$work/events.json')]
+e=lines[-1]
+ok = len(lines) == 1 and e['identity']=='events/test' and e['destination']=='203.0.113.10' and e['port']==80 \
+  and e['protocol']=='tcp' and e['hook']=='connect4' and e['reason']=='deny' and e['row']==8 and e['comm']=='python3' \
+  and e['verdict']=='deny' and e['pid'] > 0
+exit(0 if ok else 1)"
+check "egressctl events prints it for people" bash -c "'$egressctl' --config '$work/egressd.yaml' events --identity events/test | grep -q 'deny .*events/test -> 203.0.113.10:80/tcp deny (row 8)'"
+check "the event log has it as a JSON line" grep -q '"identity":"events/test"' "$work/agent.log"
+
+# A workload looping on a denied connect does not stall the agent.
+in_workload python3 -c "
+import socket
+for i in range(100000):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try: s.connect(('203.0.113.10', 9))
+    except PermissionError: pass
+    s.close()" &
+flood=$!
+slowest=0
+while kill -0 "$flood" 2>/dev/null; do
+  t=$(curl -s -o /dev/null -m 2 -w '%{time_total}' "http://$http/metrics")
+  slowest=$(python3 -c "print(max($slowest, int($t * 1000)))")
+  sleep 0.05
+done
+wait "$flood"
+check "/metrics answered within 100 ms during 100k denied connects (slowest ${slowest} ms)" test "$slowest" -le 100
+check "the agent stayed ready" test "$(curl -s -m 2 "http://$http/readyz")" = ready
+suppressed=$(metric egressd_events_suppressed_total)
+check "the suppressed events are counted ($suppressed)" test "$suppressed" -gt 90000
+check "egressctl status reports them" bash -c "'$egressctl' --config '$work/egressd.yaml' status | grep -q 'suppressed by the rate limit'"
+
+# An open connection is a flow; its bytes reach the per-rule totals when it closes.
+AS=web/client in_workload python3 -c "
+import socket, time
+s = socket.create_connection(('203.0.113.10', 80))
+s.sendall(b'GET / HTTP/1.0\r\n\r\n')
+time.sleep(1.5)
+while s.recv(65536): pass
+s.close()" &
+client_pid=$!
+sleep 0.7
+check "egressctl flows shows the open connection" bash -c "'$egressctl' --config '$work/egressd.yaml' flows --json | python3 -c '
+import json,sys; f=json.load(sys.stdin)
+exit(0 if any(x[\"identity\"]==\"web/client\" and x[\"destination\"]==\"203.0.113.10\" and x[\"port\"]==80 and x[\"policy\"]==\"web/web-by-name\" for x in f) else 1)'"
+wait "$client_pid"
+sleep 0.3
+sent=$(metric egressd_egress_bytes_total reason=policy rule=web/web-by-name direction=sent)
+received=$(metric egressd_egress_bytes_total reason=policy rule=web/web-by-name direction=received)
+check "its bytes reach the per-rule totals (sent ${sent}, received ${received})" test "$sent" -gt 20 -a "$received" -gt 100
+check "and the per-identity totals" test "$(metric egressd_identity_egress_bytes_total identity=web/client direction=received)" -gt 100
+
 # ---- kill -9: enforcement continues; restart adopts without a gap --------------
 kill -9 "$agent_pid"; wait "$agent_pid" 2>/dev/null; agent_pid=
 check "after kill -9, connects are still denied" test "$(verdict)" = denied
@@ -236,13 +303,22 @@ check "the links were adopted, not re-created" log_has "connect4 adopted"
 # ---- operators' views ------------------------------------------------------------
 check "egressctl dump lists the mesh CIDR" bash -c "'$egressctl' --config '$work/egressd.yaml' dump | grep -q 'mesh *198.18.0.0/16'"
 check "bpftool prints config_v1 with field names" bash -c "bpftool map dump pinned '$pins/config_v1' | grep -q '\"generation\"'"
-check "bpftool shows four programs on the cgroup" test "$(bpftool cgroup show "$cgroup" | grep -c egressd_)" -eq 4
+check "bpftool shows the five programs on the cgroup" test "$(bpftool cgroup show "$cgroup" | grep -c egressd_)" -eq 5
 check "egressctl needs root, says so" bash -c "setpriv --reuid=65534 --regid=65534 --clear-groups '$egressctl' --config '$work/egressd.yaml' status 2>&1 | grep -q 'must run as root'"
 
 # ---- stop and clean up ----------------------------------------------------------
 kill -TERM "$agent_pid"; wait "$agent_pid"; rc=$?; agent_pid=
 check "SIGTERM stops the agent cleanly" test "$rc" -eq 0
 check "enforcement outlives the agent" test "$(verdict)" = denied
+# ---- audit mode: report what would be denied, deny nothing ----------------------
+printf 'mode: audit\n' >> "$work/egressd.yaml"
+check "the agent restarts in audit mode" start_agent
+check "audit mode lets a would-be denied connect through" test "$(verdict)" = allowed
+sleep 0.2
+check "and reports it as an audit event" bash -c "'$egressctl' --config '$work/egressd.yaml' events --verdict audit | grep -q 'audit .*203.0.113.10:80/tcp deny (row 8)'"
+check "status shows the mode" bash -c "'$egressctl' --config '$work/egressd.yaml' status | grep -q 'mode=audit'"
+kill -TERM "$agent_pid"; wait "$agent_pid"; agent_pid=
+
 check "--cleanup succeeds" "$egressd" --cleanup --config "$work/egressd.yaml"
 check "--cleanup leaves nothing pinned" test ! -e "$pins"
 check "--cleanup leaves nothing attached" test -z "$(bpftool cgroup show "$cgroup" 2>/dev/null | tail -n +2)"

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "common/log.h"
+#include "core/event.h"
 #include "kernel/mounts.h"
 
 namespace egressd {
@@ -111,6 +112,23 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
     if (auto published = agent->rebuild(); !published) return published.error();
     if (auto converged = agent->datapath_->converge(); !converged) return converged.error();
 
+    // Events and HTTP before attaching: the first denial is already reported.
+    Telemetry::Options telemetry;
+    telemetry.http_address = config.http_address;
+    telemetry.event_buffer = config.event_buffer;
+    telemetry.event_log = config.event_log;
+    telemetry.capacities = config.capacities;
+    auto started = Telemetry::start(telemetry, &agent->datapath_->maps());
+    if (!started) return started.error().with_context(config.source_file.string() + ": httpAddress");
+    agent->telemetry_ = std::move(*started);
+    agent->boottime_offset_ns_ = boottime_to_unix_offset_ns();
+    Agent* self = agent.get();
+    auto reader = EventReader::open(agent->datapath_->maps().events.get(),
+                                    [self](const egressd_event& e) { self->on_kernel_event(e); });
+    if (!reader) return reader.error();
+    agent->events_ = std::move(*reader);
+    agent->publish_telemetry();
+
     auto reports = agent->datapath_->attach(agent->cgroup_);
     if (!reports) return reports.error();
     std::string hooks;
@@ -122,7 +140,11 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
               config.mesh_config.string(), summarize(*mesh, config), agent->applied_policies_.size(),
               agent->workloads_.size());
 
+    agent->telemetry_->set_ready(true, "");
     agent->write_status();
+    if (!config.http_address.empty())
+        log::info("serving /metrics, /healthz, /readyz and /events on {} (port {})", config.http_address,
+                  agent->telemetry_->http_port());
     return agent;
 }
 
@@ -153,6 +175,42 @@ void Agent::record_error(const std::string& message) {
     log::error("{}; generation {} stays in force", message, applied_image_.generation);
     last_error_ = message;
     last_error_at_ = log::timestamp();
+    if (telemetry_) {
+        telemetry_->record_config_error();
+        telemetry_->set_ready(false, "the latest input was not applied: " + message);
+    }
+}
+
+void Agent::on_kernel_event(const egressd_event& event) {
+    EventNames names;
+    names.identity = [this](uint32_t number) -> std::optional<IdentityName> {
+        const auto& known = datapath_->identity_names();
+        auto it = known.find(number);
+        if (it == known.end()) return std::nullopt;
+        return it->second;
+    };
+    names.policy = [this](uint32_t number) -> std::optional<PolicyRef> {
+        auto it = policy_names_seen_.find(number);
+        if (it == policy_names_seen_.end()) return std::nullopt;
+        return it->second;
+    };
+    telemetry_->record_event(event_to_json(event, boottime_offset_ns_, names));
+}
+
+void Agent::on_kernel_events() {
+    if (auto drained = events_->drain(); !drained) log::error("{}", drained.error().describe());
+}
+
+void Agent::publish_telemetry() {
+    if (!telemetry_) return;
+    const MapImage& image = applied_image_;
+    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS), image.cidrs.size());
+    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS), image.ports.size());
+    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES), image.policy_rules.size());
+    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES), image.policies.size());
+    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_ID_NAMES), datapath_->identity_names().size());
+    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITIES), datapath_->workload_identities().size());
+    telemetry_->set_state(config_.audit ? "audit" : "enforce", applied_policies_.size(), policies_.errors.size());
 }
 
 bool Agent::reload_mesh_config(bool force) {
@@ -219,8 +277,10 @@ bool Agent::reload_hosts() {
     for (const auto& [host, state] : snapshot) {
         auto old = hosts_.find(host);
         const bool had = old != hosts_.end();
-        if (state.last_error && (!had || old->second.last_error != state.last_error))
+        if (state.last_error && (!had || old->second.last_error != state.last_error)) {
             log::error("resolving {}: {} ({} addresses kept)", host, *state.last_error, state.addresses.size());
+            if (telemetry_) telemetry_->record_resolution_failure(host);
+        }
         if (!had || old->second.addresses != state.addresses) addresses_changed = true;
     }
     addresses_changed |= snapshot.size() != hosts_.size();
@@ -280,6 +340,7 @@ Status Agent::rebuild() {
             changes.push_back(fmt::format("workloads={}", workload_ids.size()));
     }
     last_change_ = fmt::format("{}", fmt::join(changes, "; "));
+    for (const auto& [number, ref] : image->policies) policy_names_seen_[number] = ref;
     applied_mesh_ = mesh_;
     applied_policies_ = policies_.policies;
     applied_image_ = std::move(*image);
@@ -300,12 +361,17 @@ void Agent::on_inputs_changed(unsigned inputs, bool force) {
         } else {
             last_apply_ms_ = millis_since(started);
             last_error_.reset();
+            if (telemetry_) {
+                telemetry_->record_apply(applied_image_.generation, last_apply_ms_);
+                telemetry_->set_ready(true, "");
+            }
             log::info("applied generation {} in {:.1f} ms: {}", applied_image_.generation, last_apply_ms_,
                       last_change_);
             if (auto converged = datapath_->converge(); !converged)
                 log::error("{} (the next change writes more)", converged.error().describe());
         }
     }
+    publish_telemetry();
     write_status();
 }
 
@@ -336,6 +402,9 @@ void Agent::write_status() const {
         {"policyNotes", policies_.notes},
         {"hosts", hosts},
         {"workloads", workloads_.size()},
+        {"mode", config_.audit ? "audit" : "enforce"},
+        {"httpAddress", config_.http_address},
+        {"httpPort", telemetry_ ? telemetry_->http_port() : 0},
     };
     if (last_error_) status["lastError"] = {{"at", last_error_at_}, {"message", *last_error_}};
     if (auto written = write_status_file(config_.run_dir, status); !written)
@@ -360,7 +429,8 @@ int Agent::run() {
         return 1;
     }
     const int resolver_fd = resolver_ ? resolver_->notify_fd() : -1;
-    for (int fd : {signal_fd.get(), inotify_.get(), resolver_fd}) {
+    const int events_fd = events_->epoll_fd();
+    for (int fd : {signal_fd.get(), inotify_.get(), resolver_fd, events_fd}) {
         if (fd < 0) continue;
         epoll_event ev{};
         ev.events = EPOLLIN;
@@ -390,6 +460,8 @@ int Agent::run() {
                               si.ssi_signo, config_.bpffs.string(), config_.source_file.string());
                     return 0;
                 }
+            } else if (fd == events_fd) {
+                on_kernel_events();
             } else if (fd == resolver_fd) {
                 on_inputs_changed(kHosts, false);
             } else {

@@ -20,6 +20,7 @@
 #include "core/image.h"
 #include "core/meshconfig.h"
 #include "core/workloads.h"
+#include "agent/telemetry.h"
 #include "dns/host_resolver.h"
 #include "kernel/bpf_adapter.h"
 #include "kernel/cgroup.h"
@@ -54,6 +55,10 @@ private:
     bool reload_policies();
     bool reload_workloads();
     bool reload_hosts();
+    // Decision events from the kernel: named, logged, kept for /events.
+    void on_kernel_events();
+    void on_kernel_event(const egressd_event& event);
+    void publish_telemetry();
     // Builds and publishes the next generation from the current inputs.
     Status rebuild();
     Status watch_inputs();
@@ -66,6 +71,10 @@ private:
     uint32_t cgroup_level_ = 0;
     std::unique_ptr<Datapath> datapath_;
     std::unique_ptr<HostResolver> resolver_;
+    std::unique_ptr<Telemetry> telemetry_;
+    std::unique_ptr<EventReader> events_;
+    std::map<uint32_t, PolicyRef> policy_names_seen_;  // names events may refer to after a policy is gone
+    int64_t boottime_offset_ns_ = 0;
     IdentityRegistry identities_;
     PolicyRegistry policy_numbers_;
 

@@ -19,9 +19,13 @@ int main(int argc, char** argv) {
     bool cleanup = false;
     app.add_option("-c,--config", config_file, "agent settings file (YAML), e.g. config/egressd.yaml")->required();
     app.add_flag("--cleanup", cleanup, "detach and unpin everything egressd owns for this configuration, then exit");
+    std::string log_format = "text";
+    app.add_option("--log-format", log_format, "text or json (one JSON object per line)")
+        ->check(CLI::IsMember({"text", "json"}));
     app.set_version_flag("--version", std::string("egressd ") + EGRESSD_VERSION);
     CLI11_PARSE(app, argc, argv);
 
+    log::json_format() = log_format == "json";
     auto config = load_agent_config(config_file);
     if (!config) {
         std::cerr << "egressd: " << config.error().describe() << "\n";

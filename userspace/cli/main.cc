@@ -1,6 +1,9 @@
 // egressctl: inspect and steer egressd. Reads the kernel's pinned maps (the
 // source of truth for what is enforced) and the agent's status file.
+#include <netdb.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -133,6 +136,158 @@ void print_counters(const std::vector<uint64_t>& counters) {
     }
 }
 
+// ---- talking to the agent over HTTP ---------------------------------------------
+
+struct HttpReply {
+    int status = 0;
+    std::string body;
+};
+
+// One GET to the agent's httpAddress ("HOST:PORT" or "[V6]:PORT"), HTTP/1.0.
+Result<HttpReply> http_get(const std::string& address, const std::string& path) {
+    std::string host, port;
+    if (!address.empty() && address[0] == '[') {
+        const auto close = address.find("]:");
+        if (close == std::string::npos) return make_error("httpAddress \"" + address + "\" is not [HOST]:PORT");
+        host = address.substr(1, close - 1);
+        port = address.substr(close + 2);
+    } else {
+        const auto colon = address.rfind(':');
+        if (colon == std::string::npos) return make_error("httpAddress \"" + address + "\" is not HOST:PORT");
+        host = address.substr(0, colon);
+        port = address.substr(colon + 1);
+    }
+    addrinfo hints{};
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* found = nullptr;
+    if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0 || !found)
+        return make_error("httpAddress \"" + address + "\" is not a numeric address and port");
+    UniqueFd fd(::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    const int connected = fd.valid() ? ::connect(fd.get(), found->ai_addr, found->ai_addrlen) : -1;
+    ::freeaddrinfo(found);
+    if (connected != 0) return system_error("connecting to egressd at " + address + " (is it running?)");
+    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: " + host + "\r\n\r\n";
+    if (::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size()))
+        return system_error("sending to egressd at " + address);
+    std::string response;
+    char buf[65536];
+    ssize_t n;
+    while ((n = ::recv(fd.get(), buf, sizeof(buf), 0)) > 0) response.append(buf, static_cast<size_t>(n));
+    const auto header_end = response.find("\r\n\r\n");
+    if (response.compare(0, 5, "HTTP/") != 0 || header_end == std::string::npos)
+        return make_error("egressd at " + address + " sent no HTTP response");
+    HttpReply reply;
+    reply.status = std::atoi(response.c_str() + response.find(' ') + 1);
+    reply.body = response.substr(header_end + 4);
+    return reply;
+}
+
+std::string url_encode(const std::string& text) {
+    std::string out;
+    for (unsigned char c : text) {
+        if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') out += static_cast<char>(c);
+        else out += fmt::format("%{:02X}", c);
+    }
+    return out;
+}
+
+// ---- events -------------------------------------------------------------------
+
+std::string event_line(const json& e) {
+    std::string who = e["identity"].is_null() ? fmt::format("cgroup {}", e.value("cgroupId", 0ull))
+                                              : e["identity"].get<std::string>();
+    std::string target = e.value("destination", "");
+    if (target.find(':') != std::string::npos) target = "[" + target + "]";
+    std::string why = fmt::format("{} (row {})", e.value("reason", ""), e.value("row", 0));
+    if (!e["policy"].is_null()) why += " Egress " + e["policy"].get<std::string>();
+    const std::string protocol = e["protocol"].is_string() ? e["protocol"].get<std::string>() : e["protocol"].dump();
+    return fmt::format("{} {:<5} {} -> {}:{}/{} {} {}[{}]", e.value("time", ""), e.value("verdict", ""), who, target,
+                       e.value("port", 0), protocol, why, e.value("comm", ""), e.value("pid", 0));
+}
+
+int cmd_events(const AgentConfig& config, bool follow, bool as_json, const std::string& identity,
+               const std::string& verdict) {
+    if (config.http_address.empty()) fail("events come from the agent's HTTP endpoint; httpAddress is off");
+    if (!verdict.empty() && verdict != "deny" && verdict != "audit" && verdict != "allow")
+        fail("--verdict: expected deny, audit or allow", 2);
+    if (!identity.empty()) must(IdentityName::parse(identity), "--identity");
+    uint64_t since = 0;
+    for (;;) {
+        std::string path = fmt::format("/events?since={}", since);
+        if (!identity.empty()) path += "&identity=" + url_encode(identity);
+        if (!verdict.empty()) path += "&verdict=" + verdict;
+        const HttpReply reply = must(http_get(config.http_address, path));
+        if (reply.status != 200) fail(fmt::format("egressd answered {} to /events", reply.status));
+        json events;
+        try {
+            events = json::parse(reply.body);
+        } catch (const json::exception& e) {
+            fail(std::string("egressd sent malformed events: ") + e.what());
+        }
+        for (const auto& e : events) {
+            since = std::max<uint64_t>(since, e.value("seq", 0ull));
+            std::cout << (as_json ? e.dump() : event_line(e)) << "\n";
+        }
+        std::cout.flush();
+        if (!follow) return 0;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+}
+
+// ---- flows --------------------------------------------------------------------
+
+int cmd_flows(const AgentConfig& config, bool as_json) {
+    auto maps = must(MapSet::open_pinned(config.bpffs, true), "nothing pinned (is egressd running?)");
+    const auto flows = must(maps.read_flows());
+    const auto names = must(maps.read_identity_names());
+    const egressd_control control = must(maps.read_control());
+    const MapImage image = must(maps.read_slot(control.active_slot & 1));
+    timespec boot{};
+    clock_gettime(CLOCK_BOOTTIME, &boot);
+    const uint64_t now_ns = static_cast<uint64_t>(boot.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(boot.tv_nsec);
+
+    json out = json::array();
+    for (const auto& [cookie, f] : flows) {
+        IpAddress dst;
+        std::copy(std::begin(f.addr), std::end(f.addr), dst.bytes.begin());
+        const auto reason = static_cast<egressd_reason>(f.reason);
+        json identity = nullptr, policy = nullptr;
+        if (auto it = names.find(f.identity); f.identity && it != names.end()) identity = it->second.str();
+        if (reason == EGRESSD_REASON_POLICY && image.policies.contains(f.rule))
+            policy = image.policies.at(f.rule).namespace_ + "/" + image.policies.at(f.rule).name;
+        out.push_back({{"cookie", cookie},
+                       {"identity", identity},
+                       {"cgroupId", f.cgroup_id},
+                       {"destination", dst.str()},
+                       {"port", f.port},
+                       {"reason", std::string(reason_name(reason))},
+                       {"policy", policy},
+                       {"ageSeconds", now_ns > f.started_ns ? static_cast<double>(now_ns - f.started_ns) / 1e9 : 0.0},
+                       {"bytesSent", f.bytes_sent},
+                       {"bytesReceived", f.bytes_received}});
+    }
+    if (as_json) {
+        std::cout << out.dump(2) << "\n";
+        return 0;
+    }
+    std::cout << fmt::format("{:<22} {:<40} {:<14} {:>9} {:>12} {:>12}\n", "IDENTITY", "DESTINATION", "REASON", "AGE",
+                             "SENT", "RECEIVED");
+    for (const auto& f : out) {
+        const std::string who = f["identity"].is_null() ? fmt::format("cgroup {}", f["cgroupId"].get<uint64_t>())
+                                                        : f["identity"].get<std::string>();
+        std::string dst = f["destination"].get<std::string>();
+        if (dst.find(':') != std::string::npos) dst = "[" + dst + "]";
+        const std::string why =
+            f["policy"].is_null() ? f["reason"].get<std::string>() : "policy " + f["policy"].get<std::string>();
+        std::cout << fmt::format("{:<22} {:<40} {:<14} {:>8.1f}s {:>12} {:>12}\n", who,
+                                 dst + ":" + std::to_string(f["port"].get<int>()), why, f["ageSeconds"].get<double>(),
+                                 f["bytesSent"].get<uint64_t>(), f["bytesReceived"].get<uint64_t>());
+    }
+    std::cout << fmt::format("{} open egress connections\n", out.size());
+    return 0;
+}
+
 // ---- status -------------------------------------------------------------------
 
 int cmd_status(const AgentConfig& config, bool as_json) {
@@ -147,7 +302,8 @@ int cmd_status(const AgentConfig& config, bool as_json) {
     }
     int attached = 0;
     for (const auto& l : view.links) attached += l.pinned && cgroup && l.cgroup_id == cgroup->id;
-    const bool enforcing = view.pinned && attached == EGRESSD_HOOK_MAX && (view.active.flags & EGRESSD_CFG_VALID);
+    const bool enforcing =
+        view.pinned && attached == static_cast<int>(kLinkNames.size()) && (view.active.flags & EGRESSD_CFG_VALID);
 
     json out = {
         {"agent", {{"running", running}}},
@@ -176,7 +332,23 @@ int cmd_status(const AgentConfig& config, bool as_json) {
                                 {"programId", l.prog_id},
                                 {"program", l.prog_name},
                                 {"cgroupId", l.cgroup_id}});
+    if (running && !config.http_address.empty()) {
+        if (auto ready = http_get(config.http_address, "/readyz")) {
+            std::string reason = ready->body;
+            while (!reason.empty() && reason.back() == '\n') reason.pop_back();
+            out["agent"]["ready"] = ready->status == 200;
+            out["agent"]["readiness"] = reason;
+        }
+    }
     if (view.pinned) {
+        json events = nullptr;
+        if (auto maps = MapSet::open_pinned(config.bpffs, true)) {
+            if (auto stats = maps->read_event_stats())
+                events = {{"sent", (*stats)[EGRESSD_STAT_EVENTS_SENT]},
+                          {"suppressed", (*stats)[EGRESSD_STAT_EVENTS_SUPPRESSED]},
+                          {"lost", (*stats)[EGRESSD_STAT_EVENTS_LOST]}};
+        }
+        out["events"] = events;
         out["kernel"] = {{"activeSlot", view.control.active_slot},
                          {"generation", view.active.generation},
                          {"valid", (view.active.flags & EGRESSD_CFG_VALID) != 0},
@@ -216,6 +388,13 @@ int cmd_status(const AgentConfig& config, bool as_json) {
                                  (a.flags & EGRESSD_CFG_SIDECAR_UID) ? std::to_string(a.sidecar_uid) : "none",
                                  a.mode == EGRESSD_MODE_AUDIT ? "audit" : "enforce");
     }
+    if (out["agent"].contains("ready"))
+        std::cout << "ready:       " << (out["agent"]["ready"].get<bool>() ? "yes" : "NO") << " ("
+                  << out["agent"]["readiness"].get<std::string>() << ")\n";
+    if (!out["events"].is_null() && out.contains("events"))
+        std::cout << fmt::format("events:      {} sent, {} suppressed by the rate limit, {} lost (ring full)\n",
+                                 out["events"]["sent"].get<uint64_t>(), out["events"]["suppressed"].get<uint64_t>(),
+                                 out["events"]["lost"].get<uint64_t>());
     if (running && agent_status) {
         const json& s = *agent_status;
         std::cout << "last change: " << s.value("lastChange", "") << " (at " << s.value("appliedAt", "") << ")\n";
@@ -227,7 +406,8 @@ int cmd_status(const AgentConfig& config, bool as_json) {
                                  s.value("workloads", 0));
         for (const auto& e : s.value("policyErrors", json::array()))
             std::cout << "  not applied: " << e.get<std::string>() << "\n";
-        for (const auto& [host, h] : s.value("hosts", json::object()).items()) {
+        const json hosts = s.value("hosts", json::object());  // named: items() must not outlive it
+        for (const auto& [host, h] : hosts.items()) {
             std::string addresses;
             for (const auto& a : h["addresses"]) addresses += (addresses.empty() ? "" : ", ") + a.get<std::string>();
             std::cout << fmt::format("  host {}: {}{}\n", host, addresses.empty() ? "(no addresses)" : addresses,
@@ -312,9 +492,9 @@ int cmd_run(const AgentConfig& config, const std::optional<IdentityName>& as, co
     const CgroupTarget cgroup = must(open_existing_cgroup(enforced), "is egressd running? (scripts/run)");
     int attached = 0;
     for (const auto& l : read_pinned_links(config.bpffs)) attached += l.pinned && l.cgroup_id == cgroup.id;
-    if (attached != EGRESSD_HOOK_MAX)
-        fail(fmt::format("egressd is not enforcing on {} ({} of {} hooks attached); start it with scripts/run",
-                         enforced.string(), attached, EGRESSD_HOOK_MAX));
+    if (attached != static_cast<int>(kLinkNames.size()))
+        fail(fmt::format("egressd is not enforcing on {} ({} of {} programs attached); start it with scripts/run",
+                         enforced.string(), attached, kLinkNames.size()));
     const fs::path path = as ? register_workload(config, enforced, *as) : enforced;
     must(join_cgroup(path));
     std::vector<char*> argv;
@@ -571,6 +751,17 @@ int main(int argc, char** argv) {
     check->add_option("--uid", check_uid, "uid of the caller (row 2)")->capture_default_str();
     check->add_flag("--json", json_output, "machine-readable output");
 
+    bool follow = false;
+    std::string events_identity, events_verdict;
+    auto* events = app.add_subcommand("events", "decision events kept by the agent (denials, audit, allowed if asked)");
+    events->add_flag("-f,--follow", follow, "keep printing new events");
+    events->add_flag("--json", json_output, "one JSON object per line");
+    events->add_option("--identity", events_identity, "only events of NAMESPACE/SERVICEACCOUNT");
+    events->add_option("--verdict", events_verdict, "only deny, audit or allow");
+
+    auto* flows = app.add_subcommand("flows", "open egress TCP connections: identity, destination, age, bytes");
+    flows->add_flag("--json", json_output, "machine-readable output");
+
     auto* dump = app.add_subcommand("dump", "the pinned maps decoded, and the bpftool commands that show them");
     dump->add_flag("--json", json_output, "machine-readable output");
 
@@ -581,6 +772,7 @@ int main(int argc, char** argv) {
         if (status->parsed()) require_root("status");
         if (run->parsed()) require_root("run");
         if (dump->parsed()) require_root("dump");
+        if (flows->parsed()) require_root("flows");
         if (check->parsed()) require_root("check");
         const fs::path file = config_file.empty() ? default_config_file() : fs::path(config_file);
         const AgentConfig config = must(load_agent_config(file));
@@ -593,6 +785,8 @@ int main(int argc, char** argv) {
             return cmd_run(config, as, command);
         }
         if (check->parsed()) return cmd_check(config, check_from, check_to, check_proto, check_uid, json_output);
+        if (flows->parsed()) return cmd_flows(config, json_output);
+        if (events->parsed()) return cmd_events(config, follow, json_output, events_identity, events_verdict);
         if (dump->parsed()) return cmd_dump(config, json_output);
     } catch (const Failure& f) {
         std::cerr << "egressctl: " << f.message << "\n";

@@ -1,4 +1,5 @@
-// Log lines on stderr: "<RFC 3339 UTC time> <level> <message>".
+// Log lines on stderr: "<RFC 3339 UTC time> <level> <message>", or with
+// --log-format json one JSON object per line: {"time", "level", "msg"}.
 #pragma once
 
 #include <fmt/format.h>
@@ -19,8 +20,27 @@ inline std::string timestamp() {
                        tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
 }
 
+inline bool& json_format() {
+    static bool json = false;
+    return json;
+}
+
+// A JSON string literal for `text` (quotes, backslashes and control bytes escaped).
+inline std::string json_quote(const std::string& text) {
+    std::string out = "\"";
+    for (unsigned char c : text) {
+        if (c == '"' || c == '\\') out += {'\\', static_cast<char>(c)};
+        else if (c < 0x20) out += fmt::format("\\u{:04x}", c);
+        else out += static_cast<char>(c);
+    }
+    return out + "\"";
+}
+
 inline void line(const char* level, const std::string& message) {
-    const std::string text = fmt::format("{} {} {}\n", timestamp(), level, message);
+    const std::string text =
+        json_format() ? fmt::format("{{\"time\":\"{}\",\"level\":\"{}\",\"msg\":{}}}\n", timestamp(), level,
+                                    json_quote(message))
+                      : fmt::format("{} {} {}\n", timestamp(), level, message);
     std::fwrite(text.data(), 1, text.size(), stderr);
     std::fflush(stderr);
 }

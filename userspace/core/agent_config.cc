@@ -51,7 +51,7 @@ PolicySemantics semantics_setting(const Field& field) {
 AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
     root.reject_unknown_keys(
         {"cgroup", "bpffs", "meshConfig", "meshCIDRs", "sidecarUID", "runDir", "egressPolicySemantics", "policyDir",
-         "workloads", "dnsServer", "capacities"});
+         "workloads", "dnsServer", "mode", "events", "httpAddress", "capacities"});
     AgentConfig config;
     config.source_file = source_file;
     const fs::path directory = source_file.parent_path();
@@ -75,6 +75,24 @@ AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
     if (const Field file = root.child("workloads"); file.present())
         config.workloads_file = resolved_path(file, directory);
     if (const Field server = root.child("dnsServer"); server.present()) config.dns_server = non_empty_string(server);
+    if (const Field mode = root.child("mode"); mode.present()) {
+        const std::string name = mode.string();
+        if (name != "enforce" && name != "audit") mode.fail(fmt::format("expected enforce or audit, got \"{}\"", name));
+        config.audit = name == "audit";
+    }
+    const Field events = root.child("events");
+    events.reject_unknown_keys({"allowedByPolicy", "passthrough", "log", "buffer"});
+    if (const Field f = events.child("allowedByPolicy"); f.present()) config.report_policy_allows = f.boolean();
+    if (const Field f = events.child("passthrough"); f.present()) config.report_passthrough = f.boolean();
+    if (const Field f = events.child("log"); f.present()) config.event_log = resolved_path(f, directory);
+    if (const Field f = events.child("buffer"); f.present()) config.event_buffer = bounded(f, 1, 1'000'000);
+    if (const Field http = root.child("httpAddress"); http.is_null()) {
+        config.http_address.clear();
+    } else if (http.present()) {
+        config.http_address = http.string();
+        if (!config.http_address.empty() && config.http_address.rfind(':') == std::string::npos)
+            http.fail(fmt::format("\"{}\" is not HOST:PORT", config.http_address));
+    }
 
     const Field capacities = root.child("capacities");
     capacities.reject_unknown_keys({"cidrs", "ports", "policyRules", "policies", "identities", "workloads"});

@@ -41,6 +41,12 @@ struct AgentConfig {
     std::filesystem::path policy_dir;      // Egress policies (*.yaml); empty: none
     std::filesystem::path workloads_file;  // workload cgroups and their identities; empty: none
     std::string dns_server;                // "" = system resolver; else ADDRESS[:PORT]
+    bool audit = false;                    // mode: audit: report what row 8 would deny, allow it
+    bool report_policy_allows = false;     // events.allowedByPolicy
+    bool report_passthrough = false;       // events.passthrough
+    std::filesystem::path event_log;       // events.log: JSON lines; empty = stderr
+    uint32_t event_buffer = 1000;          // events.buffer: kept in memory for egressctl events
+    std::string http_address = "127.0.0.1:9477";  // /metrics, /healthz, /readyz, /events; "" = off
     Capacities capacities;
 
     bool operator==(const AgentConfig&) const = default;
@@ -49,6 +55,8 @@ struct AgentConfig {
 // Keys (camelCase): cgroup (required), bpffs, meshConfig (required), meshCIDRs,
 // sidecarUID (integer 0..4294967294 or null), runDir,
 // egressPolicySemantics (fsm|osm), policyDir, workloads, dnsServer,
+// mode (enforce|audit), events: {allowedByPolicy, passthrough, log, buffer},
+// httpAddress (HOST:PORT, [IPV6]:PORT, or "" for none),
 // capacities: {cidrs, ports, policyRules, policies, identities, workloads}.
 // Unknown keys are an error (a typo in an agent setting must not pass
 // silently). Relative paths (meshConfig, runDir) are relative to the file's

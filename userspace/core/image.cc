@@ -48,6 +48,8 @@ uint32_t config_flags(const AgentConfig& agent, const MeshConfig& mesh) {
     if (policy_active) flags |= EGRESSD_CFG_POLICY_ACTIVE;
     if (!mesh.outbound_ip_range_inclusion.empty()) flags |= EGRESSD_CFG_HAS_INCLUSION;
     if (agent.sidecar_uid) flags |= EGRESSD_CFG_SIDECAR_UID;
+    if (agent.report_policy_allows) flags |= EGRESSD_CFG_EVENTS_POLICY;
+    if (agent.report_passthrough) flags |= EGRESSD_CFG_EVENTS_PASSTHROUGH;
     return flags;
 }
 
@@ -145,6 +147,7 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
     image.flags = config_flags(agent, mesh);
     image.sidecar_uid = agent.sidecar_uid.value_or(0);
     image.cgroup_level = policy.cgroup_level;
+    image.mode = agent.audit ? EGRESSD_MODE_AUDIT : EGRESSD_MODE_ENFORCE;
 
     add_cidrs(image.cidrs, EGRESSD_TABLE_EXCLUDE, mesh.outbound_ip_range_exclusion);
     add_cidrs(image.cidrs, EGRESSD_TABLE_INCLUDE, mesh.outbound_ip_range_inclusion);

@@ -184,9 +184,10 @@ struct HttpServer::Impl {
             response.set_content("not found\n", kTextPlain);
             return;
         }
+        Request handler_request{request.path, {request.params.begin(), request.params.end()}};
         Response result;
         try {
-            result = it->second();
+            result = it->second(handler_request);
         } catch (const std::exception& e) {
             result = Response{500, kTextPlain, fmt::format("internal error: {}\n", e.what())};
         } catch (...) {

@@ -8,7 +8,8 @@
 //   connections. One request per connection ("Connection: close"), so an idle
 //   client cannot hold a worker between requests.
 // - GET and HEAD only (anything else: 405 with "Allow: GET, HEAD"); paths are
-//   matched exactly (the query string is ignored); an unknown path is 404; a
+//   matched exactly (the query string is not part of the match: a handler
+//   taking a Request gets its decoded parameters); an unknown path is 404; a
 //   handler that throws gives 500.
 // - The destructor stops promptly: it closes the listening socket and shuts
 //   down the connections in progress, then joins the threads.
@@ -21,7 +22,10 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "common/result.h"
 
@@ -33,9 +37,40 @@ struct Response {
     std::string body;
 };
 
+// What a handler may look at besides the path it was routed by.
+struct Request {
+    std::string path;
+    // The query string's parameters, percent-decoded ("+" is a space), in order.
+    std::multimap<std::string, std::string> params;
+
+    // The first value of parameter `name`, if present.
+    std::optional<std::string> param(const std::string& name) const {
+        const auto it = params.find(name);
+        if (it == params.end()) return std::nullopt;
+        return it->second;
+    }
+};
+
 // Runs on the server's threads, possibly two at once: it must be thread-safe
-// and quick (it holds a worker, and the destructor waits for it).
-using Handler = std::function<Response()>;
+// and quick (it holds a worker, and the destructor waits for it). Built from
+// any callable `Response()` or `Response(const Request&)`.
+class Handler {
+public:
+    Handler() = default;
+    template <typename F>
+        requires(!std::is_same_v<std::decay_t<F>, Handler> && std::is_invocable_r_v<Response, F&, const Request&>)
+    Handler(F f) : function_(std::move(f)) {}
+    template <typename F>
+        requires(!std::is_same_v<std::decay_t<F>, Handler> && !std::is_invocable_r_v<Response, F&, const Request&> &&
+                 std::is_invocable_r_v<Response, F&>)
+    Handler(F f) : function_([f = std::move(f)](const Request&) mutable { return f(); }) {}
+
+    Response operator()(const Request& request) const { return function_(request); }
+    explicit operator bool() const { return static_cast<bool>(function_); }
+
+private:
+    std::function<Response(const Request&)> function_;
+};
 using Routes = std::map<std::string, Handler>;  // exact path ("/metrics") -> handler
 
 struct ListenAddress {

@@ -1,0 +1,80 @@
+#include "core/event.h"
+
+#include <netinet/in.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "core/decision.h"
+
+namespace egressd {
+
+namespace {
+
+std::string rfc3339_ms(int64_t unix_ns) {
+    const time_t secs = static_cast<time_t>(unix_ns / 1'000'000'000);
+    std::tm tm{};
+    gmtime_r(&secs, &tm);
+    return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                       tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>((unix_ns / 1'000'000) % 1000));
+}
+
+const char* kind_name(uint8_t kind) {
+    switch (kind) {
+        case EGRESSD_EVENT_DENY: return "deny";
+        case EGRESSD_EVENT_AUDIT: return "audit";
+        case EGRESSD_EVENT_ALLOW: return "allow";
+        default: return "unknown";
+    }
+}
+
+}  // namespace
+
+int64_t boottime_to_unix_offset_ns() {
+    timespec real{}, boot{};
+    clock_gettime(CLOCK_REALTIME, &real);
+    clock_gettime(CLOCK_BOOTTIME, &boot);
+    return (real.tv_sec - boot.tv_sec) * 1'000'000'000LL + (real.tv_nsec - boot.tv_nsec);
+}
+
+nlohmann::json event_to_json(const egressd_event& e, int64_t boottime_to_unix_ns, const EventNames& names) {
+    IpAddress dst;
+    std::copy(std::begin(e.addr), std::end(e.addr), dst.bytes.begin());
+    const auto reason = static_cast<egressd_reason>(e.reason);
+    const std::string comm(e.comm, strnlen(e.comm, sizeof(e.comm)));
+
+    nlohmann::json identity = nullptr, policy = nullptr;
+    if (e.identity != 0 && names.identity) {
+        if (auto name = names.identity(e.identity)) identity = name->str();
+    }
+    if (reason == EGRESSD_REASON_POLICY && names.policy) {
+        if (auto ref = names.policy(e.rule)) policy = ref->namespace_ + "/" + ref->name;
+    }
+    nlohmann::json protocol = e.proto == IPPROTO_TCP ? nlohmann::json("tcp")
+                              : e.proto == IPPROTO_UDP ? nlohmann::json("udp")
+                                                       : nlohmann::json(e.proto);
+    return {
+        {"time", rfc3339_ms(static_cast<int64_t>(e.timestamp_ns) + boottime_to_unix_ns)},
+        {"verdict", kind_name(e.kind)},
+        {"reason", std::string(reason_name(reason))},
+        {"row", reason_row(reason)},
+        {"identity", identity},
+        {"identityNumber", e.identity},
+        {"policy", policy},
+        {"rule", e.rule},
+        {"destination", dst.str()},
+        {"port", e.port},
+        {"protocol", protocol},
+        {"hook", std::string(hook_name(static_cast<egressd_hook>(e.hook)))},
+        {"pid", e.pid},
+        {"uid", e.uid},
+        {"comm", comm},
+        {"cgroupId", e.cgroup_id},
+        {"generation", e.generation},
+    };
+}
+
+}  // namespace egressd
