@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "agent/telemetry.h"
+#include "loopback_http.h"
 #include "common/fd.h"
 #include "observe/http_server.h"
 #include "observe/metrics.h"
@@ -29,62 +30,9 @@ using nlohmann::json;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-struct Reply {
-    int status = 0;
-    std::map<std::string, std::string> headers;  // names in lower case
-    std::string body;
-};
-
-// GET `target` from 127.0.0.1:port (HTTP/1.1, one request per connection).
-Reply get(uint16_t port, const std::string& target) {
-    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    REQUIRE(fd.valid());
-    timeval timeout{5, 0};
-    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(port);
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE_MESSAGE(::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0,
-                    "connect: " << std::strerror(errno));
-    const std::string request = "GET " + target + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    size_t sent = 0;
-    while (sent < request.size()) {
-        const ssize_t n = ::send(fd.get(), request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-        REQUIRE(n > 0);
-        sent += static_cast<size_t>(n);
-    }
-    std::string raw;
-    char buffer[16384];
-    while (true) {
-        const ssize_t n = ::recv(fd.get(), buffer, sizeof buffer, 0);
-        REQUIRE_MESSAGE(n >= 0, "recv: " << std::strerror(errno));
-        if (n == 0) break;
-        raw.append(buffer, static_cast<size_t>(n));
-    }
-    Reply reply;
-    const auto head_end = raw.find("\r\n\r\n");
-    REQUIRE_MESSAGE(head_end != std::string::npos, raw);
-    const std::string head = raw.substr(0, head_end);
-    reply.body = raw.substr(head_end + 4);
-    REQUIRE(head.rfind("HTTP/1.1 ", 0) == 0);
-    reply.status = std::stoi(head.substr(9, 3));
-    size_t start = head.find("\r\n");
-    while (start != std::string::npos) {
-        start += 2;
-        const size_t end = head.find("\r\n", start);
-        const std::string line = head.substr(start, end == std::string::npos ? std::string::npos : end - start);
-        const auto colon = line.find(':');
-        REQUIRE(colon != std::string::npos);
-        std::string name = line.substr(0, colon);
-        for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        reply.headers[name] = line.substr(line.find_first_not_of(' ', colon + 1));
-        start = end;
-    }
-    return reply;
-}
+using testhttp::Clock;
+using testhttp::get;
+using testhttp::Reply;
 
 // A fresh directory under the temporary directory, removed at the end of the test.
 struct TempDir {
