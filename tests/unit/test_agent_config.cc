@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "test_support.h"
 #include "core/agent_config.h"
 #include "core/meshconfig.h"
 #include "egressd_abi.h"
@@ -27,7 +28,7 @@ std::string with_required(std::string_view more_lines) {
 
 TEST_CASE("agent settings with every key set") {
     auto config = load_agent_config(kAgentFixtures / "egressd.yaml");
-    REQUIRE_MESSAGE(config.ok(), config.error().describe());
+    REQUIRE_MESSAGE(config.ok(), egressd::test::why(config));
     CHECK(config->source_file == kAgentFixtures / "egressd.yaml");
     CHECK(config->cgroup == "kubepods.slice/kubepods-burstable.slice");
     CHECK(config->bpffs == "/sys/fs/bpf/egressd-test");
@@ -44,7 +45,7 @@ TEST_CASE("agent settings with every key set") {
 
 TEST_CASE("agent settings with only the required keys take the defaults") {
     auto config = load_agent_config(kAgentFixtures / "minimal.yaml");
-    REQUIRE_MESSAGE(config.ok(), config.error().describe());
+    REQUIRE_MESSAGE(config.ok(), egressd::test::why(config));
     const AgentConfig defaults;
     CHECK(config->cgroup == "/sys/fs/cgroup/kubepods.slice");
     CHECK(config->mesh_config == "/etc/fsm/meshconfig.yaml");  // absolute: kept
@@ -58,17 +59,17 @@ TEST_CASE("agent settings with only the required keys take the defaults") {
 
 TEST_CASE("sidecarUID: null turns row 2 off; meshConfig resolves against the file's directory") {
     auto config = load_agent_config(kAgentFixtures / "no-sidecar.yaml");
-    REQUIRE_MESSAGE(config.ok(), config.error().describe());
+    REQUIRE_MESSAGE(config.ok(), egressd::test::why(config));
     CHECK_FALSE(config->sidecar_uid.has_value());
     CHECK(config->cgroup == "system.slice/batch.service");
     CHECK(config->mesh_config == kAgentFixtures / "../meshconfig/fsm-v1alpha1-minimal.yaml");
     auto mesh = load_meshconfig(config->mesh_config);
-    CHECK_MESSAGE(mesh.ok(), mesh.error().describe());
+    CHECK_MESSAGE(mesh.ok(), egressd::test::why(mesh));
 }
 
 TEST_CASE("a relative settings path resolves against the working directory") {
     auto config = parse_agent_config(with_required("runDir: state\nsidecarUID: 0\n"), "conf/egressd.yaml");
-    REQUIRE_MESSAGE(config.ok(), config.error().describe());
+    REQUIRE_MESSAGE(config.ok(), egressd::test::why(config));
     CHECK(config->source_file == fs::current_path() / "conf/egressd.yaml");
     CHECK(config->run_dir == fs::current_path() / "conf/state");
     CHECK(config->sidecar_uid == 0u);
@@ -77,7 +78,7 @@ TEST_CASE("a relative settings path resolves against the working directory") {
 TEST_CASE("the largest accepted values") {
     auto config = parse_agent_config(
         with_required("sidecarUID: 4294967294\ncapacities:\n  cidrs: 1000000\n  ports: 65536\n"), "/etc/egressd.yaml");
-    REQUIRE_MESSAGE(config.ok(), config.error().describe());
+    REQUIRE_MESSAGE(config.ok(), egressd::test::why(config));
     CHECK(config->sidecar_uid == 4294967294u);
     CHECK(config->capacities == Capacities{1000000, 65536});
 }

@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "test_support.h"
 #include "core/decision.h"
 
 using namespace egressd;
@@ -20,7 +21,7 @@ std::vector<Cidr> cidrs(std::initializer_list<const char*> texts) {
 
 MapImage image_of(const AgentConfig& agent, const MeshConfig& mesh) {
     auto image = build_image(agent, mesh, 1);
-    REQUIRE_MESSAGE(image.ok(), image.error().describe());
+    REQUIRE_MESSAGE(image.ok(), egressd::test::why(image));
     return *image;
 }
 

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "test_support.h"
 #include "core/image.h"
 
 using namespace egressd;
@@ -17,7 +18,7 @@ std::vector<Cidr> cidrs(std::initializer_list<const char*> texts) {
     std::vector<Cidr> parsed;
     for (const char* text : texts) {
         auto cidr = Cidr::parse(text);
-        REQUIRE_MESSAGE(cidr.ok(), cidr.error().describe());
+        REQUIRE_MESSAGE(cidr.ok(), egressd::test::why(cidr));
         parsed.push_back(*cidr);
     }
     return parsed;
@@ -195,7 +196,7 @@ TEST_CASE("encode and decode round trips") {
         for (const CidrRule& rule : image->cidrs) {
             CAPTURE(rule.cidr.str());
             auto decoded = decode_cidr(encode_cidr_key(slot, rule.table, rule.cidr), encode_cidr_value(rule));
-            REQUIRE_MESSAGE(decoded.ok(), decoded.error().describe());
+            REQUIRE_MESSAGE(decoded.ok(), egressd::test::why(decoded));
             CHECK(*decoded == rule);
         }
         for (const PortRule& rule : image->ports) {

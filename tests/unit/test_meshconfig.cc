@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "test_support.h"
 #include "core/meshconfig.h"
 
 using namespace egressd;
@@ -33,7 +34,7 @@ std::string with_traffic(std::string_view traffic_lines) {
 
 TEST_CASE("a production FSM v1alpha3 MeshConfig: the enforced fields, every other field ignored") {
     auto mesh = load_meshconfig(kMeshFixtures + "fsm-v1alpha3-full.yaml");
-    REQUIRE_MESSAGE(mesh.ok(), mesh.error().describe());
+    REQUIRE_MESSAGE(mesh.ok(), egressd::test::why(mesh));
     CHECK(mesh->api_version == "config.flomesh.io/v1alpha3");
     CHECK(mesh->name == "fsm-mesh-config");
     CHECK(mesh->namespace_ == "flomesh");
@@ -47,7 +48,7 @@ TEST_CASE("a production FSM v1alpha3 MeshConfig: the enforced fields, every othe
 
 TEST_CASE("a minimal FSM v1alpha1 MeshConfig: enableEgressPolicy defaults to true, lists to empty") {
     auto mesh = load_meshconfig(kMeshFixtures + "fsm-v1alpha1-minimal.yaml");
-    REQUIRE_MESSAGE(mesh.ok(), mesh.error().describe());
+    REQUIRE_MESSAGE(mesh.ok(), egressd::test::why(mesh));
     CHECK(mesh->api_version == "config.flomesh.io/v1alpha1");
     CHECK(mesh->namespace_ == "");
     CHECK(mesh->enable_egress == true);
@@ -59,7 +60,7 @@ TEST_CASE("a minimal FSM v1alpha1 MeshConfig: enableEgressPolicy defaults to tru
 
 TEST_CASE("FSM v1alpha2 with an inclusion list, the policy flag off, and null lists") {
     auto mesh = load_meshconfig(kMeshFixtures + "fsm-v1alpha2-inclusion.yaml");
-    REQUIRE_MESSAGE(mesh.ok(), mesh.error().describe());
+    REQUIRE_MESSAGE(mesh.ok(), egressd::test::why(mesh));
     CHECK(mesh->enable_egress == false);
     CHECK(mesh->enable_egress_policy == false);
     CHECK(strs(mesh->outbound_ip_range_inclusion) == std::vector<std::string>{"10.0.0.0/8", "172.16.0.0/12"});
@@ -69,7 +70,7 @@ TEST_CASE("FSM v1alpha2 with an inclusion list, the policy flag off, and null li
 
 TEST_CASE("OSM v1alpha2 with flow-style lists") {
     auto mesh = load_meshconfig(kMeshFixtures + "osm-v1alpha2.yaml");
-    REQUIRE_MESSAGE(mesh.ok(), mesh.error().describe());
+    REQUIRE_MESSAGE(mesh.ok(), egressd::test::why(mesh));
     CHECK(mesh->api_version == "config.openservicemesh.io/v1alpha2");
     CHECK(mesh->name == "osm-mesh-config");
     CHECK(mesh->namespace_ == "osm-system");
@@ -80,7 +81,7 @@ TEST_CASE("OSM v1alpha2 with flow-style lists") {
 
 TEST_CASE("OSM v1alpha1 docs shape: lists nested under observability are unknown fields") {
     auto mesh = load_meshconfig(kMeshFixtures + "osm-v1alpha1-docs.yaml");
-    REQUIRE_MESSAGE(mesh.ok(), mesh.error().describe());
+    REQUIRE_MESSAGE(mesh.ok(), egressd::test::why(mesh));
     CHECK(mesh->api_version == "config.openservicemesh.io/v1alpha1");
     CHECK(mesh->enable_egress == false);
     CHECK(mesh->outbound_ip_range_exclusion.empty());
@@ -96,7 +97,7 @@ TEST_CASE("every accepted apiVersion, and a flow-style spec") {
                                  "\nkind: MeshConfig\nspec: {traffic: {enableEgress: TRUE, "
                                  "outboundPortExclusionList: [443], outboundIPRangeExclusionList: [\"10.0.0.0/8\"]}}\n";
         auto mesh = parse_meshconfig(text, "mesh.yaml");
-        REQUIRE_MESSAGE(mesh.ok(), mesh.error().describe());
+        REQUIRE_MESSAGE(mesh.ok(), egressd::test::why(mesh));
         CHECK(mesh->api_version == api_version);
         CHECK(mesh->enable_egress == true);
         CHECK(mesh->outbound_port_exclusion == std::vector<uint16_t>{443});

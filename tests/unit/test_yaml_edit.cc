@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "test_support.h"
 #include "core/meshconfig.h"
 #include "core/yaml_edit.h"
 #include "core/yaml_input.h"
@@ -12,7 +13,7 @@ namespace {
 
 std::string fixture(const std::string& name) {
     auto text = yaml_input::read_file(std::string(EGRESSD_FIXTURES) + "/meshconfig/" + name);
-    REQUIRE_MESSAGE(text.ok(), text.error().describe());
+    REQUIRE_MESSAGE(text.ok(), egressd::test::why(text));
     return *text;
 }
 
@@ -46,7 +47,7 @@ std::string crlf(std::string_view text) {
 
 bool reads_back_as(const std::string& text, bool value) {
     auto mesh = parse_meshconfig(text, "edited.yaml");
-    REQUIRE_MESSAGE(mesh.ok(), mesh.error().describe());
+    REQUIRE_MESSAGE(mesh.ok(), egressd::test::why(mesh));
     return mesh->enable_egress == value;
 }
 
@@ -64,7 +65,7 @@ std::string with_traffic(std::string_view traffic_lines) {
 TEST_CASE("set_enable_egress changes one token of a real MeshConfig, keeping its comment") {
     const std::string before = fixture("fsm-v1alpha3-full.yaml");
     auto edit = set_enable_egress(before, true, "mesh.yaml");
-    REQUIRE_MESSAGE(edit.ok(), edit.error().describe());
+    REQUIRE_MESSAGE(edit.ok(), egressd::test::why(edit));
     CHECK(edit->had_value);
     CHECK(edit->old_value == false);
     CHECK(edit->changed);
@@ -84,7 +85,7 @@ TEST_CASE("set_enable_egress changes one token of a real MeshConfig, keeping its
 TEST_CASE("set_enable_egress to the value already written leaves the text alone") {
     const std::string before = fixture("fsm-v1alpha3-full.yaml");
     auto edit = set_enable_egress(before, false, "mesh.yaml");
-    REQUIRE_MESSAGE(edit.ok(), edit.error().describe());
+    REQUIRE_MESSAGE(edit.ok(), egressd::test::why(edit));
     CHECK(edit->had_value);
     CHECK(edit->old_value == false);
     CHECK_FALSE(edit->changed);
@@ -117,7 +118,7 @@ TEST_CASE("set_enable_egress replaces quoted, tagged and capitalised scalars") {
         const std::string old_line = std::string("    enableEgress: ") + c.written + "  # switch";
         const std::string before = with_traffic(old_line + "\n    interceptionMode: PodLevel\n");
         auto edit = set_enable_egress(before, c.value, "mesh.yaml");
-        REQUIRE_MESSAGE(edit.ok(), edit.error().describe());
+        REQUIRE_MESSAGE(edit.ok(), egressd::test::why(edit));
         CHECK(edit->text ==
               with_line_replaced(before, old_line, std::string("    enableEgress: ") + c.expected + "  # switch"));
         CHECK(edit->had_value);
@@ -130,7 +131,7 @@ TEST_CASE("set_enable_egress replaces quoted, tagged and capitalised scalars") {
 TEST_CASE("set_enable_egress keeps CRLF line endings") {
     const std::string before = crlf(fixture("fsm-v1alpha3-full.yaml"));
     auto edit = set_enable_egress(before, true, "mesh.yaml");
-    REQUIRE_MESSAGE(edit.ok(), edit.error().describe());
+    REQUIRE_MESSAGE(edit.ok(), egressd::test::why(edit));
     CHECK(edit->text == with_line_replaced(before,
                                            "    enableEgress: false   # egress goes through Egress policies only\r",
                                            "    enableEgress: true   # egress goes through Egress policies only\r"));
@@ -141,7 +142,7 @@ TEST_CASE("set_enable_egress counts bytes correctly past a byte order mark and m
     const std::string before = "\xEF\xBB\xBF# Réglages égress — ça marche\n" +
                                with_traffic("    enableEgress: true # sortie\n    interceptionMode: PodLevel\n");
     auto edit = set_enable_egress(before, false, "mesh.yaml");
-    REQUIRE_MESSAGE(edit.ok(), edit.error().describe());
+    REQUIRE_MESSAGE(edit.ok(), egressd::test::why(edit));
     CHECK(edit->text ==
           with_line_replaced(before, "    enableEgress: true # sortie", "    enableEgress: false # sortie"));
 }
@@ -159,19 +160,19 @@ TEST_CASE("set_enable_egress inserts a missing key, indented like its siblings")
         "    logLevel: error\n";
     SUBCASE("LF") {
         auto edit = set_enable_egress(before, false, "mesh.yaml");
-        REQUIRE_MESSAGE(edit.ok(), edit.error().describe());
+        REQUIRE_MESSAGE(edit.ok(), egressd::test::why(edit));
         CHECK_FALSE(edit->had_value);
         CHECK(edit->changed);
         CHECK(edit->text ==
               with_lines_inserted(before, "  traffic:   # traffic settings", "     enableEgress: false\n"));
         auto mesh = parse_meshconfig(edit->text, "mesh.yaml");
-        REQUIRE_MESSAGE(mesh.ok(), mesh.error().describe());
+        REQUIRE_MESSAGE(mesh.ok(), egressd::test::why(mesh));
         CHECK(mesh->enable_egress == false);
         CHECK(mesh->outbound_port_exclusion == std::vector<uint16_t>{22});
     }
     SUBCASE("CRLF") {
         auto edit = set_enable_egress(crlf(before), true, "mesh.yaml");
-        REQUIRE_MESSAGE(edit.ok(), edit.error().describe());
+        REQUIRE_MESSAGE(edit.ok(), egressd::test::why(edit));
         CHECK(edit->text ==
               with_lines_inserted(crlf(before), "  traffic:   # traffic settings\r", "     enableEgress: true\r\n"));
         CHECK(reads_back_as(edit->text, true));
@@ -190,13 +191,13 @@ TEST_CASE("set_enable_egress inserts traffic under spec, one indentation step de
         "    featureFlags:\n"
         "        enableEgressPolicy: false\n";
     auto edit = set_enable_egress(before, true, "mesh.yaml");
-    REQUIRE_MESSAGE(edit.ok(), edit.error().describe());
+    REQUIRE_MESSAGE(edit.ok(), egressd::test::why(edit));
     CHECK_FALSE(edit->had_value);
     CHECK(edit->changed);
     CHECK(edit->text ==
           with_lines_inserted(before, "spec:   # the spec", "    traffic:\n        enableEgress: true\n"));
     auto mesh = parse_meshconfig(edit->text, "mesh.yaml");
-    REQUIRE_MESSAGE(mesh.ok(), mesh.error().describe());
+    REQUIRE_MESSAGE(mesh.ok(), egressd::test::why(mesh));
     CHECK(mesh->enable_egress == true);
     CHECK(mesh->enable_egress_policy == false);
 }
