@@ -113,14 +113,14 @@ struct {
 } EGRESSD_MAP_FLOWS SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, EGRESSD_TRAFFIC_RULES);
 	__type(key, struct egressd_traffic_key);
 	__type(value, struct egressd_traffic);
 } EGRESSD_MAP_RULE_TRAFFIC SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, EGRESSD_TRAFFIC_IDENTITIES);
 	__type(key, __u32);
 	__type(value, struct egressd_traffic);

@@ -44,18 +44,28 @@ int egressd_send4(struct bpf_sock_addr *ctx)
 	return egressd_sock_addr(ctx, &dst, EGRESSD_HOOK_SENDMSG4);
 }
 
-/* Adds a closed flow's bytes to one traffic total (per-CPU, created on first use). */
+#define EGRESSD_EEXIST 17 /* errno values, as the kernel returns them negated */
+
+/* Adds a closed flow's bytes to one traffic total (per-CPU, created zeroed
+ * on first use; a full map counts the connection as lost, never evicts). */
 static __always_inline void egressd_add_traffic(void *map, const void *key, __u64 sent, __u64 received)
 {
 	struct egressd_traffic *t = bpf_map_lookup_elem(map, key);
 
 	if (!t) {
-		struct egressd_traffic fresh = { .connections = 1, .bytes_sent = sent, .bytes_received = received };
+		struct egressd_traffic zero = {};
+		long err = bpf_map_update_elem(map, key, &zero, BPF_NOEXIST);
 
-		bpf_map_update_elem(map, key, &fresh, BPF_NOEXIST);
-		return;
+		/* EEXIST: another CPU created it meanwhile, which is fine. */
+		if (err && err != -EGRESSD_EEXIST) {
+			egressd_stat(EGRESSD_STAT_TRAFFIC_LOST);
+			return;
+		}
+		t = bpf_map_lookup_elem(map, key);
+		if (!t)
+			return;
 	}
-	t->connections += 1; /* per-CPU value: no other writer on this CPU */
+	t->connections += 1; /* this CPU's slot: no other writer */
 	t->bytes_sent += sent;
 	t->bytes_received += received;
 }

@@ -284,7 +284,8 @@ enum egressd_event_stat {
 	EGRESSD_STAT_EVENTS_SUPPRESSED = 1, /* rate limit */
 	EGRESSD_STAT_EVENTS_LOST = 2,       /* ring buffer full */
 	EGRESSD_STAT_FLOWS_LOST = 3,        /* a tracked connection evicted from flows_v1 before it closed */
-	EGRESSD_STAT_MAX = 4,
+	EGRESSD_STAT_TRAFFIC_LOST = 4,      /* a closed connection whose total had no room (traffic maps full) */
+	EGRESSD_STAT_MAX = 5,
 };
 
 /* ---- flows -------------------------------------------------------------------
@@ -326,7 +327,8 @@ struct egressd_traffic_key {
 };
 
 /* PERCPU_HASH values of rule_traffic_v1 (key egressd_traffic_key) and
- * id_traffic_v1 (key __u32 identity, 0 = unknown). */
+ * id_traffic_v1 (key __u32 identity, 0 = unknown). Totals are never evicted;
+ * when a map is full, a new key's connection is counted as traffic lost. */
 struct egressd_traffic {
 	__u64 connections; /* closed connections counted */
 	/* The socket's own counters (tcp_sock bytes_acked, bytes_received). They

@@ -233,6 +233,7 @@ check "a denied connect as events/test" test "$(AS=events/test verdict)" = denie
 after=$(metric egressd_denied_connections_total)
 check "/metrics counts exactly that deny (${before} -> ${after})" test $((after - before)) -eq 1
 sleep 0.2
+check "/metrics counts it for its identity" test "$(metric egressd_identity_decisions_total identity=events/test verdict=deny)" -eq 1
 ctl events --json --verdict deny --identity events/test > "$work/events.json"
 check "egressctl events shows the denial with its fields" python3 -c "
 import json; lines=[json.loads(l) for l in open('$work/events.json')]

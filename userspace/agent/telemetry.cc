@@ -150,6 +150,8 @@ public:
 
         const bool known = std::find(std::begin(kVerdicts), std::end(kVerdicts), stored.verdict) != std::end(kVerdicts);
         events_total_->labels({known ? stored.verdict : "other"}).inc();
+        identity_events_->labels({stored.identity.empty() ? "unknown" : stored.identity, known ? stored.verdict : "other"})
+            .inc();
         if (stored.verdict == "audit") audit_events_->inc();
 
         std::lock_guard log_lock(log_mutex_);  // log lines in sequence order
@@ -245,6 +247,9 @@ private:
             "egressd_events_lost_total", "Decision events the kernel lost because the ring buffer was full."));
         flows_lost_ = take(kernel_registry_.counter(
             "egressd_flows_lost_total", "Tracked egress connections evicted from flows_v1 before they closed."));
+        traffic_lost_ = take(kernel_registry_.counter(
+            "egressd_traffic_lost_total",
+            "Closed egress connections not added to the traffic totals because those maps were full."));
         egress_connections_ = take(kernel_registry_.counter(
             "egressd_egress_connections_total",
             "Closed egress TCP connections, by the rule that allowed them (rule: the policy NAMESPACE/NAME for "
@@ -265,6 +270,11 @@ private:
                                                      "scrape time (the metrics read are then left out)."));
         events_total_ = take(registry_.counter("egressd_events_total",
                                                "Decision events received by the agent, by verdict.", {"verdict"}));
+        identity_events_ = take(registry_.counter(
+            "egressd_identity_decisions_total",
+            "Reported decisions (denials, audit, and allows when asked) by source identity (NAMESPACE/SERVICEACCOUNT "
+            "or unknown) and verdict. Bounded labels; rate-limited at the source like the events.",
+            {"identity", "verdict"}));
         audit_events_ = only(take(registry_.counter(
             "egressd_audit_events_total", "Decision events of calls that would have been denied (audit mode).")));
         event_log_errors_ = only(take(registry_.counter("egressd_event_log_write_errors_total",
@@ -340,10 +350,12 @@ private:
             events_suppressed_->get().set_total(static_cast<double>((*stats)[EGRESSD_STAT_EVENTS_SUPPRESSED]));
             events_lost_->get().set_total(static_cast<double>((*stats)[EGRESSD_STAT_EVENTS_LOST]));
             flows_lost_->get().set_total(static_cast<double>((*stats)[EGRESSD_STAT_FLOWS_LOST]));
+            traffic_lost_->get().set_total(static_cast<double>((*stats)[EGRESSD_STAT_TRAFFIC_LOST]));
             render_family(*events_sent_, families);
             render_family(*events_suppressed_, families);
             render_family(*events_lost_, families);
             render_family(*flows_lost_, families);
+            render_family(*traffic_lost_, families);
         } else {
             kernel_failed("event statistics", stats.error());
         }
@@ -475,6 +487,8 @@ private:
     observe::CounterFamily* events_suppressed_ = nullptr;
     observe::CounterFamily* events_lost_ = nullptr;
     observe::CounterFamily* flows_lost_ = nullptr;
+    observe::CounterFamily* traffic_lost_ = nullptr;
+    observe::CounterFamily* identity_events_ = nullptr;
     observe::CounterFamily* egress_connections_ = nullptr;
     observe::CounterFamily* egress_bytes_ = nullptr;
     observe::CounterFamily* identity_bytes_ = nullptr;
