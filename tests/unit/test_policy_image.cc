@@ -5,6 +5,8 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <random>
+#include <set>
 
 #include "core/decision.h"
 #include "core/identity.h"
@@ -267,4 +269,78 @@ TEST_CASE("a policy set that does not fit is refused whole, naming the map and t
     auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     REQUIRE_FALSE(image.ok());
     CHECK(image.error().message == "policies_v1 needs 4 entries per generation, capacity is 3 (capacities.policyRules)");
+}
+
+// The agent builds with a PolicyRuleCache; every other build (egressctl,
+// tests) goes without. Over random sequences of changes, with the agent's
+// retention of numbers between builds, the two must give the same image.
+TEST_CASE("a build with the policy rule cache equals a build without it, change after change") {
+    const uint64_t seed = std::random_device{}();
+    CAPTURE(seed);
+    std::mt19937_64 rng(seed);
+    auto pick = [&rng](size_t n) { return static_cast<size_t>(rng() % n); };
+
+    const std::vector<Cidr> cidrs{cidr("203.0.113.0/24"), cidr("203.0.113.7/32"), cidr("198.18.0.0/15"),
+                                  cidr("2001:db8::/32"), cidr("2001:db8::5/128"), cidr("198.18.1.1/32")};
+    const std::vector<std::string> host_names{"a.example", "b.example", "c.example"};
+    const std::vector<IpAddress> addresses{ip("203.0.113.7"), ip("203.0.113.8"), ip("2001:db8::5"), ip("198.18.1.1")};
+    auto random_policy = [&](const std::string& name) {
+        std::vector<PolicySource> sources;
+        for (size_t n = 1 + pick(3); n > 0; --n)
+            sources.push_back(PolicySource{"ns" + std::to_string(pick(3)), "sa" + std::to_string(pick(5))});
+        std::vector<PolicyPort> ports{pick(2) ? kHttp : kDns};
+        if (pick(3) == 0) ports.push_back(PolicyPort{443, "https", IPPROTO_TCP});
+        std::vector<Cidr> ips;
+        std::vector<std::string> hosts;
+        for (size_t n = pick(3); n > 0; --n) ips.push_back(cidrs[pick(cidrs.size())]);
+        if (pick(2)) hosts.push_back(host_names[pick(host_names.size())]);
+        return policy("shop", name, std::move(sources), std::move(ports), std::move(ips), std::move(hosts));
+    };
+
+    AgentConfig agent;
+    agent.capacities.policy_rules = 100000;
+    std::map<std::string, EgressPolicy> by_name;  // sorted by name: PolicySet order within one namespace
+    std::map<std::string, std::vector<IpAddress>> resolved;
+    IdentityRegistry identities;
+    PolicyRegistry policy_numbers;
+    PolicyRuleCache cache;
+    for (int step = 0; step < 300; ++step) {
+        CAPTURE(step);
+        switch (pick(4)) {
+            case 0:
+            case 1: {  // add or replace
+                const std::string name = "p" + std::to_string(pick(12));
+                by_name.insert_or_assign(name, random_policy(name));
+                break;
+            }
+            case 2:
+                if (!by_name.empty()) by_name.erase(std::next(by_name.begin(), pick(by_name.size())));
+                break;
+            case 3: {  // a host's answer changes
+                auto& answer = resolved[host_names[pick(host_names.size())]];
+                answer.clear();
+                for (size_t n = pick(3); n > 0; --n) answer.push_back(addresses[pick(addresses.size())]);
+                break;
+            }
+        }
+        std::vector<EgressPolicy> policies;
+        for (const auto& [name, p] : by_name) policies.push_back(p);
+
+        PolicyInputs cached{&policies, &resolved, &identities, &policy_numbers, 0, &cache};
+        auto with_cache = build_image(agent, egress_off(), 1, cached);
+        REQUIRE(with_cache.ok());
+        PolicyInputs plain{&policies, &resolved, &identities, &policy_numbers, 0};
+        auto without = build_image(agent, egress_off(), 1, plain);
+        REQUIRE(without.ok());
+        CHECK(with_cache->policy_rules == without->policy_rules);
+        CHECK(with_cache->policies == without->policies);
+        CHECK(cache.rules() >= with_cache->policy_rules.size());
+
+        // What the agent does after publishing: forget unused numbers.
+        std::set<uint32_t> used_identities, used_policies;
+        for (const auto& rule : with_cache->policy_rules) used_identities.insert(rule.identity);
+        for (const auto& [number, ref] : with_cache->policies) used_policies.insert(number);
+        identities.retain(used_identities);
+        policy_numbers.retain(used_policies);
+    }
 }

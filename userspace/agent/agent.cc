@@ -1,6 +1,7 @@
 #include "agent/agent.h"
 
 #include <signal.h>
+#include <malloc.h>
 #include <sys/epoll.h>
 #include <sys/inotify.h>
 #include <sys/signalfd.h>
@@ -17,6 +18,11 @@ namespace egressd {
 namespace fs = std::filesystem;
 
 namespace {
+
+// Building a generation of 100k rules allocates tens of MB that are freed at
+// once; glibc keeps them for reuse. Hand them back to the kernel, so the
+// agent's RSS at rest is what it holds, not its peak.
+void release_free_memory() { ::malloc_trim(0); }
 
 std::string summarize(const MeshConfig& mesh, const AgentConfig& config) {
     return fmt::format(
@@ -111,6 +117,7 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
     // enforces the full configuration from its first connect().
     if (auto published = agent->rebuild(); !published) return published.error();
     if (auto converged = agent->datapath_->converge(); !converged) return converged.error();
+    release_free_memory();
 
     // Events and HTTP before attaching: the first denial is already reported.
     Telemetry::Options telemetry;
@@ -288,6 +295,17 @@ bool Agent::reload_hosts() {
     return addresses_changed;
 }
 
+Status Agent::push_identities(const std::map<uint64_t, uint32_t>& workload_ids) {
+    if (pushed_identities_revision_ == identities_.revision() && workload_ids == datapath_->workload_identities())
+        return {};
+    if (auto written = datapath_->set_identities(identities_.names(), workload_ids); !written) {
+        pushed_identities_revision_.reset();
+        return written;
+    }
+    pushed_identities_revision_ = identities_.revision();
+    return {};
+}
+
 Status Agent::rebuild() {
     std::map<std::string, std::vector<IpAddress>> addresses;
     for (const auto& [host, state] : hosts_) addresses[host] = state.addresses;
@@ -306,11 +324,13 @@ Status Agent::rebuild() {
         workload_ids[cg->id] = number;
         used.insert(number);
     }
-    auto image = build_image(config_, mesh_, applied_image_.generation + 1,
-                             PolicyInputs{&policies_.policies, &addresses, &identities_, &policy_numbers_,
-                                          cgroup_level_});
+    PolicyInputs policy_inputs{&policies_.policies, &addresses, &identities_, &policy_numbers_, cgroup_level_,
+                               &policy_rule_cache_};
+    auto image = build_image(config_, mesh_, applied_image_.generation + 1, policy_inputs);
     if (!image) return image.error();
-    for (const auto& rule : image->policy_rules) used.insert(rule.identity);
+    // Rules are sorted by identity first: one insert per identity, not per rule.
+    for (uint32_t last = 0; const auto& rule : image->policy_rules)
+        if (rule.identity != last) used.insert(last = rule.identity);
     if (identities_.size() > config_.capacities.identities)
         return make_error(fmt::format("id_names_v1 needs {} identities, capacity is {} (capacities.identities)",
                                       identities_.size(), config_.capacities.identities));
@@ -321,13 +341,13 @@ Status Agent::rebuild() {
     const std::map<uint64_t, uint32_t> previous_workloads = datapath_->workload_identities();
     // Names first (a generation may use new identities), then the generation,
     // then forget the names nothing uses any more.
-    if (auto named = datapath_->set_identities(identities_.names(), workload_ids); !named) return named;
+    if (auto named = push_identities(workload_ids); !named) return named;
     if (auto published = datapath_->publish(*image); !published) return published;
-    identities_.retain(used);
+    if (used.size() != identities_.size()) identities_.retain(used);  // used is a subset of the numbered
     std::set<uint32_t> policies_in_use;
     for (const auto& [number, ref] : image->policies) policies_in_use.insert(number);
     policy_numbers_.retain(policies_in_use);
-    if (auto pruned = datapath_->set_identities(identities_.names(), workload_ids); !pruned) return pruned;
+    if (auto pruned = push_identities(workload_ids); !pruned) return pruned;
 
     std::vector<std::string> changes;
     if (applied_image_.flags & EGRESSD_CFG_VALID) {
@@ -369,6 +389,7 @@ void Agent::on_inputs_changed(unsigned inputs, bool force) {
                       last_change_);
             if (auto converged = datapath_->converge(); !converged)
                 log::error("{} (the next change writes more)", converged.error().describe());
+            release_free_memory();
         }
     }
     publish_telemetry();

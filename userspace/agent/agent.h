@@ -61,6 +61,8 @@ private:
     void publish_telemetry();
     // Builds and publishes the next generation from the current inputs.
     Status rebuild();
+    // Writes identity names and workload cgroups when they differ from what the kernel has.
+    Status push_identities(const std::map<uint64_t, uint32_t>& workload_ids);
     Status watch_inputs();
     void record_error(const std::string& message);
     void write_status() const;
@@ -90,6 +92,8 @@ private:
     MeshConfig applied_mesh_;
     MapImage applied_image_;
     std::vector<EgressPolicy> applied_policies_;
+    PolicyRuleCache policy_rule_cache_;
+    std::optional<uint64_t> pushed_identities_revision_;  // identities_.revision() the kernel has
 
     std::string started_at_;
     std::string applied_at_;

@@ -19,17 +19,55 @@ constexpr std::string_view kPolicyNamesMap = EGRESSD_STRINGIFY(EGRESSD_MAP_POLIC
 // The identity of an entry in its map; the rule index is its value.
 auto map_key(const CidrRule& rule) { return std::tie(rule.table, rule.cidr); }
 auto map_key(const PortRule& rule) { return std::tie(rule.table, rule.port); }
-auto map_key(const PolicyRule& rule) { return std::tie(rule.identity, rule.proto, rule.port, rule.cidr); }
 uint32_t map_value(const CidrRule& rule) { return rule.rule; }
 uint32_t map_value(const PortRule& rule) { return rule.rule; }
 uint32_t map_value(const PolicyRule& rule) { return rule.policy; }
+
+// The order of `a < b`, fast for policy rules: 100k of them are sorted on
+// every change, and the defaulted comparison calls memcmp for each address.
+template <typename Rule>
+bool rule_less(const Rule& a, const Rule& b) {
+    return a < b;
+}
+template <typename Rule>
+bool key_less(const Rule& a, const Rule& b) {
+    return map_key(a) < map_key(b);
+}
+
+// (identity, proto, port), then the address as two big-endian words (whose
+// integer order is the bytes' lexicographic order), then the prefix length.
+struct PolicyKeyWords {
+    uint64_t head, high, low;
+    uint8_t prefix;
+    explicit PolicyKeyWords(const PolicyRule& rule)
+        : head(uint64_t(rule.identity) << 24 | uint64_t(rule.proto) << 16 | rule.port),
+          high(be64(rule.cidr.addr.bytes.data())),
+          low(be64(rule.cidr.addr.bytes.data() + 8)),
+          prefix(rule.cidr.prefix) {}
+    static uint64_t be64(const uint8_t* bytes) {
+        uint64_t word;
+        std::memcpy(&word, bytes, sizeof word);
+        return __builtin_bswap64(word);
+    }
+    auto operator<=>(const PolicyKeyWords&) const = default;
+};
+template <>
+bool key_less(const PolicyRule& a, const PolicyRule& b) {
+    return PolicyKeyWords(a) < PolicyKeyWords(b);
+}
+template <>
+bool rule_less(const PolicyRule& a, const PolicyRule& b) {
+    const auto order = PolicyKeyWords(a) <=> PolicyKeyWords(b);
+    return order != 0 ? order < 0 : a.policy < b.policy;
+}
 
 // Sorted by key, one entry per key: the first occurrence in its list (the
 // lowest rule index) wins, as the header promises.
 template <typename Rule>
 void sort_unique(std::vector<Rule>& rules) {
-    std::sort(rules.begin(), rules.end());  // (key, rule): the first occurrence leads its key
-    auto same_key = [](const Rule& a, const Rule& b) { return map_key(a) == map_key(b); };
+    // (key, rule): the first occurrence leads its key
+    std::sort(rules.begin(), rules.end(), [](const Rule& a, const Rule& b) { return rule_less(a, b); });
+    auto same_key = [](const Rule& a, const Rule& b) { return !key_less(a, b) && !key_less(b, a); };
     rules.erase(std::unique(rules.begin(), rules.end(), same_key), rules.end());
 }
 
@@ -60,15 +98,25 @@ Status check_capacity(std::string_view map, size_t needed, uint32_t capacity, st
 }
 
 // Deletes what `from` has and `to` lacks; upserts what `to` adds or changes.
-// Sorted copies: a slot read back from the kernel comes in map order.
+// A slot read back from the kernel comes in map order: unsorted input is
+// sorted in a copy; images built here are sorted already and are not copied.
 template <typename Rule>
-void diff_rules(std::vector<Rule> from, std::vector<Rule> to, std::vector<Rule>& deletes, std::vector<Rule>& upserts) {
-    std::sort(from.begin(), from.end());
-    std::sort(to.begin(), to.end());
+void diff_rules(const std::vector<Rule>& from_in, const std::vector<Rule>& to_in, std::vector<Rule>& deletes,
+                std::vector<Rule>& upserts) {
+    auto less = [](const Rule& a, const Rule& b) { return rule_less(a, b); };
+    std::vector<Rule> from_sorted, to_sorted;
+    auto sorted = [&](const std::vector<Rule>& rules, std::vector<Rule>& copy) -> const std::vector<Rule>& {
+        if (std::is_sorted(rules.begin(), rules.end(), less)) return rules;
+        copy = rules;
+        std::sort(copy.begin(), copy.end(), less);
+        return copy;
+    };
+    const std::vector<Rule>& from = sorted(from_in, from_sorted);
+    const std::vector<Rule>& to = sorted(to_in, to_sorted);
     auto old_rule = from.begin();
     for (const Rule& rule : to) {
-        for (; old_rule != from.end() && map_key(*old_rule) < map_key(rule); ++old_rule) deletes.push_back(*old_rule);
-        if (old_rule != from.end() && map_key(*old_rule) == map_key(rule)) {
+        for (; old_rule != from.end() && key_less(*old_rule, rule); ++old_rule) deletes.push_back(*old_rule);
+        if (old_rule != from.end() && !key_less(rule, *old_rule)) {
             if (map_value(*old_rule) != map_value(rule)) upserts.push_back(rule);
             ++old_rule;
         } else {
@@ -108,8 +156,42 @@ std::string read_name(const char (&field)[N]) {
 
 const Cidr kAnyDestination{};  // ::/0
 
+// Every destination a policy allows: its ipAddresses, the current addresses
+// of its hosts, or ::/0 when it names neither.
+std::vector<Cidr> destinations_of(const EgressPolicy& policy,
+                                  const std::vector<std::vector<IpAddress>>& host_addresses) {
+    std::vector<Cidr> destinations = policy.ip_addresses;
+    for (const auto& addresses : host_addresses)
+        for (const IpAddress& addr : addresses) destinations.push_back(Cidr{addr, 128});
+    if (policy.any_destination()) destinations.push_back(kAnyDestination);
+    return destinations;
+}
+
+// The current addresses of each of the policy's hosts (empty when unknown).
+std::vector<std::vector<IpAddress>> host_addresses_of(const EgressPolicy& policy, const PolicyInputs& in) {
+    std::vector<std::vector<IpAddress>> out(policy.hosts.size());
+    if (!in.host_addresses) return out;
+    for (size_t i = 0; i < policy.hosts.size(); ++i)
+        if (auto found = in.host_addresses->find(policy.hosts[i]); found != in.host_addresses->end())
+            out[i] = found->second;
+    return out;
+}
+
+// Appends one policy's rules, marked with `mark` (its position or its number).
+void append_rules(std::vector<PolicyRule>& rules, const EgressPolicy& policy,
+                  const std::vector<std::vector<IpAddress>>& host_addresses, IdentityRegistry& identities,
+                  uint32_t mark) {
+    const std::vector<Cidr> destinations = destinations_of(policy, host_addresses);
+    for (const PolicySource& source : policy.sources) {
+        const uint32_t identity = identities.number_for({source.namespace_, source.service_account});
+        for (const PolicyPort& port : policy.ports)
+            for (const Cidr& cidr : destinations) rules.push_back(PolicyRule{identity, port.l4, port.number, cidr, mark});
+    }
+}
+
 void add_policy_rules(MapImage& image, const PolicyInputs& in) {
     if (!in.policies) return;
+    if (in.cache) return in.cache->build(image, in);
     // Rules carry the policy's position first, so that sorting keeps the first
     // policy in (namespace, name) order on a shared key; then its number.
     std::vector<uint32_t> numbers;
@@ -118,20 +200,7 @@ void add_policy_rules(MapImage& image, const PolicyInputs& in) {
         const PolicyRef ref{policy.namespace_, policy.name};
         numbers.push_back(in.policy_numbers->number_for(ref));
         image.policies[numbers.back()] = ref;
-        std::vector<Cidr> destinations = policy.ip_addresses;
-        for (const std::string& host : policy.hosts) {
-            if (!in.host_addresses) break;
-            auto found = in.host_addresses->find(host);
-            if (found == in.host_addresses->end()) continue;
-            for (const IpAddress& addr : found->second) destinations.push_back(Cidr{addr, 128});
-        }
-        if (policy.any_destination()) destinations.push_back(kAnyDestination);
-        for (const PolicySource& source : policy.sources) {
-            const uint32_t identity = in.identities->number_for({source.namespace_, source.service_account});
-            for (const PolicyPort& port : policy.ports)
-                for (const Cidr& cidr : destinations)
-                    image.policy_rules.push_back(PolicyRule{identity, port.l4, port.number, cidr, index});
-        }
+        append_rules(image.policy_rules, policy, host_addresses_of(policy, in), *in.identities, index);
     }
     // One entry per key; sorting by (key, position) puts the first policy first.
     sort_unique(image.policy_rules);
@@ -290,6 +359,55 @@ egressd_policy_name encode_policy_name(const PolicyRef& ref) {
 
 PolicyRef decode_policy_name(const egressd_policy_name& value) {
     return PolicyRef{read_name(value.k8s_namespace), read_name(value.name)};
+}
+
+void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
+    std::map<PolicyRef, Entry> next;
+    std::set<uint32_t> dropped;     // numbers whose rules leave all_
+    std::vector<PolicyRule> added;  // rules of new and changed policies, marked with their number
+    for (const EgressPolicy& policy : *in.policies) {
+        PolicyRef ref{policy.namespace_, policy.name};
+        const uint32_t number = in.policy_numbers->number_for(ref);
+        image.policies[number] = ref;
+        auto host_addresses = host_addresses_of(policy, in);
+        auto old = entries_.find(ref);
+        if (old != entries_.end() && old->second.number == number && old->second.policy == policy &&
+            old->second.host_addresses == host_addresses) {
+            next.emplace(std::move(ref), std::move(old->second));
+            continue;
+        }
+        if (old != entries_.end()) dropped.insert(old->second.number);
+        append_rules(added, policy, host_addresses, *in.identities, number);
+        next.emplace(std::move(ref), Entry{policy, std::move(host_addresses), number});
+    }
+    for (const auto& [ref, entry] : entries_)
+        if (!next.contains(ref)) dropped.insert(entry.number);
+    entries_ = std::move(next);
+
+    // Same key: the policy first in (namespace, name) order leads.
+    auto less = [&image](const PolicyRule& a, const PolicyRule& b) {
+        const auto order = PolicyKeyWords(a) <=> PolicyKeyWords(b);
+        if (order != 0) return order < 0;
+        return image.policies.at(a.policy) < image.policies.at(b.policy);
+    };
+    if (!dropped.empty())
+        std::erase_if(all_, [&dropped](const PolicyRule& rule) { return dropped.contains(rule.policy); });
+    if (!added.empty()) {
+        std::sort(added.begin(), added.end(), less);
+        if (all_.empty()) {
+            all_ = std::move(added);
+        } else {
+            std::vector<PolicyRule> merged;
+            merged.reserve(all_.size() + added.size());
+            std::merge(all_.begin(), all_.end(), added.begin(), added.end(), std::back_inserter(merged), less);
+            all_ = std::move(merged);
+        }
+    }
+    // One entry per key: the first, i.e. the leading policy's.
+    image.policy_rules.clear();
+    image.policy_rules.reserve(all_.size());
+    for (const PolicyRule& rule : all_)
+        if (image.policy_rules.empty() || key_less(image.policy_rules.back(), rule)) image.policy_rules.push_back(rule);
 }
 
 ImageDiff diff_images(const MapImage& from, const MapImage& to) {

@@ -30,6 +30,7 @@ public:
         const uint32_t number = next_++;
         names_[number] = name;
         numbers_[name] = number;
+        ++revision_;
         return number;
     }
 
@@ -41,6 +42,10 @@ public:
 
     const std::map<uint32_t, Name>& names() const { return names_; }
     size_t size() const { return names_.size(); }
+    // Changes whenever a number is allocated or forgotten: a caller that
+    // copied names() at one revision need not compare 10k names to know
+    // whether they are still the same.
+    uint64_t revision() const { return revision_; }
 
     // Forgets every number not in `in_use`.
     void retain(const std::set<uint32_t>& in_use) {
@@ -51,6 +56,7 @@ public:
             }
             numbers_.erase(it->second);
             it = names_.erase(it);
+            ++revision_;
         }
     }
 
@@ -58,6 +64,7 @@ private:
     std::map<uint32_t, Name> names_;
     std::map<Name, uint32_t> numbers_;
     uint32_t next_ = 1;  // 0 is "none"
+    uint64_t revision_ = 0;
 };
 
 }  // namespace egressd

@@ -563,8 +563,16 @@ std::optional<MapImage> Datapath::active_image() const {
     return active;
 }
 
+Status Datapath::settle() {
+    if (!flipped_since_settle_) return {};
+    if (auto waited = barrier_.wait(); !waited) return waited;
+    flipped_since_settle_ = false;
+    return {};
+}
+
 Status Datapath::publish(const MapImage& image) {
     const uint32_t next = active_slot_ ^ 1;
+    if (auto settled = settle(); !settled) return settled;
     if (auto written = maps_.write_slot(next, slot_images_[next], image); !written) {
         // The inactive slot is now partly written: learn what it really holds
         // so the next attempt starts from the truth. Nothing enforced changed.
@@ -574,15 +582,15 @@ Status Datapath::publish(const MapImage& image) {
     slot_images_[next] = image;
     if (auto flipped = maps_.set_active_slot(next); !flipped) return flipped;
     active_slot_ = next;
-    // Until every program that read the old slot has finished, the old slot
-    // must not change (converge() and the next publish() write it).
-    return barrier_.wait();
+    flipped_since_settle_ = true;
+    return {};
 }
 
 Status Datapath::converge() {
     const uint32_t inactive = active_slot_ ^ 1;
     const MapImage& active = slot_images_[active_slot_];
     if (slot_images_[inactive] == active) return {};
+    if (auto settled = settle(); !settled) return settled;
     if (auto written = maps_.write_slot(inactive, slot_images_[inactive], active); !written) {
         if (auto actual = maps_.read_slot(inactive)) slot_images_[inactive] = std::move(*actual);
         return written.error().with_context("bringing the inactive slot up to date");

@@ -147,8 +147,12 @@ public:
     // The generation the kernel enforces now (adopted maps), if any.
     std::optional<MapImage> active_image() const;
 
-    // Atomically replaces the enforced generation: writes the inactive slot,
-    // flips the active slot, waits for programs in flight.
+    // Atomically replaces the enforced generation: writes the inactive slot
+    // and flips the active slot. The new generation decides every connect()
+    // from then on; programs that started before may still read the old slot,
+    // so the old slot is written again only after they are done (see
+    // settle()), not here: that wait (an RCU grace period, ~10-20 ms) stays
+    // off the path from a file write to the kernel's verdict.
     Status publish(const MapImage& image);
 
     // Makes the inactive slot equal to the active one, so the next publish()
@@ -174,11 +178,15 @@ public:
 private:
     Datapath() = default;
     Status pin_maps();
+    // Waits, once after each flip, until no program can still be reading the
+    // slot that was active before it. Every write to the inactive slot calls it.
+    Status settle();
 
     Options options_;
     egressd_bpf* skel_ = nullptr;
     MapSet maps_;
     ProgramBarrier barrier_;
+    bool flipped_since_settle_ = false;
     bool adopted_maps_ = false;
     uint32_t active_slot_ = 0;
     std::array<MapImage, EGRESSD_SLOTS> slot_images_{};  // what each slot holds in the kernel
