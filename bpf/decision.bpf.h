@@ -99,13 +99,6 @@ struct {
 } EGRESSD_MAP_EVENT_STATS SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct egressd_flow_mark);
-} EGRESSD_MAP_FLOW_MARKS SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, EGRESSD_FLOW_CAPACITY);
 	__type(key, __u64);
@@ -383,21 +376,24 @@ static __always_inline void egressd_report(const struct egressd_decision *d, con
 	egressd_stat(EGRESSD_STAT_EVENTS_SENT);
 }
 
-/* Remembers why an outgoing TCP socket was allowed, for the sockops program
- * (flows and traffic per rule). Local and mesh traffic is not egress. */
-static __always_inline void egressd_mark_flow(struct bpf_sock_addr *ctx, const struct egressd_decision *d)
+/* Records an outgoing TCP socket as a connecting flow, with why it was
+ * allowed (see flows_v1 in the ABI). Local and mesh traffic is not egress. */
+static __always_inline void egressd_track_flow(struct bpf_sock_addr *ctx, const struct egressd_decision *d,
+					       const struct egressd_addr *dst, __u16 port)
 {
-	struct egressd_flow_mark *mark;
+	struct egressd_flow flow = {};
+	__u64 cookie;
 
 	if (ctx->protocol != IPPROTO_TCP || d->reason == EGRESSD_REASON_LOCAL || d->reason == EGRESSD_REASON_MESH)
 		return;
-	mark = bpf_sk_storage_get(&EGRESSD_MAP_FLOW_MARKS, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!mark)
-		return;
-	mark->generation = d->generation;
-	mark->identity = d->identity_known ? d->identity : egressd_current_identity(d->cgroup_level);
-	mark->rule = d->rule;
-	mark->reason = d->reason;
+	flow.cgroup_id = bpf_get_current_cgroup_id();
+	flow.identity = d->identity_known ? d->identity : egressd_current_identity(d->cgroup_level);
+	flow.rule = d->rule;
+	flow.port = port;
+	flow.reason = d->reason;
+	__builtin_memcpy(flow.addr, dst->w, sizeof(flow.addr));
+	cookie = bpf_get_socket_cookie(ctx);
+	bpf_map_update_elem(&EGRESSD_MAP_FLOWS, &cookie, &flow, BPF_ANY);
 }
 
 /* Entry for every sock_addr hook: 1 lets the call proceed, 0 fails it with
@@ -421,11 +417,11 @@ static __always_inline int egressd_sock_addr(struct bpf_sock_addr *ctx,
 
 		egressd_report(&d, dst, port, proto, hook, audit ? EGRESSD_EVENT_AUDIT : EGRESSD_EVENT_DENY, uid);
 		if (audit && (hook == EGRESSD_HOOK_CONNECT4 || hook == EGRESSD_HOOK_CONNECT6))
-			egressd_mark_flow(ctx, &d);
+			egressd_track_flow(ctx, &d, dst, port);
 		return audit ? 1 : 0;
 	}
 	if (hook == EGRESSD_HOOK_CONNECT4 || hook == EGRESSD_HOOK_CONNECT6)
-		egressd_mark_flow(ctx, &d);
+		egressd_track_flow(ctx, &d, dst, port);
 	if ((d.reason == EGRESSD_REASON_POLICY && (d.flags & EGRESSD_CFG_EVENTS_POLICY)) ||
 	    (d.reason == EGRESSD_REASON_PASSTHROUGH && (d.flags & EGRESSD_CFG_EVENTS_PASSTHROUGH)))
 		egressd_report(&d, dst, port, proto, hook, EGRESSD_EVENT_ALLOW, uid);

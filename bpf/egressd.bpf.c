@@ -73,44 +73,31 @@ static __always_inline void egressd_add_traffic(void *map, const void *key, __u6
 SEC("sockops")
 int egressd_sockops(struct bpf_sock_ops *skops)
 {
-	struct egressd_flow_mark *mark;
 	struct egressd_flow *flow;
-	struct bpf_sock *sk = skops->sk;
 	__u64 cookie;
 
-	if (!sk)
+	if (!skops->sk)
 		return 1;
-	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
-		mark = bpf_sk_storage_get(&EGRESSD_MAP_FLOW_MARKS, sk, 0, 0);
-		if (!mark)
-			return 1; /* not egress egressd tracks */
-		struct egressd_flow fresh = {
-			.started_ns = bpf_ktime_get_boot_ns(),
-			.cgroup_id = bpf_get_current_cgroup_id(),
-			.identity = mark->identity,
-			.rule = mark->rule,
-			.port = (__u16)bpf_ntohl(skops->remote_port),
-			.reason = mark->reason,
-		};
-		if (skops->family == 2 /* AF_INET */) {
-			struct egressd_addr a;
-
-			egressd_addr_from_v4(&a, skops->remote_ip4);
-			__builtin_memcpy(fresh.addr, a.w, sizeof(fresh.addr));
-		} else {
-			__u32 w[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2],
-				       skops->remote_ip6[3] };
-
-			__builtin_memcpy(fresh.addr, w, sizeof(fresh.addr));
-		}
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		/* The SYN is about to leave a socket the connect hook recorded:
+		 * from now on every state change is reported, so that a
+		 * connection that fails is removed as well. */
 		cookie = bpf_get_socket_cookie(skops);
-		bpf_map_update_elem(&EGRESSD_MAP_FLOWS, &cookie, &fresh, BPF_ANY);
+		if (bpf_map_lookup_elem(&EGRESSD_MAP_FLOWS, &cookie))
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		cookie = bpf_get_socket_cookie(skops);
+		flow = bpf_map_lookup_elem(&EGRESSD_MAP_FLOWS, &cookie);
+		if (!flow)
+			return 1; /* not egress egressd tracks */
+		flow->started_ns = bpf_ktime_get_boot_ns();
+		/* RTT samples keep the byte counts current for egressctl flows. */
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
 						 BPF_SOCK_OPS_RTT_CB_FLAG);
 		return 1;
-	}
-	if (skops->op == BPF_SOCK_OPS_RTT_CB) {
-		/* Only flows set this callback: keep their byte counts current for egressctl flows. */
+	case BPF_SOCK_OPS_RTT_CB:
 		cookie = bpf_get_socket_cookie(skops);
 		flow = bpf_map_lookup_elem(&EGRESSD_MAP_FLOWS, &cookie);
 		if (flow) {
@@ -118,20 +105,26 @@ int egressd_sockops(struct bpf_sock_ops *skops)
 			flow->bytes_received = skops->bytes_received;
 		}
 		return 1;
-	}
-	if (skops->op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == BPF_TCP_CLOSE) {
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != BPF_TCP_CLOSE)
+			return 1;
 		cookie = bpf_get_socket_cookie(skops);
 		flow = bpf_map_lookup_elem(&EGRESSD_MAP_FLOWS, &cookie);
 		if (!flow) {
+			/* Only recorded sockets ask for state callbacks: evicted. */
 			egressd_stat(EGRESSD_STAT_FLOWS_LOST);
 			return 1;
 		}
-		struct egressd_traffic_key rule = { .reason = flow->reason, .rule = flow->rule };
-		__u32 identity = flow->identity;
+		if (flow->started_ns) {
+			struct egressd_traffic_key rule = { .reason = flow->reason, .rule = flow->rule };
+			__u32 identity = flow->identity;
 
-		egressd_add_traffic(&EGRESSD_MAP_RULE_TRAFFIC, &rule, skops->bytes_acked, skops->bytes_received);
-		egressd_add_traffic(&EGRESSD_MAP_ID_TRAFFIC, &identity, skops->bytes_acked, skops->bytes_received);
+			egressd_add_traffic(&EGRESSD_MAP_RULE_TRAFFIC, &rule, skops->bytes_acked, skops->bytes_received);
+			egressd_add_traffic(&EGRESSD_MAP_ID_TRAFFIC, &identity, skops->bytes_acked,
+					    skops->bytes_received);
+		}
 		bpf_map_delete_elem(&EGRESSD_MAP_FLOWS, &cookie);
+		return 1;
 	}
 	return 1;
 }

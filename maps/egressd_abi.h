@@ -48,7 +48,6 @@
 #define EGRESSD_MAP_EVENTS events_v1
 #define EGRESSD_MAP_EVENT_BUCKETS event_limits_v1
 #define EGRESSD_MAP_EVENT_STATS event_stats_v1
-#define EGRESSD_MAP_FLOW_MARKS flow_marks_v1
 #define EGRESSD_MAP_FLOWS flows_v1
 #define EGRESSD_MAP_RULE_TRAFFIC rule_traffic_v1
 #define EGRESSD_MAP_ID_TRAFFIC id_traffic_v1
@@ -289,26 +288,21 @@ enum egressd_event_stat {
 };
 
 /* ---- flows -------------------------------------------------------------------
- * The connect hook marks a TCP socket it allowed for a reason other than
- * local or mesh (flow_marks_v1, socket-local storage). The sockops program
- * turns a marked socket into a flow when it is established (flows_v1, LRU by
- * socket cookie) and, when it closes, adds its bytes to the totals per rule
- * (rule_traffic_v1) and per identity (id_traffic_v1) and removes it. */
+ * The connect hook records a TCP socket it allowed for a reason other than
+ * local or mesh in flows_v1 (LRU by socket cookie), as connecting
+ * (started_ns 0). The sockops program asks for state callbacks on it when
+ * the SYN goes out, stamps it established, and, when it closes, adds its
+ * bytes to the totals per rule (rule_traffic_v1) and per identity
+ * (id_traffic_v1) and removes it; a connection that never got established
+ * is removed without totals. (An LRU update costs a fraction of creating
+ * socket-local storage on every connect.) */
 #define EGRESSD_FLOW_CAPACITY 65536
 #define EGRESSD_TRAFFIC_RULES 16384
 #define EGRESSD_TRAFFIC_IDENTITIES 16384
 
-struct egressd_flow_mark {
-	__u64 generation;
-	__u32 identity;
-	__u32 rule;
-	__u8 reason; /* enum egressd_reason that allowed it */
-	__u8 _pad[7];
-};
-
 struct egressd_flow {
-	__u64 started_ns; /* CLOCK_BOOTTIME at establishment */
-	__u64 cgroup_id;
+	__u64 started_ns; /* CLOCK_BOOTTIME at establishment; 0 while connecting */
+	__u64 cgroup_id;  /* of the task that called connect() */
 	__u32 identity;
 	__u32 rule;
 	__u8 addr[16];

@@ -7,6 +7,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <bpf/bpf.h>
+
 #include <doctest/doctest.h>
 
 #include <thread>
@@ -274,4 +276,52 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
     auto identities = maps.read_identity_traffic();
     REQUIRE(identities.ok());
     CHECK(identities->count(0) == 1);  // unknown identity: the enforced cgroup is not a workload
+}
+
+TEST_CASE("kernel: flows: a connection that is refused leaves no flow, no totals and no loss behind") {
+    EGRESSD_REQUIRE_KERNEL_ENV();
+    Env env;
+    Enforcer enforcer(env.cg);
+    enforcer.publish(test_agent(env.cg), mesh_with_egress(true));  // passthrough
+    enforcer.attach();
+    const MapSet& maps = enforcer.datapath().maps();
+    auto rules_before = maps.read_rule_traffic();
+    REQUIRE(rules_before.ok());
+    const auto key = std::pair<uint32_t, uint32_t>{EGRESSD_REASON_PASSTHROUGH, 0};
+    const Traffic before = rules_before->count(key) ? rules_before->at(key) : Traffic{};
+    const auto stats_before = stats(enforcer);
+
+    // The connect hook records each attempt as connecting; the RST ends it.
+    constexpr int kAttempts = 50;
+    const int refused = run_in_cgroup(env.cg, &env.net, [] {
+        sockaddr_in dst{};
+        dst.sin_family = AF_INET;
+        dst.sin_port = htons(Net::kClosedTcpPort);
+        inet_pton(AF_INET, Net::kExternal4, &dst.sin_addr);
+        int count = 0;
+        for (int i = 0; i < kAttempts; ++i) {
+            const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+            if (::connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) != 0 && errno == ECONNREFUSED) ++count;
+            ::close(fd);
+        }
+        return count == kAttempts ? 0 : 1;
+    });
+    CHECK(refused == 0);
+
+    // Every entry of flows_v1, connecting ones included (read_flows hides them).
+    int ours = 0;
+    uint64_t cookie = 0, next = 0;
+    bool first = true;
+    while (bpf_map_get_next_key(maps.flows.get(), first ? nullptr : &cookie, &next) == 0) {
+        first = false;
+        cookie = next;
+        egressd_flow flow{};
+        if (bpf_map_lookup_elem(maps.flows.get(), &cookie, &flow) == 0 && flow.cgroup_id == env.cg.id()) ++ours;
+    }
+    CHECK(ours == 0);
+    auto rules_after = maps.read_rule_traffic();
+    REQUIRE(rules_after.ok());
+    const Traffic after = rules_after->count(key) ? rules_after->at(key) : Traffic{};
+    CHECK(after.connections == before.connections);
+    CHECK(stats(enforcer)[EGRESSD_STAT_FLOWS_LOST] == stats_before[EGRESSD_STAT_FLOWS_LOST]);
 }

@@ -66,7 +66,6 @@ static_assert(offsetof(egressd_event, port) == 56);
 static_assert(offsetof(egressd_event, kind) == 60);
 static_assert(offsetof(egressd_event, comm) == 64);
 static_assert(sizeof(egressd_event_bucket) == 16);
-static_assert(sizeof(egressd_flow_mark) == 24);
 static_assert(sizeof(egressd_flow) == 64);
 static_assert(offsetof(egressd_flow, addr) == 24);
 static_assert(offsetof(egressd_flow, bytes_sent) == 48);

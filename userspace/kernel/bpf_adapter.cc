@@ -31,14 +31,16 @@ const char* const kPolicyNamesName = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES)
 const char* const kEventsName = EGRESSD_STRINGIFY(EGRESSD_MAP_EVENTS);
 const char* const kEventLimitsName = EGRESSD_STRINGIFY(EGRESSD_MAP_EVENT_BUCKETS);
 const char* const kEventStatsName = EGRESSD_STRINGIFY(EGRESSD_MAP_EVENT_STATS);
-const char* const kFlowMarksName = EGRESSD_STRINGIFY(EGRESSD_MAP_FLOW_MARKS);
 const char* const kFlowsName = EGRESSD_STRINGIFY(EGRESSD_MAP_FLOWS);
 const char* const kRuleTrafficName = EGRESSD_STRINGIFY(EGRESSD_MAP_RULE_TRAFFIC);
 const char* const kIdTrafficName = EGRESSD_STRINGIFY(EGRESSD_MAP_ID_TRAFFIC);
 const char* const kAllMapNames[] = {kControlName,     kConfigName,    kCidrsName,       kPortsName,
                                     kCountersName,    kIdentitiesName, kIdNamesName,     kPoliciesName,
                                     kPolicyNamesName, kEventsName,    kEventLimitsName, kEventStatsName,
-                                    kFlowMarksName,   kFlowsName,     kRuleTrafficName, kIdTrafficName};
+                                    kFlowsName,       kRuleTrafficName, kIdTrafficName};
+// Maps earlier versions pinned and this one no longer has: unpinned once the
+// new set is pinned, and by --cleanup.
+const char* const kRetiredMapNames[] = {"flow_marks_v1"};
 
 // libbpf returns negative errno (libbpf 1.0 semantics) and sets errno.
 Error libbpf_error(const std::string& what, long err) { return Error{static_cast<int>(err < 0 ? -err : errno), what}; }
@@ -132,7 +134,7 @@ Result<MapSet> MapSet::open_pinned(const fs::path& pin_dir, bool read_only) {
         {kPortsName, &set.ports},           {kCountersName, &set.counters}, {kIdentitiesName, &set.identities},
         {kIdNamesName, &set.id_names},      {kPoliciesName, &set.policies}, {kPolicyNamesName, &set.policy_names},
         {kEventsName, &set.events},         {kEventLimitsName, &set.event_limits}, {kEventStatsName, &set.event_stats},
-        {kFlowMarksName, &set.flow_marks},  {kFlowsName, &set.flows},       {kRuleTrafficName, &set.rule_traffic},
+        {kFlowsName, &set.flows},       {kRuleTrafficName, &set.rule_traffic},
         {kIdTrafficName, &set.id_traffic}};
     for (const auto& [name, fd] : maps) {
         auto opened = open_pinned_object(pin_dir / name, read_only);
@@ -238,8 +240,10 @@ Status read_traffic(int fd, const char* name, Out& out, MakeKey make_key) {
 
 Result<std::vector<std::pair<uint64_t, egressd_flow>>> MapSet::read_flows() const {
     std::vector<std::pair<uint64_t, egressd_flow>> out;
-    for_each_entry<uint64_t, egressd_flow>(flows.get(),
-                                           [&](const auto& cookie, const auto& flow) { out.emplace_back(cookie, flow); });
+    // Connecting sockets (no SYN-ACK yet) are not connections yet.
+    for_each_entry<uint64_t, egressd_flow>(flows.get(), [&](const auto& cookie, const auto& flow) {
+        if (flow.started_ns != 0) out.emplace_back(cookie, flow);
+    });
     return out;
 }
 
@@ -438,7 +442,9 @@ Status cleanup_pins(const fs::path& pin_dir, std::vector<std::string>& removed) 
         removed.push_back(path.string());
     }
     ::rmdir(links_dir(pin_dir).c_str());
-    for (const char* name : kAllMapNames) {
+    std::vector<const char*> names(std::begin(kAllMapNames), std::end(kAllMapNames));
+    names.insert(names.end(), std::begin(kRetiredMapNames), std::end(kRetiredMapNames));
+    for (const char* name : names) {
         const fs::path path = pin_dir / name;
         if (!path_present(path)) continue;
         if (::unlink(path.c_str()) != 0) return system_error("removing " + path.string());
@@ -521,7 +527,7 @@ Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
         {kIdNamesName, &dp->maps_.id_names},      {kPoliciesName, &dp->maps_.policies},
         {kPolicyNamesName, &dp->maps_.policy_names}, {kEventsName, &dp->maps_.events},
         {kEventLimitsName, &dp->maps_.event_limits}, {kEventStatsName, &dp->maps_.event_stats},
-        {kFlowMarksName, &dp->maps_.flow_marks},  {kFlowsName, &dp->maps_.flows},
+        {kFlowsName, &dp->maps_.flows},
         {kRuleTrafficName, &dp->maps_.rule_traffic}, {kIdTrafficName, &dp->maps_.id_traffic}};
     for (const auto& [name, fd] : fds) {
         bpf_map* m = bpf_object__find_map_by_name(obj, name);
@@ -660,6 +666,11 @@ Result<std::vector<AttachReport>> Datapath::attach(const CgroupTarget& cgroup) {
     }
     if (!adopted_maps_) {
         if (auto pinned = pin_maps(); !pinned) return pinned.error();
+    }
+    // The programs in force no longer use what earlier versions pinned.
+    for (const char* name : kRetiredMapNames) {
+        const fs::path path = options_.pin_dir / name;
+        if (path_present(path) && ::unlink(path.c_str()) != 0) return system_error("removing " + path.string());
     }
     return reports;
 }

@@ -55,6 +55,7 @@ public:
 
     // Open egress TCP connections (socket cookie -> flow), and what closed
     // ones carried per (reason, rule) and per identity, summed over CPUs.
+    // Established connections only (see flows_v1 in the ABI).
     Result<std::vector<std::pair<uint64_t, egressd_flow>>> read_flows() const;
     Result<std::map<std::pair<uint32_t, uint32_t>, Traffic>> read_rule_traffic() const;
     Result<std::map<uint32_t, Traffic>> read_identity_traffic() const;
@@ -72,7 +73,7 @@ public:
     Status set_active_slot(uint32_t slot) const;
 
     UniqueFd control, config, cidrs, ports, counters, identities, id_names, policies, policy_names, events,
-        event_limits, event_stats, flow_marks, flows, rule_traffic, id_traffic;
+        event_limits, event_stats, flows, rule_traffic, id_traffic;
 };
 
 // Reads decision events from events_v1 as they arrive. Only the agent reads
