@@ -74,6 +74,14 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_POLICY_RULE_CAPACITY);
+	__type(key, struct egressd_policy_host_key);
+	__type(value, struct egressd_policy_value);
+} EGRESSD_MAP_POLICY_HOSTS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_POLICY_CAPACITY);
 	__type(key, struct egressd_policy_name_key);
 	__type(value, struct egressd_policy_name);
@@ -211,9 +219,19 @@ static __always_inline __u32 egressd_current_identity(__u32 cgroup_level)
 	return 0;
 }
 
+/* The policy entry for (identity, proto, port, destination): the exact
+ * address in policy_hosts_v1 if there is one (no prefix in the trie is
+ * longer), else the longest prefix in policies_v1 when the slot has any. */
 static __always_inline const struct egressd_policy_value *
-egressd_policy_lookup(__u8 slot, __u32 identity, __u8 proto, __u16 port, const struct egressd_addr *a)
+egressd_policy_lookup(__u8 slot, __u32 flags, __u32 identity, __u8 proto, __u16 port, const struct egressd_addr *a)
 {
+	const struct egressd_policy_value *value;
+	struct egressd_policy_host_key host = {
+		.slot = slot,
+		.proto = proto,
+		.port = port,
+		.identity = identity,
+	};
 	struct egressd_policy_key key = {
 		.prefixlen = EGRESSD_POLICY_KEY_FIXED_BITS + 128,
 		.slot = slot,
@@ -222,6 +240,10 @@ egressd_policy_lookup(__u8 slot, __u32 identity, __u8 proto, __u16 port, const s
 		.identity = identity,
 	};
 
+	__builtin_memcpy(host.addr, a->w, sizeof(host.addr));
+	value = bpf_map_lookup_elem(&EGRESSD_MAP_POLICY_HOSTS, &host);
+	if (value || !(flags & EGRESSD_CFG_POLICY_PREFIXES))
+		return value;
 	__builtin_memcpy(key.addr, a->w, sizeof(key.addr));
 	return bpf_map_lookup_elem(&EGRESSD_MAP_POLICIES, &key);
 }
@@ -282,7 +304,7 @@ static __always_inline void egressd_decide(struct egressd_decision *d, const str
 		d->identity = egressd_current_identity(cfg->cgroup_level);
 		d->identity_known = 1;
 		if (d->identity) {
-			policy = egressd_policy_lookup(slot, d->identity, proto, port, dst);
+			policy = egressd_policy_lookup(slot, cfg->flags, d->identity, proto, port, dst);
 			if (policy)
 				return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_POLICY, policy->policy);
 		}

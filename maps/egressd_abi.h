@@ -45,6 +45,7 @@
 #define EGRESSD_MAP_ID_NAMES id_names_v1
 #define EGRESSD_MAP_POLICIES policies_v1
 #define EGRESSD_MAP_POLICY_NAMES policy_names_v1
+#define EGRESSD_MAP_POLICY_HOSTS policy_hosts_v1
 #define EGRESSD_MAP_EVENTS events_v1
 #define EGRESSD_MAP_EVENT_BUCKETS event_limits_v1
 #define EGRESSD_MAP_EVENT_STATS event_stats_v1
@@ -121,6 +122,7 @@ enum egressd_config_flag {
 	EGRESSD_CFG_SIDECAR_UID = 1u << 5,    /* sidecar_uid is set (row 2 active) */
 	EGRESSD_CFG_EVENTS_POLICY = 1u << 6,  /* also report allow-by-policy decisions */
 	EGRESSD_CFG_EVENTS_PASSTHROUGH = 1u << 7, /* also report passthrough decisions */
+	EGRESSD_CFG_POLICY_PREFIXES = 1u << 8,  /* policies_v1 has entries in this slot (else only hosts) */
 };
 
 enum egressd_mode {
@@ -205,8 +207,12 @@ struct egressd_identity_name {
  * of the valid Egress policies. Slot, protocol, port and identity lead the
  * key and are always matched in full, so prefixlen is
  * EGRESSD_POLICY_KEY_FIXED_BITS + the address prefix length. A policy with
- * neither ipAddresses nor hosts is one /0 entry (any destination). Hosts
- * appear as their resolved addresses (/32, /128). */
+ * neither ipAddresses nor hosts is one /0 entry (any destination).
+ * Single addresses (/32, /128: every host's resolved address, and most
+ * ipAddresses) go to policy_hosts_v1 instead, an exact-match hash: looked up
+ * first, it gives what the trie would (the longest prefix), in one hash
+ * instead of a walk down a trie of 100k entries. The trie is consulted only
+ * when the slot has other prefixes (EGRESSD_CFG_POLICY_PREFIXES). */
 #define EGRESSD_POLICY_KEY_FIXED_BITS 64
 
 struct egressd_policy_key {
@@ -214,6 +220,15 @@ struct egressd_policy_key {
 	__u8 slot;
 	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
 	__u16 port; /* host byte order */
+	__u32 identity;
+	__u8 addr[16];
+};
+
+/* ---- policy_hosts_v1: HASH (BPF_F_NO_PREALLOC), value egressd_policy_value */
+struct egressd_policy_host_key {
+	__u8 slot;
+	__u8 proto;
+	__u16 port;
 	__u32 identity;
 	__u8 addr[16];
 };

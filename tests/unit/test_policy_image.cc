@@ -242,6 +242,34 @@ TEST_CASE("policy rules and names round-trip through the kernel encoding") {
     CHECK(decode_identity_name(encode_identity_name(name)) == name);
 }
 
+TEST_CASE("single addresses go to the exact-match map; the trie is flagged only when it has prefixes") {
+    for (const char* address : {"203.0.113.7/32", "2001:db8::7/128"}) {
+        CAPTURE(address);
+        const PolicyRule host{42, IPPROTO_TCP, 443, cidr(address), 7};
+        CHECK(is_host_rule(host));
+        const egressd_policy_host_key key = encode_policy_host_key(1, host);
+        CHECK(key.slot == 1);
+        CHECK(decode_policy_host(key, encode_policy_value(host)) == host);
+    }
+    CHECK_FALSE(is_host_rule(PolicyRule{42, IPPROTO_TCP, 443, cidr("203.0.113.0/31"), 7}));
+    CHECK_FALSE(is_host_rule(PolicyRule{42, IPPROTO_TCP, 443, Cidr{}, 7}));  // ::/0, any destination
+
+    AgentConfig agent;
+    IdentityRegistry identities;
+    PolicyRegistry numbers;
+    auto has_prefixes = [&](std::vector<EgressPolicy> policies) {
+        std::map<std::string, std::vector<IpAddress>> hosts{{"api.example.com", {ip("198.18.0.9")}}};
+        auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, &hosts, &identities, &numbers});
+        REQUIRE(image.ok());
+        return (image->flags & EGRESSD_CFG_POLICY_PREFIXES) != 0;
+    };
+    const PolicySource web{"shop", "web"};
+    CHECK_FALSE(has_prefixes({policy("shop", "a", {web}, {kHttp}, {cidr("203.0.113.7/32")}, {"api.example.com"})}));
+    CHECK(has_prefixes({policy("shop", "a", {web}, {kHttp}, {cidr("203.0.113.0/24")})}));
+    CHECK(has_prefixes({policy("shop", "any", {web}, {kHttp})}));  // ::/0
+    CHECK_FALSE(has_prefixes({}));
+}
+
 TEST_CASE("policy entries and names diff between slots") {
     AgentConfig agent;
     IdentityRegistry ids;

@@ -301,6 +301,7 @@ private:
             {"cidrs_v1", options_.capacities.cidrs},
             {"ports_v1", options_.capacities.ports},
             {"policies_v1", options_.capacities.policy_rules},
+            {"policy_hosts_v1", options_.capacities.policy_rules},
             {"policy_names_v1", options_.capacities.policies},
             {"id_names_v1", options_.capacities.identities},
             {"identities_v1", options_.capacities.workloads},

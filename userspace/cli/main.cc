@@ -70,6 +70,9 @@ std::string flag_names(uint32_t flags) {
         {EGRESSD_CFG_POLICY_ACTIVE, "policy-active"},
         {EGRESSD_CFG_HAS_INCLUSION, "has-inclusion"},
         {EGRESSD_CFG_SIDECAR_UID, "sidecar-uid"},
+        {EGRESSD_CFG_EVENTS_POLICY, "events-policy"},
+        {EGRESSD_CFG_EVENTS_PASSTHROUGH, "events-passthrough"},
+        {EGRESSD_CFG_POLICY_PREFIXES, "policy-prefixes"},
     };
     std::string out;
     for (const auto& [bit, name] : names)
@@ -623,6 +626,7 @@ int cmd_dump(const AgentConfig& config, bool as_json) {
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS),
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_COUNTERS),
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES),
+        "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_HOSTS),
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES),
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_ID_NAMES),
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITIES),
@@ -674,7 +678,9 @@ int cmd_dump(const AgentConfig& config, bool as_json) {
     for (const auto& p : image.ports) std::cout << fmt::format("  exclude  port {:<5} rule {}\n", p.port, p.rule);
     std::cout << fmt::format("{}/policy_names_v1 (slot {}): {} policies\n", dir, slot, image.policies.size());
     for (const auto& [n, p] : image.policies) std::cout << fmt::format("  {:<5} {}/{}\n", n, p.namespace_, p.name);
-    std::cout << fmt::format("{}/policies_v1 (slot {}): {} entries\n", dir, slot, image.policy_rules.size());
+    const auto host_rules = std::ranges::count_if(image.policy_rules, is_host_rule);
+    std::cout << fmt::format("{}/policies_v1 and policy_hosts_v1 (slot {}): {} entries ({} prefixes, {} addresses)\n",
+                             dir, slot, image.policy_rules.size(), image.policy_rules.size() - host_rules, host_rules);
     constexpr size_t kShown = 50;
     for (size_t i = 0; i < image.policy_rules.size() && i < kShown; ++i) {
         const auto& r = image.policy_rules[i];

@@ -231,6 +231,8 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
     const Status ports_fit = check_capacity(kPortsMap, image.ports.size(), agent.capacities.ports, "capacities.ports");
     if (!ports_fit) return ports_fit.error();
     add_policy_rules(image, policy);
+    if (std::ranges::any_of(image.policy_rules, [](const PolicyRule& rule) { return !is_host_rule(rule); }))
+        image.flags |= EGRESSD_CFG_POLICY_PREFIXES;
     const Status rules_fit = check_capacity(kPoliciesMap, image.policy_rules.size(), agent.capacities.policy_rules,
                                             "capacities.policyRules");
     if (!rules_fit) return rules_fit.error();
@@ -310,14 +312,34 @@ void decode_config(const egressd_config& config, MapImage& image) {
     image.cgroup_level = config.cgroup_level;
 }
 
-egressd_policy_key encode_policy_key(uint8_t slot, const PolicyRule& rule) {
-    egressd_policy_key key{};
-    key.prefixlen = EGRESSD_POLICY_KEY_FIXED_BITS + rule.cidr.prefix;
+namespace {
+// The fields both policy keys share (the trie's key adds a prefix length).
+template <typename Key>
+Key policy_key_fields(uint8_t slot, const PolicyRule& rule) {
+    Key key{};
     key.slot = slot;
     key.proto = rule.proto;
     key.port = rule.port;
     key.identity = rule.identity;
     std::copy(rule.cidr.addr.bytes.begin(), rule.cidr.addr.bytes.end(), key.addr);
+    return key;
+}
+}  // namespace
+
+egressd_policy_host_key encode_policy_host_key(uint8_t slot, const PolicyRule& rule) {
+    return policy_key_fields<egressd_policy_host_key>(slot, rule);
+}
+
+PolicyRule decode_policy_host(const egressd_policy_host_key& key, const egressd_policy_value& value) {
+    PolicyRule rule{key.identity, key.proto, key.port, Cidr{}, value.policy};
+    std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
+    rule.cidr.prefix = 128;
+    return rule;
+}
+
+egressd_policy_key encode_policy_key(uint8_t slot, const PolicyRule& rule) {
+    auto key = policy_key_fields<egressd_policy_key>(slot, rule);
+    key.prefixlen = EGRESSD_POLICY_KEY_FIXED_BITS + rule.cidr.prefix;
     return key;
 }
 

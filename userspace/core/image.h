@@ -135,6 +135,11 @@ egressd_port_value encode_port_value(const PortRule& rule);
 PortRule decode_port(const egressd_port_key& key, const egressd_port_value& value);
 egressd_config encode_config(const MapImage& image);
 void decode_config(const egressd_config& config, MapImage& image);
+// A rule for a single address (prefix 128 in the one address space) lives in
+// policy_hosts_v1, every other one in policies_v1.
+inline bool is_host_rule(const PolicyRule& rule) { return rule.cidr.prefix == 128; }
+egressd_policy_host_key encode_policy_host_key(uint8_t slot, const PolicyRule& rule);
+PolicyRule decode_policy_host(const egressd_policy_host_key& key, const egressd_policy_value& value);
 egressd_policy_key encode_policy_key(uint8_t slot, const PolicyRule& rule);
 egressd_policy_value encode_policy_value(const PolicyRule& rule);
 Result<PolicyRule> decode_policy(const egressd_policy_key& key, const egressd_policy_value& value);

@@ -43,6 +43,9 @@ static_assert(sizeof(egressd_identity_value) == 8);
 static_assert(sizeof(egressd_identity_name) == EGRESSD_NAMESPACE_LEN + EGRESSD_NAME_LEN);
 static_assert(offsetof(egressd_identity_name, service_account) == EGRESSD_NAMESPACE_LEN);
 
+static_assert(sizeof(egressd_policy_host_key) == 8 + 16);
+static_assert(offsetof(egressd_policy_host_key, identity) == 4);
+static_assert(offsetof(egressd_policy_host_key, addr) == 8);
 static_assert(sizeof(egressd_policy_key) == 4 + 8 + 16);
 static_assert(offsetof(egressd_policy_key, slot) == 4);
 static_assert(offsetof(egressd_policy_key, proto) == 5);

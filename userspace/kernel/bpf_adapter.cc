@@ -28,6 +28,7 @@ const char* const kIdentitiesName = EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITIES);
 const char* const kIdNamesName = EGRESSD_STRINGIFY(EGRESSD_MAP_ID_NAMES);
 const char* const kPoliciesName = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES);
 const char* const kPolicyNamesName = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES);
+const char* const kPolicyHostsName = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_HOSTS);
 const char* const kEventsName = EGRESSD_STRINGIFY(EGRESSD_MAP_EVENTS);
 const char* const kEventLimitsName = EGRESSD_STRINGIFY(EGRESSD_MAP_EVENT_BUCKETS);
 const char* const kEventStatsName = EGRESSD_STRINGIFY(EGRESSD_MAP_EVENT_STATS);
@@ -37,7 +38,7 @@ const char* const kIdTrafficName = EGRESSD_STRINGIFY(EGRESSD_MAP_ID_TRAFFIC);
 const char* const kAllMapNames[] = {kControlName,     kConfigName,    kCidrsName,       kPortsName,
                                     kCountersName,    kIdentitiesName, kIdNamesName,     kPoliciesName,
                                     kPolicyNamesName, kEventsName,    kEventLimitsName, kEventStatsName,
-                                    kFlowsName,       kRuleTrafficName, kIdTrafficName};
+                                    kFlowsName,       kRuleTrafficName, kIdTrafficName, kPolicyHostsName};
 // Maps earlier versions pinned and this one no longer has: unpinned once the
 // new set is pinned, and by --cleanup.
 const char* const kRetiredMapNames[] = {"flow_marks_v1"};
@@ -134,7 +135,7 @@ Result<MapSet> MapSet::open_pinned(const fs::path& pin_dir, bool read_only) {
         {kPortsName, &set.ports},           {kCountersName, &set.counters}, {kIdentitiesName, &set.identities},
         {kIdNamesName, &set.id_names},      {kPoliciesName, &set.policies}, {kPolicyNamesName, &set.policy_names},
         {kEventsName, &set.events},         {kEventLimitsName, &set.event_limits}, {kEventStatsName, &set.event_stats},
-        {kFlowsName, &set.flows},       {kRuleTrafficName, &set.rule_traffic},
+        {kFlowsName, &set.flows}, {kPolicyHostsName, &set.policy_hosts},       {kRuleTrafficName, &set.rule_traffic},
         {kIdTrafficName, &set.id_traffic}};
     for (const auto& [name, fd] : maps) {
         auto opened = open_pinned_object(pin_dir / name, read_only);
@@ -174,6 +175,10 @@ Result<MapImage> MapSet::read_slot(uint32_t slot) const {
         if (rule) image.policy_rules.push_back(*rule);
         else bad = rule.error().with_context(std::string("decoding ") + kPoliciesName);
     });
+    for_each_entry<egressd_policy_host_key, egressd_policy_value>(
+        policy_hosts.get(), [&](const auto& key, const auto& value) {
+            if (key.slot == slot) image.policy_rules.push_back(decode_policy_host(key, value));
+        });
     for_each_entry<egressd_policy_name_key, egressd_policy_name>(policy_names.get(),
                                                                 [&](const auto& key, const auto& value) {
         if (key.slot == slot) image.policies[key.policy] = decode_policy_name(value);
@@ -347,13 +352,25 @@ Status MapSet::write_slot(uint32_t slot, const MapImage& from, const MapImage& t
             return fail(kPortsName, "writing port " + std::to_string(rule.port));
     }
     for (const auto& rule : diff.policy_deletes) {
+        if (is_host_rule(rule)) {
+            const auto key = encode_policy_host_key(static_cast<uint8_t>(slot), rule);
+            if (bpf_map_delete_elem(policy_hosts.get(), &key) != 0 && errno != ENOENT)
+                return fail(kPolicyHostsName, "deleting " + rule.cidr.str());
+            continue;
+        }
         const auto key = encode_policy_key(static_cast<uint8_t>(slot), rule);
         if (bpf_map_delete_elem(policies.get(), &key) != 0 && errno != ENOENT)
             return fail(kPoliciesName, "deleting " + rule.cidr.str());
     }
     for (const auto& rule : diff.policy_upserts) {
-        const auto key = encode_policy_key(static_cast<uint8_t>(slot), rule);
         const auto value = encode_policy_value(rule);
+        if (is_host_rule(rule)) {
+            const auto key = encode_policy_host_key(static_cast<uint8_t>(slot), rule);
+            if (bpf_map_update_elem(policy_hosts.get(), &key, &value, BPF_ANY) != 0)
+                return fail(kPolicyHostsName, "writing " + rule.cidr.str());
+            continue;
+        }
+        const auto key = encode_policy_key(static_cast<uint8_t>(slot), rule);
         if (bpf_map_update_elem(policies.get(), &key, &value, BPF_ANY) != 0)
             return fail(kPoliciesName, "writing " + rule.cidr.str());
     }
@@ -478,6 +495,7 @@ Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
         {kCidrsName, EGRESSD_SLOTS * options.capacities.cidrs},
         {kPortsName, EGRESSD_SLOTS * options.capacities.ports},
         {kPoliciesName, EGRESSD_SLOTS * options.capacities.policy_rules},
+        {kPolicyHostsName, EGRESSD_SLOTS * options.capacities.policy_rules},
         {kPolicyNamesName, EGRESSD_SLOTS * options.capacities.policies},
         {kIdNamesName, options.capacities.identities},
         {kIdentitiesName, options.capacities.workloads},
@@ -527,7 +545,7 @@ Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
         {kIdNamesName, &dp->maps_.id_names},      {kPoliciesName, &dp->maps_.policies},
         {kPolicyNamesName, &dp->maps_.policy_names}, {kEventsName, &dp->maps_.events},
         {kEventLimitsName, &dp->maps_.event_limits}, {kEventStatsName, &dp->maps_.event_stats},
-        {kFlowsName, &dp->maps_.flows},
+        {kFlowsName, &dp->maps_.flows}, {kPolicyHostsName, &dp->maps_.policy_hosts},
         {kRuleTrafficName, &dp->maps_.rule_traffic}, {kIdTrafficName, &dp->maps_.id_traffic}};
     for (const auto& [name, fd] : fds) {
         bpf_map* m = bpf_object__find_map_by_name(obj, name);

@@ -73,7 +73,7 @@ public:
     Status set_active_slot(uint32_t slot) const;
 
     UniqueFd control, config, cidrs, ports, counters, identities, id_names, policies, policy_names, events,
-        event_limits, event_stats, flows, rule_traffic, id_traffic;
+        event_limits, event_stats, flows, rule_traffic, id_traffic, policy_hosts;
 };
 
 // Reads decision events from events_v1 as they arrive. Only the agent reads
