@@ -5,6 +5,7 @@
 #include <sys/epoll.h>
 #include <sys/inotify.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -19,10 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Building a generation of 100k rules allocates tens of MB that are freed at
-// once; glibc keeps them for reuse. Hand them back to the kernel, so the
-// agent's RSS at rest is what it holds, not its peak.
-void release_free_memory() { ::malloc_trim(0); }
 
 std::string summarize(const MeshConfig& mesh, const AgentConfig& config) {
     return fmt::format(
@@ -109,7 +106,9 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
     agent->identities_ = IdentityRegistry(agent->datapath_->identity_names());
 
     if (auto adopted = agent->datapath_->active_image()) {
-        agent->applied_image_.generation = adopted->generation;
+        auto adopted_generation = std::make_shared<MapImage>();
+        adopted_generation->generation = adopted->generation;
+        agent->applied_image_ = std::move(adopted_generation);
         agent->policy_numbers_ = PolicyRegistry(adopted->policies);
         log::info("adopted the pinned maps in {} (generation {} in force)", config.bpffs.string(), adopted->generation);
     }
@@ -117,7 +116,9 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
     // enforces the full configuration from its first connect().
     if (auto published = agent->rebuild(); !published) return published.error();
     if (auto converged = agent->datapath_->converge(); !converged) return converged.error();
-    release_free_memory();
+    agent->memory_release_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!agent->memory_release_.valid()) return system_error("timerfd_create");
+    agent->schedule_memory_release();
 
     // Events and HTTP before attaching: the first denial is already reported.
     Telemetry::Options telemetry;
@@ -143,7 +144,7 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
     log::info("enforcing on cgroup {} (id {}): {}; pins in {}", agent->cgroup_.path.string(), agent->cgroup_.id, hooks,
               config.bpffs.string());
     agent->last_change_ = "initial: " + summarize(*mesh, config);
-    log::info("applied generation {} from {}: {}; policies={} workloads={}", agent->applied_image_.generation,
+    log::info("applied generation {} from {}: {}; policies={} workloads={}", agent->applied_image_->generation,
               config.mesh_config.string(), summarize(*mesh, config), agent->applied_policies_.size(),
               agent->workloads_.size());
 
@@ -179,7 +180,7 @@ Status Agent::watch_inputs() {
 }
 
 void Agent::record_error(const std::string& message) {
-    log::error("{}; generation {} stays in force", message, applied_image_.generation);
+    log::error("{}; generation {} stays in force", message, applied_image_->generation);
     last_error_ = message;
     last_error_at_ = log::timestamp();
     if (telemetry_) {
@@ -210,7 +211,7 @@ void Agent::on_kernel_events() {
 
 void Agent::publish_telemetry() {
     if (!telemetry_) return;
-    const MapImage& image = applied_image_;
+    const MapImage& image = *applied_image_;
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS), image.cidrs.size());
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS), image.ports.size());
     const auto host_rules = std::ranges::count_if(image.policy_rules, is_host_rule);
@@ -328,8 +329,10 @@ Status Agent::rebuild() {
     }
     PolicyInputs policy_inputs{&policies_.policies, &addresses, &identities_, &policy_numbers_, cgroup_level_,
                                &policy_rule_cache_};
-    auto image = build_image(config_, mesh_, applied_image_.generation + 1, policy_inputs);
-    if (!image) return image.error();
+    auto built = build_image(config_, mesh_, applied_image_->generation + 1, policy_inputs);
+    if (!built) return built.error();
+    // Shared with the datapath's record of the slot: 100k entries are not copied.
+    const auto image = std::make_shared<const MapImage>(std::move(*built));
     // Rules are sorted by identity first: one insert per identity, not per rule.
     for (uint32_t last = 0; const auto& rule : image->policy_rules)
         if (rule.identity != last) used.insert(last = rule.identity);
@@ -344,7 +347,7 @@ Status Agent::rebuild() {
     // Names first (a generation may use new identities), then the generation,
     // then forget the names nothing uses any more.
     if (auto named = push_identities(workload_ids); !named) return named;
-    if (auto published = datapath_->publish(*image); !published) return published;
+    if (auto published = datapath_->publish(image); !published) return published;
     if (used.size() != identities_.size()) identities_.retain(used);  // used is a subset of the numbered
     std::set<uint32_t> policies_in_use;
     for (const auto& [number, ref] : image->policies) policies_in_use.insert(number);
@@ -352,11 +355,11 @@ Status Agent::rebuild() {
     if (auto pruned = push_identities(workload_ids); !pruned) return pruned;
 
     std::vector<std::string> changes;
-    if (applied_image_.flags & EGRESSD_CFG_VALID) {
+    if (applied_image_->flags & EGRESSD_CFG_VALID) {
         if (!(mesh_ == applied_mesh_)) changes.push_back(describe_changes(applied_mesh_, mesh_));
         if (auto p = describe_policy_changes(applied_policies_, policies_.policies); !p.empty()) changes.push_back(p);
-        if (image->policy_rules != applied_image_.policy_rules && changes.empty())
-            changes.push_back(fmt::format("policy entries {} -> {}", applied_image_.policy_rules.size(),
+        if (changes.empty() && image->policy_rules != applied_image_->policy_rules)
+            changes.push_back(fmt::format("policy entries {} -> {}", applied_image_->policy_rules.size(),
                                           image->policy_rules.size()));
         if (workload_ids != previous_workloads || changes.empty())
             changes.push_back(fmt::format("workloads={}", workload_ids.size()));
@@ -365,7 +368,7 @@ Status Agent::rebuild() {
     for (const auto& [number, ref] : image->policies) policy_names_seen_[number] = ref;
     applied_mesh_ = mesh_;
     applied_policies_ = policies_.policies;
-    applied_image_ = std::move(*image);
+    applied_image_ = image;
     applied_at_ = log::timestamp();
     return {};
 }
@@ -384,14 +387,14 @@ void Agent::on_inputs_changed(unsigned inputs, bool force) {
             last_apply_ms_ = millis_since(started);
             last_error_.reset();
             if (telemetry_) {
-                telemetry_->record_apply(applied_image_.generation, last_apply_ms_);
+                telemetry_->record_apply(applied_image_->generation, last_apply_ms_);
                 telemetry_->set_ready(true, "");
             }
-            log::info("applied generation {} in {:.1f} ms: {}", applied_image_.generation, last_apply_ms_,
+            log::info("applied generation {} in {:.1f} ms: {}", applied_image_->generation, last_apply_ms_,
                       last_change_);
             if (auto converged = datapath_->converge(); !converged)
                 log::error("{} (the next change writes more)", converged.error().describe());
-            release_free_memory();
+            schedule_memory_release();
         }
     }
     publish_telemetry();
@@ -415,7 +418,7 @@ void Agent::write_status() const {
         {"cgroupId", cgroup_.id},
         {"pinDir", config_.bpffs.string()},
         {"startedAt", started_at_},
-        {"generation", applied_image_.generation},
+        {"generation", applied_image_->generation},
         {"appliedAt", applied_at_},
         {"lastChange", last_change_},
         {"lastApplyMillis", last_apply_ms_},
@@ -443,6 +446,16 @@ sigset_t Agent::handled_signals() {
     return signals;
 }
 
+// Building a generation of 100k entries allocates several MB that are freed
+// at once; glibc keeps them for reuse. Within a burst of changes that reuse
+// saves page faults; one second after the last change the memory goes back
+// to the kernel, so the agent's RSS at rest is what it holds, not its peak.
+// A one-shot timer armed by a change: an idle agent never wakes up.
+void Agent::schedule_memory_release() {
+    const itimerspec in_a_second{{0, 0}, {1, 0}};
+    ::timerfd_settime(memory_release_.get(), 0, &in_a_second, nullptr);
+}
+
 int Agent::run() {
     const sigset_t signals = handled_signals();
     UniqueFd signal_fd(::signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC));
@@ -453,7 +466,7 @@ int Agent::run() {
     }
     const int resolver_fd = resolver_ ? resolver_->notify_fd() : -1;
     const int events_fd = events_->epoll_fd();
-    for (int fd : {signal_fd.get(), inotify_.get(), resolver_fd, events_fd}) {
+    for (int fd : {signal_fd.get(), inotify_.get(), resolver_fd, events_fd, memory_release_.get()}) {
         if (fd < 0) continue;
         epoll_event ev{};
         ev.events = EPOLLIN;
@@ -485,6 +498,9 @@ int Agent::run() {
                 }
             } else if (fd == events_fd) {
                 on_kernel_events();
+            } else if (fd == memory_release_.get()) {
+                uint64_t expirations = 0;
+                if (::read(fd, &expirations, sizeof(expirations)) == sizeof(expirations)) ::malloc_trim(0);
             } else if (fd == resolver_fd) {
                 on_inputs_changed(kHosts, false);
             } else {

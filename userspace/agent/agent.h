@@ -63,6 +63,7 @@ private:
     Status rebuild();
     // Writes identity names and workload cgroups when they differ from what the kernel has.
     Status push_identities(const std::map<uint64_t, uint32_t>& workload_ids);
+    void schedule_memory_release();
     Status watch_inputs();
     void record_error(const std::string& message);
     void write_status() const;
@@ -90,9 +91,10 @@ private:
 
     // What the kernel enforces.
     MeshConfig applied_mesh_;
-    MapImage applied_image_;
+    std::shared_ptr<const MapImage> applied_image_ = std::make_shared<const MapImage>();
     std::vector<EgressPolicy> applied_policies_;
     PolicyRuleCache policy_rule_cache_;
+    UniqueFd memory_release_;  // timerfd: malloc_trim a second after the last change
     std::optional<uint64_t> pushed_identities_revision_;  // identities_.revision() the kernel has
 
     std::string started_at_;

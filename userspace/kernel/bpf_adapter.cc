@@ -560,7 +560,7 @@ Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
         for (uint32_t slot = 0; slot < EGRESSD_SLOTS; ++slot) {
             auto image = dp->maps_.read_slot(slot);
             if (!image) return image.error().with_context("adopting the pinned generation");
-            dp->slot_images_[slot] = std::move(*image);
+            dp->slot_images_[slot] = std::make_shared<const MapImage>(std::move(*image));
         }
         auto names = dp->maps_.read_identity_names();
         if (!names) return names.error();
@@ -582,7 +582,7 @@ Datapath::~Datapath() {
 }
 
 std::optional<MapImage> Datapath::active_image() const {
-    const MapImage& active = slot_images_[active_slot_];
+    const MapImage& active = *slot_images_[active_slot_];
     if (!(active.flags & EGRESSD_CFG_VALID)) return std::nullopt;
     return active;
 }
@@ -594,16 +594,16 @@ Status Datapath::settle() {
     return {};
 }
 
-Status Datapath::publish(const MapImage& image) {
+Status Datapath::publish(std::shared_ptr<const MapImage> image) {
     const uint32_t next = active_slot_ ^ 1;
     if (auto settled = settle(); !settled) return settled;
-    if (auto written = maps_.write_slot(next, slot_images_[next], image); !written) {
+    if (auto written = maps_.write_slot(next, *slot_images_[next], *image); !written) {
         // The inactive slot is now partly written: learn what it really holds
         // so the next attempt starts from the truth. Nothing enforced changed.
-        if (auto actual = maps_.read_slot(next)) slot_images_[next] = std::move(*actual);
-        return written.error().with_context("writing generation " + std::to_string(image.generation));
+        if (auto actual = maps_.read_slot(next)) slot_images_[next] = std::make_shared<const MapImage>(std::move(*actual));
+        return written.error().with_context("writing generation " + std::to_string(image->generation));
     }
-    slot_images_[next] = image;
+    slot_images_[next] = std::move(image);
     if (auto flipped = maps_.set_active_slot(next); !flipped) return flipped;
     active_slot_ = next;
     flipped_since_settle_ = true;
@@ -612,11 +612,16 @@ Status Datapath::publish(const MapImage& image) {
 
 Status Datapath::converge() {
     const uint32_t inactive = active_slot_ ^ 1;
-    const MapImage& active = slot_images_[active_slot_];
+    const std::shared_ptr<const MapImage>& active = slot_images_[active_slot_];
     if (slot_images_[inactive] == active) return {};
+    if (*slot_images_[inactive] == *active) {
+        slot_images_[inactive] = active;
+        return {};
+    }
     if (auto settled = settle(); !settled) return settled;
-    if (auto written = maps_.write_slot(inactive, slot_images_[inactive], active); !written) {
-        if (auto actual = maps_.read_slot(inactive)) slot_images_[inactive] = std::move(*actual);
+    if (auto written = maps_.write_slot(inactive, *slot_images_[inactive], *active); !written) {
+        if (auto actual = maps_.read_slot(inactive))
+            slot_images_[inactive] = std::make_shared<const MapImage>(std::move(*actual));
         return written.error().with_context("bringing the inactive slot up to date");
     }
     slot_images_[inactive] = active;

@@ -154,7 +154,10 @@ public:
     // so the old slot is written again only after they are done (see
     // settle()), not here: that wait (an RCU grace period, ~10-20 ms) stays
     // off the path from a file write to the kernel's verdict.
-    Status publish(const MapImage& image);
+    Status publish(std::shared_ptr<const MapImage> image);
+    Status publish(const MapImage& image) { return publish(std::make_shared<const MapImage>(image)); }
+    // What the active slot holds, shared (an image of 100k entries is not copied).
+    std::shared_ptr<const MapImage> active_slot_image() const { return slot_images_[active_slot_]; }
 
     // Makes the inactive slot equal to the active one, so the next publish()
     // writes only what changes. Off the critical path: call it after a
@@ -190,7 +193,10 @@ private:
     bool flipped_since_settle_ = false;
     bool adopted_maps_ = false;
     uint32_t active_slot_ = 0;
-    std::array<MapImage, EGRESSD_SLOTS> slot_images_{};  // what each slot holds in the kernel
+    // What each slot holds in the kernel. Images are immutable and shared:
+    // after converge() both slots point at the same one.
+    std::array<std::shared_ptr<const MapImage>, EGRESSD_SLOTS> slot_images_{
+        std::make_shared<const MapImage>(), std::make_shared<const MapImage>()};
     std::vector<bpf_link*> links_;
     std::map<uint32_t, IdentityName> identity_names_;
     std::map<uint64_t, uint32_t> workload_identities_;
