@@ -1,6 +1,7 @@
 #include "core/image.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <set>
 #include <tuple>
@@ -107,6 +108,12 @@ void diff_rules(const std::vector<Rule>& from_in, const std::vector<Rule>& to_in
     auto less = [](const Rule& a, const Rule& b) { return rule_less(a, b); };
     std::vector<Rule> from_sorted, to_sorted;
     auto sorted = [&](const std::vector<Rule>& rules, std::vector<Rule>& copy) -> const std::vector<Rule>& {
+        // Policy rules are sorted wherever an image is made (build_image,
+        // MapSet::read_slot): 100k of them are not checked on every change.
+        if constexpr (std::is_same_v<Rule, PolicyRule>) {
+            assert(std::is_sorted(rules.begin(), rules.end(), less));
+            return rules;
+        }
         if (std::is_sorted(rules.begin(), rules.end(), less)) return rules;
         copy = rules;
         std::sort(copy.begin(), copy.end(), less);
@@ -419,6 +426,10 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
         std::sort(added.begin(), added.end(), less);
         if (all_.empty()) {
             all_ = std::move(added);
+        } else if (added.size() <= 8) {
+            // A policy or two more: insert in place (a memmove of the tail)
+            // rather than merge into a new vector of 100k entries.
+            for (const PolicyRule& rule : added) all_.insert(std::upper_bound(all_.begin(), all_.end(), rule, less), rule);
         } else {
             std::vector<PolicyRule> merged;
             merged.reserve(all_.size() + added.size());

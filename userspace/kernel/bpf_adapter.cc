@@ -321,8 +321,7 @@ Status MapSet::write_identity_names(const std::map<uint32_t, IdentityName>& from
         id_names.get(), kIdNamesName, from, to, [](uint32_t id) { return id; }, encode_identity_name);
 }
 
-Status MapSet::write_slot(uint32_t slot, const MapImage& from, const MapImage& to) const {
-    const ImageDiff diff = diff_images(from, to);
+Status MapSet::write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& to) const {
     const auto fail = [&](const char* map, const std::string& what) {
         const int err = errno;
         std::string message = std::string(map) + ": " + what;
@@ -597,13 +596,16 @@ Status Datapath::settle() {
 Status Datapath::publish(std::shared_ptr<const MapImage> image) {
     const uint32_t next = active_slot_ ^ 1;
     if (auto settled = settle(); !settled) return settled;
-    if (auto written = maps_.write_slot(next, *slot_images_[next], *image); !written) {
+    last_diff_.reset();
+    LastDiff made{slot_images_[next], image, diff_images(*slot_images_[next], *image)};
+    if (auto written = maps_.write_diff(next, made.diff, *image); !written) {
         // The inactive slot is now partly written: learn what it really holds
         // so the next attempt starts from the truth. Nothing enforced changed.
         if (auto actual = maps_.read_slot(next)) slot_images_[next] = std::make_shared<const MapImage>(std::move(*actual));
         return written.error().with_context("writing generation " + std::to_string(image->generation));
     }
     slot_images_[next] = std::move(image);
+    last_diff_ = std::move(made);
     if (auto flipped = maps_.set_active_slot(next); !flipped) return flipped;
     active_slot_ = next;
     flipped_since_settle_ = true;
@@ -619,7 +621,11 @@ Status Datapath::converge() {
         return {};
     }
     if (auto settled = settle(); !settled) return settled;
-    if (auto written = maps_.write_slot(inactive, *slot_images_[inactive], *active); !written) {
+    const bool same_change = last_diff_ && last_diff_->from == slot_images_[inactive] && last_diff_->to == active;
+    const Status written = same_change ? maps_.write_diff(inactive, last_diff_->diff, *active)
+                                       : maps_.write_slot(inactive, *slot_images_[inactive], *active);
+    last_diff_.reset();
+    if (!written) {
         if (auto actual = maps_.read_slot(inactive))
             slot_images_[inactive] = std::make_shared<const MapImage>(std::move(*actual));
         return written.error().with_context("bringing the inactive slot up to date");

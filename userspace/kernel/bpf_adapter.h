@@ -69,7 +69,11 @@ public:
                                 const std::map<uint32_t, IdentityName>& to) const;
 
     // Turns slot `slot`, holding `from`, into `to`. Only for the inactive slot.
-    Status write_slot(uint32_t slot, const MapImage& from, const MapImage& to) const;
+    Status write_slot(uint32_t slot, const MapImage& from, const MapImage& to) const {
+        return write_diff(slot, diff_images(from, to), to);
+    }
+    // Writes a diff computed before (diff_images(what the slot holds, to)).
+    Status write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& to) const;
     Status set_active_slot(uint32_t slot) const;
 
     UniqueFd control, config, cidrs, ports, counters, identities, id_names, policies, policy_names, events,
@@ -191,6 +195,14 @@ private:
     MapSet maps_;
     ProgramBarrier barrier_;
     bool flipped_since_settle_ = false;
+    // The diff the last publish() wrote, between the images it names: after
+    // a converge() both slots held `from`, so bringing the old slot up to
+    // date is the very same diff and need not be computed again.
+    struct LastDiff {
+        std::shared_ptr<const MapImage> from, to;
+        ImageDiff diff;
+    };
+    std::optional<LastDiff> last_diff_;
     bool adopted_maps_ = false;
     uint32_t active_slot_ = 0;
     // What each slot holds in the kernel. Images are immutable and shared:
