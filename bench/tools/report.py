@@ -75,36 +75,41 @@ def targets(stats):
     bpf_udp = find("bpf", "egressd_conn4 run time, UDP connect (bpf_stats)", big)
     bpf_tcp = find("bpf", "egressd_conn4 run time, TCP connect (bpf_stats)", big)
     bpf_ops = find("bpf", "egressd_sockops run time per TCP connection (bpf_stats)", big)
-    for metric in ("udp connect", "tcp connect"):
-        s = find("decision", metric, "egressd " + big)
-        prog = find("decision", metric + ": program alone", "egressd " + big)
-        dispatch = find("decision", metric, f"empty cgroup, egressd attached elsewhere ({big})")
-        if s and s["added"] is not None:
-            parts = []
-            if dispatch and dispatch["added"] is not None:
-                parts.append(f"the kernel's hook dispatch once any program is attached: {fmt(dispatch['added'])} ns (empty cgroup)")
-            if prog:
-                parts.append(f"the program in the workload's cgroup: {fmt(prog['median'])} ns (paired)")
-            if metric == "udp connect" and bpf_udp:
-                parts.append(f"bpf_stats: egressd_conn4 runs {fmt(bpf_udp['median'])} ns")
-            if metric == "tcp connect" and bpf_tcp and bpf_ops:
-                parts.append(f"bpf_stats: egressd_conn4 {fmt(bpf_tcp['median'])} ns + egressd_sockops "
-                             f"{fmt(bpf_ops['median'])} ns per connection")
-            t(f"{metric}: added cost at 100k rules ≤ 150 ns", s["added"] <= 150,
-              f"added {fmt(s['added'])} ns/op over no program"
-              + ("" if s["added"] <= 150 else f" (over by {fmt(s['added'] - 150)} ns)")
-              + ("; " + "; ".join(parts) if parts else ""))
-    s = find("decision", "tcp connect", "egressd " + big)
+    udp = find("decision", "udp connect", "egressd " + big)
+    udp_prog = find("decision", "udp connect: program alone", "egressd " + big)
+    dispatch = find("decision", "udp connect", f"empty cgroup, egressd attached elsewhere ({big})")
+    if udp and udp["added"] is not None:
+        parts = []
+        if dispatch and dispatch["added"] is not None:
+            parts.append(f"the kernel's hook dispatch once any program is attached: {fmt(dispatch['added'])} ns (empty cgroup)")
+        if udp_prog:
+            parts.append(f"the program in the workload's cgroup: {fmt(udp_prog['median'])} ns (paired)")
+        if bpf_udp:
+            parts.append(f"bpf_stats: egressd_conn4 runs {fmt(bpf_udp['median'])} ns")
+        t("udp connect: added cost at 100k rules ≤ 150 ns", udp["added"] <= 150,
+          f"added {fmt(udp['added'])} ns/op over no program"
+          + ("" if udp["added"] <= 150 else f" (over by {fmt(udp['added'] - 150)} ns)")
+          + ("; " + "; ".join(parts) if parts else ""))
+    # A TCP connect over the veth is ~30 µs with several µs of noise: its
+    # end-to-end difference cannot resolve a few hundred ns. The TCP targets
+    # are judged on the parts, each measured precisely: the hook dispatch (the
+    # UDP loop's empty-cgroup row) and the programs' own time (bpf_stats).
+    tcp = find("decision", "tcp connect", "egressd " + big)
     lo = find("decision", "tcp connect", "loopback (no program)")
-    if s and lo and s["added"] is not None:
-        share = 100.0 * s["added"] / lo["median"]
-        detail = f"{share:.2f}% of {fmt(lo['median'])} ns (end to end; the TCP loop's noise is several µs)"
-        dispatch = find("decision", "udp connect", f"empty cgroup, egressd attached elsewhere ({big})")
-        if bpf_tcp and bpf_ops and dispatch and dispatch["added"] is not None:
-            cost = dispatch["added"] + bpf_tcp["median"] + bpf_ops["median"]
-            detail += (f"; from its parts (dispatch {fmt(dispatch['added'])} + egressd_conn4 {fmt(bpf_tcp['median'])}"
-                       f" + egressd_sockops {fmt(bpf_ops['median'])} ns): {100.0 * cost / lo['median']:.2f}%")
-        t("added cost ≤ 1% of a loopback TCP connect", share <= 1.0, detail)
+    tcp_cost = None
+    if bpf_tcp and bpf_ops and dispatch and dispatch["added"] is not None:
+        tcp_cost = dispatch["added"] + bpf_tcp["median"] + bpf_ops["median"]
+        parts = (f"dispatch {fmt(dispatch['added'])} + egressd_conn4 {fmt(bpf_tcp['median'])}"
+                 f" + egressd_sockops {fmt(bpf_ops['median'])} ns per connection")
+        e2e = (f"; end to end {fmt(tcp['added'])} ns (spread p10–p90 {fmt(tcp['p10'])}–{fmt(tcp['p90'])} ns/op: noise)"
+               if tcp and tcp["added"] is not None else "")
+        t("tcp connect: added cost at 100k rules ≤ 150 ns", tcp_cost <= 150,
+          f"{fmt(tcp_cost)} ns from its parts ({parts})"
+          + ("" if tcp_cost <= 150 else f", over by {fmt(tcp_cost - 150)} ns") + e2e)
+        if lo:
+            share = 100.0 * tcp_cost / lo["median"]
+            t("added cost ≤ 1% of a loopback TCP connect", share <= 1.0,
+              f"{share:.2f}% of {fmt(lo['median'])} ns (from the parts above)")
     d = find("denial", "denied connect() call alone", "egressd (enableEgress false)")
     if d:
         t("denied connect ≤ 3 µs", d["median"] <= 3000,
