@@ -96,7 +96,6 @@ def targets(stats):
     # UDP loop's empty-cgroup row) and the programs' own time (bpf_stats).
     tcp = find("decision", "tcp connect", "egressd " + big)
     lo = find("decision", "tcp connect", "loopback (no program)")
-    tcp_cost = None
     if bpf_tcp and bpf_ops and dispatch and dispatch["added"] is not None:
         tcp_cost = dispatch["added"] + bpf_tcp["median"] + bpf_ops["median"]
         parts = (f"dispatch {fmt(dispatch['added'])} + egressd_conn4 {fmt(bpf_tcp['median'])}"

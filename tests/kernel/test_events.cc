@@ -36,6 +36,30 @@ std::vector<egressd_event> drain(Enforcer& enforcer) {
     return events;
 }
 
+// In a child: `attempts` connects of a fresh socket of `type` to the external
+// test host's `port`; 0 when every one failed with `expected_errno`.
+int failing_connects(int type, uint16_t port, int attempts, int expected_errno) {
+    sockaddr_in dst{};
+    dst.sin_family = AF_INET;
+    dst.sin_port = htons(port);
+    inet_pton(AF_INET, Net::kExternal4, &dst.sin_addr);
+    int count = 0;
+    for (int i = 0; i < attempts; ++i) {
+        const int fd = ::socket(AF_INET, type, 0);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) != 0 && errno == expected_errno) ++count;
+        ::close(fd);
+    }
+    return count == attempts ? 0 : 1;
+}
+
+// What closed connections allowed by passthrough carried so far (zero before the first).
+Traffic passthrough_traffic(const MapSet& maps) {
+    auto rules = maps.read_rule_traffic();
+    REQUIRE(rules.ok());
+    const auto key = std::pair<uint32_t, uint32_t>{EGRESSD_REASON_PASSTHROUGH, 0};
+    return rules->count(key) ? rules->at(key) : Traffic{};
+}
+
 std::array<uint64_t, EGRESSD_STAT_MAX> stats(Enforcer& enforcer) {
     auto s = enforcer.datapath().maps().read_event_stats();
     REQUIRE(s.ok());
@@ -154,19 +178,8 @@ TEST_CASE("kernel: events: a workload looping on a denied connect is rate limite
 
     constexpr int kAttempts = 20000;
     const auto started = std::chrono::steady_clock::now();
-    const int denied = run_in_cgroup(env.cg, &env.net, [] {
-        sockaddr_in dst{};
-        dst.sin_family = AF_INET;
-        dst.sin_port = htons(80);
-        inet_pton(AF_INET, Net::kExternal4, &dst.sin_addr);
-        int count = 0;
-        for (int i = 0; i < kAttempts; ++i) {
-            const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-            if (::connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) != 0 && errno == EPERM) ++count;
-            ::close(fd);
-        }
-        return count == kAttempts ? 0 : 1;
-    });
+    const int denied =
+        run_in_cgroup(env.cg, &env.net, [] { return failing_connects(SOCK_DGRAM, 80, kAttempts, EPERM); });
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     CHECK(denied == 0);  // every attempt was denied
 
@@ -193,10 +206,7 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
     enforcer.publish(test_agent(env.cg), mesh_with_egress(true));  // passthrough
     enforcer.attach();
     const MapSet& maps = enforcer.datapath().maps();
-    auto rules_before = maps.read_rule_traffic();
-    REQUIRE(rules_before.ok());
-    const auto key = std::pair<uint32_t, uint32_t>{EGRESSD_REASON_PASSTHROUGH, 0};
-    const Traffic before = rules_before->count(key) ? rules_before->at(key) : Traffic{};
+    const Traffic before = passthrough_traffic(maps);
 
     // The child connects, exchanges 3000 bytes with the echoing sink, tells
     // us, and closes only when we say so.
@@ -259,9 +269,7 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
     // TCP_CLOSE; give the FIN exchange a moment.
     Traffic after{};
     for (int i = 0; i < 100; ++i) {
-        auto rules = maps.read_rule_traffic();
-        REQUIRE(rules.ok());
-        after = rules->count(key) ? rules->at(key) : Traffic{};
+        after = passthrough_traffic(maps);
         if (after.connections > before.connections) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
@@ -285,26 +293,13 @@ TEST_CASE("kernel: flows: a connection that is refused leaves no flow, no totals
     enforcer.publish(test_agent(env.cg), mesh_with_egress(true));  // passthrough
     enforcer.attach();
     const MapSet& maps = enforcer.datapath().maps();
-    auto rules_before = maps.read_rule_traffic();
-    REQUIRE(rules_before.ok());
-    const auto key = std::pair<uint32_t, uint32_t>{EGRESSD_REASON_PASSTHROUGH, 0};
-    const Traffic before = rules_before->count(key) ? rules_before->at(key) : Traffic{};
+    const Traffic before = passthrough_traffic(maps);
     const auto stats_before = stats(enforcer);
 
     // The connect hook records each attempt as connecting; the RST ends it.
     constexpr int kAttempts = 50;
     const int refused = run_in_cgroup(env.cg, &env.net, [] {
-        sockaddr_in dst{};
-        dst.sin_family = AF_INET;
-        dst.sin_port = htons(Net::kClosedTcpPort);
-        inet_pton(AF_INET, Net::kExternal4, &dst.sin_addr);
-        int count = 0;
-        for (int i = 0; i < kAttempts; ++i) {
-            const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-            if (::connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) != 0 && errno == ECONNREFUSED) ++count;
-            ::close(fd);
-        }
-        return count == kAttempts ? 0 : 1;
+        return failing_connects(SOCK_STREAM, Net::kClosedTcpPort, kAttempts, ECONNREFUSED);
     });
     CHECK(refused == 0);
 
@@ -319,9 +314,6 @@ TEST_CASE("kernel: flows: a connection that is refused leaves no flow, no totals
         if (bpf_map_lookup_elem(maps.flows.get(), &cookie, &flow) == 0 && flow.cgroup_id == env.cg.id()) ++ours;
     }
     CHECK(ours == 0);
-    auto rules_after = maps.read_rule_traffic();
-    REQUIRE(rules_after.ok());
-    const Traffic after = rules_after->count(key) ? rules_after->at(key) : Traffic{};
-    CHECK(after.connections == before.connections);
+    CHECK(passthrough_traffic(maps).connections == before.connections);
     CHECK(stats(enforcer)[EGRESSD_STAT_FLOWS_LOST] == stats_before[EGRESSD_STAT_FLOWS_LOST]);
 }

@@ -160,8 +160,6 @@ public:
     // off the path from a file write to the kernel's verdict.
     Status publish(std::shared_ptr<const MapImage> image);
     Status publish(const MapImage& image) { return publish(std::make_shared<const MapImage>(image)); }
-    // What the active slot holds, shared (an image of 100k entries is not copied).
-    std::shared_ptr<const MapImage> active_slot_image() const { return slot_images_[active_slot_]; }
 
     // Makes the inactive slot equal to the active one, so the next publish()
     // writes only what changes. Off the critical path: call it after a

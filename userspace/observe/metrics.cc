@@ -76,26 +76,17 @@ std::string sanitize_utf8(const std::string& s) {
     return out;
 }
 
-void append_escaped_help(std::string& out, const std::string& text) {
+// The exposition format escapes backslash and newline in HELP text, and the
+// double quote as well in label values.
+enum class Escape { help, label_value };
+void append_escaped(std::string& out, const std::string& text, Escape what) {
     for (const char c : text) {
         if (c == '\\') {
             out += "\\\\";
         } else if (c == '\n') {
             out += "\\n";
-        } else {
-            out += c;
-        }
-    }
-}
-
-void append_escaped_label_value(std::string& out, const std::string& text) {
-    for (const char c : text) {
-        if (c == '\\') {
-            out += "\\\\";
-        } else if (c == '"') {
+        } else if (c == '"' && what == Escape::label_value) {
             out += "\\\"";
-        } else if (c == '\n') {
-            out += "\\n";
         } else {
             out += c;
         }
@@ -110,7 +101,7 @@ std::string label_prefix(const std::vector<std::string>& names, const std::vecto
         out += i == 0 ? '{' : ',';
         out += names[i];
         out += "=\"";
-        append_escaped_label_value(out, values[i]);
+        append_escaped(out, values[i], Escape::label_value);
         out += '"';
     }
     return out;
@@ -317,7 +308,7 @@ void Family<Child>::render(std::string& out) const {
     out += "# HELP ";
     out += name_;
     out += ' ';
-    append_escaped_help(out, help_);
+    append_escaped(out, help_, Escape::help);
     out += "\n# TYPE ";
     out += name_;
     out += ' ';
