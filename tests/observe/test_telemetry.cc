@@ -449,3 +449,25 @@ TEST_CASE("HttpServer: a handler taking a Request gets the decoded query paramet
     CHECK(get(port, "/plain?ignored=1").body == "plain\n");
     CHECK(get(port, "/echo/x?a=1").status == 404);
 }
+
+TEST_CASE("Telemetry: names with invalid UTF-8 reach /events, the event log and /metrics as U+FFFD") {
+    TempDir dir;
+    const Telemetry::Options options = options_in(dir);
+    auto telemetry = must_start(options);
+    const uint16_t port = telemetry->http_port();
+    json broken = event("deny", std::string("shop/w\xF7" "b"), 1);
+    broken["policy"] = std::string("shop/p\xE6\x97");
+    broken["comm"] = std::string("\xFF\xFE");
+    telemetry->record_event(broken);
+    telemetry->record_event(event("deny", "shop/web", 2));  // and the agent goes on
+
+    const json events = get_events(port);
+    REQUIRE(events.size() == 2);
+    CHECK(events[0].at("identity") == "shop/w\xEF\xBF\xBD" "b");
+    CHECK(events[0].at("policy") == "shop/p\xEF\xBF\xBD");
+    const auto lines = read_lines(options.event_log);
+    REQUIRE(lines.size() == 2);
+    CHECK(json::parse(lines[0]).at("identity") == "shop/w\xEF\xBF\xBD" "b");
+    CHECK(value_of(scrape(port), "egressd_identity_decisions_total",
+                   {{"identity", "shop/w\xEF\xBF\xBD" "b"}, {"verdict", "deny"}}) == 1);
+}

@@ -719,3 +719,14 @@ TEST_CASE("prometheus parser: timestamps when allowed") {
     CHECK(prom::parse_exposition("a 1 1.5\n", allow).error().message == "line 1: invalid timestamp \"1.5\"");
     CHECK(prom::parse_exposition("a 1 2 3\n", allow).error().message == "line 1: unexpected text after the timestamp");
 }
+
+TEST_CASE("metrics: label values and help with invalid UTF-8 render as valid UTF-8") {
+    // A lone 0xF7 and a sequence cut short each become one U+FFFD.
+    Registry registry;
+    auto* bytes = must(registry.counter("egressd_egress_bytes_total", "Bytes \xF7 by rule.", {"rule"}));
+    bytes->labels({"curl/bad\xF7name\xE6\x97"}).inc(5);
+    const auto parsed = parse_ok(registry.render());  // the strict parser rejects invalid UTF-8
+    const auto* sample = parsed.find("egressd_egress_bytes_total", {{"rule", "curl/bad\xEF\xBF\xBDname\xEF\xBF\xBD"}});
+    REQUIRE(sample != nullptr);
+    CHECK(sample->value == 5);
+}

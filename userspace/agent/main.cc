@@ -55,11 +55,17 @@ int main(int argc, char** argv) {
 
     const sigset_t signals = Agent::handled_signals();
     ::pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread exists
-    auto agent = Agent::start(*config);
-    if (!agent) {
-        log::error("{}", agent.error().describe());
-        log::error("egressd did not start; nothing was attached or changed by this run");
+    try {
+        auto agent = Agent::start(*config);
+        if (!agent) {
+            log::error("{}", agent.error().describe());
+            log::error("egressd did not start; nothing was attached or changed by this run");
+            return 1;
+        }
+        return (*agent)->run();
+    } catch (const std::exception& e) {
+        // run() handles its own; this is start-up. Pinned enforcement, if any, stays.
+        log::error("egressd stopped on an internal error: {}", e.what());
         return 1;
     }
-    return (*agent)->run();
 }

@@ -146,7 +146,7 @@ public:
         stored.verdict = string_field(event, "verdict");
         stored.identity = string_field(event, "identity");
         nlohmann::json with_seq = event.is_object() ? event : nlohmann::json{{"event", event}};
-        const std::string line = event.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+        const std::string line = json_text(event) + "\n";
 
         const bool known = std::find(std::begin(kVerdicts), std::end(kVerdicts), stored.verdict) != std::end(kVerdicts);
         events_total_->labels({known ? stored.verdict : "other"}).inc();
@@ -471,7 +471,7 @@ private:
         std::string body = "[";
         for (size_t i = 0; i < selected.size(); ++i) {
             body += i == 0 ? "\n" : ",\n";
-            body += selected[i]->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+            body += json_text(*selected[i]);
         }
         body += selected.empty() ? "]\n" : "\n]\n";
         return {200, kJson, std::move(body)};

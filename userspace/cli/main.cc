@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "common/json_text.h"
 #include "core/agent_config.h"
 #include "core/decision.h"
 #include "core/meshconfig.h"
@@ -204,7 +205,7 @@ std::string event_line(const json& e) {
     if (target.find(':') != std::string::npos) target = "[" + target + "]";
     std::string why = fmt::format("{} (row {})", e.value("reason", ""), e.value("row", 0));
     if (!e["policy"].is_null()) why += " Egress " + e["policy"].get<std::string>();
-    const std::string protocol = e["protocol"].is_string() ? e["protocol"].get<std::string>() : e["protocol"].dump();
+    const std::string protocol = e["protocol"].is_string() ? e["protocol"].get<std::string>() : json_text(e["protocol"]);
     return fmt::format("{} {:<5} {} -> {}:{}/{} {} {}[{}]", e.value("time", ""), e.value("verdict", ""), who, target,
                        e.value("port", 0), protocol, why, e.value("comm", ""), e.value("pid", 0));
 }
@@ -230,7 +231,7 @@ int cmd_events(const AgentConfig& config, bool follow, bool as_json, const std::
         }
         for (const auto& e : events) {
             since = std::max<uint64_t>(since, e.value("seq", 0ull));
-            std::cout << (as_json ? e.dump() : event_line(e)) << "\n";
+            std::cout << (as_json ? json_text(e) : event_line(e)) << "\n";
         }
         std::cout.flush();
         if (!follow) return 0;
@@ -271,7 +272,7 @@ int cmd_flows(const AgentConfig& config, bool as_json) {
                        {"bytesReceived", f.bytes_received}});
     }
     if (as_json) {
-        std::cout << out.dump(2) << "\n";
+        std::cout << json_text(out, 2) << "\n";
         return 0;
     }
     std::cout << fmt::format("{:<22} {:<40} {:<14} {:>9} {:>12} {:>12}\n", "IDENTITY", "DESTINATION", "REASON", "AGE",
@@ -364,7 +365,7 @@ int cmd_status(const AgentConfig& config, bool as_json) {
                          {"counters", counters_json(view.counters)}};
     }
     if (as_json) {
-        std::cout << out.dump(2) << "\n";
+        std::cout << json_text(out, 2) << "\n";
         return enforcing ? 0 : 3;
     }
 
@@ -597,7 +598,7 @@ int cmd_check(const AgentConfig& config, const std::string& from, const std::str
                     {"to", {{"address", dst.address.str()}, {"port", dst.port}, {"protocol", proto_name}}},
                     {"generation", image.generation},
                     {"policy", policy ? json{{"namespace", policy->namespace_}, {"name", policy->name}} : json(nullptr)}};
-        std::cout << out.dump(2) << "\n";
+        std::cout << json_text(out, 2) << "\n";
     } else {
         std::cout << fmt::format("{} {} -> {}: {} (row {}: {})\n", allowed ? "ALLOW" : "DENY", identity.str(), target,
                                  why, reason_row(d.reason), reason_name(d.reason));
@@ -664,7 +665,7 @@ int cmd_dump(const AgentConfig& config, bool as_json) {
         for (const auto& [n, name] : names) out["identities"][std::to_string(n)] = name.str();
         out["workloads"] = json::object();
         for (const auto& [cg, n] : workloads) out["workloads"][std::to_string(cg)] = n;
-        std::cout << out.dump(2) << "\n";
+        std::cout << json_text(out, 2) << "\n";
         return 0;
     }
     std::cout << fmt::format("{}/control_v1: active slot {} (written by ABI {})\n", dir, slot, control.abi_version);

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <string>
 
+#include "common/json_text.h"
+
 namespace egressd::log {
 
 inline std::string timestamp() {
@@ -25,22 +27,10 @@ inline bool& json_format() {
     return json;
 }
 
-// A JSON string literal for `text` (quotes, backslashes and control bytes escaped).
-inline std::string json_quote(const std::string& text) {
-    std::string out = "\"";
-    for (unsigned char c : text) {
-        if (c == '"' || c == '\\') out += {'\\', static_cast<char>(c)};
-        else if (c < 0x20) out += fmt::format("\\u{:04x}", c);
-        else out += static_cast<char>(c);
-    }
-    return out + "\"";
-}
-
 inline void line(const char* level, const std::string& message) {
     const std::string text =
-        json_format() ? fmt::format("{{\"time\":\"{}\",\"level\":\"{}\",\"msg\":{}}}\n", timestamp(), level,
-                                    json_quote(message))
-                      : fmt::format("{} {} {}\n", timestamp(), level, message);
+        json_format() ? json_text(nlohmann::ordered_json{{"time", timestamp()}, {"level", level}, {"msg", message}}) + "\n"
+                      : fmt::format("{} {} {}\n", timestamp(), level, valid_utf8(message));
     std::fwrite(text.data(), 1, text.size(), stderr);
     std::fflush(stderr);
 }

@@ -8,6 +8,8 @@
 #include <limits>
 #include <set>
 
+#include "common/json_text.h"
+
 namespace egressd::observe {
 
 namespace {
@@ -22,58 +24,6 @@ bool is_valid_name(const std::string& name) {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// Length of the valid UTF-8 sequence at s[i], 0 if invalid (overlong forms,
-// surrogates and code points above U+10FFFF are invalid).
-std::size_t utf8_sequence_length(const std::string& s, std::size_t i) {
-    const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
-    const unsigned char c = byte(i);
-    if (c < 0x80) return 1;
-    std::size_t length;
-    unsigned char min2 = 0x80, max2 = 0xbf;  // allowed range of the second byte
-    if (c >= 0xc2 && c <= 0xdf) {
-        length = 2;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        length = 3;
-        if (c == 0xe0) min2 = 0xa0;  // overlong
-        if (c == 0xed) max2 = 0x9f;  // surrogates
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        length = 4;
-        if (c == 0xf0) min2 = 0x90;  // overlong
-        if (c == 0xf4) max2 = 0x8f;  // above U+10FFFF
-    } else {
-        return 0;
-    }
-    if (i + length > s.size()) return 0;
-    if (byte(i + 1) < min2 || byte(i + 1) > max2) return 0;
-    for (std::size_t k = 2; k < length; ++k) {
-        if (byte(i + k) < 0x80 || byte(i + k) > 0xbf) return 0;
-    }
-    return length;
-}
-
-// The exposition format is UTF-8: invalid bytes become U+FFFD.
-std::string sanitize_utf8(const std::string& s) {
-    std::size_t i = 0;
-    while (i < s.size()) {
-        const std::size_t n = utf8_sequence_length(s, i);
-        if (n == 0) break;
-        i += n;
-    }
-    if (i == s.size()) return s;
-    std::string out = s.substr(0, i);
-    while (i < s.size()) {
-        const std::size_t n = utf8_sequence_length(s, i);
-        if (n == 0) {
-            out += "\xef\xbf\xbd";
-            ++i;
-        } else {
-            out.append(s, i, n);
-            i += n;
-        }
-    }
-    return out;
 }
 
 // The exposition format escapes backslash and newline in HELP text, and the
@@ -246,7 +196,8 @@ Child& Family<Child>::labels(const std::vector<std::string>& values) {
     std::vector<std::string> key;
     if (!wrong_arity) {
         key.reserve(values.size());
-        for (const auto& value : values) key.push_back(sanitize_utf8(value));
+        // The exposition format is UTF-8: invalid bytes become U+FFFD.
+        for (const auto& value : values) key.push_back(valid_utf8(value));
     }
     return find_or_create(std::move(key), wrong_arity);
 }
@@ -281,7 +232,7 @@ bool Family<Child>::remove(const std::vector<std::string>& values) {
     if (label_names_.empty() || values.size() != label_names_.size()) return false;
     std::vector<std::string> key;
     key.reserve(values.size());
-    for (const auto& value : values) key.push_back(sanitize_utf8(value));
+    for (const auto& value : values) key.push_back(valid_utf8(value));
     std::lock_guard lock(mutex_);
     if (has_overflow_ && std::all_of(key.begin(), key.end(), [](const auto& v) { return v == kOverflowLabelValue; })) {
         has_overflow_ = false;
@@ -384,7 +335,7 @@ Result<Family<Child>*> Registry::add(const std::string& name, const std::string&
     if (type == MetricType::counter && (!ends_with(name, "_total") || name == "_total")) {
         return make_error(fmt::format("{}: a counter's name must end in \"_total\"", what));
     }
-    const std::string help = sanitize_utf8(raw_help);
+    const std::string help = valid_utf8(raw_help);
     if (help.empty()) return make_error(fmt::format("{}: help text is empty", what));
     std::set<std::string> seen;
     for (const auto& label : label_names) {
