@@ -14,18 +14,8 @@ egressd=$bin/egressd
 egressctl=$bin/egressctl
 probe=$here/probe.py
 
-passed=0
-failed=0
-ok() { echo "ok - $*"; passed=$((passed + 1)); }
-not_ok() { echo "not ok - $*"; failed=$((failed + 1)); }
-check() { # check NAME CMD...: CMD must succeed
-  local name=$1; shift
-  if "$@"; then ok "$name"; else not_ok "$name"; fi
-}
-unavailable() {
-  if [ "${CI:-}" = "true" ]; then echo "e2e: cannot run under CI=true: $*" >&2; echo "0 passed, 1 failed"; exit 1; fi
-  echo "e2e: SKIPPED: $*" >&2; echo "0 passed, 0 failed, 1 skipped"; exit 0
-}
+# shellcheck source=tests/e2e/lib.sh
+. "$here/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || unavailable "needs root"
 cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
@@ -55,13 +45,7 @@ cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
   [ -n "$dns_pid" ] && kill "$dns_pid" 2>/dev/null
   # Deepest first: workload cgroups below the enforced one, then it, then the run dir.
-  if [ -d "$cg2/egressd-tests/e2e-$id" ]; then
-    find "$cg2/egressd-tests/e2e-$id" -depth -type d | while read -r dir; do
-      for p in $(cat "$dir/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-      sleep 0.02
-      rmdir "$dir" 2>/dev/null
-    done
-  fi
+  remove_cgroup_tree "$cg2/egressd-tests/e2e-$id"
   rmdir "$cg2/egressd-tests" 2>/dev/null
   ip netns del "$client" 2>/dev/null
   ip netns del "$sink" 2>/dev/null
@@ -325,5 +309,4 @@ check "--cleanup leaves nothing pinned" test ! -e "$pins"
 check "--cleanup leaves nothing attached" test -z "$(bpftool cgroup show "$cgroup" 2>/dev/null | tail -n +2)"
 check "egressctl run refuses when nothing enforces" bash -c "! '$egressctl' --config '$work/egressd.yaml' run -- true 2>/dev/null"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

@@ -174,8 +174,13 @@ Status Agent::watch_inputs() {
         if (inputs & (kPolicies | kWorkloads)) fs::create_directories(dir, ec);
         const int wd = ::inotify_add_watch(inotify_.get(), dir.c_str(), mask);
         if (wd < 0) return system_error("watching " + dir.string());
-        watches_[wd] |= inputs;
+        Watch& watch = watches_[wd];  // two paths may name one directory: one descriptor
+        watch.dir = fs::weakly_canonical(dir, ec);
+        watch.inputs |= inputs;
     }
+    std::error_code ec;
+    const fs::path status = fs::weakly_canonical(status_file_path(config_.run_dir), ec);
+    own_files_ = {status, atomic_write_temporary(status)};
     return {};
 }
 
@@ -401,7 +406,7 @@ void Agent::on_inputs_changed(unsigned inputs, bool force) {
     write_status();
 }
 
-void Agent::write_status() const {
+void Agent::write_status() {
     nlohmann::json hosts = nlohmann::json::object();
     for (const auto& [host, state] : hosts_) {
         nlohmann::json addresses = nlohmann::json::array();
@@ -433,8 +438,15 @@ void Agent::write_status() const {
         {"httpPort", telemetry_ ? telemetry_->http_port() : 0},
     };
     if (last_error_) status["lastError"] = {{"at", last_error_at_}, {"message", *last_error_}};
-    if (auto written = write_status_file(config_.run_dir, status); !written)
+    std::string text = json_text(status, 2) + "\n";
+    std::error_code ec;
+    if (text == status_written_ && fs::exists(status_file_path(config_.run_dir), ec)) return;
+    if (auto written = write_status_file(config_.run_dir, text); !written) {
         log::error("writing status: {}", written.error().describe());
+        status_written_.clear();
+        return;
+    }
+    status_written_ = std::move(text);
 }
 
 sigset_t Agent::handled_signals() {
@@ -477,48 +489,72 @@ int Agent::run() {
               config_.policy_dir.empty() ? "" : ", " + config_.policy_dir.string(),
               config_.workloads_file.empty() ? "" : ", " + config_.workloads_file.string());
 
-    alignas(inotify_event) char buffer[16 * 1024];
     for (;;) {
         epoll_event events[4];
         const int n = ::epoll_wait(epoll.get(), events, 4, -1);  // no timeout: idle costs nothing
         if (n < 0 && errno == EINTR) continue;
         for (int i = 0; i < n; ++i) {
             const int fd = events[i].data.fd;
-            if (fd == signal_fd.get()) {
-                signalfd_siginfo si{};
-                while (::read(signal_fd.get(), &si, sizeof(si)) == sizeof(si)) {
-                    if (si.ssi_signo == SIGHUP) {
-                        on_inputs_changed(kAll, true);
-                        continue;
+            // Whatever goes wrong while handling one event (reporting text
+            // that cannot be serialised, an allocation failure), the agent
+            // keeps running: the kernel keeps the generation in force, and
+            // the next event is handled.
+            try {
+                if (fd == signal_fd.get()) {
+                    if (auto exit_signal = on_signals(signal_fd.get())) {
+                        log::info("exiting on signal {}; enforcement stays attached (pinned in {}); "
+                                  "`egressd --cleanup --config {}` removes it",
+                                  *exit_signal, config_.bpffs.string(), config_.source_file.string());
+                        return 0;
                     }
-                    log::info("exiting on signal {}; enforcement stays attached (pinned in {}); "
-                              "`egressd --cleanup --config {}` removes it",
-                              si.ssi_signo, config_.bpffs.string(), config_.source_file.string());
-                    return 0;
+                } else if (fd == events_fd) {
+                    on_kernel_events();
+                } else if (fd == memory_release_.get()) {
+                    uint64_t expirations = 0;
+                    if (::read(fd, &expirations, sizeof(expirations)) == sizeof(expirations)) ::malloc_trim(0);
+                } else if (fd == resolver_fd) {
+                    on_inputs_changed(kHosts, false);
+                } else {
+                    on_inotify();
                 }
-            } else if (fd == events_fd) {
-                on_kernel_events();
-            } else if (fd == memory_release_.get()) {
-                uint64_t expirations = 0;
-                if (::read(fd, &expirations, sizeof(expirations)) == sizeof(expirations)) ::malloc_trim(0);
-            } else if (fd == resolver_fd) {
-                on_inputs_changed(kHosts, false);
-            } else {
-                unsigned inputs = 0;
-                bool overflow = false;
-                ssize_t len;
-                while ((len = ::read(inotify_.get(), buffer, sizeof(buffer))) > 0) {
-                    for (char* p = buffer; p < buffer + len;) {
-                        auto* ev = reinterpret_cast<inotify_event*>(p);
-                        overflow |= (ev->mask & IN_Q_OVERFLOW) != 0;
-                        if (auto w = watches_.find(ev->wd); w != watches_.end()) inputs |= w->second;
-                        p += sizeof(inotify_event) + ev->len;
-                    }
-                }
-                on_inputs_changed(overflow ? unsigned{kAll} : inputs, overflow);
+            } catch (const std::exception& e) {
+                log::error("internal error while handling an event: {}; the agent goes on", e.what());
             }
         }
     }
+}
+
+std::optional<int> Agent::on_signals(int signal_fd) {
+    signalfd_siginfo si{};
+    while (::read(signal_fd, &si, sizeof(si)) == sizeof(si)) {
+        if (si.ssi_signo != SIGHUP) return static_cast<int>(si.ssi_signo);
+        on_inputs_changed(kAll, true);
+    }
+    return std::nullopt;
+}
+
+void Agent::on_inotify() {
+    alignas(inotify_event) char buffer[16 * 1024];
+    unsigned inputs = 0;
+    bool overflow = false;
+    ssize_t length;
+    while ((length = ::read(inotify_.get(), buffer, sizeof(buffer))) > 0)
+        inputs |= inputs_of(buffer, static_cast<size_t>(length), overflow);
+    if (inputs != 0 || overflow) on_inputs_changed(overflow ? unsigned{kAll} : inputs, overflow);
+}
+
+unsigned Agent::inputs_of(const char* events, size_t length, bool& overflow) const {
+    unsigned inputs = 0;
+    for (const char* p = events; p < events + length;) {
+        const auto* event = reinterpret_cast<const inotify_event*>(p);
+        p += sizeof(inotify_event) + event->len;
+        overflow |= (event->mask & IN_Q_OVERFLOW) != 0;
+        const auto watch = watches_.find(event->wd);
+        if (watch == watches_.end()) continue;
+        if (event->len > 0 && own_files_.contains(watch->second.dir / event->name)) continue;
+        inputs |= watch->second.inputs;
+    }
+    return inputs;
 }
 
 }  // namespace egressd

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -66,7 +67,13 @@ private:
     void schedule_memory_release();
     Status watch_inputs();
     void record_error(const std::string& message);
-    void write_status() const;
+    // Writes the status file when its content changed since the last write.
+    void write_status();
+    // The inputs an inotify batch concerns; events for the agent's own files are not inputs.
+    unsigned inputs_of(const char* events, size_t length, bool& overflow) const;
+    void on_inotify();
+    // Handles pending signals (SIGHUP re-reads every input); the signal to exit on, if any.
+    std::optional<int> on_signals(int signal_fd);
 
     AgentConfig config_;
     std::optional<AgentLock> lock_;
@@ -103,8 +110,17 @@ private:
     double last_apply_ms_ = 0;
     std::optional<std::string> last_error_;
     std::string last_error_at_;
+    std::string status_written_;  // the status file's content as last written
     UniqueFd inotify_;
-    std::map<int, unsigned> watches_;  // inotify watch descriptor -> inputs in that directory
+    struct Watch {
+        std::filesystem::path dir;  // weakly canonical
+        unsigned inputs = 0;        // the inputs in that directory
+    };
+    std::map<int, Watch> watches_;  // by inotify watch descriptor
+    // Files the agent itself writes (the status file and its temporary), by
+    // weakly canonical path: in a watched directory their events are not
+    // input changes, or each status write would trigger the next.
+    std::set<std::filesystem::path> own_files_;
 };
 
 }  // namespace egressd

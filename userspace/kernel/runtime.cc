@@ -49,7 +49,7 @@ Status write_file_atomically(const fs::path& path, const std::string& content) {
     struct stat st {};
     if (::stat(target.c_str(), &st) == 0) mode = st.st_mode & 07777;
 
-    const fs::path tmp = target.parent_path() / ("." + target.filename().string() + ".egressd-tmp");
+    const fs::path tmp = atomic_write_temporary(target);
     UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
     if (!fd.valid()) return system_error("writing " + tmp.string());
     ::fchmod(fd.get(), mode);
@@ -76,20 +76,27 @@ Status write_file_atomically(const fs::path& path, const std::string& content) {
     return {};
 }
 
-Status write_status_file(const fs::path& run_dir, const nlohmann::json& status) {
+fs::path atomic_write_temporary(const fs::path& path) {
+    return path.parent_path() / ("." + path.filename().string() + ".egressd-tmp");
+}
+
+fs::path status_file_path(const fs::path& run_dir) { return run_dir / "status.json"; }
+
+Status write_status_file(const fs::path& run_dir, const std::string& status_json) {
     std::error_code ec;
     fs::create_directories(run_dir, ec);
     if (ec) return Error{ec.value(), "creating " + run_dir.string()};
-    return write_file_atomically(run_dir / "status.json", status.dump(2) + "\n");
+    return write_file_atomically(status_file_path(run_dir), status_json);
 }
 
 Result<nlohmann::json> read_status_file(const fs::path& run_dir) {
-    auto text = read_file(run_dir / "status.json");
+    const fs::path file = status_file_path(run_dir);
+    auto text = read_file(file);
     if (!text) return text.error();
     try {
         return nlohmann::json::parse(*text);
     } catch (const nlohmann::json::exception& e) {
-        return make_error((run_dir / "status.json").string() + ": " + e.what());
+        return make_error(file.string() + ": " + e.what());
     }
 }
 

@@ -1,0 +1,51 @@
+# Shared by the end-to-end scripts (sourced): TAP-like reporting, the
+# CI=true rule for what cannot run, and measuring an agent's CPU.
+
+passed=0
+failed=0
+ok() { echo "ok - $*"; passed=$((passed + 1)); }
+not_ok() { echo "not ok - $*"; failed=$((failed + 1)); }
+check() { # check NAME CMD...: CMD must succeed
+  local name=$1; shift
+  if "$@"; then ok "$name"; else not_ok "$name"; fi
+}
+# Under CI=true a test that cannot run is a failure, never a skip.
+unavailable() {
+  if [ "${CI:-}" = "true" ]; then echo "e2e: cannot run under CI=true: $*" >&2; echo "0 passed, 1 failed"; exit 1; fi
+  echo "e2e: SKIPPED: $*" >&2; echo "0 passed, 0 failed, 1 skipped"; exit 0
+}
+finish() {
+  echo "$passed passed, $failed failed"
+  [ "$failed" -eq 0 ]
+}
+
+# Nanoseconds of CPU that process PID has used so far, all its threads
+# (the first field of each task's schedstat).
+cpu_ns() {
+  local total=0 run _
+  for stat in /proc/"$1"/task/*/schedstat; do
+    read -r run _ < "$stat" 2>/dev/null || continue
+    total=$((total + run))
+  done
+  echo "$total"
+}
+
+# Milliseconds of CPU per second that PID uses over SECONDS seconds.
+cpu_ms_per_second() {
+  local before after
+  before=$(cpu_ns "$1")
+  sleep "$2"
+  after=$(cpu_ns "$1")
+  python3 -c "print(round(($after - $before) / 1e6 / $2, 2))"
+}
+
+# Removes the cgroup DIR and everything below it, deepest first, killing
+# what the test left running in them.
+remove_cgroup_tree() {
+  [ -d "$1" ] || return 0
+  find "$1" -depth -type d | while read -r dir; do
+    for p in $(cat "$dir/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+    sleep 0.02
+    rmdir "$dir" 2>/dev/null
+  done
+}
