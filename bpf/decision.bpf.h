@@ -1,131 +1,18 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * The one egress decision, shared by every hook. It mirrors
- * userspace/core/decision.cc (the C++ reference model); the kernel tests
- * check the two against each other. Order: docs/decision.md.
+ * The one egress decision (rows 1-8 of docs/decision.md), shared by every
+ * sock_addr hook. It mirrors userspace/core/decision.cc (the C++ reference
+ * model); the kernel tests check the two against each other.
  */
 #ifndef EGRESSD_BPF_DECISION_BPF_H
 #define EGRESSD_BPF_DECISION_BPF_H
 
 #include <linux/bpf.h>
-#include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 #include "egressd_abi.h"
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct egressd_control);
-} EGRESSD_MAP_CONTROL SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, EGRESSD_SLOTS);
-	__type(key, __u32);
-	__type(value, struct egressd_config);
-} EGRESSD_MAP_CONFIG SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_CIDR_CAPACITY);
-	__type(key, struct egressd_cidr_key);
-	__type(value, struct egressd_cidr_value);
-} EGRESSD_MAP_CIDRS SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_PORT_CAPACITY);
-	__type(key, struct egressd_port_key);
-	__type(value, struct egressd_port_value);
-} EGRESSD_MAP_PORTS SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EGRESSD_COUNTER_SLOTS);
-	__type(key, __u32);
-	__type(value, struct egressd_counter);
-} EGRESSD_MAP_COUNTERS SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EGRESSD_DEFAULT_WORKLOAD_CAPACITY);
-	__type(key, struct egressd_identity_key);
-	__type(value, struct egressd_identity_value);
-} EGRESSD_MAP_IDENTITIES SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EGRESSD_DEFAULT_IDENTITY_CAPACITY);
-	__type(key, __u32);
-	__type(value, struct egressd_identity_name);
-} EGRESSD_MAP_ID_NAMES SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_POLICY_RULE_CAPACITY);
-	__type(key, struct egressd_policy_key);
-	__type(value, struct egressd_policy_value);
-} EGRESSD_MAP_POLICIES SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_POLICY_RULE_CAPACITY);
-	__type(key, struct egressd_policy_host_key);
-	__type(value, struct egressd_policy_value);
-} EGRESSD_MAP_POLICY_HOSTS SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_POLICY_CAPACITY);
-	__type(key, struct egressd_policy_name_key);
-	__type(value, struct egressd_policy_name);
-} EGRESSD_MAP_POLICY_NAMES SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, EGRESSD_EVENTS_RING_BYTES);
-} EGRESSD_MAP_EVENTS SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, EGRESSD_EVENT_SOURCES);
-	__type(key, __u64);
-	__type(value, struct egressd_event_bucket);
-} EGRESSD_MAP_EVENT_BUCKETS SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EGRESSD_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} EGRESSD_MAP_EVENT_STATS SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, EGRESSD_FLOW_CAPACITY);
-	__type(key, __u64);
-	__type(value, struct egressd_flow);
-} EGRESSD_MAP_FLOWS SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, EGRESSD_TRAFFIC_RULES);
-	__type(key, struct egressd_traffic_key);
-	__type(value, struct egressd_traffic);
-} EGRESSD_MAP_RULE_TRAFFIC SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, EGRESSD_TRAFFIC_IDENTITIES);
-	__type(key, __u32);
-	__type(value, struct egressd_traffic);
-} EGRESSD_MAP_ID_TRAFFIC SEC(".maps");
+#include "maps.bpf.h"
 
 /* A destination in the one 16-byte address space, network byte order. */
 struct egressd_addr {
@@ -151,6 +38,16 @@ static __always_inline void egressd_addr_from_v4(struct egressd_addr *a, __u32 i
 	a->w[1] = 0;
 	a->w[2] = bpf_htonl(0x0000ffff);
 	a->w[3] = ip4_be;
+}
+
+static __always_inline void egressd_addr_from_v6(struct egressd_addr *a, const struct bpf_sock_addr *ctx)
+{
+	/* bpf_sock_addr only allows 4-byte loads of user_ip6. An IPv4-mapped
+	 * address needs no conversion: ::ffff:a.b.c.d is how IPv4 is stored. */
+	a->w[0] = ctx->user_ip6[0];
+	a->w[1] = ctx->user_ip6[1];
+	a->w[2] = ctx->user_ip6[2];
+	a->w[3] = ctx->user_ip6[3];
 }
 
 static __always_inline int egressd_addr_is_v4(const struct egressd_addr *a)
@@ -311,143 +208,6 @@ static __always_inline void egressd_decide(struct egressd_decision *d, const str
 	}
 
 	egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_DENY, 0);
-}
-
-static __always_inline void egressd_count(__u32 reason, __u32 hook)
-{
-	__u32 index = reason * EGRESSD_HOOK_MAX + hook;
-	struct egressd_counter *c = bpf_map_lookup_elem(&EGRESSD_MAP_COUNTERS, &index);
-
-	if (c)
-		__sync_fetch_and_add(&c->decisions, 1);
-}
-
-static __always_inline void egressd_stat(__u32 stat)
-{
-	__u64 *v = bpf_map_lookup_elem(&EGRESSD_MAP_EVENT_STATS, &stat);
-
-	if (v)
-		__sync_fetch_and_add(v, 1);
-}
-
-/* Token bucket per source: EGRESSD_EVENT_RATE_PER_SEC sustained, bursts of
- * EGRESSD_EVENT_BURST. Concurrent callers of one source may race on the
- * bucket; that costs precision, never safety. Returns 1 to report. */
-static __always_inline int egressd_event_allowed(__u64 source, __u64 now)
-{
-	const __u64 unit = 1000, full = EGRESSD_EVENT_BURST * 1000ULL;
-	struct egressd_event_bucket *b = bpf_map_lookup_elem(&EGRESSD_MAP_EVENT_BUCKETS, &source);
-	__u64 elapsed, tokens;
-
-	if (!b) {
-		struct egressd_event_bucket fresh = { .refilled_ns = now, .tokens = full - unit };
-
-		bpf_map_update_elem(&EGRESSD_MAP_EVENT_BUCKETS, &source, &fresh, BPF_ANY);
-		return 1;
-	}
-	elapsed = now > b->refilled_ns ? now - b->refilled_ns : 0;
-	/* rate per second, in thousandths of an event per nanosecond: rate / 1e6 */
-	tokens = elapsed >= 10000000000ULL ? full : b->tokens + elapsed * EGRESSD_EVENT_RATE_PER_SEC / 1000000;
-	if (tokens > full)
-		tokens = full;
-	b->refilled_ns = now;
-	if (tokens < unit) {
-		b->tokens = tokens;
-		return 0;
-	}
-	b->tokens = tokens - unit;
-	return 1;
-}
-
-static __always_inline void egressd_report(const struct egressd_decision *d, const struct egressd_addr *dst,
-					   __u16 port, __u8 proto, __u32 hook, __u32 kind, __u32 uid)
-{
-	__u64 now = bpf_ktime_get_boot_ns();
-	__u64 cgroup_id = bpf_get_current_cgroup_id();
-	__u32 identity = d->identity_known ? d->identity : egressd_current_identity(d->cgroup_level);
-	/* Unknown sources are limited per cgroup, so one cannot silence another. */
-	__u64 source = identity ? identity : (cgroup_id | (1ULL << 63));
-	struct egressd_event *e;
-
-	if (!egressd_event_allowed(source, now)) {
-		egressd_stat(EGRESSD_STAT_EVENTS_SUPPRESSED);
-		return;
-	}
-	e = bpf_ringbuf_reserve(&EGRESSD_MAP_EVENTS, sizeof(*e), 0);
-	if (!e) {
-		egressd_stat(EGRESSD_STAT_EVENTS_LOST);
-		return;
-	}
-	e->timestamp_ns = now;
-	e->cgroup_id = cgroup_id;
-	e->generation = d->generation;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->uid = uid;
-	e->identity = identity;
-	e->rule = d->rule;
-	__builtin_memcpy(e->addr, dst->w, sizeof(e->addr));
-	e->port = port;
-	e->proto = proto;
-	e->hook = hook;
-	e->kind = kind;
-	e->reason = d->reason;
-	e->_pad[0] = 0;
-	e->_pad[1] = 0;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
-	egressd_stat(EGRESSD_STAT_EVENTS_SENT);
-}
-
-/* Records an outgoing TCP socket as a connecting flow, with why it was
- * allowed (see flows_v1 in the ABI). Local and mesh traffic is not egress. */
-static __always_inline void egressd_track_flow(struct bpf_sock_addr *ctx, const struct egressd_decision *d,
-					       const struct egressd_addr *dst, __u16 port)
-{
-	struct egressd_flow flow = {};
-	__u64 cookie;
-
-	if (ctx->protocol != IPPROTO_TCP || d->reason == EGRESSD_REASON_LOCAL || d->reason == EGRESSD_REASON_MESH)
-		return;
-	flow.cgroup_id = bpf_get_current_cgroup_id();
-	flow.identity = d->identity_known ? d->identity : egressd_current_identity(d->cgroup_level);
-	flow.rule = d->rule;
-	flow.port = port;
-	flow.reason = d->reason;
-	__builtin_memcpy(flow.addr, dst->w, sizeof(flow.addr));
-	cookie = bpf_get_socket_cookie(ctx);
-	bpf_map_update_elem(&EGRESSD_MAP_FLOWS, &cookie, &flow, BPF_ANY);
-}
-
-/* Entry for every sock_addr hook: 1 lets the call proceed, 0 fails it with
- * EPERM before anything leaves the host. */
-static __always_inline int egressd_sock_addr(struct bpf_sock_addr *ctx,
-					     const struct egressd_addr *dst, __u32 hook)
-{
-	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	__u32 uid = (__u32)bpf_get_current_uid_gid();
-	__u8 proto = (__u8)ctx->protocol;
-	struct egressd_decision d = {};
-	int allow;
-
-	egressd_decide(&d, dst, port, proto, uid);
-	egressd_count(d.reason, hook);
-	allow = d.verdict == EGRESSD_VERDICT_ALLOW;
-	if (!allow) {
-		/* Audit mode reports what row 8 would deny and lets it pass; a
-		 * missing generation stays closed. */
-		__u32 audit = d.mode == EGRESSD_MODE_AUDIT && d.reason == EGRESSD_REASON_DENY;
-
-		egressd_report(&d, dst, port, proto, hook, audit ? EGRESSD_EVENT_AUDIT : EGRESSD_EVENT_DENY, uid);
-		if (audit && (hook == EGRESSD_HOOK_CONNECT4 || hook == EGRESSD_HOOK_CONNECT6))
-			egressd_track_flow(ctx, &d, dst, port);
-		return audit ? 1 : 0;
-	}
-	if (hook == EGRESSD_HOOK_CONNECT4 || hook == EGRESSD_HOOK_CONNECT6)
-		egressd_track_flow(ctx, &d, dst, port);
-	if ((d.reason == EGRESSD_REASON_POLICY && (d.flags & EGRESSD_CFG_EVENTS_POLICY)) ||
-	    (d.reason == EGRESSD_REASON_PASSTHROUGH && (d.flags & EGRESSD_CFG_EVENTS_PASSTHROUGH)))
-		egressd_report(&d, dst, port, proto, hook, EGRESSD_EVENT_ALLOW, uid);
-	return 1;
 }
 
 #endif /* EGRESSD_BPF_DECISION_BPF_H */
