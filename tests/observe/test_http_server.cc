@@ -94,7 +94,7 @@ TEST_CASE("parse_listen_address") {
             {"", "invalid listen address \"\": expected HOST:PORT"},
             {"127.0.0.1", "invalid listen address \"127.0.0.1\": expected HOST:PORT"},
             {":9477",
-             "invalid listen address \":9477\": missing host (0.0.0.0 or [::] listens on every address)"},
+             "invalid listen address \":9477\": missing host (for a listening address, 0.0.0.0 or [::] means every address)"},
             {"localhost:9477", "invalid listen address \"localhost:9477\": \"localhost\" is not an IP address"},
             {"127.1:9477", "invalid listen address \"127.1:9477\": \"127.1\" is not an IP address"},
             {"::1:9477",

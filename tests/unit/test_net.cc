@@ -2,6 +2,9 @@
 
 #include <string>
 
+#include <sys/socket.h>
+
+#include "core/endpoint.h"
 #include "core/net.h"
 
 using namespace egressd;
@@ -153,5 +156,41 @@ TEST_CASE("validate_port") {
         auto port = validate_port(bad);
         REQUIRE_FALSE(port.ok());
         CHECK(port.error().message == "port " + std::to_string(bad) + " is out of range 1-65535");
+    }
+}
+
+TEST_CASE("parse_endpoint: addresses, brackets, ports and defaults") {
+    const EndpointSyntax listening{.default_port = std::nullopt, .port_zero = true};
+    const EndpointSyntax dns{.default_port = 53, .port_zero = false};
+    auto ok = [](std::string_view text, const EndpointSyntax& syntax) {
+        auto parsed = parse_endpoint(text, syntax);
+        REQUIRE_MESSAGE(parsed.ok(), text << ": " << parsed.error().message);
+        return *parsed;
+    };
+    CHECK(ok("127.0.0.1:9477", listening).str() == "127.0.0.1:9477");
+    CHECK(ok("[::1]:0", listening).port == 0);
+    CHECK(ok("[::1]:0", listening).family == AF_INET6);
+    CHECK(ok("127.0.0.1", dns).str() == "127.0.0.1:53");
+    CHECK(ok("[2001:db8::53]", dns).str() == "[2001:db8::53]:53");
+    CHECK(ok("[2001:db8::53]:5353", dns).port == 5353);
+    CHECK(ok("10.0.0.1:65535", dns).family == AF_INET);
+
+    const std::pair<const char*, const char*> errors[] = {
+        {"127.0.0.1", "expected HOST:PORT"},
+        {"localhost:53", "\"localhost\" is not an IP address"},
+        {"::1:53", "an IPv6 address must be in brackets, as in [::1]:9477"},
+        {"[::1", "missing \"]\""},
+        {"[::1]53", "expected \":PORT\" after \"]\""},
+        {"[1.2.3.4]:53", "\"1.2.3.4\" is not an IPv6 address"},
+        {":53", "missing host (for a listening address, 0.0.0.0 or [::] means every address)"},
+        {"1.2.3.4:0", "port \"0\" is not a number from 1 to 65535"},
+        {"1.2.3.4:", "port \"\" is not a number from 1 to 65535"},
+        {"1.2.3.4:dns", "port \"dns\" is not a number from 1 to 65535"},
+    };
+    for (const auto& [text, message] : errors) {
+        CAPTURE(text);
+        auto parsed = parse_endpoint(text, {.default_port = std::nullopt, .port_zero = false});
+        REQUIRE_FALSE(parsed.ok());
+        CHECK(parsed.error().message == message);
     }
 }

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "common/fd.h"
+#include "core/endpoint.h"
 
 namespace egressd {
 namespace {
@@ -33,48 +34,9 @@ using SystemClock = std::chrono::system_clock;
 // form c-ares 1.18 parses reliably: always with an explicit port, IPv6 always
 // bracketed ("[::1]" without a port is rejected by its CSV parser).
 Result<std::string> server_for_cares(std::string_view text) {
-    auto bad = [&](const std::string& why) {
-        return make_error("dns_server \"" + std::string(text) + "\": " + why);
-    };
-    std::string host;
-    std::string_view port;
-    bool v6 = false;
-    if (text.starts_with('[')) {
-        const size_t close = text.find(']');
-        if (close == std::string_view::npos) return bad("missing ']' after the IPv6 address");
-        host = std::string(text.substr(1, close - 1));
-        std::string_view rest = text.substr(close + 1);
-        if (!rest.empty()) {
-            if (rest.front() != ':') return bad("expected \":PORT\" after ']'");
-            port = rest.substr(1);
-            if (port.empty()) return bad("empty port after ':'");
-        }
-        v6 = true;
-    } else {
-        const size_t colon = text.find(':');
-        if (colon != std::string_view::npos && text.find(':', colon + 1) != std::string_view::npos)
-            return bad("an IPv6 address must be written as [ADDRESS] or [ADDRESS]:PORT");
-        host = std::string(text.substr(0, colon));
-        if (colon != std::string_view::npos) {
-            port = text.substr(colon + 1);
-            if (port.empty()) return bad("empty port after ':'");
-        }
-    }
-    unsigned char buf[sizeof(in6_addr)];
-    if (::inet_pton(v6 ? AF_INET6 : AF_INET, host.c_str(), buf) != 1) {
-        return bad("\"" + host + "\" is not an " + (v6 ? "IPv6" : "IPv4") +
-                   " address (the server is given by address, not by name)");
-    }
-    long long port_number = 53;
-    if (!port.empty()) {
-        if (port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
-            return bad("port \"" + std::string(port) + "\" is not a number in 1-65535");
-        port_number = std::stoll(std::string(port));
-    }
-    auto checked = validate_port(port_number);
-    if (!checked) return bad(checked.error().message);
-    const std::string p = std::to_string(*checked);
-    return v6 ? "[" + host + "]:" + p : host + ":" + p;
+    auto server = parse_endpoint(text, {.default_port = 53, .port_zero = false});
+    if (!server) return make_error("dns_server \"" + std::string(text) + "\": " + server.error().message);
+    return server->str();
 }
 
 std::string failure_text(int status) {

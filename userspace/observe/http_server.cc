@@ -108,49 +108,10 @@ int probe_bind_errno(const ListenAddress& address) {
 
 }  // namespace
 
-std::string ListenAddress::str() const {
-    return family == AF_INET6 ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port);
-}
-
 Result<ListenAddress> parse_listen_address(const std::string& text) {
-    const auto fail = [&](const std::string& why) {
-        return make_error(fmt::format("invalid listen address \"{}\": {}", text, why));
-    };
-    ListenAddress address;
-    std::string port_text;
-    if (!text.empty() && text[0] == '[') {
-        const auto close = text.find(']');
-        if (close == std::string::npos) return fail("missing \"]\"");
-        address.host = text.substr(1, close - 1);
-        if (close + 1 >= text.size() || text[close + 1] != ':') return fail("expected \":PORT\" after \"]\"");
-        port_text = text.substr(close + 2);
-        in6_addr bytes{};
-        if (::inet_pton(AF_INET6, address.host.c_str(), &bytes) != 1) {
-            return fail(fmt::format("\"{}\" is not an IPv6 address", address.host));
-        }
-        address.family = AF_INET6;
-    } else {
-        const auto colon = text.rfind(':');
-        if (colon == std::string::npos) return fail("expected HOST:PORT");
-        address.host = text.substr(0, colon);
-        if (address.host.find(':') != std::string::npos) {
-            return fail("an IPv6 address must be in brackets, as in [::1]:9477");
-        }
-        if (address.host.empty()) return fail("missing host (0.0.0.0 or [::] listens on every address)");
-        in_addr bytes{};
-        if (::inet_pton(AF_INET, address.host.c_str(), &bytes) != 1) {
-            return fail(fmt::format("\"{}\" is not an IP address", address.host));
-        }
-        port_text = text.substr(colon + 1);
-        address.family = AF_INET;
-    }
-    const bool digits = !port_text.empty() && port_text.size() <= 5 &&
-                        std::all_of(port_text.begin(), port_text.end(), [](char c) { return c >= '0' && c <= '9'; });
-    if (!digits || std::stoul(port_text) > 65535) {
-        return fail(fmt::format("port \"{}\" is not a number from 0 to 65535", port_text));
-    }
-    address.port = static_cast<uint16_t>(std::stoul(port_text));
-    return address;
+    auto address = parse_endpoint(text, {.default_port = std::nullopt, .port_zero = true});
+    if (!address) return make_error(fmt::format("invalid listen address \"{}\": {}", text, address.error().message));
+    return *address;
 }
 
 struct HttpServer::Impl {

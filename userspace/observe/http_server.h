@@ -28,6 +28,7 @@
 #include <utility>
 
 #include "common/result.h"
+#include "core/endpoint.h"
 
 namespace egressd::observe {
 
@@ -73,13 +74,8 @@ private:
 };
 using Routes = std::map<std::string, Handler>;  // exact path ("/metrics") -> handler
 
-struct ListenAddress {
-    int family = 0;     // AF_INET or AF_INET6
-    std::string host;   // the IP literal, without brackets
-    uint16_t port = 0;  // 0: any free port
-
-    std::string str() const;  // "HOST:PORT" or "[HOST]:PORT"
-};
+// A listening address: "HOST:PORT" or "[IPV6]:PORT", port 0 for any free one.
+using ListenAddress = Endpoint;
 
 // Parses "HOST:PORT" / "[IPV6]:PORT". HOST must be an IP address (no names:
 // the server binds exactly one address).
