@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "test_support.h"
+#include "core/files.h"
 #include "core/egress_policy.h"
 #include "core/yaml_input.h"
 
@@ -46,7 +47,7 @@ const EgressPolicy& find(const PolicySet& set, std::string_view ns, std::string_
 
 // One fixture file, parsed alone under its own path.
 PolicySet parse_fixture(const fs::path& file) {
-    auto text = yaml_input::read_file(file);
+    auto text = read_file(file);
     REQUIRE_MESSAGE(text.ok(), egressd::test::why(text));
     return parse_policy_documents(*text, file.string());
 }

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "test_support.h"
+#include "core/files.h"
 #include "core/meshconfig.h"
 #include "core/yaml_edit.h"
 #include "core/yaml_input.h"
@@ -12,7 +13,7 @@ using namespace egressd;
 namespace {
 
 std::string fixture(const std::string& name) {
-    auto text = yaml_input::read_file(std::string(EGRESSD_FIXTURES) + "/meshconfig/" + name);
+    auto text = read_file(std::string(EGRESSD_FIXTURES) + "/meshconfig/" + name);
     REQUIRE_MESSAGE(text.ok(), egressd::test::why(text));
     return *text;
 }

@@ -13,6 +13,7 @@
 
 #include "common/log.h"
 #include "core/event.h"
+#include "core/files.h"
 #include "kernel/mounts.h"
 
 namespace egressd {

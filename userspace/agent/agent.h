@@ -25,7 +25,7 @@
 #include "dns/host_resolver.h"
 #include "kernel/bpf_adapter.h"
 #include "kernel/cgroup.h"
-#include "kernel/runtime.h"
+#include "agent/agent_state.h"
 
 namespace egressd {
 

@@ -1,4 +1,5 @@
-// Agent liveness and the status the agent publishes for egressctl.
+// Agent liveness (one agent per pin directory) and the status file the agent
+// publishes for egressctl: the contract between the two binaries.
 #pragma once
 
 #include <sys/types.h>
@@ -30,14 +31,5 @@ bool agent_running(const std::filesystem::path& pin_dir);
 std::filesystem::path status_file_path(const std::filesystem::path& run_dir);
 Status write_status_file(const std::filesystem::path& run_dir, const std::string& status_json);
 Result<nlohmann::json> read_status_file(const std::filesystem::path& run_dir);
-
-// Writes `content` to `path` atomically: a temporary file beside it, fsync,
-// rename. Keeps the mode of an existing file. A symlink is followed, so the
-// file it names is replaced and the link stays.
-Status write_file_atomically(const std::filesystem::path& path, const std::string& content);
-// The temporary file write_file_atomically(path) writes before its rename.
-std::filesystem::path atomic_write_temporary(const std::filesystem::path& path);
-
-Result<std::string> read_file(const std::filesystem::path& path);
 
 }  // namespace egressd

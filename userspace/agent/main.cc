@@ -9,7 +9,7 @@
 #include "agent/agent.h"
 #include "common/log.h"
 #include "kernel/bpf_adapter.h"
-#include "kernel/runtime.h"
+#include "agent/agent_state.h"
 
 using namespace egressd;
 

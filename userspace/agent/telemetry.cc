@@ -383,7 +383,7 @@ private:
             const auto reason = static_cast<egressd_reason>(key.first);
             std::string rule = std::to_string(key.second);
             if (reason == EGRESSD_REASON_POLICY && policies.contains(key.second))
-                rule = policies.at(key.second).namespace_ + "/" + policies.at(key.second).name;
+                rule = policies.at(key.second).str();
             const std::string why(reason_name(reason));
             egress_connections_->labels({why, rule}).set_total(static_cast<double>(t.connections));
             egress_bytes_->labels({why, rule, "sent"}).set_total(static_cast<double>(t.bytes_sent));

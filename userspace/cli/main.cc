@@ -16,12 +16,13 @@
 #include "common/json_text.h"
 #include "core/agent_config.h"
 #include "core/decision.h"
+#include "core/files.h"
 #include "core/meshconfig.h"
 #include "core/workloads.h"
 #include "core/yaml_edit.h"
 #include "kernel/bpf_adapter.h"
 #include "kernel/cgroup.h"
-#include "kernel/runtime.h"
+#include "agent/agent_state.h"
 
 using namespace egressd;
 namespace fs = std::filesystem;
@@ -259,7 +260,7 @@ int cmd_flows(const AgentConfig& config, bool as_json) {
         json identity = nullptr, policy = nullptr;
         if (auto it = names.find(f.identity); f.identity && it != names.end()) identity = it->second.str();
         if (reason == EGRESSD_REASON_POLICY && image.policies.contains(f.rule))
-            policy = image.policies.at(f.rule).namespace_ + "/" + image.policies.at(f.rule).name;
+            policy = image.policies.at(f.rule).str();
         out.push_back({{"cookie", cookie},
                        {"identity", identity},
                        {"cgroupId", f.cgroup_id},
@@ -678,7 +679,7 @@ int cmd_dump(const AgentConfig& config, bool as_json) {
     std::cout << fmt::format("{}/ports_v1 (slot {}): {} entries\n", dir, slot, image.ports.size());
     for (const auto& p : image.ports) std::cout << fmt::format("  exclude  port {:<5} rule {}\n", p.port, p.rule);
     std::cout << fmt::format("{}/policy_names_v1 (slot {}): {} policies\n", dir, slot, image.policies.size());
-    for (const auto& [n, p] : image.policies) std::cout << fmt::format("  {:<5} {}/{}\n", n, p.namespace_, p.name);
+    for (const auto& [n, p] : image.policies) std::cout << fmt::format("  {:<5} {}\n", n, p.str());
     const auto host_rules = std::ranges::count_if(image.policy_rules, is_host_rule);
     std::cout << fmt::format("{}/policies_v1 and policy_hosts_v1 (slot {}): {} entries ({} prefixes, {} addresses)\n",
                              dir, slot, image.policy_rules.size(), image.policy_rules.size() - host_rules, host_rules);

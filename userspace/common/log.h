@@ -4,23 +4,15 @@
 
 #include <fmt/format.h>
 
-#include <chrono>
 #include <cstdio>
 #include <string>
 
 #include "common/json_text.h"
+#include "common/time_text.h"
 
 namespace egressd::log {
 
-inline std::string timestamp() {
-    const auto now = std::chrono::system_clock::now();
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
-    const std::time_t secs = static_cast<std::time_t>(ms / 1000);
-    std::tm tm{};
-    gmtime_r(&secs, &tm);
-    return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                       tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
-}
+inline std::string timestamp() { return now_rfc3339(); }
 
 inline bool& json_format() {
     static bool json = false;

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "core/endpoint.h"
+#include "core/files.h"
 #include "core/yaml_input.h"
 
 namespace egressd {
@@ -90,8 +92,11 @@ AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
         config.http_address.clear();
     } else if (http.present()) {
         config.http_address = http.string();
-        if (!config.http_address.empty() && config.http_address.rfind(':') == std::string::npos)
-            http.fail(fmt::format("\"{}\" is not HOST:PORT", config.http_address));
+        if (!config.http_address.empty()) {
+            if (auto address = parse_endpoint(config.http_address, {.default_port = std::nullopt, .port_zero = true});
+                !address)
+                http.fail(fmt::format("\"{}\": {}", config.http_address, address.error().message));
+        }
     }
 
     const Field capacities = root.child("capacities");
@@ -123,7 +128,7 @@ Result<AgentConfig> parse_agent_config(std::string_view yaml_text, const std::fi
 }
 
 Result<AgentConfig> load_agent_config(const std::filesystem::path& file) {
-    auto text = yaml_input::read_file(file);
+    auto text = read_file(file);
     if (!text) return text.error();
     return parse_agent_config(*text, file);
 }

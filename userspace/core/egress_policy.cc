@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "core/files.h"
 #include "core/yaml_input.h"
 
 namespace egressd {
@@ -339,7 +340,7 @@ PolicySet PolicyDirLoader::load() {
     std::map<fs::path, Cache::File> kept;  // the next cache: only the files read by this load
     files_parsed_last_load_ = 0;
     for (const fs::path& file : policy_files(dir_, combiner)) {
-        auto text = yaml_input::read_file(file);
+        auto text = read_file(file);
         if (!text) {
             combiner.add_error(text.error().describe());
             continue;

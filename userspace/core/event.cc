@@ -8,19 +8,12 @@
 
 #include <fmt/format.h>
 
+#include "common/time_text.h"
 #include "core/decision.h"
 
 namespace egressd {
 
 namespace {
-
-std::string rfc3339_ms(int64_t unix_ns) {
-    const time_t secs = static_cast<time_t>(unix_ns / 1'000'000'000);
-    std::tm tm{};
-    gmtime_r(&secs, &tm);
-    return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                       tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>((unix_ns / 1'000'000) % 1000));
-}
 
 const char* kind_name(uint8_t kind) {
     switch (kind) {
@@ -51,7 +44,7 @@ nlohmann::json event_to_json(const egressd_event& e, int64_t boottime_to_unix_ns
         if (auto name = names.identity(e.identity)) identity = name->str();
     }
     if (reason == EGRESSD_REASON_POLICY && names.policy) {
-        if (auto ref = names.policy(e.rule)) policy = ref->namespace_ + "/" + ref->name;
+        if (auto ref = names.policy(e.rule)) policy = ref->str();
     }
     nlohmann::json protocol = e.proto == IPPROTO_TCP ? nlohmann::json("tcp")
                               : e.proto == IPPROTO_UDP ? nlohmann::json("udp")

@@ -50,6 +50,7 @@ struct PolicyRule {
 struct PolicyRef {
     std::string namespace_;
     std::string name;
+    std::string str() const { return namespace_ + "/" + name; }  // "ns/name", as events and metrics show it
     auto operator<=>(const PolicyRef&) const = default;
 };
 

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "core/files.h"
 #include "core/yaml_input.h"
 
 namespace egressd {
@@ -65,7 +66,7 @@ Result<MeshConfig> parse_meshconfig(std::string_view yaml_text, const std::strin
 }
 
 Result<MeshConfig> load_meshconfig(const std::filesystem::path& file) {
-    auto text = yaml_input::read_file(file);
+    auto text = read_file(file);
     if (!text) return text.error();
     return parse_meshconfig(*text, file.string());
 }

@@ -4,6 +4,7 @@
 
 #include <set>
 
+#include "core/files.h"
 #include "core/yaml_input.h"
 
 namespace egressd {
@@ -56,7 +57,7 @@ Result<std::vector<Workload>> parse_workloads(std::string_view yaml_text, const 
 Result<std::vector<Workload>> load_workloads(const std::filesystem::path& file) {
     std::error_code ec;
     if (!std::filesystem::exists(file, ec)) return std::vector<Workload>{};
-    auto text = yaml_input::read_file(file);
+    auto text = read_file(file);
     if (!text) return text.error();
     return parse_workloads(*text, file.string());
 }
@@ -71,8 +72,6 @@ std::string render_workloads(const std::vector<Workload>& workloads) {
     return out;
 }
 
-std::string default_workload_cgroup(const IdentityName& identity) {
-    return identity.namespace_ + "/" + identity.service_account;
-}
+std::string default_workload_cgroup(const IdentityName& identity) { return identity.str(); }
 
 }  // namespace egressd

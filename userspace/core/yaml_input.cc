@@ -1,7 +1,5 @@
 #include "core/yaml_input.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -45,26 +43,6 @@ bool is_plain_or_tagged(const YAML::Node& node, std::string_view type) {
 }
 
 }  // namespace
-
-Result<std::string> read_file(const std::filesystem::path& file) {
-    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return system_error(fmt::format("reading {}", file.string()));
-    std::string text;
-    std::array<char, 65536> buffer;
-    for (;;) {
-        const ssize_t n = ::read(fd, buffer.data(), buffer.size());
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            const int read_errno = errno;
-            ::close(fd);
-            return system_error(fmt::format("reading {}", file.string()), read_errno);
-        }
-        if (n == 0) break;
-        text.append(buffer.data(), static_cast<size_t>(n));
-    }
-    ::close(fd);
-    return text;
-}
 
 std::optional<bool> bool_word(std::string_view text) {
     if (text == "true" || text == "True" || text == "TRUE") return true;

@@ -28,9 +28,6 @@ struct ParseError {
     std::string message;
 };
 
-// The whole file; the error names it and carries errno.
-Result<std::string> read_file(const std::filesystem::path& file);
-
 // true/True/TRUE/false/False/FALSE (YAML 1.2 core schema), else nullopt.
 std::optional<bool> bool_word(std::string_view text);
 
