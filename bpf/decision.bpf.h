@@ -88,7 +88,7 @@ static __always_inline void egressd_verdict(struct egressd_decision *d, __u32 ve
 static __always_inline __u32 egressd_identity_of(__u64 cgroup_id)
 {
 	struct egressd_identity_key key = { .cgroup_id = cgroup_id };
-	const struct egressd_identity_value *v = bpf_map_lookup_elem(&EGRESSD_MAP_IDENTITIES, &key);
+	const struct egressd_identity_value *v = bpf_map_lookup_elem(&EGRESSD_MAP_WORKLOAD_IDENTITIES, &key);
 
 	return v ? v->identity : 0;
 }

@@ -52,14 +52,14 @@ struct {
 	__uint(max_entries, EGRESSD_DEFAULT_WORKLOAD_CAPACITY);
 	__type(key, struct egressd_identity_key);
 	__type(value, struct egressd_identity_value);
-} EGRESSD_MAP_IDENTITIES SEC(".maps");
+} EGRESSD_MAP_WORKLOAD_IDENTITIES SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, EGRESSD_DEFAULT_IDENTITY_CAPACITY);
 	__type(key, __u32);
 	__type(value, struct egressd_identity_name);
-} EGRESSD_MAP_ID_NAMES SEC(".maps");
+} EGRESSD_MAP_IDENTITY_NAMES SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -94,7 +94,7 @@ struct {
 	__uint(max_entries, EGRESSD_EVENT_SOURCES);
 	__type(key, __u64);
 	__type(value, struct egressd_event_bucket);
-} EGRESSD_MAP_EVENT_BUCKETS SEC(".maps");
+} EGRESSD_MAP_EVENT_LIMITS SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

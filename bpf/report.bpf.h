@@ -36,13 +36,13 @@ static __always_inline void egressd_stat(__u32 stat)
 static __always_inline int egressd_event_allowed(__u64 source, __u64 now)
 {
 	const __u64 unit = 1000, full = EGRESSD_EVENT_BURST * 1000ULL;
-	struct egressd_event_bucket *b = bpf_map_lookup_elem(&EGRESSD_MAP_EVENT_BUCKETS, &source);
+	struct egressd_event_bucket *b = bpf_map_lookup_elem(&EGRESSD_MAP_EVENT_LIMITS, &source);
 	__u64 elapsed, tokens;
 
 	if (!b) {
 		struct egressd_event_bucket fresh = { .refilled_ns = now, .tokens = full - unit };
 
-		bpf_map_update_elem(&EGRESSD_MAP_EVENT_BUCKETS, &source, &fresh, BPF_ANY);
+		bpf_map_update_elem(&EGRESSD_MAP_EVENT_LIMITS, &source, &fresh, BPF_ANY);
 		return 1;
 	}
 	elapsed = now > b->refilled_ns ? now - b->refilled_ns : 0;

@@ -41,17 +41,23 @@
 #define EGRESSD_MAP_CIDRS cidrs_v1
 #define EGRESSD_MAP_PORTS ports_v1
 #define EGRESSD_MAP_COUNTERS counters_v1
-#define EGRESSD_MAP_IDENTITIES identities_v1
-#define EGRESSD_MAP_ID_NAMES id_names_v1
+/* Workload cgroup -> identity number, and identity number -> name. The pin
+ * names are older than these macros' and change only with a version bump. */
+#define EGRESSD_MAP_WORKLOAD_IDENTITIES identities_v1
+#define EGRESSD_MAP_IDENTITY_NAMES id_names_v1
 #define EGRESSD_MAP_POLICIES policies_v1
 #define EGRESSD_MAP_POLICY_NAMES policy_names_v1
 #define EGRESSD_MAP_POLICY_HOSTS policy_hosts_v1
 #define EGRESSD_MAP_EVENTS events_v1
-#define EGRESSD_MAP_EVENT_BUCKETS event_limits_v1
+#define EGRESSD_MAP_EVENT_LIMITS event_limits_v1 /* per-source token buckets */
 #define EGRESSD_MAP_EVENT_STATS event_stats_v1
 #define EGRESSD_MAP_FLOWS flows_v1
 #define EGRESSD_MAP_RULE_TRAFFIC rule_traffic_v1
 #define EGRESSD_MAP_ID_TRAFFIC id_traffic_v1
+
+/* Former names, until egressctl moves to the ones above. */
+#define EGRESSD_MAP_IDENTITIES EGRESSD_MAP_WORKLOAD_IDENTITIES
+#define EGRESSD_MAP_ID_NAMES EGRESSD_MAP_IDENTITY_NAMES
 
 #define EGRESSD_STRINGIFY_(x) #x
 #define EGRESSD_STRINGIFY(x) EGRESSD_STRINGIFY_(x)

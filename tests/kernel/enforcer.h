@@ -17,7 +17,9 @@
 #include "core/identity.h"
 #include "core/image.h"
 #include "core/meshconfig.h"
-#include "kernel/bpf_adapter.h"
+#include "kernel/datapath.h"
+#include "kernel/event_reader.h"
+#include "kernel/pins.h"
 #include "testenv.h"
 
 namespace egressd::ktest {

@@ -15,7 +15,9 @@
 #include "core/decision.h"
 #include "core/image.h"
 #include "enforcer.h"
-#include "kernel/bpf_adapter.h"
+#include "kernel/datapath.h"
+#include "kernel/event_reader.h"
+#include "kernel/pins.h"
 #include "testenv.h"
 
 using namespace egressd;

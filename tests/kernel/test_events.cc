@@ -15,7 +15,9 @@
 #include <vector>
 
 #include "enforcer.h"
-#include "kernel/bpf_adapter.h"
+#include "kernel/datapath.h"
+#include "kernel/event_reader.h"
+#include "kernel/pins.h"
 #include "testenv.h"
 
 using namespace egressd;
@@ -307,11 +309,11 @@ TEST_CASE("kernel: flows: a connection that is refused leaves no flow, no totals
     int ours = 0;
     uint64_t cookie = 0, next = 0;
     bool first = true;
-    while (bpf_map_get_next_key(maps.flows.get(), first ? nullptr : &cookie, &next) == 0) {
+    while (bpf_map_get_next_key(maps.flows.fd(), first ? nullptr : &cookie, &next) == 0) {
         first = false;
         cookie = next;
         egressd_flow flow{};
-        if (bpf_map_lookup_elem(maps.flows.get(), &cookie, &flow) == 0 && flow.cgroup_id == env.cg.id()) ++ours;
+        if (bpf_map_lookup_elem(maps.flows.fd(), &cookie, &flow) == 0 && flow.cgroup_id == env.cg.id()) ++ours;
     }
     CHECK(ours == 0);
     CHECK(passthrough_traffic(maps).connections == before.connections);

@@ -1095,8 +1095,8 @@ TEST_CASE("kernel: policy: sockets racing a writer that flips two large generati
     };
     publish(true);
     enforcer.attach();
-    const int control_fd = enforcer.datapath().maps().control.get();
-    const int config_fd = enforcer.datapath().maps().config.get();
+    const int control_fd = enforcer.datapath().maps().control.fd();
+    const int config_fd = enforcer.datapath().maps().config.fd();
     WorkerThreads threads(shared);
     for (int w = 0; w < kChurnWorkers; ++w) {
         const TestCgroup* cg = worker_cgs[w];

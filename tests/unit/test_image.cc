@@ -9,6 +9,7 @@
 
 #include "test_support.h"
 #include "core/image.h"
+#include "core/map_codec.h"
 
 using namespace egressd;
 

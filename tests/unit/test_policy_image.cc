@@ -11,6 +11,8 @@
 #include "core/decision.h"
 #include "core/identity.h"
 #include "core/image.h"
+#include "core/map_codec.h"
+#include "core/policy_rule_cache.h"
 #include "core/workloads.h"
 
 using namespace egressd;

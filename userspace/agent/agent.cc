@@ -224,8 +224,8 @@ void Agent::publish_telemetry() {
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES), image.policy_rules.size() - host_rules);
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_HOSTS), host_rules);
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES), image.policies.size());
-    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_ID_NAMES), datapath_->identity_names().size());
-    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITIES), datapath_->workload_identities().size());
+    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITY_NAMES), datapath_->identity_names().size());
+    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_WORKLOAD_IDENTITIES), datapath_->workload_identities().size());
     telemetry_->set_state(config_.audit ? "audit" : "enforce", applied_policies_.size(), policies_.errors.size());
 }
 

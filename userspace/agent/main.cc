@@ -8,7 +8,7 @@
 
 #include "agent/agent.h"
 #include "common/log.h"
-#include "kernel/bpf_adapter.h"
+#include "kernel/pins.h"
 #include "agent/agent_state.h"
 
 using namespace egressd;

@@ -378,7 +378,9 @@ private:
         }
         kernel_ok("traffic totals");
         std::map<uint32_t, PolicyRef> policies;
-        if (auto slot = maps_->read_slot(control->active_slot & 1); slot.ok()) policies = slot->policies;
+        // The names only: not the slot's policy entries (100k and more).
+        if (auto names_in_force = maps_->read_policy_names(control->active_slot & 1); names_in_force.ok())
+            policies = std::move(*names_in_force);
         for (const auto& [key, t] : *rules) {
             const auto reason = static_cast<egressd_reason>(key.first);
             std::string rule = std::to_string(key.second);

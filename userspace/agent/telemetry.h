@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
-#include "kernel/bpf_adapter.h"
+#include "kernel/map_set.h"
 
 namespace egressd {
 

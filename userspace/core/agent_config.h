@@ -10,18 +10,20 @@
 
 #include "common/result.h"
 #include "core/net.h"
+#include "egressd_abi.h"
 
 namespace egressd {
 
 enum class PolicySemantics { fsm, osm };
 
 struct Capacities {
-    uint32_t cidrs = 16384;           // CIDR entries per generation (all lists together)
-    uint32_t ports = 1024;            // port entries per generation
-    uint32_t policy_rules = 131072;   // policy entries per generation (sources x ports x destinations)
-    uint32_t policies = 4096;         // Egress policies per generation
-    uint32_t identities = 16384;      // (namespace, serviceAccount) pairs known at once
-    uint32_t workloads = 16384;       // registered workload cgroups
+    // Defaults from the ABI header, the one place they are written.
+    uint32_t cidrs = EGRESSD_DEFAULT_CIDR_CAPACITY;                // CIDR entries per generation (all lists)
+    uint32_t ports = EGRESSD_DEFAULT_PORT_CAPACITY;                // port entries per generation
+    uint32_t policy_rules = EGRESSD_DEFAULT_POLICY_RULE_CAPACITY;  // sources x ports x destinations, per generation
+    uint32_t policies = EGRESSD_DEFAULT_POLICY_CAPACITY;           // Egress policies per generation
+    uint32_t identities = EGRESSD_DEFAULT_IDENTITY_CAPACITY;       // (namespace, serviceAccount) pairs known at once
+    uint32_t workloads = EGRESSD_DEFAULT_WORKLOAD_CAPACITY;        // registered workload cgroups
     bool operator==(const Capacities&) const = default;
 };
 

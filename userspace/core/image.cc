@@ -1,5 +1,8 @@
 #include "core/image.h"
 
+#include "core/policy_rule_cache.h"
+#include "core/policy_rules.h"
+
 #include <algorithm>
 #include <cassert>
 #include <cstring>
@@ -35,30 +38,13 @@ bool key_less(const Rule& a, const Rule& b) {
     return map_key(a) < map_key(b);
 }
 
-// (identity, proto, port), then the address as two big-endian words (whose
-// integer order is the bytes' lexicographic order), then the prefix length.
-struct PolicyKeyWords {
-    uint64_t head, high, low;
-    uint8_t prefix;
-    explicit PolicyKeyWords(const PolicyRule& rule)
-        : head(uint64_t(rule.identity) << 24 | uint64_t(rule.proto) << 16 | rule.port),
-          high(be64(rule.cidr.addr.bytes.data())),
-          low(be64(rule.cidr.addr.bytes.data() + 8)),
-          prefix(rule.cidr.prefix) {}
-    static uint64_t be64(const uint8_t* bytes) {
-        uint64_t word;
-        std::memcpy(&word, bytes, sizeof word);
-        return __builtin_bswap64(word);
-    }
-    auto operator<=>(const PolicyKeyWords&) const = default;
-};
 template <>
 bool key_less(const PolicyRule& a, const PolicyRule& b) {
-    return PolicyKeyWords(a) < PolicyKeyWords(b);
+    return policy_key_order(a, b) < 0;
 }
 template <>
 bool rule_less(const PolicyRule& a, const PolicyRule& b) {
-    const auto order = PolicyKeyWords(a) <=> PolicyKeyWords(b);
+    const auto order = policy_key_order(a, b);
     return order != 0 ? order < 0 : a.policy < b.policy;
 }
 
@@ -149,54 +135,6 @@ std::string list_change(std::string_view name, const std::vector<T>& before, con
     return change.empty() ? change : std::string(name) + change;
 }
 
-// Copies a name into a fixed, zero-padded kernel field (names longer than
-// the field were refused by the parsers; this only guards the copy).
-template <size_t N>
-void copy_name(char (&field)[N], const std::string& text) {
-    std::fill(std::begin(field), std::end(field), '\0');
-    std::copy_n(text.data(), std::min(text.size(), N - 1), field);
-}
-
-template <size_t N>
-std::string read_name(const char (&field)[N]) {
-    return std::string(field, strnlen(field, N));
-}
-
-const Cidr kAnyDestination{};  // ::/0
-
-// Every destination a policy allows: its ipAddresses, the current addresses
-// of its hosts, or ::/0 when it names neither.
-std::vector<Cidr> destinations_of(const EgressPolicy& policy,
-                                  const std::vector<std::vector<IpAddress>>& host_addresses) {
-    std::vector<Cidr> destinations = policy.ip_addresses;
-    for (const auto& addresses : host_addresses)
-        for (const IpAddress& addr : addresses) destinations.push_back(Cidr{addr, 128});
-    if (policy.any_destination()) destinations.push_back(kAnyDestination);
-    return destinations;
-}
-
-// The current addresses of each of the policy's hosts (empty when unknown).
-std::vector<std::vector<IpAddress>> host_addresses_of(const EgressPolicy& policy, const PolicyInputs& in) {
-    std::vector<std::vector<IpAddress>> out(policy.hosts.size());
-    if (!in.host_addresses) return out;
-    for (size_t i = 0; i < policy.hosts.size(); ++i)
-        if (auto found = in.host_addresses->find(policy.hosts[i]); found != in.host_addresses->end())
-            out[i] = found->second;
-    return out;
-}
-
-// Appends one policy's rules, marked with `mark` (its position or its number).
-void append_rules(std::vector<PolicyRule>& rules, const EgressPolicy& policy,
-                  const std::vector<std::vector<IpAddress>>& host_addresses, IdentityRegistry& identities,
-                  uint32_t mark) {
-    const std::vector<Cidr> destinations = destinations_of(policy, host_addresses);
-    for (const PolicySource& source : policy.sources) {
-        const uint32_t identity = identities.number_for({source.namespace_, source.service_account});
-        for (const PolicyPort& port : policy.ports)
-            for (const Cidr& cidr : destinations) rules.push_back(PolicyRule{identity, port.l4, port.number, cidr, mark});
-    }
-}
-
 void add_policy_rules(MapImage& image, const PolicyInputs& in) {
     if (!in.policies) return;
     if (in.cache) return in.cache->build(image, in);
@@ -248,200 +186,6 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
         check_capacity(kPolicyNamesMap, image.policies.size(), agent.capacities.policies, "capacities.policies");
     if (!names_fit) return names_fit.error();
     return image;
-}
-
-egressd_cidr_key encode_cidr_key(uint8_t slot, uint8_t table, const Cidr& cidr) {
-    egressd_cidr_key key{};
-    key.prefixlen = EGRESSD_CIDR_KEY_FIXED_BITS + cidr.prefix;
-    key.slot = slot;
-    key.table = table;
-    std::copy(cidr.addr.bytes.begin(), cidr.addr.bytes.end(), key.addr);
-    return key;
-}
-
-egressd_cidr_value encode_cidr_value(const CidrRule& rule) {
-    egressd_cidr_value value{};
-    value.rule = rule.rule;
-    return value;
-}
-
-Result<CidrRule> decode_cidr(const egressd_cidr_key& key, const egressd_cidr_value& value) {
-    constexpr uint32_t kMaxPrefixLen = EGRESSD_CIDR_KEY_FIXED_BITS + 128;
-    if (key.prefixlen < EGRESSD_CIDR_KEY_FIXED_BITS || key.prefixlen > kMaxPrefixLen)
-        return make_error(fmt::format("{} key has prefix length {}, expected {}-{}", kCidrsMap, key.prefixlen,
-                                      EGRESSD_CIDR_KEY_FIXED_BITS, kMaxPrefixLen));
-    if (key.table != EGRESSD_TABLE_EXCLUDE && key.table != EGRESSD_TABLE_INCLUDE && key.table != EGRESSD_TABLE_MESH)
-        return make_error(fmt::format("{} key has unknown table {}", kCidrsMap, key.table));
-    // Lookups carry zero padding: an entry with other padding never matches.
-    if (key._pad[0] != 0 || key._pad[1] != 0) return make_error(fmt::format("{} key has non-zero padding", kCidrsMap));
-
-    CidrRule rule{key.table, Cidr{}, value.rule};
-    std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
-    rule.cidr.prefix = static_cast<uint8_t>(key.prefixlen - EGRESSD_CIDR_KEY_FIXED_BITS);
-    // Cidr::parse clears host bits; a key with some set was not written by egressd.
-    if (!rule.cidr.contains(rule.cidr.addr))
-        return make_error(fmt::format("{} key {} has host bits set", kCidrsMap, rule.cidr.str()));
-    return rule;
-}
-
-egressd_port_key encode_port_key(uint8_t slot, const PortRule& rule) {
-    egressd_port_key key{};
-    key.slot = slot;
-    key.table = rule.table;
-    key.port = rule.port;
-    return key;
-}
-
-egressd_port_value encode_port_value(const PortRule& rule) {
-    egressd_port_value value{};
-    value.rule = rule.rule;
-    return value;
-}
-
-PortRule decode_port(const egressd_port_key& key, const egressd_port_value& value) {
-    return PortRule{key.table, key.port, value.rule};
-}
-
-egressd_config encode_config(const MapImage& image) {
-    egressd_config config{};
-    config.generation = image.generation;
-    config.flags = image.flags;
-    config.sidecar_uid = image.sidecar_uid;
-    config.mode = image.mode;
-    config.cgroup_level = image.cgroup_level;
-    return config;
-}
-
-void decode_config(const egressd_config& config, MapImage& image) {
-    image.generation = config.generation;
-    image.flags = config.flags;
-    image.sidecar_uid = config.sidecar_uid;
-    image.mode = config.mode;
-    image.cgroup_level = config.cgroup_level;
-}
-
-namespace {
-// The fields both policy keys share (the trie's key adds a prefix length).
-template <typename Key>
-Key policy_key_fields(uint8_t slot, const PolicyRule& rule) {
-    Key key{};
-    key.slot = slot;
-    key.proto = rule.proto;
-    key.port = rule.port;
-    key.identity = rule.identity;
-    std::copy(rule.cidr.addr.bytes.begin(), rule.cidr.addr.bytes.end(), key.addr);
-    return key;
-}
-}  // namespace
-
-egressd_policy_host_key encode_policy_host_key(uint8_t slot, const PolicyRule& rule) {
-    return policy_key_fields<egressd_policy_host_key>(slot, rule);
-}
-
-PolicyRule decode_policy_host(const egressd_policy_host_key& key, const egressd_policy_value& value) {
-    PolicyRule rule{key.identity, key.proto, key.port, Cidr{}, value.policy};
-    std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
-    rule.cidr.prefix = 128;
-    return rule;
-}
-
-egressd_policy_key encode_policy_key(uint8_t slot, const PolicyRule& rule) {
-    auto key = policy_key_fields<egressd_policy_key>(slot, rule);
-    key.prefixlen = EGRESSD_POLICY_KEY_FIXED_BITS + rule.cidr.prefix;
-    return key;
-}
-
-egressd_policy_value encode_policy_value(const PolicyRule& rule) {
-    egressd_policy_value value{};
-    value.policy = rule.policy;
-    return value;
-}
-
-Result<PolicyRule> decode_policy(const egressd_policy_key& key, const egressd_policy_value& value) {
-    constexpr uint32_t kMaxPrefixLen = EGRESSD_POLICY_KEY_FIXED_BITS + 128;
-    if (key.prefixlen < EGRESSD_POLICY_KEY_FIXED_BITS || key.prefixlen > kMaxPrefixLen)
-        return make_error(fmt::format("{} key has prefix length {}", kPoliciesMap, key.prefixlen));
-    PolicyRule rule{key.identity, key.proto, key.port, Cidr{}, value.policy};
-    std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
-    rule.cidr.prefix = static_cast<uint8_t>(key.prefixlen - EGRESSD_POLICY_KEY_FIXED_BITS);
-    if (!rule.cidr.contains(rule.cidr.addr))
-        return make_error(fmt::format("{} key {} has host bits set", kPoliciesMap, rule.cidr.str()));
-    return rule;
-}
-
-egressd_identity_name encode_identity_name(const IdentityName& name) {
-    egressd_identity_name value{};
-    copy_name(value.k8s_namespace, name.namespace_);
-    copy_name(value.service_account, name.service_account);
-    return value;
-}
-
-IdentityName decode_identity_name(const egressd_identity_name& value) {
-    return IdentityName{read_name(value.k8s_namespace), read_name(value.service_account)};
-}
-
-egressd_policy_name encode_policy_name(const PolicyRef& ref) {
-    egressd_policy_name value{};
-    copy_name(value.k8s_namespace, ref.namespace_);
-    copy_name(value.name, ref.name);
-    return value;
-}
-
-PolicyRef decode_policy_name(const egressd_policy_name& value) {
-    return PolicyRef{read_name(value.k8s_namespace), read_name(value.name)};
-}
-
-void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
-    std::map<PolicyRef, Entry> next;
-    std::set<uint32_t> dropped;     // numbers whose rules leave all_
-    std::vector<PolicyRule> added;  // rules of new and changed policies, marked with their number
-    for (const EgressPolicy& policy : *in.policies) {
-        PolicyRef ref{policy.namespace_, policy.name};
-        const uint32_t number = in.policy_numbers->number_for(ref);
-        image.policies[number] = ref;
-        auto host_addresses = host_addresses_of(policy, in);
-        auto old = entries_.find(ref);
-        if (old != entries_.end() && old->second.number == number && old->second.policy == policy &&
-            old->second.host_addresses == host_addresses) {
-            next.emplace(std::move(ref), std::move(old->second));
-            continue;
-        }
-        if (old != entries_.end()) dropped.insert(old->second.number);
-        append_rules(added, policy, host_addresses, *in.identities, number);
-        next.emplace(std::move(ref), Entry{policy, std::move(host_addresses), number});
-    }
-    for (const auto& [ref, entry] : entries_)
-        if (!next.contains(ref)) dropped.insert(entry.number);
-    entries_ = std::move(next);
-
-    // Same key: the policy first in (namespace, name) order leads.
-    auto less = [&image](const PolicyRule& a, const PolicyRule& b) {
-        const auto order = PolicyKeyWords(a) <=> PolicyKeyWords(b);
-        if (order != 0) return order < 0;
-        return image.policies.at(a.policy) < image.policies.at(b.policy);
-    };
-    if (!dropped.empty())
-        std::erase_if(all_, [&dropped](const PolicyRule& rule) { return dropped.contains(rule.policy); });
-    if (!added.empty()) {
-        std::sort(added.begin(), added.end(), less);
-        if (all_.empty()) {
-            all_ = std::move(added);
-        } else if (added.size() <= 8) {
-            // A policy or two more: insert in place (a memmove of the tail)
-            // rather than merge into a new vector of 100k entries.
-            for (const PolicyRule& rule : added) all_.insert(std::upper_bound(all_.begin(), all_.end(), rule, less), rule);
-        } else {
-            std::vector<PolicyRule> merged;
-            merged.reserve(all_.size() + added.size());
-            std::merge(all_.begin(), all_.end(), added.begin(), added.end(), std::back_inserter(merged), less);
-            all_ = std::move(merged);
-        }
-    }
-    // One entry per key: the first, i.e. the leading policy's.
-    image.policy_rules.clear();
-    image.policy_rules.reserve(all_.size());
-    for (const PolicyRule& rule : all_)
-        if (image.policy_rules.empty() || key_less(image.policy_rules.back(), rule)) image.policy_rules.push_back(rule);
 }
 
 ImageDiff diff_images(const MapImage& from, const MapImage& to) {

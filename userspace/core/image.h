@@ -102,52 +102,9 @@ struct PolicyInputs {
 Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, uint64_t generation,
                              const PolicyInputs& policy = {});
 
-// What the last build made of each policy, for the next build. 100k rules
-// take ~30 ms to generate and sort; with the cache, adding, changing or
-// removing a few policies (or a host's addresses) regenerates only theirs
-// and merges them into the sorted rules of the others: a few linear passes.
-// A MeshConfig change reuses every policy. The image is exactly the one a
-// build without the cache gives (tested against it). One cache per sequence
-// of builds that share the registries.
-class PolicyRuleCache {
-public:
-    // Fills image.policy_rules and image.policies from `in`.
-    void build(MapImage& image, const PolicyInputs& in);
-    size_t rules() const { return all_.size(); }
-
-private:
-    struct Entry {
-        EgressPolicy policy;
-        std::vector<std::vector<IpAddress>> host_addresses;  // of policy.hosts, as built
-        uint32_t number = 0;
-    };
-    std::map<PolicyRef, Entry> entries_;
-    // Every cached policy's rules (before first-policy-wins), sorted by key,
-    // then by the policy's (namespace, name).
-    std::vector<PolicyRule> all_;
-};
-
-// Encoding to and from the kernel's keys and values (maps/egressd_abi.h).
-egressd_cidr_key encode_cidr_key(uint8_t slot, uint8_t table, const Cidr& cidr);
-egressd_cidr_value encode_cidr_value(const CidrRule& rule);
-Result<CidrRule> decode_cidr(const egressd_cidr_key& key, const egressd_cidr_value& value);
-egressd_port_key encode_port_key(uint8_t slot, const PortRule& rule);
-egressd_port_value encode_port_value(const PortRule& rule);
-PortRule decode_port(const egressd_port_key& key, const egressd_port_value& value);
-egressd_config encode_config(const MapImage& image);
-void decode_config(const egressd_config& config, MapImage& image);
 // A rule for a single address (prefix 128 in the one address space) lives in
 // policy_hosts_v1, every other one in policies_v1.
 inline bool is_host_rule(const PolicyRule& rule) { return rule.cidr.prefix == 128; }
-egressd_policy_host_key encode_policy_host_key(uint8_t slot, const PolicyRule& rule);
-PolicyRule decode_policy_host(const egressd_policy_host_key& key, const egressd_policy_value& value);
-egressd_policy_key encode_policy_key(uint8_t slot, const PolicyRule& rule);
-egressd_policy_value encode_policy_value(const PolicyRule& rule);
-Result<PolicyRule> decode_policy(const egressd_policy_key& key, const egressd_policy_value& value);
-egressd_identity_name encode_identity_name(const IdentityName& name);
-IdentityName decode_identity_name(const egressd_identity_name& value);
-egressd_policy_name encode_policy_name(const PolicyRef& ref);
-PolicyRef decode_policy_name(const egressd_policy_name& value);
 
 // What turns one slot's content into another: delete what is gone, upsert what
 // is new or whose value changed. Applying it leaves exactly `to`.

@@ -1,0 +1,171 @@
+#include "core/map_codec.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace egressd {
+
+namespace {
+
+constexpr std::string_view kCidrsMap = EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS);
+constexpr std::string_view kPoliciesMap = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES);
+
+// Copies a name into a fixed, zero-padded kernel field (names longer than
+// the field were refused by the parsers; this only guards the copy).
+template <size_t N>
+void copy_name(char (&field)[N], const std::string& text) {
+    std::fill(std::begin(field), std::end(field), '\0');
+    std::copy_n(text.data(), std::min(text.size(), N - 1), field);
+}
+
+template <size_t N>
+std::string read_name(const char (&field)[N]) {
+    return std::string(field, strnlen(field, N));
+}
+
+}  // namespace
+
+egressd_cidr_key encode_cidr_key(uint8_t slot, uint8_t table, const Cidr& cidr) {
+    egressd_cidr_key key{};
+    key.prefixlen = EGRESSD_CIDR_KEY_FIXED_BITS + cidr.prefix;
+    key.slot = slot;
+    key.table = table;
+    std::copy(cidr.addr.bytes.begin(), cidr.addr.bytes.end(), key.addr);
+    return key;
+}
+
+egressd_cidr_value encode_cidr_value(const CidrRule& rule) {
+    egressd_cidr_value value{};
+    value.rule = rule.rule;
+    return value;
+}
+
+Result<CidrRule> decode_cidr(const egressd_cidr_key& key, const egressd_cidr_value& value) {
+    constexpr uint32_t kMaxPrefixLen = EGRESSD_CIDR_KEY_FIXED_BITS + 128;
+    if (key.prefixlen < EGRESSD_CIDR_KEY_FIXED_BITS || key.prefixlen > kMaxPrefixLen)
+        return make_error(fmt::format("{} key has prefix length {}, expected {}-{}", kCidrsMap, key.prefixlen,
+                                      EGRESSD_CIDR_KEY_FIXED_BITS, kMaxPrefixLen));
+    if (key.table != EGRESSD_TABLE_EXCLUDE && key.table != EGRESSD_TABLE_INCLUDE && key.table != EGRESSD_TABLE_MESH)
+        return make_error(fmt::format("{} key has unknown table {}", kCidrsMap, key.table));
+    // Lookups carry zero padding: an entry with other padding never matches.
+    if (key._pad[0] != 0 || key._pad[1] != 0) return make_error(fmt::format("{} key has non-zero padding", kCidrsMap));
+
+    CidrRule rule{key.table, Cidr{}, value.rule};
+    std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
+    rule.cidr.prefix = static_cast<uint8_t>(key.prefixlen - EGRESSD_CIDR_KEY_FIXED_BITS);
+    // Cidr::parse clears host bits; a key with some set was not written by egressd.
+    if (!rule.cidr.contains(rule.cidr.addr))
+        return make_error(fmt::format("{} key {} has host bits set", kCidrsMap, rule.cidr.str()));
+    return rule;
+}
+
+egressd_port_key encode_port_key(uint8_t slot, const PortRule& rule) {
+    egressd_port_key key{};
+    key.slot = slot;
+    key.table = rule.table;
+    key.port = rule.port;
+    return key;
+}
+
+egressd_port_value encode_port_value(const PortRule& rule) {
+    egressd_port_value value{};
+    value.rule = rule.rule;
+    return value;
+}
+
+PortRule decode_port(const egressd_port_key& key, const egressd_port_value& value) {
+    return PortRule{key.table, key.port, value.rule};
+}
+
+egressd_config encode_config(const MapImage& image) {
+    egressd_config config{};
+    config.generation = image.generation;
+    config.flags = image.flags;
+    config.sidecar_uid = image.sidecar_uid;
+    config.mode = image.mode;
+    config.cgroup_level = image.cgroup_level;
+    return config;
+}
+
+void decode_config(const egressd_config& config, MapImage& image) {
+    image.generation = config.generation;
+    image.flags = config.flags;
+    image.sidecar_uid = config.sidecar_uid;
+    image.mode = config.mode;
+    image.cgroup_level = config.cgroup_level;
+}
+
+namespace {
+// The fields both policy keys share (the trie's key adds a prefix length).
+template <typename Key>
+Key policy_key_fields(uint8_t slot, const PolicyRule& rule) {
+    Key key{};
+    key.slot = slot;
+    key.proto = rule.proto;
+    key.port = rule.port;
+    key.identity = rule.identity;
+    std::copy(rule.cidr.addr.bytes.begin(), rule.cidr.addr.bytes.end(), key.addr);
+    return key;
+}
+}  // namespace
+
+egressd_policy_host_key encode_policy_host_key(uint8_t slot, const PolicyRule& rule) {
+    return policy_key_fields<egressd_policy_host_key>(slot, rule);
+}
+
+PolicyRule decode_policy_host(const egressd_policy_host_key& key, const egressd_policy_value& value) {
+    PolicyRule rule{key.identity, key.proto, key.port, Cidr{}, value.policy};
+    std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
+    rule.cidr.prefix = 128;
+    return rule;
+}
+
+egressd_policy_key encode_policy_key(uint8_t slot, const PolicyRule& rule) {
+    auto key = policy_key_fields<egressd_policy_key>(slot, rule);
+    key.prefixlen = EGRESSD_POLICY_KEY_FIXED_BITS + rule.cidr.prefix;
+    return key;
+}
+
+egressd_policy_value encode_policy_value(const PolicyRule& rule) {
+    egressd_policy_value value{};
+    value.policy = rule.policy;
+    return value;
+}
+
+Result<PolicyRule> decode_policy(const egressd_policy_key& key, const egressd_policy_value& value) {
+    constexpr uint32_t kMaxPrefixLen = EGRESSD_POLICY_KEY_FIXED_BITS + 128;
+    if (key.prefixlen < EGRESSD_POLICY_KEY_FIXED_BITS || key.prefixlen > kMaxPrefixLen)
+        return make_error(fmt::format("{} key has prefix length {}", kPoliciesMap, key.prefixlen));
+    PolicyRule rule{key.identity, key.proto, key.port, Cidr{}, value.policy};
+    std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
+    rule.cidr.prefix = static_cast<uint8_t>(key.prefixlen - EGRESSD_POLICY_KEY_FIXED_BITS);
+    if (!rule.cidr.contains(rule.cidr.addr))
+        return make_error(fmt::format("{} key {} has host bits set", kPoliciesMap, rule.cidr.str()));
+    return rule;
+}
+
+egressd_identity_name encode_identity_name(const IdentityName& name) {
+    egressd_identity_name value{};
+    copy_name(value.k8s_namespace, name.namespace_);
+    copy_name(value.service_account, name.service_account);
+    return value;
+}
+
+IdentityName decode_identity_name(const egressd_identity_name& value) {
+    return IdentityName{read_name(value.k8s_namespace), read_name(value.service_account)};
+}
+
+egressd_policy_name encode_policy_name(const PolicyRef& ref) {
+    egressd_policy_name value{};
+    copy_name(value.k8s_namespace, ref.namespace_);
+    copy_name(value.name, ref.name);
+    return value;
+}
+
+PolicyRef decode_policy_name(const egressd_policy_name& value) {
+    return PolicyRef{read_name(value.k8s_namespace), read_name(value.name)};
+}
+
+}  // namespace egressd

@@ -1,0 +1,38 @@
+// Incremental policy rules: what the last build made of each policy.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <vector>
+
+#include "core/egress_policy.h"
+#include "core/image.h"
+
+namespace egressd {
+
+// What the last build made of each policy, for the next build. 100k rules
+// take ~30 ms to generate and sort; with the cache, adding, changing or
+// removing a few policies (or a host's addresses) regenerates only theirs
+// and merges them into the sorted rules of the others: a few linear passes.
+// A MeshConfig change reuses every policy. The image is exactly the one a
+// build without the cache gives (tested against it). One cache per sequence
+// of builds that share the registries.
+class PolicyRuleCache {
+public:
+    // Fills image.policy_rules and image.policies from `in`.
+    void build(MapImage& image, const PolicyInputs& in);
+    size_t rules() const { return all_.size(); }
+
+private:
+    struct Entry {
+        EgressPolicy policy;
+        std::vector<std::vector<IpAddress>> host_addresses;  // of policy.hosts, as built
+        uint32_t number = 0;
+    };
+    std::map<PolicyRef, Entry> entries_;
+    // Every cached policy's rules (before first-policy-wins), sorted by key,
+    // then by the policy's (namespace, name).
+    std::vector<PolicyRule> all_;
+};
+
+}  // namespace egressd

@@ -1,0 +1,267 @@
+#include "kernel/datapath.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "kernel/pins.h"
+
+namespace egressd {
+namespace fs = std::filesystem;
+
+namespace {
+
+// libbpf returns negative errno (libbpf 1.0 semantics) and sets errno.
+Error libbpf_error(const std::string& what, long err) { return Error{static_cast<int>(err < 0 ? -err : errno), what}; }
+
+void silence_libbpf_debug() {
+    libbpf_set_print([](enum libbpf_print_level level, const char* format, va_list args) -> int {
+        if (level == LIBBPF_DEBUG) return 0;
+        return vfprintf(stderr, format, args);
+    });
+}
+
+// Capacities are settings: the slotted maps hold both slots.
+Status size_maps(bpf_object* object, const Capacities& capacities) {
+    const std::map<std::string, uint32_t> capacity = {
+        {EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS), EGRESSD_SLOTS * capacities.cidrs},
+        {EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS), EGRESSD_SLOTS * capacities.ports},
+        {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES), EGRESSD_SLOTS * capacities.policy_rules},
+        {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_HOSTS), EGRESSD_SLOTS * capacities.policy_rules},
+        {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES), EGRESSD_SLOTS * capacities.policies},
+        {EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITY_NAMES), capacities.identities},
+        {EGRESSD_STRINGIFY(EGRESSD_MAP_WORKLOAD_IDENTITIES), capacities.workloads},
+    };
+    bpf_map* map = nullptr;
+    bpf_object__for_each_map(map, object) {
+        if (auto it = capacity.find(bpf_map__name(map)); it != capacity.end()) {
+            if (int err = bpf_map__set_max_entries(map, it->second); err != 0)
+                return libbpf_error(std::string("sizing ") + bpf_map__name(map), err);
+        }
+    }
+    return {};
+}
+
+// Makes the object use the pinned maps if all of them exist and match its
+// definitions; a partial or incompatible set is replaced as a whole, so no
+// program ever pairs a new map with an old one. True when adopted.
+Result<bool> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir) {
+    std::vector<std::pair<bpf_map*, UniqueFd>> pinned;
+    bpf_map* map = nullptr;
+    bpf_object__for_each_map(map, object) {
+        auto fd = open_pinned_object(pin_dir / bpf_map__name(map), false);
+        if (!fd) return false;
+        bpf_map_info info{};
+        uint32_t length = sizeof(info);
+        const bool compatible = bpf_obj_get_info_by_fd(fd->get(), &info, &length) == 0 &&
+                                info.type == bpf_map__type(map) && info.key_size == bpf_map__key_size(map) &&
+                                info.value_size == bpf_map__value_size(map) &&
+                                info.max_entries == bpf_map__max_entries(map) &&
+                                info.map_flags == bpf_map__map_flags(map);
+        if (!compatible) return false;
+        pinned.emplace_back(map, std::move(*fd));
+    }
+    for (auto& [m, fd] : pinned) {
+        if (int err = bpf_map__reuse_fd(m, fd.get()); err != 0)
+            return libbpf_error(std::string("adopting pinned map ") + bpf_map__name(m), err);
+    }
+    return true;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
+    silence_libbpf_debug();
+    std::unique_ptr<Datapath> dp(new Datapath());
+    dp->options_ = options;
+
+    auto barrier = ProgramBarrier::create();
+    if (!barrier) return barrier.error();
+    dp->barrier_ = std::move(*barrier);
+
+    dp->skel_.reset(egressd_bpf__open());
+    if (!dp->skel_) return system_error("opening the BPF object");
+    bpf_object* object = dp->skel_->obj;
+    if (auto sized = size_maps(object, options.capacities); !sized) return sized.error();
+    auto adopted = reuse_pinned_maps(object, options.pin_dir);
+    if (!adopted) return adopted.error();
+    dp->adopted_maps_ = *adopted;
+
+    if (int err = egressd_bpf__load(dp->skel_.get()); err != 0)
+        return libbpf_error("loading the BPF programs (is this kernel built with CONFIG_CGROUP_BPF?)", err);
+
+    // The typed handles check every map's key and value size against the ABI header.
+    auto maps = MapSet::adopt([&](const char* name) -> Result<UniqueFd> {
+        bpf_map* m = bpf_object__find_map_by_name(object, name);
+        UniqueFd fd(m ? ::fcntl(bpf_map__fd(m), F_DUPFD_CLOEXEC, 0) : -1);
+        if (!fd.valid()) return system_error(std::string("duplicating the descriptor of ") + name);
+        return fd;
+    });
+    if (!maps) return maps.error();
+    dp->maps_ = std::move(*maps);
+    if (dp->adopted_maps_) {
+        if (auto read = dp->read_adopted_state(); !read) return read.error();
+    }
+    return dp;
+}
+
+Status Datapath::read_adopted_state() {
+    auto control = maps_.read_control();
+    if (!control) return control.error();
+    active_slot_ = control->active_slot & 1;
+    for (uint32_t slot = 0; slot < EGRESSD_SLOTS; ++slot) {
+        auto image = maps_.read_slot(slot);
+        if (!image) return image.error().with_context("adopting the pinned generation");
+        slot_images_[slot] = std::make_shared<const MapImage>(std::move(*image));
+    }
+    auto names = maps_.read_identity_names();
+    if (!names) return names.error();
+    identity_names_ = std::move(*names);
+    auto workloads = maps_.read_workload_identities();
+    if (!workloads) return workloads.error();
+    workload_identities_ = std::move(*workloads);
+    return {};
+}
+
+Datapath::~Datapath() = default;
+
+std::optional<MapImage> Datapath::active_image() const {
+    const MapImage& active = *slot_images_[active_slot_];
+    if (!(active.flags & EGRESSD_CFG_VALID)) return std::nullopt;
+    return active;
+}
+
+Status Datapath::settle() {
+    if (!flipped_since_settle_) return {};
+    if (auto waited = barrier_.wait(); !waited) return waited;
+    flipped_since_settle_ = false;
+    return {};
+}
+
+Status Datapath::publish(std::shared_ptr<const MapImage> image) {
+    const uint32_t next = active_slot_ ^ 1;
+    if (auto settled = settle(); !settled) return settled;
+    last_diff_.reset();
+    LastDiff made{slot_images_[next], image, diff_images(*slot_images_[next], *image)};
+    if (auto written = maps_.write_diff(next, made.diff, *image); !written) {
+        // The inactive slot is now partly written: learn what it really holds
+        // so the next attempt starts from the truth. Nothing enforced changed.
+        if (auto actual = maps_.read_slot(next)) slot_images_[next] = std::make_shared<const MapImage>(std::move(*actual));
+        return written.error().with_context("writing generation " + std::to_string(image->generation));
+    }
+    slot_images_[next] = std::move(image);
+    last_diff_ = std::move(made);
+    if (auto flipped = maps_.set_active_slot(next); !flipped) return flipped;
+    active_slot_ = next;
+    flipped_since_settle_ = true;
+    return {};
+}
+
+Status Datapath::converge() {
+    const uint32_t inactive = active_slot_ ^ 1;
+    const std::shared_ptr<const MapImage>& active = slot_images_[active_slot_];
+    if (slot_images_[inactive] == active) return {};
+    if (*slot_images_[inactive] == *active) {
+        slot_images_[inactive] = active;
+        return {};
+    }
+    if (auto settled = settle(); !settled) return settled;
+    const bool same_change = last_diff_ && last_diff_->from == slot_images_[inactive] && last_diff_->to == active;
+    const Status written = same_change ? maps_.write_diff(inactive, last_diff_->diff, *active)
+                                       : maps_.write_slot(inactive, *slot_images_[inactive], *active);
+    last_diff_.reset();
+    if (!written) {
+        if (auto actual = maps_.read_slot(inactive))
+            slot_images_[inactive] = std::make_shared<const MapImage>(std::move(*actual));
+        return written.error().with_context("bringing the inactive slot up to date");
+    }
+    slot_images_[inactive] = active;
+    return {};
+}
+
+Status Datapath::set_identities(const std::map<uint32_t, IdentityName>& names,
+                                const std::map<uint64_t, uint32_t>& workloads) {
+    if (auto written = maps_.write_identity_names(identity_names_, names); !written) {
+        if (auto actual = maps_.read_identity_names()) identity_names_ = std::move(*actual);
+        return written;
+    }
+    identity_names_ = names;
+    if (auto written = maps_.write_workload_identities(workload_identities_, workloads); !written) {
+        if (auto actual = maps_.read_workload_identities()) workload_identities_ = std::move(*actual);
+        return written;
+    }
+    workload_identities_ = workloads;
+    return {};
+}
+
+Result<AttachReport> Datapath::attach_hook(size_t hook, bpf_program* program, const CgroupTarget& cgroup,
+                                           int cgroup_fd) {
+    const fs::path pin = links_dir(options_.pin_dir) / kLinkNames[hook];
+    PinnedLink old_link(path_present(pin) ? bpf_link__open(pin.c_str()) : nullptr);
+    if (old_link) {
+        bpf_link_info info{};
+        uint32_t length = sizeof(info);
+        const bool same_cgroup = bpf_obj_get_info_by_fd(bpf_link__fd(old_link.get()), &info, &length) == 0 &&
+                                 info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.cgroup_id == cgroup.id;
+        if (same_cgroup) {
+            // Swap the program inside the live link: no instant without one.
+            if (int err = bpf_link__update_program(old_link.get(), program); err != 0)
+                return libbpf_error("updating the program of pinned link " + pin.string(), err);
+            links_.push_back(std::move(old_link));
+            return AttachReport{kLinkNames[hook], "adopted"};
+        }
+    }
+    PinnedLink link(bpf_program__attach_cgroup(program, cgroup_fd));
+    if (!link) return Error{errno, std::string("attaching ") + kLinkNames[hook] + " to " + cgroup.path.string()};
+    const bool moved = old_link != nullptr;
+    if (moved) {
+        // The new link enforces on the new cgroup; now drop the old one.
+        ::unlink(pin.c_str());
+        bpf_link_detach(bpf_link__fd(old_link.get()));
+    }
+    if (int err = bpf_link__pin(link.get(), pin.c_str()); err != 0) return libbpf_error("pinning " + pin.string(), err);
+    links_.push_back(std::move(link));
+    return AttachReport{kLinkNames[hook], moved ? "moved" : "attached"};
+}
+
+Result<std::vector<AttachReport>> Datapath::attach(const CgroupTarget& cgroup) {
+    auto cgroup_fd = open_cgroup_dir(cgroup.path);
+    if (!cgroup_fd) return cgroup_fd.error();
+    std::error_code ec;
+    fs::create_directories(links_dir(options_.pin_dir), ec);
+    if (ec) return Error{ec.value(), "creating " + links_dir(options_.pin_dir).string()};
+
+    bpf_program* programs[kLinkNames.size()] = {skel_->progs.egressd_conn4, skel_->progs.egressd_conn6,
+                                                skel_->progs.egressd_send4, skel_->progs.egressd_send6,
+                                                skel_->progs.egressd_sockops};
+    std::vector<AttachReport> reports;
+    for (size_t hook = 0; hook < kLinkNames.size(); ++hook) {
+        auto report = attach_hook(hook, programs[hook], cgroup, cgroup_fd->get());
+        if (!report) return report.error();
+        reports.push_back(*report);
+    }
+    if (!adopted_maps_) {
+        if (auto pinned = pin_maps(); !pinned) return pinned.error();
+    }
+    // The programs in force no longer use what earlier versions pinned.
+    for (const char* name : kRetiredMapNames) {
+        const fs::path path = options_.pin_dir / name;
+        if (path_present(path) && ::unlink(path.c_str()) != 0) return system_error("removing " + path.string());
+    }
+    return reports;
+}
+
+Status Datapath::pin_maps() {
+    bpf_map* map = nullptr;
+    bpf_object__for_each_map(map, skel_->obj) {
+        const fs::path path = options_.pin_dir / bpf_map__name(map);
+        // The links use these maps already; an old pin only keeps an unused map alive.
+        if (path_present(path) && ::unlink(path.c_str()) != 0) return system_error("replacing " + path.string());
+        if (bpf_obj_pin(bpf_map__fd(map), path.c_str()) != 0) return system_error("pinning " + path.string());
+    }
+    adopted_maps_ = true;
+    return {};
+}
+
+}  // namespace egressd

@@ -1,0 +1,115 @@
+// The agent's datapath: the loaded programs, their maps and the links that
+// attach them, and the atomic switch from one generation to the next.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "core/agent_config.h"
+#include "core/identity.h"
+#include "core/image.h"
+#include "egressd_abi.h"
+#include "kernel/cgroup.h"
+#include "kernel/libbpf_owners.h"
+#include "kernel/map_set.h"
+#include "kernel/program_barrier.h"
+
+namespace egressd {
+
+struct AttachReport {
+    std::string hook;
+    std::string action;  // "attached", "adopted", "moved"
+};
+
+// The agent's datapath: the loaded programs, their maps and the links.
+class Datapath {
+public:
+    struct Options {
+        std::filesystem::path pin_dir;
+        Capacities capacities;
+    };
+
+    // Opens and loads the BPF object. When every pinned map is compatible the
+    // maps are adopted (the kernel keeps its current generation); otherwise a
+    // fresh set is created and replaces the pins only after the links use it.
+    static Result<std::unique_ptr<Datapath>> load(const Options& options);
+    ~Datapath();  // links stay pinned: enforcement outlives the agent by design
+    Datapath(const Datapath&) = delete;
+    Datapath& operator=(const Datapath&) = delete;
+
+    bool adopted_maps() const { return adopted_maps_; }
+    // The generation the kernel enforces now (adopted maps), if any.
+    std::optional<MapImage> active_image() const;
+
+    // Atomically replaces the enforced generation: writes the inactive slot
+    // and flips the active slot. The new generation decides every connect()
+    // from then on; programs that started before may still read the old slot,
+    // so the old slot is written again only after they are done (see
+    // settle()), not here: that wait (an RCU grace period, ~10-20 ms) stays
+    // off the path from a file write to the kernel's verdict.
+    Status publish(std::shared_ptr<const MapImage> image);
+    Status publish(const MapImage& image) { return publish(std::make_shared<const MapImage>(image)); }
+
+    // Makes the inactive slot equal to the active one, so the next publish()
+    // writes only what changes. Off the critical path: call it after a
+    // publish() has taken effect. Failing leaves enforcement as it is.
+    Status converge();
+
+    // Attaches the programs to the cgroup with bpf_link and pins the links,
+    // or adopts pinned links (their program is replaced atomically with
+    // bpf_link_update, so enforcement never stops). A link on another cgroup
+    // is replaced after the new one is attached. Then pins the maps if they
+    // are new. Call after the first publish().
+    Result<std::vector<AttachReport>> attach(const CgroupTarget& cgroup);
+
+    // Identity names and registered workload cgroups: not per generation.
+    // Names must be written before a generation that uses them is published.
+    Status set_identities(const std::map<uint32_t, IdentityName>& names, const std::map<uint64_t, uint32_t>& workloads);
+    const std::map<uint32_t, IdentityName>& identity_names() const { return identity_names_; }
+    const std::map<uint64_t, uint32_t>& workload_identities() const { return workload_identities_; }
+
+    const MapSet& maps() const { return maps_; }
+
+private:
+    Datapath() = default;
+    // After adopting pinned maps: what each slot, the names and the workloads hold.
+    Status read_adopted_state();
+    // Attaches one hook's program, or swaps it into the pinned link on this cgroup.
+    Result<AttachReport> attach_hook(size_t hook, bpf_program* program, const CgroupTarget& cgroup, int cgroup_fd);
+    Status pin_maps();
+    // Waits, once after each flip, until no program can still be reading the
+    // slot that was active before it. Every write to the inactive slot calls it.
+    Status settle();
+
+    Options options_;
+    Skeleton skel_;
+    MapSet maps_;
+    ProgramBarrier barrier_;
+    bool flipped_since_settle_ = false;
+    // The diff the last publish() wrote, between the images it names: after
+    // a converge() both slots held `from`, so bringing the old slot up to
+    // date is the very same diff and need not be computed again.
+    struct LastDiff {
+        std::shared_ptr<const MapImage> from, to;
+        ImageDiff diff;
+    };
+    std::optional<LastDiff> last_diff_;
+    bool adopted_maps_ = false;
+    uint32_t active_slot_ = 0;
+    // What each slot holds in the kernel. Images are immutable and shared:
+    // after converge() both slots point at the same one.
+    std::array<std::shared_ptr<const MapImage>, EGRESSD_SLOTS> slot_images_{
+        std::make_shared<const MapImage>(), std::make_shared<const MapImage>()};
+    std::vector<PinnedLink> links_;
+    std::map<uint32_t, IdentityName> identity_names_;
+    std::map<uint64_t, uint32_t> workload_identities_;
+};
+
+}  // namespace egressd

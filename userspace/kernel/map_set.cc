@@ -1,0 +1,234 @@
+#include "kernel/map_set.h"
+
+#include <bpf/bpf.h>
+
+#include <algorithm>
+
+#include "core/map_codec.h"
+#include "kernel/abi_check.h"
+#include "kernel/pins.h"
+
+namespace egressd {
+
+namespace {
+
+// Sums each key's per-CPU traffic.
+template <typename Key, typename Out, typename MakeKey>
+Status sum_traffic(const BpfMap<Key, egressd_traffic>& map, Out& out, MakeKey make_key) {
+    auto entries = map.read_all_per_cpu();
+    if (!entries) return entries.error();
+    for (const auto& [key, per_cpu] : *entries) {
+        Traffic& t = out[make_key(key)];
+        for (const auto& c : per_cpu) {
+            t.connections += c.connections;
+            t.bytes_sent += c.bytes_sent;
+            t.bytes_received += c.bytes_received;
+        }
+    }
+    return {};
+}
+
+// The changes that turn the entries `from` into `to`: the unslotted maps
+// change entry by entry.
+template <typename K, typename V, typename Key, typename Value, typename EncodeKey, typename EncodeValue>
+Status sync_entries(const BpfMap<Key, Value>& map, const std::map<K, V>& from, const std::map<K, V>& to,
+                    EncodeKey encode_key, EncodeValue encode_value) {
+    std::vector<Key> deletes;
+    std::vector<std::pair<Key, Value>> upserts;
+    for (const auto& [k, v] : to) {
+        auto old = from.find(k);
+        if (old == from.end() || !(old->second == v)) upserts.emplace_back(encode_key(k), encode_value(v));
+    }
+    for (const auto& [k, v] : from)
+        if (!to.contains(k)) deletes.push_back(encode_key(k));
+    return map.apply(deletes, upserts);
+}
+
+// Keys and entries of one map's part of a diff.
+template <typename Key, typename Value>
+struct MapChanges {
+    std::vector<Key> deletes;
+    std::vector<std::pair<Key, Value>> upserts;
+    Status apply_to(const BpfMap<Key, Value>& map) const { return map.apply(deletes, upserts); }
+};
+
+}  // namespace
+
+Result<MapSet> MapSet::open_pinned(const std::filesystem::path& pin_dir, bool read_only) {
+    return adopt([&](const char* name) { return open_pinned_object(pin_dir / name, read_only); });
+}
+
+Result<egressd_control> MapSet::read_control() const {
+    auto control_value = control.lookup(0);
+    if (!control_value) return control_value.error();
+    if (!*control_value) return make_error("reading " + control.name() + ": no entry 0");
+    return **control_value;
+}
+
+Result<MapImage> MapSet::read_config(uint32_t slot) const {
+    auto value = config.lookup(slot);
+    if (!value) return value.error();
+    if (!*value) return make_error("reading " + config.name() + ": no slot " + std::to_string(slot));
+    MapImage image;
+    decode_config(**value, image);
+    return image;
+}
+
+Result<std::map<uint32_t, PolicyRef>> MapSet::read_policy_names(uint32_t slot) const {
+    auto entries = policy_names.read_all();
+    if (!entries) return entries.error();
+    std::map<uint32_t, PolicyRef> names;
+    for (const auto& [key, value] : *entries)
+        if (key.slot == slot) names[key.policy] = decode_policy_name(value);
+    return names;
+}
+
+Result<MapImage> MapSet::read_slot(uint32_t slot) const {
+    auto image = read_config(slot);
+    if (!image) return image;
+    auto cidr_entries = cidrs.read_all();
+    if (!cidr_entries) return cidr_entries.error();
+    for (const auto& [key, value] : *cidr_entries) {
+        if (key.slot != slot) continue;
+        auto rule = decode_cidr(key, value);
+        if (!rule) return rule.error().with_context("decoding " + cidrs.name());
+        image->cidrs.push_back(*rule);
+    }
+    auto port_entries = ports.read_all();
+    if (!port_entries) return port_entries.error();
+    for (const auto& [key, value] : *port_entries)
+        if (key.slot == slot) image->ports.push_back(decode_port(key, value));
+    auto policy_entries = policies.read_all();
+    if (!policy_entries) return policy_entries.error();
+    for (const auto& [key, value] : *policy_entries) {
+        if (key.slot != slot) continue;
+        auto rule = decode_policy(key, value);
+        if (!rule) return rule.error().with_context("decoding " + policies.name());
+        image->policy_rules.push_back(*rule);
+    }
+    auto host_entries = policy_hosts.read_all();
+    if (!host_entries) return host_entries.error();
+    for (const auto& [key, value] : *host_entries)
+        if (key.slot == slot) image->policy_rules.push_back(decode_policy_host(key, value));
+    auto names = read_policy_names(slot);
+    if (!names) return names.error();
+    image->policies = std::move(*names);
+    std::sort(image->cidrs.begin(), image->cidrs.end());
+    std::sort(image->ports.begin(), image->ports.end());
+    std::sort(image->policy_rules.begin(), image->policy_rules.end());
+    return image;
+}
+
+Result<std::vector<uint64_t>> MapSet::read_counters() const {
+    std::vector<uint64_t> totals(EGRESSD_COUNTER_SLOTS, 0);
+    for (uint32_t i = 0; i < EGRESSD_COUNTER_SLOTS; ++i) {
+        auto per_cpu = counters.lookup_per_cpu(i);
+        if (!per_cpu) return per_cpu.error();
+        for (const auto& c : *per_cpu) totals[i] += c.decisions;
+    }
+    return totals;
+}
+
+Result<std::array<uint64_t, EGRESSD_STAT_MAX>> MapSet::read_event_stats() const {
+    std::array<uint64_t, EGRESSD_STAT_MAX> totals{};
+    for (uint32_t i = 0; i < EGRESSD_STAT_MAX; ++i) {
+        auto per_cpu = event_stats.lookup_per_cpu(i);
+        if (!per_cpu) return per_cpu.error();
+        for (uint64_t v : *per_cpu) totals[i] += v;
+    }
+    return totals;
+}
+
+Result<std::vector<std::pair<uint64_t, egressd_flow>>> MapSet::read_flows() const {
+    auto entries = flows.read_all();
+    if (!entries) return entries.error();
+    // Connecting sockets (no SYN-ACK yet) are not connections yet.
+    std::erase_if(*entries, [](const auto& entry) { return entry.second.started_ns == 0; });
+    return std::move(*entries);
+}
+
+Result<std::map<std::pair<uint32_t, uint32_t>, Traffic>> MapSet::read_rule_traffic() const {
+    std::map<std::pair<uint32_t, uint32_t>, Traffic> out;
+    auto read = sum_traffic(rule_traffic, out, [](const egressd_traffic_key& k) { return std::pair{k.reason, k.rule}; });
+    if (!read) return read.error();
+    return out;
+}
+
+Result<std::map<uint32_t, Traffic>> MapSet::read_identity_traffic() const {
+    std::map<uint32_t, Traffic> out;
+    auto read = sum_traffic(identity_traffic, out, [](uint32_t k) { return k; });
+    if (!read) return read.error();
+    return out;
+}
+
+Result<std::map<uint64_t, uint32_t>> MapSet::read_workload_identities() const {
+    auto entries = workload_identities.read_all();
+    if (!entries) return entries.error();
+    std::map<uint64_t, uint32_t> out;
+    for (const auto& [key, value] : *entries) out[key.cgroup_id] = value.identity;
+    return out;
+}
+
+Result<std::map<uint32_t, IdentityName>> MapSet::read_identity_names() const {
+    auto entries = identity_names.read_all();
+    if (!entries) return entries.error();
+    std::map<uint32_t, IdentityName> out;
+    for (const auto& [key, value] : *entries) out[key] = decode_identity_name(value);
+    return out;
+}
+
+Status MapSet::write_workload_identities(const std::map<uint64_t, uint32_t>& from,
+                                         const std::map<uint64_t, uint32_t>& to) const {
+    return sync_entries(
+        workload_identities, from, to, [](uint64_t id) { return egressd_identity_key{id}; },
+        [](uint32_t identity) { return egressd_identity_value{identity, 0}; });
+}
+
+Status MapSet::write_identity_names(const std::map<uint32_t, IdentityName>& from,
+                                    const std::map<uint32_t, IdentityName>& to) const {
+    return sync_entries(
+        identity_names, from, to, [](uint32_t id) { return id; }, encode_identity_name);
+}
+
+Status MapSet::write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& to) const {
+    const auto s = static_cast<uint8_t>(slot);
+    MapChanges<egressd_cidr_key, egressd_cidr_value> cidr_changes;
+    for (const auto& rule : diff.cidr_deletes) cidr_changes.deletes.push_back(encode_cidr_key(s, rule.table, rule.cidr));
+    for (const auto& rule : diff.cidr_upserts)
+        cidr_changes.upserts.emplace_back(encode_cidr_key(s, rule.table, rule.cidr), encode_cidr_value(rule));
+    MapChanges<egressd_port_key, egressd_port_value> port_changes;
+    for (const auto& rule : diff.port_deletes) port_changes.deletes.push_back(encode_port_key(s, rule));
+    for (const auto& rule : diff.port_upserts)
+        port_changes.upserts.emplace_back(encode_port_key(s, rule), encode_port_value(rule));
+    // Single addresses go to the exact-match hash, prefixes to the LPM trie.
+    MapChanges<egressd_policy_key, egressd_policy_value> policy_changes;
+    MapChanges<egressd_policy_host_key, egressd_policy_value> host_changes;
+    for (const auto& rule : diff.policy_deletes) {
+        if (is_host_rule(rule)) host_changes.deletes.push_back(encode_policy_host_key(s, rule));
+        else policy_changes.deletes.push_back(encode_policy_key(s, rule));
+    }
+    for (const auto& rule : diff.policy_upserts) {
+        if (is_host_rule(rule)) host_changes.upserts.emplace_back(encode_policy_host_key(s, rule), encode_policy_value(rule));
+        else policy_changes.upserts.emplace_back(encode_policy_key(s, rule), encode_policy_value(rule));
+    }
+    MapChanges<egressd_policy_name_key, egressd_policy_name> name_changes;
+    for (uint32_t index : diff.policy_name_deletes) name_changes.deletes.push_back({s, {}, index});
+    for (uint32_t index : diff.policy_name_upserts)
+        name_changes.upserts.emplace_back(egressd_policy_name_key{s, {}, index}, encode_policy_name(to.policies.at(index)));
+
+    // Deletes before writes in each map, so that a full map makes room first.
+    if (auto applied = cidr_changes.apply_to(cidrs); !applied) return applied;
+    if (auto applied = port_changes.apply_to(ports); !applied) return applied;
+    if (auto applied = policy_changes.apply_to(policies); !applied) return applied;
+    if (auto applied = host_changes.apply_to(policy_hosts); !applied) return applied;
+    if (auto applied = name_changes.apply_to(policy_names); !applied) return applied;
+    return config.update(slot, encode_config(to));
+}
+
+Status MapSet::set_active_slot(uint32_t slot) const {
+    if (auto set = control.update(0, egressd_control{slot, EGRESSD_ABI_VERSION}); !set)
+        return set.error().with_context("switching to slot " + std::to_string(slot));
+    return {};
+}
+
+}  // namespace egressd

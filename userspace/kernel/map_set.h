@@ -1,0 +1,132 @@
+// The egressd maps, typed, and what the agent and egressctl read from and
+// write to them. EGRESSD_MAP_TABLE is the one list of maps in C++: the
+// MapSet members, opening the pins, the loader's descriptors and clean-up
+// all come from it. Names and types come from maps/egressd_abi.h.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <utility>
+#include <vector>
+
+#include "common/result.h"
+#include "core/identity.h"
+#include "core/image.h"
+#include "egressd_abi.h"
+#include "kernel/bpf_map.h"
+
+namespace egressd {
+
+// X(member, pinned name macro, key type, value type). The ring buffer has no
+// key or value; its member is a plain descriptor (see MapSet::events).
+#define EGRESSD_MAP_TABLE(X)                                                                  \
+    X(control, EGRESSD_MAP_CONTROL, uint32_t, egressd_control)                                \
+    X(config, EGRESSD_MAP_CONFIG, uint32_t, egressd_config)                                   \
+    X(cidrs, EGRESSD_MAP_CIDRS, egressd_cidr_key, egressd_cidr_value)                         \
+    X(ports, EGRESSD_MAP_PORTS, egressd_port_key, egressd_port_value)                         \
+    X(counters, EGRESSD_MAP_COUNTERS, uint32_t, egressd_counter)                              \
+    X(workload_identities, EGRESSD_MAP_WORKLOAD_IDENTITIES, egressd_identity_key,             \
+      egressd_identity_value)                                                                 \
+    X(identity_names, EGRESSD_MAP_IDENTITY_NAMES, uint32_t, egressd_identity_name)            \
+    X(policies, EGRESSD_MAP_POLICIES, egressd_policy_key, egressd_policy_value)               \
+    X(policy_hosts, EGRESSD_MAP_POLICY_HOSTS, egressd_policy_host_key, egressd_policy_value)  \
+    X(policy_names, EGRESSD_MAP_POLICY_NAMES, egressd_policy_name_key, egressd_policy_name)   \
+    X(event_limits, EGRESSD_MAP_EVENT_LIMITS, uint64_t, egressd_event_bucket)                 \
+    X(event_stats, EGRESSD_MAP_EVENT_STATS, uint32_t, uint64_t)                               \
+    X(flows, EGRESSD_MAP_FLOWS, uint64_t, egressd_flow)                                       \
+    X(rule_traffic, EGRESSD_MAP_RULE_TRAFFIC, egressd_traffic_key, egressd_traffic)           \
+    X(identity_traffic, EGRESSD_MAP_ID_TRAFFIC, uint32_t, egressd_traffic)
+
+// Every map's pinned name, the ring buffer's included.
+inline constexpr auto kMapNames = std::to_array<const char*>({
+#define EGRESSD_MAP_NAME(member, name, key, value) EGRESSD_STRINGIFY(name),
+    EGRESSD_MAP_TABLE(EGRESSD_MAP_NAME)
+#undef EGRESSD_MAP_NAME
+        EGRESSD_STRINGIFY(EGRESSD_MAP_EVENTS),
+});
+// Maps earlier versions pinned and this one no longer has: unpinned once the
+// new set is pinned, and by --cleanup.
+inline constexpr std::array<const char*, 1> kRetiredMapNames = {"flow_marks_v1"};
+
+struct Traffic {
+    uint64_t connections = 0, bytes_sent = 0, bytes_received = 0;
+    bool operator==(const Traffic&) const = default;
+};
+
+// Open, typed descriptors of the egressd maps, from a loaded object or from
+// the pins. Reads and writes whole slots (maps/egressd_abi.h).
+class MapSet {
+public:
+    // Opens the pinned maps of `pin_dir`; fails naming the first one missing
+    // or whose key or value size differs from the ABI header.
+    static Result<MapSet> open_pinned(const std::filesystem::path& pin_dir, bool read_only);
+    // Takes the descriptor of each map from `fd_of(name)`, a Result<UniqueFd>.
+    template <typename FdOf>
+    static Result<MapSet> adopt(FdOf fd_of);
+
+    Result<egressd_control> read_control() const;
+    // One slot's configuration: generation, flags, sidecar UID and mode (the
+    // other image fields stay empty). A narrow read for who needs one flag.
+    Result<MapImage> read_config(uint32_t slot) const;
+    // Config, CIDRs, ports, policy entries and names of one slot. The
+    // image's flags say whether the slot holds a valid generation.
+    Result<MapImage> read_slot(uint32_t slot) const;
+    // The policy names of one slot, by number.
+    Result<std::map<uint32_t, PolicyRef>> read_policy_names(uint32_t slot) const;
+    // Decisions per counter index (reason * EGRESSD_HOOK_MAX + hook), summed over CPUs.
+    Result<std::vector<uint64_t>> read_counters() const;
+    // Events sent, suppressed by the rate limit and lost to a full ring
+    // (enum egressd_event_stat), summed over CPUs.
+    Result<std::array<uint64_t, EGRESSD_STAT_MAX>> read_event_stats() const;
+
+    // Open egress TCP connections (socket cookie -> flow), and what closed
+    // ones carried per (reason, rule) and per identity, summed over CPUs.
+    // Established connections only (see flows_v1 in the ABI).
+    Result<std::vector<std::pair<uint64_t, egressd_flow>>> read_flows() const;
+    Result<std::map<std::pair<uint32_t, uint32_t>, Traffic>> read_rule_traffic() const;
+    Result<std::map<uint32_t, Traffic>> read_identity_traffic() const;
+
+    // Not per generation: registered workload cgroups and identity names.
+    Result<std::map<uint64_t, uint32_t>> read_workload_identities() const;
+    Result<std::map<uint32_t, IdentityName>> read_identity_names() const;
+    Status write_workload_identities(const std::map<uint64_t, uint32_t>& from,
+                                     const std::map<uint64_t, uint32_t>& to) const;
+    Status write_identity_names(const std::map<uint32_t, IdentityName>& from,
+                                const std::map<uint32_t, IdentityName>& to) const;
+
+    // Turns slot `slot`, holding `from`, into `to`. Only for the inactive slot.
+    Status write_slot(uint32_t slot, const MapImage& from, const MapImage& to) const {
+        return write_diff(slot, diff_images(from, to), to);
+    }
+    // Writes a diff computed before (diff_images(what the slot holds, to)).
+    Status write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& to) const;
+    Status set_active_slot(uint32_t slot) const;
+
+#define EGRESSD_MAP_MEMBER(member, name, key, value) BpfMap<key, value> member;
+    EGRESSD_MAP_TABLE(EGRESSD_MAP_MEMBER)
+#undef EGRESSD_MAP_MEMBER
+    UniqueFd events;  // the ring buffer of decision events (EventReader reads it)
+};
+
+template <typename FdOf>
+Result<MapSet> MapSet::adopt(FdOf fd_of) {
+    MapSet set;
+#define EGRESSD_MAP_ADOPT(member, name, key, value)                                   \
+    {                                                                                 \
+        auto fd = fd_of(EGRESSD_STRINGIFY(name));                                     \
+        if (!fd) return fd.error();                                                   \
+        auto map = BpfMap<key, value>::adopt(std::move(*fd), EGRESSD_STRINGIFY(name)); \
+        if (!map) return map.error();                                                 \
+        set.member = std::move(*map);                                                 \
+    }
+    EGRESSD_MAP_TABLE(EGRESSD_MAP_ADOPT)
+#undef EGRESSD_MAP_ADOPT
+    auto events = fd_of(EGRESSD_STRINGIFY(EGRESSD_MAP_EVENTS));
+    if (!events) return events.error();
+    set.events = std::move(*events);
+    return set;
+}
+
+}  // namespace egressd

@@ -1,0 +1,44 @@
+// The pin directory: opening pinned objects, the pinned links (what egressctl
+// status shows), and removing everything egressd pinned (--cleanup).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common/fd.h"
+#include "common/result.h"
+#include "egressd_abi.h"
+
+namespace egressd {
+
+// The programs egressd attaches to the cgroup, as named by their pinned links:
+// the four decision hooks (in egressd_hook order), then flow accounting.
+inline constexpr std::array<const char*, EGRESSD_HOOK_MAX + 1> kLinkNames = {"connect4", "connect6", "sendmsg4",
+                                                                              "sendmsg6", "sockops"};
+
+std::filesystem::path links_dir(const std::filesystem::path& pin_dir);
+// A pinned map, link or program; read-only where the kernel allows it (maps).
+Result<UniqueFd> open_pinned_object(const std::filesystem::path& path, bool read_only);
+bool path_present(const std::filesystem::path& path);  // without following a symlink
+
+struct LinkInfo {
+    std::string hook;
+    bool pinned = false;
+    uint32_t link_id = 0;
+    uint32_t prog_id = 0;
+    uint64_t cgroup_id = 0;
+    uint32_t attach_type = 0;
+    std::string prog_name;
+};
+
+// What is pinned under pin_dir/links, for status and clean-up.
+std::vector<LinkInfo> read_pinned_links(const std::filesystem::path& pin_dir);
+
+// Detaches every link and removes every pin under pin_dir (and the directory).
+// Reports each removed object in `removed`.
+Status cleanup_pins(const std::filesystem::path& pin_dir, std::vector<std::string>& removed);
+
+}  // namespace egressd
