@@ -55,10 +55,6 @@
 #define EGRESSD_MAP_RULE_TRAFFIC rule_traffic_v1
 #define EGRESSD_MAP_ID_TRAFFIC id_traffic_v1
 
-/* Former names, until egressctl moves to the ones above. */
-#define EGRESSD_MAP_IDENTITIES EGRESSD_MAP_WORKLOAD_IDENTITIES
-#define EGRESSD_MAP_ID_NAMES EGRESSD_MAP_IDENTITY_NAMES
-
 #define EGRESSD_STRINGIFY_(x) #x
 #define EGRESSD_STRINGIFY(x) EGRESSD_STRINGIFY_(x)
 

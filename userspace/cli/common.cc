@@ -1,0 +1,90 @@
+#include "cli/common.h"
+
+#include <fmt/format.h>
+
+#include <iostream>
+
+#include "common/json_text.h"
+#include "core/decision.h"
+
+namespace egressd::cli {
+
+using nlohmann::json;
+
+Result<MapSet> open_pinned_maps(const AgentConfig& config) {
+    auto maps = MapSet::open_pinned(config.bpffs, true);
+    if (!maps) return maps.error().with_context("nothing pinned (is egressd running?)");
+    return maps;
+}
+
+Result<ActiveImage> read_active_image(const MapSet& maps) {
+    ActiveImage active;
+    auto control = maps.read_control();
+    if (!control) return control.error();
+    active.control = *control;
+    auto image = maps.read_slot(active.control.active_slot & 1);
+    if (!image) return image.error();
+    active.image = std::move(image).value();
+    return active;
+}
+
+Result<ActiveImage> read_active_config(const MapSet& maps) {
+    ActiveImage active;
+    auto control = maps.read_control();
+    if (!control) return control.error();
+    active.control = *control;
+    auto image = maps.read_config(active.control.active_slot & 1);
+    if (!image) return image.error();
+    active.image = std::move(image).value();
+    return active;
+}
+
+void print_json(const json& value) { std::cout << json_text(value, 2) << "\n"; }
+
+std::string address_for_port(std::string address) {
+    if (address.find(':') != std::string::npos) return "[" + address + "]";
+    return address;
+}
+
+std::string workload_name(const json& identity, uint64_t cgroup_id) {
+    return identity.is_null() ? fmt::format("cgroup {}", cgroup_id) : identity.get<std::string>();
+}
+
+namespace {
+
+uint64_t counter(const std::vector<uint64_t>& counters, int reason, int hook) {
+    return counters.empty() ? 0 : counters[reason * EGRESSD_HOOK_MAX + hook];
+}
+
+}  // namespace
+
+json counters_json(const std::vector<uint64_t>& counters) {
+    json out = json::object();
+    for (int reason = 1; reason < EGRESSD_REASON_MAX; ++reason) {
+        json by_hook = json::object();
+        uint64_t total = 0;
+        for (int hook = 0; hook < EGRESSD_HOOK_MAX; ++hook) {
+            const uint64_t n = counter(counters, reason, hook);
+            by_hook[std::string(hook_name(static_cast<egressd_hook>(hook)))] = n;
+            total += n;
+        }
+        by_hook["total"] = total;
+        out[std::string(reason_name(static_cast<egressd_reason>(reason)))] = by_hook;
+    }
+    return out;
+}
+
+void print_counters(const std::vector<uint64_t>& counters) {
+    std::cout << fmt::format("  {:<15}", "decisions");
+    for (int hook = 0; hook < EGRESSD_HOOK_MAX; ++hook)
+        std::cout << fmt::format("{:>10}", hook_name(static_cast<egressd_hook>(hook)));
+    std::cout << "\n";
+    for (int reason = 1; reason < EGRESSD_REASON_MAX; ++reason) {
+        std::cout << fmt::format("  {:<15}", reason_name(static_cast<egressd_reason>(reason)));
+        for (int hook = 0; hook < EGRESSD_HOOK_MAX; ++hook)
+            std::cout << fmt::format("{:>10}", counter(counters, reason, hook));
+        std::cout << "\n";
+    }
+}
+
+}  // namespace egressd::cli
