@@ -237,9 +237,9 @@ TEST_CASE("NXDOMAIN and empty answers are answers; REFUSED is a failure") {
     const std::string too_long = std::string(64, 'x') + ".test.egressd";  // labels are at most 63 octets
     r->set_hosts({"missing.test.egressd", "txt.test.egressd", "outside.invalid", "api.test.egressd", too_long,
                   "203.0.113.77", "2001:db8::77"});
-    Snapshot s = wait_for(*r, [](const Snapshot& s) {
-        return answered(s, "missing.test.egressd") && answered(s, "txt.test.egressd") &&
-               answered(s, "api.test.egressd") && s.at("outside.invalid").last_error.has_value();
+    Snapshot s = wait_for(*r, [](const Snapshot& seen) {
+        return answered(seen, "missing.test.egressd") && answered(seen, "txt.test.egressd") &&
+               answered(seen, "api.test.egressd") && seen.at("outside.invalid").last_error.has_value();
     }, 3000ms);
     INFO(dns.log());
 
@@ -311,7 +311,8 @@ TEST_CASE("a server that stops answering: addresses kept until expiry, then drop
     CHECK(after.resolved_at == known.resolved_at);  // no new answer
 
     dns.resume_answering();
-    Snapshot s = wait_for(*r, [](const Snapshot& s) { return !s.at("api.test.egressd").addresses.empty(); }, 3000ms);
+    Snapshot s =
+        wait_for(*r, [](const Snapshot& seen) { return !seen.at("api.test.egressd").addresses.empty(); }, 3000ms);
     const HostState back = s["api.test.egressd"];
     CHECK(back.addresses == known.addresses);
     CHECK_FALSE(back.last_error.has_value());

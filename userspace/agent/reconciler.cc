@@ -1,0 +1,140 @@
+#include "agent/reconciler.h"
+
+#include <set>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "common/time_text.h"
+
+namespace egressd {
+
+namespace {
+
+// "policies +ns/a -ns/b ~ns/c" for added, removed and changed policies.
+std::string describe_policy_changes(const std::vector<EgressPolicy>& before, const std::vector<EgressPolicy>& after) {
+    std::map<std::pair<std::string, std::string>, const EgressPolicy*> old_by_name;
+    for (const auto& p : before) old_by_name[{p.namespace_, p.name}] = &p;
+    std::string added, changed, removed;
+    for (const auto& p : after) {
+        auto it = old_by_name.find({p.namespace_, p.name});
+        if (it == old_by_name.end()) added += " +" + p.namespace_ + "/" + p.name;
+        else if (!(*it->second == p)) changed += " ~" + p.namespace_ + "/" + p.name;
+        if (it != old_by_name.end()) old_by_name.erase(it);
+    }
+    for (const auto& [name, p] : old_by_name) removed += " -" + name.first + "/" + name.second;
+    const std::string all = added + removed + changed;
+    return all.empty() ? "" : "policies" + all;
+}
+
+}  // namespace
+
+Reconciler::Reconciler(const AgentConfig& config, Datapath& datapath, CgroupTarget cgroup, uint32_t cgroup_level)
+    : config_(config), datapath_(datapath), cgroup_(std::move(cgroup)), cgroup_level_(cgroup_level) {
+    identities_ = IdentityRegistry(datapath_.identity_names());
+}
+
+void Reconciler::continue_pinned() {
+    auto adopted = datapath_.active_image();
+    if (!adopted) return;
+    auto adopted_generation = std::make_shared<MapImage>();
+    adopted_generation->generation = adopted->generation;
+    applied_image_ = std::move(adopted_generation);
+    policy_numbers_ = PolicyRegistry(adopted->policies);
+}
+
+std::optional<PolicyRef> Reconciler::policy_name(uint32_t number) const {
+    auto it = policy_names_seen_.find(number);
+    if (it == policy_names_seen_.end()) return std::nullopt;
+    return it->second;
+}
+
+Status Reconciler::push_identities(const std::map<uint64_t, uint32_t>& workload_ids) {
+    if (pushed_identities_revision_ == identities_.revision() && workload_ids == datapath_.workload_identities())
+        return {};
+    if (auto written = datapath_.set_identities(identities_.names(), workload_ids); !written) {
+        pushed_identities_revision_.reset();
+        return written;
+    }
+    pushed_identities_revision_ = identities_.revision();
+    return {};
+}
+
+// Workload cgroups exist before their identity does: a process moved in at
+// once is decided with that identity.
+Result<std::map<uint64_t, uint32_t>> Reconciler::workload_cgroups(std::vector<std::string>& problems) {
+    std::map<uint64_t, uint32_t> workload_ids;
+    for (const auto& w : workloads_) {
+        auto cg = ensure_cgroup(cgroup_.path / w.cgroup);
+        if (!cg) {
+            problems.push_back("workload " + w.identity.str() + ": " + cg.error().describe());
+            continue;
+        }
+        workload_ids[cg->id] = identities_.number_for(w.identity);
+    }
+    return workload_ids;
+}
+
+Status Reconciler::check_identity_capacity(size_t workload_cgroups) const {
+    if (identities_.size() > config_.capacities.identities)
+        return make_error(fmt::format("{} needs {} identities, capacity is {} (capacities.identities)",
+                                      EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITY_NAMES), identities_.size(),
+                                      config_.capacities.identities));
+    if (workload_cgroups > config_.capacities.workloads)
+        return make_error(fmt::format("{} needs {} workload cgroups, capacity is {} (capacities.workloads)",
+                                      EGRESSD_STRINGIFY(EGRESSD_MAP_WORKLOAD_IDENTITIES), workload_cgroups,
+                                      config_.capacities.workloads));
+    return {};
+}
+
+Status Reconciler::apply(std::vector<std::string>& problems) {
+    auto workload_ids = workload_cgroups(problems);
+    if (!workload_ids) return workload_ids.error();
+    std::set<uint32_t> used;
+    for (const auto& [cgroup_id, number] : *workload_ids) used.insert(number);
+    PolicyInputs policy_inputs{&policies_, &host_addresses_, &identities_, &policy_numbers_, cgroup_level_,
+                               &policy_rule_cache_};
+    auto built = build_image(config_, mesh_, applied_image_->generation + 1, policy_inputs);
+    if (!built) return built.error();
+    // Shared with the datapath's record of the slot: 100k entries are not copied.
+    const auto image = std::make_shared<const MapImage>(std::move(*built));
+    // Rules are sorted by identity first: one insert per identity, not per rule.
+    for (uint32_t last = 0; const auto& rule : image->policy_rules)
+        if (rule.identity != last) used.insert(last = rule.identity);
+    if (auto fits = check_identity_capacity(workload_ids->size()); !fits) return fits;
+
+    const std::map<uint64_t, uint32_t> previous_workloads = datapath_.workload_identities();
+    // Names first (a generation may use new identities), then the generation,
+    // then forget the names nothing uses any more.
+    if (auto named = push_identities(*workload_ids); !named) return named;
+    if (auto published = datapath_.publish(image); !published) return published;
+    if (used.size() != identities_.size()) identities_.retain(used);  // used is a subset of the numbered
+    std::set<uint32_t> policies_in_use;
+    for (const auto& [number, ref] : image->policies) policies_in_use.insert(number);
+    policy_numbers_.retain(policies_in_use);
+    if (auto pruned = push_identities(*workload_ids); !pruned) return pruned;
+
+    last_change_ = describe(*image, previous_workloads, *workload_ids);
+    for (const auto& [number, ref] : image->policies) policy_names_seen_[number] = ref;
+    applied_mesh_ = mesh_;
+    applied_policies_ = policies_;
+    applied_image_ = image;
+    applied_at_ = now_rfc3339();
+    return {};
+}
+
+std::string Reconciler::describe(const MapImage& image, const std::map<uint64_t, uint32_t>& workloads_before,
+                                 const std::map<uint64_t, uint32_t>& workloads_after) const {
+    if (!(applied_image_->flags & EGRESSD_CFG_VALID)) return "";  // the first generation: the agent says it all
+    std::vector<std::string> changes;
+    if (!(mesh_ == applied_mesh_)) changes.push_back(describe_changes(applied_mesh_, mesh_));
+    if (auto p = describe_policy_changes(applied_policies_, policies_); !p.empty()) changes.push_back(p);
+    if (changes.empty() && image.policy_rules != applied_image_->policy_rules)
+        changes.push_back(
+            fmt::format("policy entries {} -> {}", applied_image_->policy_rules.size(), image.policy_rules.size()));
+    if (workloads_after != workloads_before || changes.empty())
+        changes.push_back(fmt::format("workloads={}", workloads_after.size()));
+    return fmt::format("{}", fmt::join(changes, "; "));
+}
+
+}  // namespace egressd
