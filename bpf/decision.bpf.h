@@ -20,15 +20,15 @@ struct egressd_addr {
 };
 
 struct egressd_decision {
-	__u32 verdict;  /* enum egressd_verdict */
-	__u32 reason;   /* enum egressd_reason */
-	__u32 rule;     /* index in the list that decided, or the policy number */
+	__u32 verdict; /* enum egressd_verdict */
+	__u32 reason;  /* enum egressd_reason */
+	__u32 rule;    /* index in the list that decided, or the policy number */
 	/* What reporting needs from the generation that decided (zero without one). */
 	__u64 generation;
-	__u32 flags;        /* config_v1 flags */
-	__u32 mode;         /* enum egressd_mode */
+	__u32 flags; /* config_v1 flags */
+	__u32 mode;  /* enum egressd_mode */
 	__u32 cgroup_level;
-	__u32 identity;     /* valid when identity_known */
+	__u32 identity; /* valid when identity_known */
 	__u32 identity_known;
 };
 
@@ -61,17 +61,16 @@ static __always_inline int egressd_addr_is_local(const struct egressd_addr *a)
 {
 	if (egressd_addr_is_v4(a))
 		return (bpf_ntohl(a->w[3]) >> 24) == 127 || a->w[3] == 0;
-	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 &&
-	       (a->w[3] == 0 || a->w[3] == bpf_htonl(1));
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 && (a->w[3] == 0 || a->w[3] == bpf_htonl(1));
 }
 
-static __always_inline const struct egressd_cidr_value *
-egressd_cidr_lookup(__u8 slot, __u8 table, const struct egressd_addr *a)
+static __always_inline const struct egressd_cidr_value *egressd_cidr_lookup(__u8 slot, __u8 table,
+									    const struct egressd_addr *a)
 {
 	struct egressd_cidr_key key = {
-		.prefixlen = EGRESSD_CIDR_KEY_FIXED_BITS + 128,
-		.slot = slot,
-		.table = table,
+	    .prefixlen = EGRESSD_CIDR_KEY_FIXED_BITS + 128,
+	    .slot = slot,
+	    .table = table,
 	};
 
 	__builtin_memcpy(key.addr, a->w, sizeof(key.addr));
@@ -87,7 +86,7 @@ static __always_inline void egressd_verdict(struct egressd_decision *d, __u32 ve
 
 static __always_inline __u32 egressd_identity_of(__u64 cgroup_id)
 {
-	struct egressd_identity_key key = { .cgroup_id = cgroup_id };
+	struct egressd_identity_key key = {.cgroup_id = cgroup_id};
 	const struct egressd_identity_value *v = bpf_map_lookup_elem(&EGRESSD_MAP_WORKLOAD_IDENTITIES, &key);
 
 	return v ? v->identity : 0;
@@ -124,17 +123,17 @@ egressd_policy_lookup(__u8 slot, __u32 flags, __u32 identity, __u8 proto, __u16 
 {
 	const struct egressd_policy_value *value;
 	struct egressd_policy_host_key host = {
-		.slot = slot,
-		.proto = proto,
-		.port = port,
-		.identity = identity,
+	    .slot = slot,
+	    .proto = proto,
+	    .port = port,
+	    .identity = identity,
 	};
 	struct egressd_policy_key key = {
-		.prefixlen = EGRESSD_POLICY_KEY_FIXED_BITS + 128,
-		.slot = slot,
-		.proto = proto,
-		.port = port,
-		.identity = identity,
+	    .prefixlen = EGRESSD_POLICY_KEY_FIXED_BITS + 128,
+	    .slot = slot,
+	    .proto = proto,
+	    .port = port,
+	    .identity = identity,
 	};
 
 	__builtin_memcpy(host.addr, a->w, sizeof(host.addr));
@@ -186,8 +185,7 @@ static __always_inline void egressd_decide(struct egressd_decision *d, const str
 	if (pv)
 		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_PORT, pv->rule);
 
-	if ((cfg->flags & EGRESSD_CFG_HAS_INCLUSION) &&
-	    !egressd_cidr_lookup(slot, EGRESSD_TABLE_INCLUDE, dst))
+	if ((cfg->flags & EGRESSD_CFG_HAS_INCLUSION) && !egressd_cidr_lookup(slot, EGRESSD_TABLE_INCLUDE, dst))
 		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_NOT_INCLUDED, 0);
 
 	cidr = egressd_cidr_lookup(slot, EGRESSD_TABLE_MESH, dst);

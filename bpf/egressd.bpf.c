@@ -14,8 +14,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * EPERM before anything leaves the host. It lives here, beside the hooks, and
  * not in a header: it is the one place that joins the decision, its reporting
  * and flow tracking, so each of those headers stays about one concern. */
-static __always_inline int egressd_sock_addr(struct bpf_sock_addr *ctx,
-					     const struct egressd_addr *dst, __u32 hook)
+static __always_inline int egressd_sock_addr(struct bpf_sock_addr *ctx, const struct egressd_addr *dst, __u32 hook)
 {
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 	__u32 uid = (__u32)bpf_get_current_uid_gid();

@@ -87,7 +87,7 @@ static __always_inline int egressd_sockops_flow(struct bpf_sock_ops *skops)
 		flow->started_ns = bpf_ktime_get_boot_ns();
 		/* RTT samples keep the byte counts current for egressctl flows. */
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
-						 BPF_SOCK_OPS_RTT_CB_FLAG);
+						     BPF_SOCK_OPS_RTT_CB_FLAG);
 		return 1;
 	case BPF_SOCK_OPS_RTT_CB:
 		cookie = bpf_get_socket_cookie(skops);
@@ -108,10 +108,11 @@ static __always_inline int egressd_sockops_flow(struct bpf_sock_ops *skops)
 			return 1;
 		}
 		if (flow->started_ns) {
-			struct egressd_traffic_key rule = { .reason = flow->reason, .rule = flow->rule };
+			struct egressd_traffic_key rule = {.reason = flow->reason, .rule = flow->rule};
 			__u32 identity = flow->identity;
 
-			egressd_add_traffic(&EGRESSD_MAP_RULE_TRAFFIC, &rule, skops->bytes_acked, skops->bytes_received);
+			egressd_add_traffic(&EGRESSD_MAP_RULE_TRAFFIC, &rule, skops->bytes_acked,
+					    skops->bytes_received);
 			egressd_add_traffic(&EGRESSD_MAP_ID_TRAFFIC, &identity, skops->bytes_acked,
 					    skops->bytes_received);
 		}

@@ -28,14 +28,14 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_CIDR_CAPACITY);
+	__uint(max_entries, EGRESSD_SLOTS *EGRESSD_DEFAULT_CIDR_CAPACITY);
 	__type(key, struct egressd_cidr_key);
 	__type(value, struct egressd_cidr_value);
 } EGRESSD_MAP_CIDRS SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_PORT_CAPACITY);
+	__uint(max_entries, EGRESSD_SLOTS *EGRESSD_DEFAULT_PORT_CAPACITY);
 	__type(key, struct egressd_port_key);
 	__type(value, struct egressd_port_value);
 } EGRESSD_MAP_PORTS SEC(".maps");
@@ -64,7 +64,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_POLICY_RULE_CAPACITY);
+	__uint(max_entries, EGRESSD_SLOTS *EGRESSD_DEFAULT_POLICY_RULE_CAPACITY);
 	__type(key, struct egressd_policy_key);
 	__type(value, struct egressd_policy_value);
 } EGRESSD_MAP_POLICIES SEC(".maps");
@@ -72,14 +72,14 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_POLICY_RULE_CAPACITY);
+	__uint(max_entries, EGRESSD_SLOTS *EGRESSD_DEFAULT_POLICY_RULE_CAPACITY);
 	__type(key, struct egressd_policy_host_key);
 	__type(value, struct egressd_policy_value);
 } EGRESSD_MAP_POLICY_HOSTS SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EGRESSD_SLOTS * EGRESSD_DEFAULT_POLICY_CAPACITY);
+	__uint(max_entries, EGRESSD_SLOTS *EGRESSD_DEFAULT_POLICY_CAPACITY);
 	__type(key, struct egressd_policy_name_key);
 	__type(value, struct egressd_policy_name);
 } EGRESSD_MAP_POLICY_NAMES SEC(".maps");

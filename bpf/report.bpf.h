@@ -40,7 +40,7 @@ static __always_inline int egressd_event_allowed(__u64 source, __u64 now)
 	__u64 elapsed, tokens;
 
 	if (!b) {
-		struct egressd_event_bucket fresh = { .refilled_ns = now, .tokens = full - unit };
+		struct egressd_event_bucket fresh = {.refilled_ns = now, .tokens = full - unit};
 
 		bpf_map_update_elem(&EGRESSD_MAP_EVENT_LIMITS, &source, &fresh, BPF_ANY);
 		return 1;
@@ -59,8 +59,8 @@ static __always_inline int egressd_event_allowed(__u64 source, __u64 now)
 	return 1;
 }
 
-static __always_inline void egressd_report(const struct egressd_decision *d, const struct egressd_addr *dst,
-					   __u16 port, __u8 proto, __u32 hook, __u32 kind, __u32 uid)
+static __always_inline void egressd_report(const struct egressd_decision *d, const struct egressd_addr *dst, __u16 port,
+					   __u8 proto, __u32 hook, __u32 kind, __u32 uid)
 {
 	__u64 now = bpf_ktime_get_boot_ns();
 	__u64 cgroup_id = bpf_get_current_cgroup_id();

@@ -161,8 +161,10 @@ int run_loop(const std::string& mode, const Addr& a, long n, int reps) {
                 const bool denied = rc != 0 && e == EPERM;
                 const bool allowed = rc == 0 || e == EINPROGRESS;
                 if (want_deny ? !denied : !allowed) ++bad;
-                if (want_deny) close(s);
-                else close_rst(s);
+                if (want_deny)
+                    close(s);
+                else
+                    close_rst(s);
             }
             t1 = now_ns();
         } else if (mode == "reject") {
@@ -260,10 +262,14 @@ int main(int argc, char** argv) {
     size_t i = 0;
     std::string netns;
     while (i + 1 < args.size() && args[i].rfind("--", 0) == 0) {
-        if (args[i] == "--cgroup") g_cgroup = args[i + 1];
-        else if (args[i] == "--alt-cgroup") g_alt_cgroup = args[i + 1];
-        else if (args[i] == "--netns") netns = args[i + 1];
-        else break;
+        if (args[i] == "--cgroup")
+            g_cgroup = args[i + 1];
+        else if (args[i] == "--alt-cgroup")
+            g_alt_cgroup = args[i + 1];
+        else if (args[i] == "--netns")
+            netns = args[i + 1];
+        else
+            break;
         i += 2;
     }
     if (!g_alt_cgroup.empty() && g_cgroup.empty()) {

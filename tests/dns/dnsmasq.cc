@@ -189,9 +189,7 @@ int Dnsmasq::queries(const std::string& name, const std::string& type) const {
     return n;
 }
 
-std::string Dnsmasq::log() const {
-    return read_file(dir_ / "stderr.log") + read_file(dir_ / "dnsmasq.log");
-}
+std::string Dnsmasq::log() const { return read_file(dir_ / "stderr.log") + read_file(dir_ / "dnsmasq.log"); }
 
 // One A query for a test name; any reply (NXDOMAIN included) means ready.
 bool Dnsmasq::answers() const {

@@ -22,8 +22,8 @@ bool running_in_ci();
 class Dnsmasq {
 public:
     struct Config {
-        std::string hosts;         // initial contents of the --addn-hosts file
-        int local_ttl = 0;         // TTL of the hosts-file answers (--local-ttl)
+        std::string hosts;                    // initial contents of the --addn-hosts file
+        int local_ttl = 0;                    // TTL of the hosts-file answers (--local-ttl)
         std::vector<std::string> extra_args;  // e.g. "--host-record=...", "--cname=..."
     };
 

@@ -237,10 +237,13 @@ TEST_CASE("NXDOMAIN and empty answers are answers; REFUSED is a failure") {
     const std::string too_long = std::string(64, 'x') + ".test.egressd";  // labels are at most 63 octets
     r->set_hosts({"missing.test.egressd", "txt.test.egressd", "outside.invalid", "api.test.egressd", too_long,
                   "203.0.113.77", "2001:db8::77"});
-    Snapshot s = wait_for(*r, [](const Snapshot& seen) {
-        return answered(seen, "missing.test.egressd") && answered(seen, "txt.test.egressd") &&
-               answered(seen, "api.test.egressd") && seen.at("outside.invalid").last_error.has_value();
-    }, 3000ms);
+    Snapshot s = wait_for(
+        *r,
+        [](const Snapshot& seen) {
+            return answered(seen, "missing.test.egressd") && answered(seen, "txt.test.egressd") &&
+                   answered(seen, "api.test.egressd") && seen.at("outside.invalid").last_error.has_value();
+        },
+        3000ms);
     INFO(dns.log());
 
     CHECK(s[too_long].addresses.empty());
@@ -311,8 +314,8 @@ TEST_CASE("a server that stops answering: addresses kept until expiry, then drop
     CHECK(after.resolved_at == known.resolved_at);  // no new answer
 
     dns.resume_answering();
-    Snapshot s =
-        wait_for(*r, [](const Snapshot& seen) { return !seen.at("api.test.egressd").addresses.empty(); }, 3000ms);
+    Snapshot s = wait_for(
+        *r, [](const Snapshot& seen) { return !seen.at("api.test.egressd").addresses.empty(); }, 3000ms);
     const HostState back = s["api.test.egressd"];
     CHECK(back.addresses == known.addresses);
     CHECK_FALSE(back.last_error.has_value());
@@ -345,7 +348,7 @@ TEST_CASE("set_hosts replaces the set: new names resolved at once, old ones forg
     CHECK(s["c.test.egressd"].addresses == ips({"203.0.113.3"}));
     const int a_queries = dns.queries("a.test.egressd");
     const int b_queries = dns.queries("b.test.egressd");
-    std::this_thread::sleep_for(1500ms);  // longer than the 1 s TTL
+    std::this_thread::sleep_for(1500ms);                // longer than the 1 s TTL
     CHECK(dns.queries("a.test.egressd") == a_queries);  // forgotten: not refreshed any more
     CHECK(dns.queries("b.test.egressd") > b_queries);   // still tracked: refreshed
 
@@ -402,10 +405,12 @@ TEST_CASE("idle: no wake-ups and no queries when nothing is due") {
 }
 
 TEST_CASE("malformed dns_server and options are errors") {
-    for (const char* bad : {"dnsmasq", "localhost:53", "1.2.3", "256.1.1.1", "1.2.3.4:", "1.2.3.4:0", "1.2.3.4:65536",
-                            "1.2.3.4:53x", "1.2.3.4:-1", "1.2.3.4:99999999999999999999", "[::1", "[::1]53", "[::1]:",
-                            "::1", "2001:db8::1:53", "[1.2.3.4]:53", "[fe80::1%lo]:53", "1.2.3.4,5.6.7.8",
-                            " 1.2.3.4", "1.2.3.4:53 ", "[]:53"}) {
+    for (const char* bad :
+         {"dnsmasq",      "localhost:53",    "1.2.3",           "256.1.1.1",  "1.2.3.4:",
+          "1.2.3.4:0",    "1.2.3.4:65536",   "1.2.3.4:53x",     "1.2.3.4:-1", "1.2.3.4:99999999999999999999",
+          "[::1",         "[::1]53",         "[::1]:",          "::1",        "2001:db8::1:53",
+          "[1.2.3.4]:53", "[fe80::1%lo]:53", "1.2.3.4,5.6.7.8", " 1.2.3.4",   "1.2.3.4:53 ",
+          "[]:53"}) {
         HostResolver::Options o;
         o.dns_server = bad;
         auto r = HostResolver::start(o);
@@ -430,7 +435,10 @@ TEST_CASE("malformed dns_server and options are errors") {
         return HostResolver::start(o).ok();
     };
     CHECK_FALSE(with([](auto& o) { o.ttl_floor = 0s; }));
-    CHECK_FALSE(with([](auto& o) { o.ttl_ceiling = 1s; o.ttl_floor = 2s; }));
+    CHECK_FALSE(with([](auto& o) {
+        o.ttl_ceiling = 1s;
+        o.ttl_floor = 2s;
+    }));
     CHECK_FALSE(with([](auto& o) { o.attempts = 0; }));
     CHECK_FALSE(with([](auto& o) { o.query_timeout = 0ms; }));
     CHECK_FALSE(with([](auto& o) { o.retry_after_failure = 0s; }));

@@ -3,6 +3,6 @@
 #include <doctest/doctest.h>
 
 int main(int argc, char** argv) {
-  doctest::Context context(argc, argv);
-  return context.run();
+    doctest::Context context(argc, argv);
+    return context.run();
 }

@@ -123,12 +123,12 @@ TEST_CASE("BpfMap: a walk that restarts because its key was deleted returns each
     int deleted = 0;
     // Every 50th entry read is deleted at once: the next get_next_key no
     // longer finds it and starts again from the first key.
-    const Status walked = bpf_map_detail::walk_raw(trie.fd(), "trie", *shape, 16, keys, values, count,
-                                                   [&](const uint8_t* key) {
-                                                       TrieKey k;
-                                                       std::memcpy(&k, key, sizeof(k));
-                                                       if (k.addr % 50 == 0 && trie.erase(k).ok()) ++deleted;
-                                                   });
+    const Status walked =
+        bpf_map_detail::walk_raw(trie.fd(), "trie", *shape, 16, keys, values, count, [&](const uint8_t* key) {
+            TrieKey k;
+            std::memcpy(&k, key, sizeof(k));
+            if (k.addr % 50 == 0 && trie.erase(k).ok()) ++deleted;
+        });
     REQUIRE(walked.ok());
     CHECK(deleted == 10);  // the walk did restart (10 times)
     std::map<uint32_t, int> seen;

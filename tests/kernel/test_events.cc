@@ -111,8 +111,9 @@ TEST_CASE("kernel: events: a denied connect is reported exactly once, with its f
     CHECK(stats(enforcer)[EGRESSD_STAT_EVENTS_SENT] - before[EGRESSD_STAT_EVENTS_SENT] == 1);
 
     SUBCASE("UDP sendmsg over IPv6 names its hook and protocol") {
-        CHECK(run_probe(env.cg, env.net, {.address = Net::kExternal6, .port = 53, .proto = Proto::udp, .op = Op::sendmsg})
-                  .error == EPERM);
+        CHECK(
+            run_probe(env.cg, env.net, {.address = Net::kExternal6, .port = 53, .proto = Proto::udp, .op = Op::sendmsg})
+                .error == EPERM);
         const auto udp = drain(enforcer);
         REQUIRE(udp.size() == 1);
         CHECK(udp[0].hook == EGRESSD_HOOK_SENDMSG6);
@@ -300,9 +301,8 @@ TEST_CASE("kernel: flows: a connection that is refused leaves no flow, no totals
 
     // The connect hook records each attempt as connecting; the RST ends it.
     constexpr int kAttempts = 50;
-    const int refused = run_in_cgroup(env.cg, &env.net, [] {
-        return failing_connects(SOCK_STREAM, Net::kClosedTcpPort, kAttempts, ECONNREFUSED);
-    });
+    const int refused = run_in_cgroup(
+        env.cg, &env.net, [] { return failing_connects(SOCK_STREAM, Net::kClosedTcpPort, kAttempts, ECONNREFUSED); });
     CHECK(refused == 0);
 
     // Every entry of flows_v1, connecting ones included (read_flows hides them).

@@ -190,9 +190,9 @@ constexpr Family kFamilies[] = {Family::v4, Family::v6, Family::mapped};
 
 uint16_t table_port(PortClass pc, Proto proto) {
     switch (pc) {
-    case PortClass::allowed: return proto == Proto::tcp ? 8080 : 5353;
-    case PortClass::other_proto: return proto == Proto::tcp ? 5353 : 8080;
-    case PortClass::other_port: return proto == Proto::tcp ? 80 : 53;
+        case PortClass::allowed: return proto == Proto::tcp ? 8080 : 5353;
+        case PortClass::other_proto: return proto == Proto::tcp ? 5353 : 8080;
+        case PortClass::other_port: return proto == Proto::tcp ? 80 : 53;
     }
     return 0;
 }

@@ -72,7 +72,6 @@ std::string read_to_eof(int fd) {
     }
 }
 
-
 Reply parse_reply(const std::string& raw) {
     Reply reply;
     const auto head_end = raw.find("\r\n\r\n");
@@ -105,6 +104,5 @@ Reply request(uint16_t port, const std::string& method, const std::string& targe
 }
 
 Reply get(uint16_t port, const std::string& target) { return request(port, "GET", target); }
-
 
 }  // namespace egressd::testhttp

@@ -69,10 +69,8 @@ TEST_CASE("parse_listen_address") {
             uint16_t port;
         };
         const Case cases[] = {
-            {"127.0.0.1:9477", AF_INET, "127.0.0.1", 9477},
-            {"0.0.0.0:0", AF_INET, "0.0.0.0", 0},
-            {"[::1]:9477", AF_INET6, "::1", 9477},
-            {"[::]:65535", AF_INET6, "::", 65535},
+            {"127.0.0.1:9477", AF_INET, "127.0.0.1", 9477}, {"0.0.0.0:0", AF_INET, "0.0.0.0", 0},
+            {"[::1]:9477", AF_INET6, "::1", 9477},          {"[::]:65535", AF_INET6, "::", 65535},
             {"[fd00::1:2]:80", AF_INET6, "fd00::1:2", 80},
         };
         for (const auto& c : cases) {
@@ -94,11 +92,11 @@ TEST_CASE("parse_listen_address") {
             {"", "invalid listen address \"\": expected HOST:PORT"},
             {"127.0.0.1", "invalid listen address \"127.0.0.1\": expected HOST:PORT"},
             {":9477",
-             "invalid listen address \":9477\": missing host (for a listening address, 0.0.0.0 or [::] means every address)"},
+             "invalid listen address \":9477\": missing host (for a listening address, 0.0.0.0 or [::] means every "
+             "address)"},
             {"localhost:9477", "invalid listen address \"localhost:9477\": \"localhost\" is not an IP address"},
             {"127.1:9477", "invalid listen address \"127.1:9477\": \"127.1\" is not an IP address"},
-            {"::1:9477",
-             "invalid listen address \"::1:9477\": an IPv6 address must be in brackets, as in [::1]:9477"},
+            {"::1:9477", "invalid listen address \"::1:9477\": an IPv6 address must be in brackets, as in [::1]:9477"},
             {"[::1]", "invalid listen address \"[::1]\": expected \":PORT\" after \"]\""},
             {"[::1:9477", "invalid listen address \"[::1:9477\": missing \"]\""},
             {"[127.0.0.1]:80", "invalid listen address \"[127.0.0.1]:80\": \"127.0.0.1\" is not an IPv6 address"},
@@ -123,13 +121,19 @@ TEST_CASE("parse_listen_address") {
 TEST_CASE("HttpServer: routes, status codes, bodies and content types") {
     std::atomic<bool> ready{false};
     Routes routes{
-        {"/healthz", [] { return Response{200, "text/plain; charset=utf-8", "ok\n"}; }},
+        {"/healthz",
+         [] {
+             return Response{200, "text/plain; charset=utf-8", "ok\n"};
+         }},
         {"/readyz",
          [&] {
              return ready ? Response{200, "text/plain; charset=utf-8", "ready\n"}
                           : Response{503, "text/plain; charset=utf-8", "programs not attached\n"};
          }},
-        {"/metrics", [] { return Response{200, "text/plain; version=0.0.4; charset=utf-8", "# a metric body\n"}; }},
+        {"/metrics",
+         [] {
+             return Response{200, "text/plain; version=0.0.4; charset=utf-8", "# a metric body\n"};
+         }},
         {"/boom", []() -> Response { throw std::runtime_error("boom"); }},
     };
     auto server = must_start("127.0.0.1:0", std::move(routes));
@@ -278,7 +282,8 @@ TEST_CASE("HttpServer: bind failures are errors with errno and the address") {
         REQUIRE_FALSE(server.ok());
         CHECK(server.error().errnum == EADDRINUSE);
         CHECK(server.error().message == "HTTP server: cannot listen on " + address);
-        CHECK(server.error().describe() == "HTTP server: cannot listen on " + address + ": " + std::strerror(EADDRINUSE));
+        CHECK(server.error().describe() ==
+              "HTTP server: cannot listen on " + address + ": " + std::strerror(EADDRINUSE));
     }
     SUBCASE("a port in use by another HttpServer (no SO_REUSEPORT sharing)") {
         auto first = must_start("127.0.0.1:0", simple_routes());
@@ -298,7 +303,8 @@ TEST_CASE("HttpServer: bind failures are errors with errno and the address") {
         const auto server = HttpServer::start("localhost:9477", simple_routes());
         REQUIRE_FALSE(server.ok());
         CHECK(server.error().errnum == 0);
-        CHECK(server.error().message == "invalid listen address \"localhost:9477\": \"localhost\" is not an IP address");
+        CHECK(server.error().message ==
+              "invalid listen address \"localhost:9477\": \"localhost\" is not an IP address");
     }
 }
 

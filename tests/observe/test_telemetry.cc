@@ -81,8 +81,11 @@ double value_of(const prom::Exposition& exposition, const std::string& name,
 }
 
 json event(const std::string& verdict, const std::optional<std::string>& identity, int port) {
-    json e = {{"verdict", verdict}, {"reason", verdict == "allow" ? "policy" : "deny"}, {"port", port},
-              {"dst", "192.0.2.1"}, {"hook", "connect4"}};
+    json e = {{"verdict", verdict},
+              {"reason", verdict == "allow" ? "policy" : "deny"},
+              {"port", port},
+              {"dst", "192.0.2.1"},
+              {"hook", "connect4"}};
     e["identity"] = identity ? json(*identity) : json(nullptr);
     return e;
 }
@@ -189,9 +192,9 @@ TEST_CASE("Telemetry: /metrics parses strictly and counters move by what was rec
     CHECK(before.family("egressd_events_lost_total") == nullptr);
     CHECK(value_of(before, "egressd_kernel_read_errors_total") == 0);
 
-    const std::map<std::string, double> capacities = {{"cidrs_v1", 111},       {"ports_v1", 222},
-                                                      {"policies_v1", 333},    {"policy_names_v1", 444},
-                                                      {"id_names_v1", 555},    {"identities_v1", 666}};
+    const std::map<std::string, double> capacities = {{"cidrs_v1", 111},    {"ports_v1", 222},
+                                                      {"policies_v1", 333}, {"policy_names_v1", 444},
+                                                      {"id_names_v1", 555}, {"identities_v1", 666}};
     for (const auto& [map, capacity] : capacities) {
         CAPTURE(map);
         CHECK(value_of(before, "egressd_map_capacity", {{"map", map}}) == capacity);
@@ -292,12 +295,12 @@ TEST_CASE("Telemetry: /events filters by since, verdict, identity and limit") {
 
     CHECK(get_events(port).empty());
 
-    telemetry->record_event(event("deny", "shop/web", 1));     // 1
-    telemetry->record_event(event("audit", "shop/web", 2));    // 2
-    telemetry->record_event(event("deny", std::nullopt, 3));   // 3
-    telemetry->record_event(event("allow", "shop/api", 4));    // 4
-    telemetry->record_event(event("deny", "shop/api", 5));     // 5
-    telemetry->record_event(event("deny", "shop/web", 6));     // 6
+    telemetry->record_event(event("deny", "shop/web", 1));    // 1
+    telemetry->record_event(event("audit", "shop/web", 2));   // 2
+    telemetry->record_event(event("deny", std::nullopt, 3));  // 3
+    telemetry->record_event(event("allow", "shop/api", 4));   // 4
+    telemetry->record_event(event("deny", "shop/api", 5));    // 5
+    telemetry->record_event(event("deny", "shop/web", 6));    // 6
 
     const json all = get_events(port);
     CHECK(seqs(all) == std::vector<uint64_t>{1, 2, 3, 4, 5, 6});
@@ -325,8 +328,8 @@ TEST_CASE("Telemetry: /events filters by since, verdict, identity and limit") {
     CHECK(seqs(get_events(port, "?since=1&verdict=deny&identity=shop/web&limit=5")) == std::vector<uint64_t>{6});
 
     // Invalid queries are refused, naming the problem.
-    for (const std::string bad : {"?since=x", "?since=-1", "?limit=1.5", "?verdict=maybe", "?colour=red",
-                                  "?limit=1&limit=2"}) {
+    for (const std::string bad :
+         {"?since=x", "?since=-1", "?limit=1.5", "?verdict=maybe", "?colour=red", "?limit=1&limit=2"}) {
         CAPTURE(bad);
         const Reply reply = get(port, "/events" + bad);
         CHECK(reply.status == 400);
@@ -439,7 +442,10 @@ TEST_CASE("HttpServer: a handler taking a Request gets the decoded query paramet
              for (const auto& [name, value] : request.params) body += name + "=" + value + "\n";
              return observe::Response{200, "text/plain; charset=utf-8", body};
          }},
-        {"/plain", [] { return observe::Response{200, "text/plain; charset=utf-8", "plain\n"}; }},
+        {"/plain",
+         [] {
+             return observe::Response{200, "text/plain; charset=utf-8", "plain\n"};
+         }},
     };
     auto server = observe::HttpServer::start("127.0.0.1:0", std::move(routes));
     REQUIRE(server.ok());
@@ -455,7 +461,10 @@ TEST_CASE("Telemetry: names with invalid UTF-8 reach /events, the event log and 
     const Telemetry::Options options = options_in(dir);
     auto telemetry = must_start(options);
     const uint16_t port = telemetry->http_port();
-    json broken = event("deny", std::string("shop/w\xF7" "b"), 1);
+    json broken = event("deny",
+                        std::string("shop/w\xF7"
+                                    "b"),
+                        1);
     broken["policy"] = std::string("shop/p\xE6\x97");
     broken["comm"] = std::string("\xFF\xFE");
     telemetry->record_event(broken);
@@ -463,11 +472,18 @@ TEST_CASE("Telemetry: names with invalid UTF-8 reach /events, the event log and 
 
     const json events = get_events(port);
     REQUIRE(events.size() == 2);
-    CHECK(events[0].at("identity") == "shop/w\xEF\xBF\xBD" "b");
+    CHECK(events[0].at("identity") ==
+          "shop/w\xEF\xBF\xBD"
+          "b");
     CHECK(events[0].at("policy") == "shop/p\xEF\xBF\xBD");
     const auto lines = read_lines(options.event_log);
     REQUIRE(lines.size() == 2);
-    CHECK(json::parse(lines[0]).at("identity") == "shop/w\xEF\xBF\xBD" "b");
+    CHECK(json::parse(lines[0]).at("identity") ==
+          "shop/w\xEF\xBF\xBD"
+          "b");
     CHECK(value_of(scrape(port), "egressd_identity_decisions_total",
-                   {{"identity", "shop/w\xEF\xBF\xBD" "b"}, {"verdict", "deny"}}) == 1);
+                   {{"identity",
+                     "shop/w\xEF\xBF\xBD"
+                     "b"},
+                    {"verdict", "deny"}}) == 1);
 }

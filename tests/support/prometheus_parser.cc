@@ -237,8 +237,7 @@ private:
             e = token_end(s, p);
             const std::string type(s.substr(p, e - p));
             if (type.empty()) fail(line, "TYPE line for " + name + " without a type");
-            if (type != "counter" && type != "gauge" && type != "histogram" && type != "summary" &&
-                type != "untyped") {
+            if (type != "counter" && type != "gauge" && type != "histogram" && type != "summary" && type != "untyped") {
                 fail(line, "unknown type \"" + type + "\" for " + name);
             }
             if (skip_blanks(s, e) != s.size()) fail(line, "unexpected text after the type of " + name);
@@ -347,8 +346,8 @@ private:
                 } else if (next == 'n') {
                     label.value += '\n';
                 } else {
-                    fail(line, std::string("invalid escape \"\\") + next + "\" in the value of label \"" +
-                                   label.name + "\"");
+                    fail(line,
+                         std::string("invalid escape \"\\") + next + "\" in the value of label \"" + label.name + "\"");
                 }
             }
             if (!closed) fail(line, "unterminated value of label \"" + label.name + "\"");
@@ -469,8 +468,8 @@ private:
                     const Bucket& previous = group.buckets[i - 1];
                     const Bucket& bucket = group.buckets[i];
                     if (!(bucket.le > previous.le)) {
-                        fail(bucket.line, "histogram " + series + ": bucket le=\"" + bucket.le_text +
-                                              "\" after le=\"" + previous.le_text + "\" (le must increase)");
+                        fail(bucket.line, "histogram " + series + ": bucket le=\"" + bucket.le_text + "\" after le=\"" +
+                                              previous.le_text + "\" (le must increase)");
                     }
                     if (bucket.value < previous.value) {
                         fail(bucket.line, "histogram " + series + ": bucket le=\"" + bucket.le_text + "\" counts " +
@@ -480,8 +479,8 @@ private:
                 }
                 const Bucket& last = group.buckets.back();
                 if (!std::isinf(last.le)) {
-                    fail(last.line, "histogram " + series + ": the last bucket is le=\"" + last.le_text +
-                                        "\", not le=\"+Inf\"");
+                    fail(last.line,
+                         "histogram " + series + ": the last bucket is le=\"" + last.le_text + "\", not le=\"+Inf\"");
                 }
                 if (group.count == nullptr) fail(group.first_line, "histogram " + series + " has no _count");
                 if (group.sum == nullptr) fail(group.first_line, "histogram " + series + " has no _sum");

@@ -96,7 +96,8 @@ TEST_CASE("bad agent settings: file, line, column, key path and reason") {
          "3:1: sidecarUid: unknown key; expected one of cgroup, bpffs, meshConfig, meshCIDRs, sidecarUID, runDir, "
          "egressPolicySemantics, policyDir, workloads, dnsServer, mode, events, httpAddress, capacities"},
         {"a typo under capacities", with_required("capacities:\n  cidr: 10\n"),
-         "4:3: capacities.cidr: unknown key; expected one of cidrs, ports, policyRules, policies, identities, workloads"},
+         "4:3: capacities.cidr: unknown key; expected one of cidrs, ports, policyRules, policies, identities, "
+         "workloads"},
         {"capacities a scalar", with_required("capacities: 10\n"), "3:13: capacities: expected a mapping, got \"10\""},
         {"a key twice", with_required("cgroup: other.slice\n"), "3:1: cgroup: duplicate key (first at line 1)"},
         // cgroup

@@ -175,7 +175,8 @@ TEST_CASE("bad MeshConfigs: file, line, column, field path and reason") {
         {"octet out of range",
          with_traffic(
              "    enableEgress: false\n    outboundIPRangeExclusionList:\n    - 10.0.0.0/8\n    - 10.0.0.300/8\n"),
-         "10:7: spec.traffic.outboundIPRangeExclusionList[1]: \"10.0.0.300/8\" is not a valid CIDR: octet 300 out of range"},
+         "10:7: spec.traffic.outboundIPRangeExclusionList[1]: \"10.0.0.300/8\" is not a valid CIDR: octet 300 out of "
+         "range"},
         {"IPv4 prefix too long",
          with_traffic("    enableEgress: false\n    outboundIPRangeExclusionList: [10.0.0.0/33]\n"),
          "8:36: spec.traffic.outboundIPRangeExclusionList[0]: \"10.0.0.0/33\" is not a valid CIDR: prefix length 33 "
@@ -187,7 +188,8 @@ TEST_CASE("bad MeshConfigs: file, line, column, field path and reason") {
         {"empty CIDR", with_traffic("    enableEgress: false\n    outboundIPRangeExclusionList:\n    - \"\"\n"),
          "9:7: spec.traffic.outboundIPRangeExclusionList[0]: \"\" is not a valid CIDR: empty string"},
         {"garbage CIDR", with_traffic("    enableEgress: false\n    outboundIPRangeExclusionList:\n    - localhost\n"),
-         "9:7: spec.traffic.outboundIPRangeExclusionList[0]: \"localhost\" is not a valid CIDR: not an IPv4 or IPv6 address"},
+         "9:7: spec.traffic.outboundIPRangeExclusionList[0]: \"localhost\" is not a valid CIDR: not an IPv4 or IPv6 "
+         "address"},
         {"null CIDR item",
          with_traffic("    enableEgress: false\n    outboundIPRangeExclusionList:\n    - 10.0.0.0/8\n    -\n"),
          "9:5: spec.traffic.outboundIPRangeExclusionList[1]: expected a string, got null"},

@@ -43,8 +43,8 @@ TEST_CASE("metrics: the exposition text, exactly") {
     auto* decisions = must(registry.counter("egressd_decisions_total", "Socket calls decided, by verdict and reason.",
                                             {"verdict", "reason"}));
     auto* generation = must(registry.gauge("egressd_generation", "Generation in force\n(kernel view) C:\\x"));
-    auto* apply = must(registry.histogram("egressd_apply_seconds", "Time to apply a configuration.",
-                                          {0.1, 0.25, 0.5, 1, 2}));
+    auto* apply =
+        must(registry.histogram("egressd_apply_seconds", "Time to apply a configuration.", {0.1, 0.25, 0.5, 1, 2}));
     decisions->labels({"deny", "default"}).inc();
     decisions->labels({"allow", "mesh_cidr"}).inc(2);
     decisions->labels({"allow", "loopback"}).inc(3);
@@ -97,8 +97,9 @@ TEST_CASE("metrics: a fresh registry renders only the drop counter, and validly"
 TEST_CASE("metrics: label values are escaped and read back unchanged") {
     Registry registry;
     auto* family = must(registry.counter("egressd_paths_total", "Paths.", {"path"}));
-    const std::vector<std::string> values = {"C:\\dir\\file", "say \"hi\"", "two\nlines", "all \\ \" \n of them",
-                                             "", "UTF-8: \xc3\xa9t\xc3\xa9 \xe2\x9c\x93"};
+    const std::vector<std::string> values = {
+        "C:\\dir\\file",        "say \"hi\"", "two\nlines",
+        "all \\ \" \n of them", "",           "UTF-8: \xc3\xa9t\xc3\xa9 \xe2\x9c\x93"};
     for (const auto& value : values) family->labels({value}).inc();
     const std::string text = registry.render();
     CHECK(text.find("egressd_paths_total{path=\"C:\\\\dir\\\\file\"} 1\n") != std::string::npos);
@@ -114,7 +115,7 @@ TEST_CASE("metrics: invalid UTF-8 in a label value becomes U+FFFD, one series pe
     Registry registry;
     auto* family = must(registry.gauge("egressd_names", "Names.", {"name"}));
     family->labels({"a\xff"}).set(1);
-    family->labels({"a\xfe"}).set(2);  // the same after replacement: the same child
+    family->labels({"a\xfe"}).set(2);     // the same after replacement: the same child
     family->labels({"\xc0\xaf"}).set(3);  // an overlong "/" is invalid too
     CHECK(family->size() == 2);
     const auto parsed = parse_ok(registry.render());
@@ -181,7 +182,8 @@ TEST_CASE("metrics: set_total follows a total kept elsewhere, and survives its r
     std::vector<double> rendered;
     const auto step = [&](double total) {
         counter.set_total(total);
-        rendered.push_back(*parse_ok(registry.render()).value("egressd_kernel_decisions_total", {{"reason", "default"}}));
+        rendered.push_back(
+            *parse_ok(registry.render()).value("egressd_kernel_decisions_total", {{"reason", "default"}}));
     };
     step(10);  // the first reading is the total
     CHECK(counter.value() == 10);
@@ -584,10 +586,10 @@ TEST_CASE("prometheus parser: accepted variations") {
     const Case cases[] = {
         {"", 0},
         {"\n\n", 0},
-        {"a{b=\"1\",} 1\n", 1},              // trailing comma
-        {"a{} 1\n", 1},                      // empty braces
-        {"a\t1\n", 1},                       // a tab separates
-        {"  a 1  \n", 1},                    // leading and trailing blanks
+        {"a{b=\"1\",} 1\n", 1},  // trailing comma
+        {"a{} 1\n", 1},          // empty braces
+        {"a\t1\n", 1},           // a tab separates
+        {"  a 1  \n", 1},        // leading and trailing blanks
         {"#HELP a not a directive\na 1\n", 1},
         {"# a comment\n# HELP a\n# TYPE a gauge\na -1.5e-3\n", 1},
         {"# TYPE a gauge\n# HELP a text\na NaN\n", 1},  // TYPE and HELP in any order
@@ -638,7 +640,8 @@ TEST_CASE("prometheus parser: malformed input is rejected, naming the line") {
          "line 4: the lines of a are not in one group (it appeared before, on line 1)"},
         {"a 1\nb 1\n# HELP a late\n", "line 3: the lines of a are not in one group (it appeared before, on line 1)"},
         {"# TYPE a gauge\na 1\na 2\n", "line 3: duplicate series a (first on line 2)"},
-        {"a{x=\"1\",y=\"2\"} 1\na{y=\"2\",x=\"1\"} 1\n", "line 2: duplicate series a{y=\"2\",x=\"1\"} (first on line 1)"},
+        {"a{x=\"1\",y=\"2\"} 1\na{y=\"2\",x=\"1\"} 1\n",
+         "line 2: duplicate series a{y=\"2\",x=\"1\"} (first on line 1)"},
         {"a 1\na{x=\"\"} 1\n", "line 2: duplicate series a{x=\"\"} (first on line 1)"},
         // sample syntax
         {"-a 1\n", "line 1: expected a metric name at the start of the line, found \"-a\""},
@@ -683,11 +686,14 @@ TEST_CASE("prometheus parser: malformed input is rejected, naming the line") {
          "line 5: histogram h: _count 3 differs from the +Inf bucket (2)"},
         {"# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n",
          "line 2: histogram h: the last bucket is le=\"1\", not le=\"+Inf\""},
-        {"# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 2\n",
+        {"# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count "
+         "2\n",
          "line 3: histogram h: bucket le=\"2\" counts 1, less than le=\"1\" (2)"},
-        {"# TYPE h histogram\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+        {"# TYPE h histogram\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count "
+         "1\n",
          "line 3: histogram h: bucket le=\"1\" after le=\"2\" (le must increase)"},
-        {"# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"1.0\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+        {"# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"1.0\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count "
+         "1\n",
          "line 3: histogram h: bucket le=\"1.0\" after le=\"1\" (le must increase)"},
         {"# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\n", "line 2: histogram h has no _count"},
         {"# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n", "line 2: histogram h has no _sum"},

@@ -138,8 +138,9 @@ TEST_CASE("policies become one entry per source, port and destination") {
     REQUIRE(any != image->policy_rules.end());
     CHECK(any->cidr.prefix == 0);
     CHECK(any->policy == numbers.find({"curl", "anywhere"}).value());
-    const size_t curl_host_rules = std::count_if(image->policy_rules.begin(), image->policy_rules.end(),
-                                                 [&](const PolicyRule& r) { return r.identity == curl && r.policy == by_host; });
+    const size_t curl_host_rules =
+        std::count_if(image->policy_rules.begin(), image->policy_rules.end(),
+                      [&](const PolicyRule& r) { return r.identity == curl && r.policy == by_host; });
     CHECK(curl_host_rules == 2);
 }
 
@@ -151,7 +152,8 @@ TEST_CASE("a host policy with no addresses yet allows nothing, not everything") 
     auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     REQUIRE(image.ok());
     CHECK(image->policy_rules.empty());
-    const Decision d = decide(&*image, Query{ip("203.0.113.1"), 80, IPPROTO_TCP, 0, ids.find({"curl", "curl"}).value()});
+    const Decision d =
+        decide(&*image, Query{ip("203.0.113.1"), 80, IPPROTO_TCP, 0, ids.find({"curl", "curl"}).value()});
     CHECK(d.reason == EGRESSD_REASON_DENY);
 }
 
@@ -294,11 +296,12 @@ TEST_CASE("a policy set that does not fit is refused whole, naming the map and t
     agent.capacities.policy_rules = 3;
     IdentityRegistry ids;
     PolicyRegistry numbers;
-    const std::vector<EgressPolicy> policies = {policy("a", "p", {{"ns", "sa"}, {"ns", "sb"}}, {kHttp, kDns},
-                                                       {cidr("203.0.113.0/24")})};
+    const std::vector<EgressPolicy> policies = {
+        policy("a", "p", {{"ns", "sa"}, {"ns", "sb"}}, {kHttp, kDns}, {cidr("203.0.113.0/24")})};
     auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     REQUIRE_FALSE(image.ok());
-    CHECK(image.error().message == "policies_v1 needs 4 entries per generation, capacity is 3 (capacities.policyRules)");
+    CHECK(image.error().message ==
+          "policies_v1 needs 4 entries per generation, capacity is 3 (capacities.policyRules)");
 }
 
 // The agent builds with a PolicyRuleCache; every other build (egressctl,
@@ -310,8 +313,8 @@ TEST_CASE("a build with the policy rule cache equals a build without it, change 
     std::mt19937_64 rng(seed);
     auto pick = [&rng](size_t n) { return static_cast<size_t>(rng() % n); };
 
-    const std::vector<Cidr> cidrs{cidr("203.0.113.0/24"), cidr("203.0.113.7/32"), cidr("198.18.0.0/15"),
-                                  cidr("2001:db8::/32"), cidr("2001:db8::5/128"), cidr("198.18.1.1/32")};
+    const std::vector<Cidr> cidrs{cidr("203.0.113.0/24"), cidr("203.0.113.7/32"),  cidr("198.18.0.0/15"),
+                                  cidr("2001:db8::/32"),  cidr("2001:db8::5/128"), cidr("198.18.1.1/32")};
     const std::vector<std::string> host_names{"a.example", "b.example", "c.example"};
     const std::vector<IpAddress> addresses{ip("203.0.113.7"), ip("203.0.113.8"), ip("2001:db8::5"), ip("198.18.1.1")};
     auto random_policy = [&](const std::string& name) {

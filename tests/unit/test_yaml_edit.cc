@@ -214,7 +214,8 @@ TEST_CASE("set_enable_egress refuses what it cannot edit in place") {
          "mesh.yaml:3:12: spec.traffic: is a flow-style mapping ({...}), which cannot be edited in place; write it in "
          "block style"},
         {"flow-style spec", "kind: MeshConfig\nspec: {traffic: {enableEgress: true}}\n",
-         "mesh.yaml:2:7: spec: is a flow-style mapping ({...}), which cannot be edited in place; write it in block style"},
+         "mesh.yaml:2:7: spec: is a flow-style mapping ({...}), which cannot be edited in place; write it in block "
+         "style"},
         {"an explicit key", "kind: MeshConfig\nspec:\n  ? sidecar\n  : {logLevel: error}\n",
          "mesh.yaml:3:3: spec: cannot find the indentation of its keys (spaces only)"},
         {"a syntax error", with_traffic("    enableEgress: [true\n"), "mesh.yaml:6:1: end of sequence flow not found"},

@@ -129,8 +129,8 @@ Status Agent::start_telemetry_and_events() {
     if (!started) return started.error().with_context(config_.source_file.string() + ": httpAddress");
     telemetry_ = std::move(*started);
     boottime_offset_ns_ = boottime_to_unix_offset_ns();
-    auto reader = EventReader::open(datapath_->maps().events.get(),
-                                    [this](const egressd_event& e) { on_kernel_event(e); });
+    auto reader =
+        EventReader::open(datapath_->maps().events.get(), [this](const egressd_event& e) { on_kernel_event(e); });
     if (!reader) return reader.error();
     events_ = std::move(*reader);
     publish_telemetry();
@@ -191,8 +191,10 @@ void Agent::publish_telemetry() {
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_HOSTS), host_rules);
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES), image.policies.size());
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITY_NAMES), datapath_->identity_names().size());
-    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_WORKLOAD_IDENTITIES), datapath_->workload_identities().size());
-    telemetry_->set_state(config_.audit ? "audit" : "enforce", reconciler_->applied_policies(), policies_.errors.size());
+    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_WORKLOAD_IDENTITIES),
+                                datapath_->workload_identities().size());
+    telemetry_->set_state(config_.audit ? "audit" : "enforce", reconciler_->applied_policies(),
+                          policies_.errors.size());
 }
 
 bool Agent::reload_mesh_config(bool force) {
@@ -319,8 +321,8 @@ void Agent::write_status() {
         {"startedAt", started_at_},
         {"generation", reconciler_->applied().generation},
         {"appliedAt", reconciler_->applied_at()},
-        {"lastChange", reconciler_->last_change().empty() ? "initial: " + summarize(mesh_, config_)
-                                                          : reconciler_->last_change()},
+        {"lastChange",
+         reconciler_->last_change().empty() ? "initial: " + summarize(mesh_, config_) : reconciler_->last_change()},
         {"lastApplyMillis", last_apply_ms_},
         {"lastError", nullptr},
         {"policies", reconciler_->applied_policies()},
@@ -402,9 +404,10 @@ int Agent::run() {
             try {
                 if (fd == signal_fd.get()) {
                     if (auto exit_signal = on_signals(signal_fd.get())) {
-                        log::info("exiting on signal {}; enforcement stays attached (pinned in {}); "
-                                  "`egressd --cleanup --config {}` removes it",
-                                  *exit_signal, config_.bpffs.string(), config_.source_file.string());
+                        log::info(
+                            "exiting on signal {}; enforcement stays attached (pinned in {}); "
+                            "`egressd --cleanup --config {}` removes it",
+                            *exit_signal, config_.bpffs.string(), config_.source_file.string());
                         return 0;
                     }
                 } else if (fd == events_fd) {

@@ -4,7 +4,6 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-
 #include "core/files.h"
 
 namespace egressd {

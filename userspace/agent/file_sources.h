@@ -58,7 +58,7 @@ private:
         std::filesystem::path dir;  // weakly canonical
         unsigned inputs = 0;        // the inputs in that directory
     };
-    std::map<int, Watch> watches_;  // by inotify watch descriptor
+    std::map<int, Watch> watches_;               // by inotify watch descriptor
     std::set<std::filesystem::path> own_files_;  // weakly canonical
 };
 

@@ -18,8 +18,10 @@ std::string describe_policy_changes(const std::vector<EgressPolicy>& before, con
     std::string added, changed, removed;
     for (const auto& p : after) {
         auto it = old_by_name.find({p.namespace_, p.name});
-        if (it == old_by_name.end()) added += " +" + p.namespace_ + "/" + p.name;
-        else if (!(*it->second == p)) changed += " ~" + p.namespace_ + "/" + p.name;
+        if (it == old_by_name.end())
+            added += " +" + p.namespace_ + "/" + p.name;
+        else if (!(*it->second == p))
+            changed += " ~" + p.namespace_ + "/" + p.name;
         if (it != old_by_name.end()) old_by_name.erase(it);
     }
     for (const auto& [name, p] : old_by_name) removed += " -" + name.first + "/" + name.second;
@@ -92,8 +94,8 @@ Status Reconciler::apply(std::vector<std::string>& problems) {
     if (!workload_ids) return workload_ids.error();
     std::set<uint32_t> used;
     for (const auto& [cgroup_id, number] : *workload_ids) used.insert(number);
-    PolicyInputs policy_inputs{&policies_, &host_addresses_, &identities_, &policy_numbers_, cgroup_level_,
-                               &policy_rule_cache_};
+    PolicyInputs policy_inputs{&policies_,       &host_addresses_, &identities_,
+                               &policy_numbers_, cgroup_level_,    &policy_rule_cache_};
     auto built = build_image(config_, mesh_, applied_image_->generation + 1, policy_inputs);
     if (!built) return built.error();
     // Shared with the datapath's record of the slot: 100k entries are not copied.

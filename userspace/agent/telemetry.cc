@@ -101,7 +101,7 @@ void split_families(const std::string& text, std::vector<std::pair<std::string, 
 struct StoredEvent {
     uint64_t seq = 0;
     std::string verdict;
-    std::string identity;  // "" when unknown
+    std::string identity;                        // "" when unknown
     std::shared_ptr<const nlohmann::json> json;  // with "seq"
 };
 
@@ -129,7 +129,10 @@ public:
         }
         if (!options_.http_address.empty()) {
             observe::Routes routes{
-                {"/healthz", [] { return observe::Response{200, kTextPlain, "ok\n"}; }},
+                {"/healthz",
+                 [] {
+                     return observe::Response{200, kTextPlain, "ok\n"};
+                 }},
                 {"/readyz", [this] { return readyz(); }},
                 {"/metrics", [this] { return metrics(); }},
                 {"/events", [this](const observe::Request& request) { return events(request); }},
@@ -150,7 +153,8 @@ public:
 
         const bool known = std::find(std::begin(kVerdicts), std::end(kVerdicts), stored.verdict) != std::end(kVerdicts);
         events_total_->labels({known ? stored.verdict : "other"}).inc();
-        identity_events_->labels({stored.identity.empty() ? "unknown" : stored.identity, known ? stored.verdict : "other"})
+        identity_events_
+            ->labels({stored.identity.empty() ? "unknown" : stored.identity, known ? stored.verdict : "other"})
             .inc();
         if (stored.verdict == "audit") audit_events_->inc();
 
@@ -185,9 +189,7 @@ public:
 
     void record_config_error() override { config_errors_->inc(); }
 
-    void record_resolution_failure(const std::string& host) override {
-        resolution_failures_->labels({host}).inc();
-    }
+    void record_resolution_failure(const std::string& host) override { resolution_failures_->labels({host}).inc(); }
 
     void set_map_entries(const std::string& map, uint64_t entries) override {
         map_entries_->labels({map}).set(static_cast<double>(entries));
@@ -236,9 +238,9 @@ private:
             "Decisions of the BPF programs, by reason and hook (kernel counters). verdict is deny for the reasons deny "
             "and no-config (in audit mode these calls were allowed; see egressd_audit_events_total), allow otherwise.",
             {"verdict", "reason", "hook"}));
-        denied_ = take(kernel_registry_.counter(
-            "egressd_denied_connections_total",
-            "Calls decided deny (reasons deny and no-config, every hook; kernel counters)."));
+        denied_ = take(
+            kernel_registry_.counter("egressd_denied_connections_total",
+                                     "Calls decided deny (reasons deny and no-config, every hook; kernel counters)."));
         events_sent_ = take(kernel_registry_.counter("egressd_events_sent_total",
                                                      "Decision events the kernel put in the ring buffer."));
         events_suppressed_ = take(kernel_registry_.counter(
@@ -277,18 +279,18 @@ private:
             {"identity", "verdict"}));
         audit_events_ = only(take(registry_.counter(
             "egressd_audit_events_total", "Decision events of calls that would have been denied (audit mode).")));
-        event_log_errors_ = only(take(registry_.counter("egressd_event_log_write_errors_total",
-                                                   "Event log lines that could not be written.")));
+        event_log_errors_ = only(take(
+            registry_.counter("egressd_event_log_write_errors_total", "Event log lines that could not be written.")));
         map_entries_ = take(registry_.gauge("egressd_map_entries", "Entries in each BPF map.", {"map"}));
-        map_capacity_ = take(registry_.gauge(
-            "egressd_map_capacity", "Capacity of each BPF map (per generation where the map is per generation).",
-            {"map"}));
+        map_capacity_ = take(
+            registry_.gauge("egressd_map_capacity",
+                            "Capacity of each BPF map (per generation where the map is per generation).", {"map"}));
         generation_ = only(take(registry_.gauge("egressd_generation", "The generation last applied.")));
-        apply_duration_ = only(take(registry_.histogram(
-            "egressd_apply_duration_seconds", "Time from an input change to its generation being enforced.",
-            kApplyBuckets)));
-        config_errors_ = only(take(registry_.counter("egressd_config_errors_total",
-                                                "Configuration changes that could not be applied.")));
+        apply_duration_ = only(
+            take(registry_.histogram("egressd_apply_duration_seconds",
+                                     "Time from an input change to its generation being enforced.", kApplyBuckets)));
+        config_errors_ = only(
+            take(registry_.counter("egressd_config_errors_total", "Configuration changes that could not be applied.")));
         resolution_failures_ = take(registry_.counter("egressd_host_resolution_failures_total",
                                                       "Failed resolutions of policy host names, by host.", {"host"}));
         policies_ = only(take(registry_.gauge("egressd_policies", "Egress policies loaded.")));
@@ -298,12 +300,9 @@ private:
         if (failed) return error.with_context("telemetry: registering metrics");
 
         const std::pair<const char*, uint32_t> capacities[] = {
-            {"cidrs_v1", options_.capacities.cidrs},
-            {"ports_v1", options_.capacities.ports},
-            {"policies_v1", options_.capacities.policy_rules},
-            {"policy_hosts_v1", options_.capacities.policy_rules},
-            {"policy_names_v1", options_.capacities.policies},
-            {"id_names_v1", options_.capacities.identities},
+            {"cidrs_v1", options_.capacities.cidrs},           {"ports_v1", options_.capacities.ports},
+            {"policies_v1", options_.capacities.policy_rules}, {"policy_hosts_v1", options_.capacities.policy_rules},
+            {"policy_names_v1", options_.capacities.policies}, {"id_names_v1", options_.capacities.identities},
             {"identities_v1", options_.capacities.workloads},
         };
         for (const auto& [map, capacity] : capacities) map_capacity_->labels({map}).set(capacity);
@@ -371,9 +370,10 @@ private:
         auto names = maps_->read_identity_names();
         auto control = maps_->read_control();
         if (!rules.ok() || !identities.ok() || !names.ok() || !control.ok()) {
-            kernel_failed("traffic totals", !rules.ok() ? rules.error() : !identities.ok() ? identities.error()
-                                                      : !names.ok()  ? names.error()
-                                                                     : control.error());
+            kernel_failed("traffic totals", !rules.ok()        ? rules.error()
+                                            : !identities.ok() ? identities.error()
+                                            : !names.ok()      ? names.error()
+                                                               : control.error());
             return;
         }
         kernel_ok("traffic totals");
@@ -384,8 +384,7 @@ private:
         for (const auto& [key, t] : *rules) {
             const auto reason = static_cast<egressd_reason>(key.first);
             std::string rule = std::to_string(key.second);
-            if (reason == EGRESSD_REASON_POLICY && policies.contains(key.second))
-                rule = policies.at(key.second).str();
+            if (reason == EGRESSD_REASON_POLICY && policies.contains(key.second)) rule = policies.at(key.second).str();
             const std::string why(reason_name(reason));
             egress_connections_->labels({why, rule}).set_total(static_cast<double>(t.connections));
             egress_bytes_->labels({why, rule, "sent"}).set_total(static_cast<double>(t.bytes_sent));
@@ -424,8 +423,7 @@ private:
         std::vector<std::pair<std::string, std::string>> families;
         scrape_kernel(families);  // first: a failed read counts in this very scrape
         split_families(registry_.render(), families);
-        std::sort(families.begin(), families.end(),
-                  [](const auto& a, const auto& b) { return a.first < b.first; });
+        std::sort(families.begin(), families.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
         std::string body;
         for (const auto& family : families) body += family.second;
         return {200, observe::kPrometheusContentType, std::move(body)};

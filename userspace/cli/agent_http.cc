@@ -29,8 +29,8 @@ Result<AgentHttp> AgentHttp::open(const AgentConfig& config) {
                               ? (*status)["httpPort"].get<int>()
                               : 0;
         if (bound <= 0 || bound > 65535)
-            return make_error(fmt::format("httpAddress \"{}\": the agent's port is not known (is it running?)",
-                                          http_address));
+            return make_error(
+                fmt::format("httpAddress \"{}\": the agent's port is not known (is it running?)", http_address));
         endpoint->port = static_cast<uint16_t>(bound);
     }
     auto client = std::make_unique<httplib::Client>(endpoint->host, endpoint->port);

@@ -111,12 +111,14 @@ void print_verdict(const Verdict& v, bool as_json) {
                     {"reason", reason_name(v.decision.reason)},
                     {"row", reason_row(v.decision.reason)},
                     {"why", v.why},
-                    {"from", {{"namespace", v.identity.namespace_}, {"serviceAccount", v.identity.service_account},
-                              {"identity", v.number}}},
+                    {"from",
+                     {{"namespace", v.identity.namespace_},
+                      {"serviceAccount", v.identity.service_account},
+                      {"identity", v.number}}},
                     {"to", {{"address", dst.address.str()}, {"port", dst.port}, {"protocol", v.protocol}}},
                     {"generation", v.generation},
-                    {"policy", v.policy ? json{{"namespace", v.policy->namespace_}, {"name", v.policy->name}}
-                                        : json(nullptr)}});
+                    {"policy",
+                     v.policy ? json{{"namespace", v.policy->namespace_}, {"name", v.policy->name}} : json(nullptr)}});
         return;
     }
     std::cout << fmt::format("{} {} -> {}: {} (row {}: {})\n", v.allowed() ? "ALLOW" : "DENY", v.identity.str(),

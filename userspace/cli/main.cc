@@ -38,8 +38,8 @@ Exit run_parsed(const std::vector<Command>& commands, const std::string& config_
         if (!command.app->parsed()) continue;
         // Commands that read BPF objects say so before anything else fails.
         if (command.needs_root && ::geteuid() != 0)
-            return Exit::usage(fmt::format("egressctl {} must run as root (it reads BPF maps and cgroups)",
-                                           command.app->get_name()));
+            return Exit::usage(
+                fmt::format("egressctl {} must run as root (it reads BPF maps and cgroups)", command.app->get_name()));
         const fs::path file = config_file.empty() ? default_config_file() : fs::path(config_file);
         const auto config = load_agent_config(file);
         if (!config) return config.error();
@@ -59,8 +59,9 @@ int main(int argc, char** argv) {
                    "or the bundled config/egressd.yaml)");
     // In the order of `egressctl --help` (a braced list runs left to right).
     const std::vector<Command> commands = {
-        add_status_command(app), add_egress_command(app), add_run_command(app, argc, argv), add_check_command(app),
-        add_events_command(app), add_flows_command(app),  add_dump_command(app),
+        add_status_command(app), add_egress_command(app), add_run_command(app, argc, argv),
+        add_check_command(app),  add_events_command(app), add_flows_command(app),
+        add_dump_command(app),
     };
     CLI11_PARSE(app, argc, argv);
 

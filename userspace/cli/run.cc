@@ -24,7 +24,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct RunArguments {
-    std::optional<std::string> as;    // --as NS/SA, not parsed yet
+    std::optional<std::string> as;  // --as NS/SA, not parsed yet
     std::vector<std::string> command;
 };
 
@@ -103,9 +103,9 @@ Result<fs::path> enforced_cgroup(const AgentConfig& config) {
     int attached = 0;
     for (const auto& l : read_pinned_links(config.bpffs)) attached += l.pinned && l.cgroup_id == cgroup->id;
     if (attached != static_cast<int>(kLinkNames.size()))
-        return make_error(fmt::format(
-            "egressd is not enforcing on {} ({} of {} programs attached); start it with scripts/run",
-            enforced->string(), attached, kLinkNames.size()));
+        return make_error(
+            fmt::format("egressd is not enforcing on {} ({} of {} programs attached); start it with scripts/run",
+                        enforced->string(), attached, kLinkNames.size()));
     return enforced;
 }
 

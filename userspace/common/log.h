@@ -21,8 +21,9 @@ inline bool& json_format() {
 
 inline void line(const char* level, const std::string& message) {
     const std::string text =
-        json_format() ? json_text(nlohmann::ordered_json{{"time", timestamp()}, {"level", level}, {"msg", message}}) + "\n"
-                      : fmt::format("{} {} {}\n", timestamp(), level, valid_utf8(message));
+        json_format()
+            ? json_text(nlohmann::ordered_json{{"time", timestamp()}, {"level", level}, {"msg", message}}) + "\n"
+            : fmt::format("{} {} {}\n", timestamp(), level, valid_utf8(message));
     std::fwrite(text.data(), 1, text.size(), stderr);
     std::fflush(stderr);
 }

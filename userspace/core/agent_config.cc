@@ -51,9 +51,9 @@ PolicySemantics semantics_setting(const Field& field) {
 }
 
 AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
-    root.reject_unknown_keys(
-        {"cgroup", "bpffs", "meshConfig", "meshCIDRs", "sidecarUID", "runDir", "egressPolicySemantics", "policyDir",
-         "workloads", "dnsServer", "mode", "events", "httpAddress", "capacities"});
+    root.reject_unknown_keys({"cgroup", "bpffs", "meshConfig", "meshCIDRs", "sidecarUID", "runDir",
+                              "egressPolicySemantics", "policyDir", "workloads", "dnsServer", "mode", "events",
+                              "httpAddress", "capacities"});
     AgentConfig config;
     config.source_file = source_file;
     const fs::path directory = source_file.parent_path();
@@ -110,7 +110,8 @@ AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
         {"workloads", {&config.capacities.workloads, kMaxTableCapacity}},
     };
     for (const auto& [key, target] : limits)
-        if (const Field value = capacities.child(key); value.present()) *target.first = bounded(value, 1, target.second);
+        if (const Field value = capacities.child(key); value.present())
+            *target.first = bounded(value, 1, target.second);
     return config;
 }
 

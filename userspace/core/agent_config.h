@@ -37,17 +37,17 @@ struct AgentConfig {
     std::filesystem::path bpffs = "/sys/fs/bpf/egressd";  // pin directory
     std::filesystem::path mesh_config;                    // absolute, resolved against the file's directory
     std::vector<Cidr> mesh_cidrs;
-    std::optional<uint32_t> sidecar_uid = 1500;          // `sidecarUID: null` disables row 2
-    std::filesystem::path run_dir = "/run/egressd";      // pid/lock and status files
+    std::optional<uint32_t> sidecar_uid = 1500;      // `sidecarUID: null` disables row 2
+    std::filesystem::path run_dir = "/run/egressd";  // pid/lock and status files
     PolicySemantics egress_policy_semantics = PolicySemantics::fsm;
-    std::filesystem::path policy_dir;      // Egress policies (*.yaml); empty: none
-    std::filesystem::path workloads_file;  // workload cgroups and their identities; empty: none
-    std::string dns_server;                // "" = system resolver; else ADDRESS[:PORT]
-    bool audit = false;                    // mode: audit: report what row 8 would deny, allow it
-    bool report_policy_allows = false;     // events.allowedByPolicy
-    bool report_passthrough = false;       // events.passthrough
-    std::filesystem::path event_log;       // events.log: JSON lines; empty = stderr
-    uint32_t event_buffer = 1000;          // events.buffer: kept in memory for egressctl events
+    std::filesystem::path policy_dir;             // Egress policies (*.yaml); empty: none
+    std::filesystem::path workloads_file;         // workload cgroups and their identities; empty: none
+    std::string dns_server;                       // "" = system resolver; else ADDRESS[:PORT]
+    bool audit = false;                           // mode: audit: report what row 8 would deny, allow it
+    bool report_policy_allows = false;            // events.allowedByPolicy
+    bool report_passthrough = false;              // events.passthrough
+    std::filesystem::path event_log;              // events.log: JSON lines; empty = stderr
+    uint32_t event_buffer = 1000;                 // events.buffer: kept in memory for egressctl events
     std::string http_address = "127.0.0.1:9477";  // /metrics, /healthz, /readyz, /events; "" = off
     Capacities capacities;
 

@@ -35,8 +35,9 @@ const PolicyRule* lookup_policy(const MapImage& image, uint32_t identity, uint8_
                                 const IpAddress& addr) {
     // Rules are sorted by (identity, proto, port, cidr): only that key's range can match.
     const auto key = std::tie(identity, proto, port);
-    auto first = std::lower_bound(image.policy_rules.begin(), image.policy_rules.end(), key,
-                                  [](const PolicyRule& r, const auto& k) { return std::tie(r.identity, r.proto, r.port) < k; });
+    auto first =
+        std::lower_bound(image.policy_rules.begin(), image.policy_rules.end(), key,
+                         [](const PolicyRule& r, const auto& k) { return std::tie(r.identity, r.proto, r.port) < k; });
     const PolicyRule* longest = nullptr;
     for (auto it = first; it != image.policy_rules.end() && std::tie(it->identity, it->proto, it->port) == key; ++it) {
         if (!it->cidr.contains(addr)) continue;
@@ -78,44 +79,44 @@ Decision decide(const MapImage* image, const Query& query) {
 
 std::string_view reason_name(egressd_reason reason) {
     switch (reason) {
-    case EGRESSD_REASON_NONE: return "none";
-    case EGRESSD_REASON_LOCAL: return "local";
-    case EGRESSD_REASON_SIDECAR_UID: return "sidecar-uid";
-    case EGRESSD_REASON_EXCLUDED_CIDR: return "excluded-cidr";
-    case EGRESSD_REASON_EXCLUDED_PORT: return "excluded-port";
-    case EGRESSD_REASON_NOT_INCLUDED: return "not-included";
-    case EGRESSD_REASON_MESH: return "mesh";
-    case EGRESSD_REASON_PASSTHROUGH: return "passthrough";
-    case EGRESSD_REASON_POLICY: return "policy";
-    case EGRESSD_REASON_DENY: return "deny";
-    case EGRESSD_REASON_NO_CONFIG: return "no-config";
-    case EGRESSD_REASON_MAX: break;
+        case EGRESSD_REASON_NONE: return "none";
+        case EGRESSD_REASON_LOCAL: return "local";
+        case EGRESSD_REASON_SIDECAR_UID: return "sidecar-uid";
+        case EGRESSD_REASON_EXCLUDED_CIDR: return "excluded-cidr";
+        case EGRESSD_REASON_EXCLUDED_PORT: return "excluded-port";
+        case EGRESSD_REASON_NOT_INCLUDED: return "not-included";
+        case EGRESSD_REASON_MESH: return "mesh";
+        case EGRESSD_REASON_PASSTHROUGH: return "passthrough";
+        case EGRESSD_REASON_POLICY: return "policy";
+        case EGRESSD_REASON_DENY: return "deny";
+        case EGRESSD_REASON_NO_CONFIG: return "no-config";
+        case EGRESSD_REASON_MAX: break;
     }
     return "unknown";  // a value read from a map, out of the enum's range
 }
 
 int reason_row(egressd_reason reason) {
     switch (reason) {
-    case EGRESSD_REASON_LOCAL: return 1;
-    case EGRESSD_REASON_SIDECAR_UID: return 2;
-    case EGRESSD_REASON_EXCLUDED_CIDR:
-    case EGRESSD_REASON_EXCLUDED_PORT: return 3;
-    case EGRESSD_REASON_NOT_INCLUDED: return 4;
-    case EGRESSD_REASON_MESH: return 5;
-    case EGRESSD_REASON_PASSTHROUGH: return 6;
-    case EGRESSD_REASON_POLICY: return 7;
-    case EGRESSD_REASON_DENY: return 8;
-    default: return 0;  // none, no-config: not a row of the order
+        case EGRESSD_REASON_LOCAL: return 1;
+        case EGRESSD_REASON_SIDECAR_UID: return 2;
+        case EGRESSD_REASON_EXCLUDED_CIDR:
+        case EGRESSD_REASON_EXCLUDED_PORT: return 3;
+        case EGRESSD_REASON_NOT_INCLUDED: return 4;
+        case EGRESSD_REASON_MESH: return 5;
+        case EGRESSD_REASON_PASSTHROUGH: return 6;
+        case EGRESSD_REASON_POLICY: return 7;
+        case EGRESSD_REASON_DENY: return 8;
+        default: return 0;  // none, no-config: not a row of the order
     }
 }
 
 std::string_view hook_name(egressd_hook hook) {
     switch (hook) {
-    case EGRESSD_HOOK_CONNECT4: return "connect4";
-    case EGRESSD_HOOK_CONNECT6: return "connect6";
-    case EGRESSD_HOOK_SENDMSG4: return "sendmsg4";
-    case EGRESSD_HOOK_SENDMSG6: return "sendmsg6";
-    case EGRESSD_HOOK_MAX: break;
+        case EGRESSD_HOOK_CONNECT4: return "connect4";
+        case EGRESSD_HOOK_CONNECT6: return "connect6";
+        case EGRESSD_HOOK_SENDMSG4: return "sendmsg4";
+        case EGRESSD_HOOK_SENDMSG6: return "sendmsg6";
+        case EGRESSD_HOOK_MAX: break;
     }
     return "unknown";
 }

@@ -13,10 +13,10 @@
 namespace egressd {
 
 struct Query {
-    IpAddress dst;       // IPv4 as ::ffff:a.b.c.d
-    uint16_t port = 0;   // host order
-    uint8_t proto = 0;   // IPPROTO_TCP / IPPROTO_UDP (not used by rows 1-6, 8)
-    uint32_t uid = 0;    // uid of the calling task
+    IpAddress dst;          // IPv4 as ::ffff:a.b.c.d
+    uint16_t port = 0;      // host order
+    uint8_t proto = 0;      // IPPROTO_TCP / IPPROTO_UDP (not used by rows 1-6, 8)
+    uint32_t uid = 0;       // uid of the calling task
     uint32_t identity = 0;  // the caller's workload identity, 0 when unknown
 };
 

@@ -16,8 +16,8 @@
 namespace egressd {
 
 struct PolicySource {
-    std::string namespace_;        // spec.sources[i].namespace
-    std::string service_account;   // spec.sources[i].name (kind ServiceAccount)
+    std::string namespace_;       // spec.sources[i].namespace
+    std::string service_account;  // spec.sources[i].name (kind ServiceAccount)
     bool operator==(const PolicySource&) const = default;
     auto operator<=>(const PolicySource&) const = default;
 };
@@ -36,12 +36,12 @@ struct EgressPolicy {
     std::string file;        // where it was read: file name and document index, for messages
     int document = 0;        // 0-based index of the YAML document in the file
 
-    std::vector<PolicySource> sources;   // at least one
-    std::vector<Cidr> ip_addresses;      // spec.ipAddresses
-    std::vector<std::string> hosts;      // spec.hosts, exact names (lower-cased, trailing dot removed)
+    std::vector<PolicySource> sources;        // at least one
+    std::vector<Cidr> ip_addresses;           // spec.ipAddresses
+    std::vector<std::string> hosts;           // spec.hosts, exact names (lower-cased, trailing dot removed)
     std::vector<std::string> wildcard_hosts;  // spec.hosts like "*.example.com": accepted, not enforceable by address
-    std::vector<PolicyPort> ports;       // at least one
-    std::vector<std::string> matches;    // spec.matches as "Kind/name": L7, delegated to the proxy
+    std::vector<PolicyPort> ports;            // at least one
+    std::vector<std::string> matches;         // spec.matches as "Kind/name": L7, delegated to the proxy
 
     // Neither ipAddresses nor hosts (nor wildcard hosts): any destination on the ports.
     bool any_destination() const { return ip_addresses.empty() && hosts.empty() && wildcard_hosts.empty(); }

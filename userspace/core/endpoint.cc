@@ -51,7 +51,8 @@ Result<Endpoint> parse_endpoint(std::string_view text, const EndpointSyntax& syn
         if (colon != std::string_view::npos) port = text.substr(colon + 1);
         if (endpoint.host.find(':') != std::string::npos)
             return make_error("an IPv6 address must be in brackets, as in [::1]:9477");
-        if (endpoint.host.empty()) return make_error("missing host (for a listening address, 0.0.0.0 or [::] means every address)");
+        if (endpoint.host.empty())
+            return make_error("missing host (for a listening address, 0.0.0.0 or [::] means every address)");
         in_addr bytes{};
         if (::inet_pton(AF_INET, endpoint.host.c_str(), &bytes) != 1)
             return make_error(fmt::format("\"{}\" is not an IP address", endpoint.host));

@@ -14,8 +14,8 @@
 namespace egressd {
 
 struct Endpoint {
-    int family = 0;     // AF_INET or AF_INET6
-    std::string host;   // the IP literal, without brackets
+    int family = 0;    // AF_INET or AF_INET6
+    std::string host;  // the IP literal, without brackets
     uint16_t port = 0;
 
     std::string str() const;  // "HOST:PORT" or "[HOST]:PORT"

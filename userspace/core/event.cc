@@ -46,7 +46,7 @@ nlohmann::json event_to_json(const egressd_event& e, int64_t boottime_to_unix_ns
     if (reason == EGRESSD_REASON_POLICY && names.policy) {
         if (auto ref = names.policy(e.rule)) policy = ref->str();
     }
-    nlohmann::json protocol = e.proto == IPPROTO_TCP ? nlohmann::json("tcp")
+    nlohmann::json protocol = e.proto == IPPROTO_TCP   ? nlohmann::json("tcp")
                               : e.proto == IPPROTO_UDP ? nlohmann::json("udp")
                                                        : nlohmann::json(e.proto);
     return {

@@ -41,7 +41,7 @@ struct PolicyRule {
     uint32_t identity = 0;
     uint8_t proto = 0;  // IPPROTO_TCP / IPPROTO_UDP
     uint16_t port = 0;
-    Cidr cidr;           // ::/0 for "any destination"
+    Cidr cidr;            // ::/0 for "any destination"
     uint32_t policy = 0;  // the policy's number (MapImage::policies)
 
     auto operator<=>(const PolicyRule&) const = default;
@@ -67,9 +67,9 @@ struct MapImage {
     uint32_t mode = EGRESSD_MODE_ENFORCE;
     uint32_t cgroup_level = 0;  // level of the enforced cgroup
 
-    std::vector<CidrRule> cidrs;  // sorted by (table, cidr), one entry per (table, cidr)
-    std::vector<PortRule> ports;  // sorted by (table, port), one entry per (table, port)
-    std::vector<PolicyRule> policy_rules;  // sorted by (identity, proto, port, cidr), one entry per those
+    std::vector<CidrRule> cidrs;             // sorted by (table, cidr), one entry per (table, cidr)
+    std::vector<PortRule> ports;             // sorted by (table, port), one entry per (table, port)
+    std::vector<PolicyRule> policy_rules;    // sorted by (identity, proto, port, cidr), one entry per those
     std::map<uint32_t, PolicyRef> policies;  // policy number -> namespace/name
 
     bool operator==(const MapImage&) const = default;

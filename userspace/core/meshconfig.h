@@ -17,8 +17,8 @@ struct MeshConfig {
     std::string name;         // metadata.name
     std::string namespace_;   // metadata.namespace ("" when absent)
 
-    bool enable_egress = false;         // spec.traffic.enableEgress (required)
-    bool enable_egress_policy = true;   // spec.featureFlags.enableEgressPolicy (FSM default true)
+    bool enable_egress = false;                     // spec.traffic.enableEgress (required)
+    bool enable_egress_policy = true;               // spec.featureFlags.enableEgressPolicy (FSM default true)
     std::vector<Cidr> outbound_ip_range_exclusion;  // spec.traffic.outboundIPRangeExclusionList
     std::vector<Cidr> outbound_ip_range_inclusion;  // spec.traffic.outboundIPRangeInclusionList
     std::vector<uint16_t> outbound_port_exclusion;  // spec.traffic.outboundPortExclusionList

@@ -46,7 +46,8 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
         } else if (added.size() <= 8) {
             // A policy or two more: insert in place (a memmove of the tail)
             // rather than merge into a new vector of 100k entries.
-            for (const PolicyRule& rule : added) all_.insert(std::upper_bound(all_.begin(), all_.end(), rule, less), rule);
+            for (const PolicyRule& rule : added)
+                all_.insert(std::upper_bound(all_.begin(), all_.end(), rule, less), rule);
         } else {
             std::vector<PolicyRule> merged;
             merged.reserve(all_.size() + added.size());
@@ -58,7 +59,8 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
     image.policy_rules.clear();
     image.policy_rules.reserve(all_.size());
     for (const PolicyRule& rule : all_)
-        if (image.policy_rules.empty() || policy_key_order(image.policy_rules.back(), rule) < 0) image.policy_rules.push_back(rule);
+        if (image.policy_rules.empty() || policy_key_order(image.policy_rules.back(), rule) < 0)
+            image.policy_rules.push_back(rule);
 }
 
 }  // namespace egressd

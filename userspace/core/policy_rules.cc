@@ -35,7 +35,8 @@ void append_rules(std::vector<PolicyRule>& rules, const EgressPolicy& policy,
     for (const PolicySource& source : policy.sources) {
         const uint32_t identity = identities.number_for({source.namespace_, source.service_account});
         for (const PolicyPort& port : policy.ports)
-            for (const Cidr& cidr : destinations) rules.push_back(PolicyRule{identity, port.l4, port.number, cidr, mark});
+            for (const Cidr& cidr : destinations)
+                rules.push_back(PolicyRule{identity, port.l4, port.number, cidr, mark});
     }
 }
 

@@ -63,8 +63,9 @@ Result<std::vector<Workload>> load_workloads(const std::filesystem::path& file) 
 }
 
 std::string render_workloads(const std::vector<Workload>& workloads) {
-    std::string out = "# Workload cgroups (relative to the enforced cgroup) and their identities.\n"
-                      "# egressctl run --as NAMESPACE/SERVICEACCOUNT adds entries.\nworkloads:\n";
+    std::string out =
+        "# Workload cgroups (relative to the enforced cgroup) and their identities.\n"
+        "# egressctl run --as NAMESPACE/SERVICEACCOUNT adds entries.\nworkloads:\n";
     if (workloads.empty()) return out.substr(0, out.size() - 1) + " []\n";
     for (const auto& w : workloads)
         out += fmt::format("  - cgroup: \"{}\"\n    namespace: \"{}\"\n    serviceAccount: \"{}\"\n", w.cgroup,

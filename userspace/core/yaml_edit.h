@@ -9,10 +9,10 @@
 namespace egressd {
 
 struct BoolEdit {
-    std::string text;     // the whole new document text
-    bool had_value;       // the field existed before
-    bool old_value;       // its value before (when had_value)
-    bool changed;         // text differs from the input
+    std::string text;  // the whole new document text
+    bool had_value;    // the field existed before
+    bool old_value;    // its value before (when had_value)
+    bool changed;      // text differs from the input
 };
 
 // Sets spec.traffic.enableEgress to `value` in a MeshConfig's YAML text,

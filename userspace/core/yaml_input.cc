@@ -1,6 +1,5 @@
 #include "core/yaml_input.h"
 
-
 #include <algorithm>
 #include <array>
 #include <cerrno>
@@ -25,15 +24,15 @@ std::string position(const std::string& file, const YAML::Mark& mark) {
 
 std::string describe(const YAML::Node& node) {
     switch (node.Type()) {
-    case YAML::NodeType::Null: return "null";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Map: return "a mapping";
-    case YAML::NodeType::Scalar:
-        // The non-specific tag "!" marks a quoted scalar: a string, whatever its text.
-        if (node.Tag() == "!") return fmt::format("the string \"{}\"", node.Scalar());
-        if (node.Tag() == "?") return fmt::format("\"{}\"", node.Scalar());
-        return fmt::format("\"{}\" tagged {}", node.Scalar(), node.Tag());
-    default: return "no value";
+        case YAML::NodeType::Null: return "null";
+        case YAML::NodeType::Sequence: return "a list";
+        case YAML::NodeType::Map: return "a mapping";
+        case YAML::NodeType::Scalar:
+            // The non-specific tag "!" marks a quoted scalar: a string, whatever its text.
+            if (node.Tag() == "!") return fmt::format("the string \"{}\"", node.Scalar());
+            if (node.Tag() == "?") return fmt::format("\"{}\"", node.Scalar());
+            return fmt::format("\"{}\" tagged {}", node.Scalar(), node.Tag());
+        default: return "no value";
     }
 }
 

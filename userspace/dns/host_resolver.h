@@ -16,8 +16,8 @@
 namespace egressd {
 
 struct HostState {
-    std::vector<IpAddress> addresses;        // sorted, unique; A and AAAA answers together
-    std::optional<std::string> last_error;   // the latest failure ("NXDOMAIN", "timeout", ...); cleared by an answer
+    std::vector<IpAddress> addresses;       // sorted, unique; A and AAAA answers together
+    std::optional<std::string> last_error;  // the latest failure ("NXDOMAIN", "timeout", ...); cleared by an answer
     std::chrono::system_clock::time_point resolved_at{};  // last answer (epoch if never)
     std::chrono::system_clock::time_point expires_at{};   // when `addresses` stop being valid without a new answer
     bool operator==(const HostState&) const = default;

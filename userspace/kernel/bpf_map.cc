@@ -36,9 +36,9 @@ Status read_batched(int fd, const std::string& name, const Shape& shape, size_t 
         values.resize((count + chunk) * stride);
         uint32_t n = static_cast<uint32_t>(chunk);
         LIBBPF_OPTS(bpf_map_batch_opts, opts);
-        const int rc = bpf_map_lookup_batch(fd, first ? nullptr : position.data(), next.data(),
-                                            keys.data() + count * shape.key_size, values.data() + count * stride, &n,
-                                            &opts);
+        const int rc =
+            bpf_map_lookup_batch(fd, first ? nullptr : position.data(), next.data(),
+                                 keys.data() + count * shape.key_size, values.data() + count * stride, &n, &opts);
         const int err = rc == 0 ? 0 : errno;
         if (err == ENOSPC && n == 0 && chunk < shape.max_entries) {  // one bucket holds more than a chunk
             chunk *= 2;
@@ -55,7 +55,8 @@ Status read_batched(int fd, const std::string& name, const Shape& shape, size_t 
 }  // namespace
 
 Status walk_raw(int fd, const std::string& name, const Shape& shape, size_t stride, std::vector<uint8_t>& keys,
-                std::vector<uint8_t>& values, size_t& count, const std::function<void(const uint8_t* key)>& after_step) {
+                std::vector<uint8_t>& values, size_t& count,
+                const std::function<void(const uint8_t* key)>& after_step) {
     std::unordered_map<std::string, size_t> seen;  // key bytes -> index in the result
     std::vector<uint8_t> key(shape.key_size), next(shape.key_size), value(stride);
     const uint64_t max_steps = 4ULL * shape.max_entries + 4;
@@ -100,9 +101,10 @@ Result<Shape> check_shape(int fd, const std::string& name, uint32_t key_size, ui
     uint32_t length = sizeof(info);
     if (bpf_obj_get_info_by_fd(fd, &info, &length) != 0) return system_error("reading the map info of " + name);
     if (info.key_size != key_size || info.value_size != value_size)
-        return make_error(fmt::format("{}: the kernel's map has {}-byte keys and {}-byte values, "
-                                      "maps/egressd_abi.h says {} and {} (a program built from another ABI?)",
-                                      name, info.key_size, info.value_size, key_size, value_size));
+        return make_error(
+            fmt::format("{}: the kernel's map has {}-byte keys and {}-byte values, "
+                        "maps/egressd_abi.h says {} and {} (a program built from another ABI?)",
+                        name, info.key_size, info.value_size, key_size, value_size));
     // The kernel lays a per-CPU value out in 8-byte units.
     if (is_per_cpu(info.type) && value_size % 8 != 0)
         return make_error(fmt::format("{}: a per-CPU value of {} bytes is not a multiple of 8", name, value_size));

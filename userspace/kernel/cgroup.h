@@ -18,7 +18,8 @@ struct CgroupTarget {
 // Resolves the configured cgroup against the cgroup2 mount. A relative path is
 // taken under the mount; an absolute one must lie under it. The cgroup root is
 // refused: a deny there would cut every connection of the machine.
-Result<std::filesystem::path> resolve_cgroup_path(const std::string& configured, const std::filesystem::path& cgroup2_mount);
+Result<std::filesystem::path> resolve_cgroup_path(const std::string& configured,
+                                                  const std::filesystem::path& cgroup2_mount);
 
 // resolve_cgroup_path against the mount found in /proc/mounts.
 Result<std::filesystem::path> resolve_cgroup_path(const std::string& configured);

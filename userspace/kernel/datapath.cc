@@ -54,11 +54,10 @@ Result<bool> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir) {
         if (!fd) return false;
         bpf_map_info info{};
         uint32_t length = sizeof(info);
-        const bool compatible = bpf_obj_get_info_by_fd(fd->get(), &info, &length) == 0 &&
-                                info.type == bpf_map__type(map) && info.key_size == bpf_map__key_size(map) &&
-                                info.value_size == bpf_map__value_size(map) &&
-                                info.max_entries == bpf_map__max_entries(map) &&
-                                info.map_flags == bpf_map__map_flags(map);
+        const bool compatible =
+            bpf_obj_get_info_by_fd(fd->get(), &info, &length) == 0 && info.type == bpf_map__type(map) &&
+            info.key_size == bpf_map__key_size(map) && info.value_size == bpf_map__value_size(map) &&
+            info.max_entries == bpf_map__max_entries(map) && info.map_flags == bpf_map__map_flags(map);
         if (!compatible) return false;
         pinned.emplace_back(map, std::move(*fd));
     }
@@ -147,7 +146,8 @@ Status Datapath::publish(std::shared_ptr<const MapImage> image) {
     if (auto written = maps_.write_diff(next, made.diff, *image); !written) {
         // The inactive slot is now partly written: learn what it really holds
         // so the next attempt starts from the truth. Nothing enforced changed.
-        if (auto actual = maps_.read_slot(next)) slot_images_[next] = std::make_shared<const MapImage>(std::move(*actual));
+        if (auto actual = maps_.read_slot(next))
+            slot_images_[next] = std::make_shared<const MapImage>(std::move(*actual));
         return written.error().with_context("writing generation " + std::to_string(image->generation));
     }
     slot_images_[next] = std::move(image);

@@ -105,8 +105,8 @@ private:
     uint32_t active_slot_ = 0;
     // What each slot holds in the kernel. Images are immutable and shared:
     // after converge() both slots point at the same one.
-    std::array<std::shared_ptr<const MapImage>, EGRESSD_SLOTS> slot_images_{
-        std::make_shared<const MapImage>(), std::make_shared<const MapImage>()};
+    std::array<std::shared_ptr<const MapImage>, EGRESSD_SLOTS> slot_images_{std::make_shared<const MapImage>(),
+                                                                            std::make_shared<const MapImage>()};
     std::vector<PinnedLink> links_;
     std::map<uint32_t, IdentityName> identity_names_;
     std::map<uint64_t, uint32_t> workload_identities_;

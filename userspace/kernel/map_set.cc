@@ -149,7 +149,9 @@ Result<std::vector<std::pair<uint64_t, egressd_flow>>> MapSet::read_flows() cons
 
 Result<std::map<std::pair<uint32_t, uint32_t>, Traffic>> MapSet::read_rule_traffic() const {
     std::map<std::pair<uint32_t, uint32_t>, Traffic> out;
-    auto read = sum_traffic(rule_traffic, out, [](const egressd_traffic_key& k) { return std::pair{k.reason, k.rule}; });
+    auto read = sum_traffic(rule_traffic, out, [](const egressd_traffic_key& k) {
+        return std::pair{k.reason, k.rule};
+    });
     if (!read) return read.error();
     return out;
 }
@@ -181,7 +183,9 @@ Status MapSet::write_workload_identities(const std::map<uint64_t, uint32_t>& fro
                                          const std::map<uint64_t, uint32_t>& to) const {
     return sync_entries(
         workload_identities, from, to, [](uint64_t id) { return egressd_identity_key{id}; },
-        [](uint32_t identity) { return egressd_identity_value{identity, 0}; });
+        [](uint32_t identity) {
+            return egressd_identity_value{identity, 0};
+        });
 }
 
 Status MapSet::write_identity_names(const std::map<uint32_t, IdentityName>& from,
@@ -193,7 +197,8 @@ Status MapSet::write_identity_names(const std::map<uint32_t, IdentityName>& from
 Status MapSet::write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& to) const {
     const auto s = static_cast<uint8_t>(slot);
     MapChanges<egressd_cidr_key, egressd_cidr_value> cidr_changes;
-    for (const auto& rule : diff.cidr_deletes) cidr_changes.deletes.push_back(encode_cidr_key(s, rule.table, rule.cidr));
+    for (const auto& rule : diff.cidr_deletes)
+        cidr_changes.deletes.push_back(encode_cidr_key(s, rule.table, rule.cidr));
     for (const auto& rule : diff.cidr_upserts)
         cidr_changes.upserts.emplace_back(encode_cidr_key(s, rule.table, rule.cidr), encode_cidr_value(rule));
     MapChanges<egressd_port_key, egressd_port_value> port_changes;
@@ -204,17 +209,22 @@ Status MapSet::write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& 
     MapChanges<egressd_policy_key, egressd_policy_value> policy_changes;
     MapChanges<egressd_policy_host_key, egressd_policy_value> host_changes;
     for (const auto& rule : diff.policy_deletes) {
-        if (is_host_rule(rule)) host_changes.deletes.push_back(encode_policy_host_key(s, rule));
-        else policy_changes.deletes.push_back(encode_policy_key(s, rule));
+        if (is_host_rule(rule))
+            host_changes.deletes.push_back(encode_policy_host_key(s, rule));
+        else
+            policy_changes.deletes.push_back(encode_policy_key(s, rule));
     }
     for (const auto& rule : diff.policy_upserts) {
-        if (is_host_rule(rule)) host_changes.upserts.emplace_back(encode_policy_host_key(s, rule), encode_policy_value(rule));
-        else policy_changes.upserts.emplace_back(encode_policy_key(s, rule), encode_policy_value(rule));
+        if (is_host_rule(rule))
+            host_changes.upserts.emplace_back(encode_policy_host_key(s, rule), encode_policy_value(rule));
+        else
+            policy_changes.upserts.emplace_back(encode_policy_key(s, rule), encode_policy_value(rule));
     }
     MapChanges<egressd_policy_name_key, egressd_policy_name> name_changes;
     for (uint32_t index : diff.policy_name_deletes) name_changes.deletes.push_back({s, {}, index});
     for (uint32_t index : diff.policy_name_upserts)
-        name_changes.upserts.emplace_back(egressd_policy_name_key{s, {}, index}, encode_policy_name(to.policies.at(index)));
+        name_changes.upserts.emplace_back(egressd_policy_name_key{s, {}, index},
+                                          encode_policy_name(to.policies.at(index)));
 
     // Deletes before writes in each map, so that a full map makes room first.
     if (auto applied = cidr_changes.apply_to(cidrs); !applied) return applied;

@@ -21,22 +21,21 @@ namespace egressd {
 
 // X(member, pinned name macro, key type, value type). The ring buffer has no
 // key or value; its member is a plain descriptor (see MapSet::events).
-#define EGRESSD_MAP_TABLE(X)                                                                  \
-    X(control, EGRESSD_MAP_CONTROL, uint32_t, egressd_control)                                \
-    X(config, EGRESSD_MAP_CONFIG, uint32_t, egressd_config)                                   \
-    X(cidrs, EGRESSD_MAP_CIDRS, egressd_cidr_key, egressd_cidr_value)                         \
-    X(ports, EGRESSD_MAP_PORTS, egressd_port_key, egressd_port_value)                         \
-    X(counters, EGRESSD_MAP_COUNTERS, uint32_t, egressd_counter)                              \
-    X(workload_identities, EGRESSD_MAP_WORKLOAD_IDENTITIES, egressd_identity_key,             \
-      egressd_identity_value)                                                                 \
-    X(identity_names, EGRESSD_MAP_IDENTITY_NAMES, uint32_t, egressd_identity_name)            \
-    X(policies, EGRESSD_MAP_POLICIES, egressd_policy_key, egressd_policy_value)               \
-    X(policy_hosts, EGRESSD_MAP_POLICY_HOSTS, egressd_policy_host_key, egressd_policy_value)  \
-    X(policy_names, EGRESSD_MAP_POLICY_NAMES, egressd_policy_name_key, egressd_policy_name)   \
-    X(event_limits, EGRESSD_MAP_EVENT_LIMITS, uint64_t, egressd_event_bucket)                 \
-    X(event_stats, EGRESSD_MAP_EVENT_STATS, uint32_t, uint64_t)                               \
-    X(flows, EGRESSD_MAP_FLOWS, uint64_t, egressd_flow)                                       \
-    X(rule_traffic, EGRESSD_MAP_RULE_TRAFFIC, egressd_traffic_key, egressd_traffic)           \
+#define EGRESSD_MAP_TABLE(X)                                                                              \
+    X(control, EGRESSD_MAP_CONTROL, uint32_t, egressd_control)                                            \
+    X(config, EGRESSD_MAP_CONFIG, uint32_t, egressd_config)                                               \
+    X(cidrs, EGRESSD_MAP_CIDRS, egressd_cidr_key, egressd_cidr_value)                                     \
+    X(ports, EGRESSD_MAP_PORTS, egressd_port_key, egressd_port_value)                                     \
+    X(counters, EGRESSD_MAP_COUNTERS, uint32_t, egressd_counter)                                          \
+    X(workload_identities, EGRESSD_MAP_WORKLOAD_IDENTITIES, egressd_identity_key, egressd_identity_value) \
+    X(identity_names, EGRESSD_MAP_IDENTITY_NAMES, uint32_t, egressd_identity_name)                        \
+    X(policies, EGRESSD_MAP_POLICIES, egressd_policy_key, egressd_policy_value)                           \
+    X(policy_hosts, EGRESSD_MAP_POLICY_HOSTS, egressd_policy_host_key, egressd_policy_value)              \
+    X(policy_names, EGRESSD_MAP_POLICY_NAMES, egressd_policy_name_key, egressd_policy_name)               \
+    X(event_limits, EGRESSD_MAP_EVENT_LIMITS, uint64_t, egressd_event_bucket)                             \
+    X(event_stats, EGRESSD_MAP_EVENT_STATS, uint32_t, uint64_t)                                           \
+    X(flows, EGRESSD_MAP_FLOWS, uint64_t, egressd_flow)                                                   \
+    X(rule_traffic, EGRESSD_MAP_RULE_TRAFFIC, egressd_traffic_key, egressd_traffic)                       \
     X(identity_traffic, EGRESSD_MAP_ID_TRAFFIC, uint32_t, egressd_traffic)
 
 // Every map's pinned name, the ring buffer's included.
@@ -113,13 +112,13 @@ public:
 template <typename FdOf>
 Result<MapSet> MapSet::adopt(FdOf fd_of) {
     MapSet set;
-#define EGRESSD_MAP_ADOPT(member, name, key, value)                                   \
-    {                                                                                 \
-        auto fd = fd_of(EGRESSD_STRINGIFY(name));                                     \
-        if (!fd) return fd.error();                                                   \
+#define EGRESSD_MAP_ADOPT(member, name, key, value)                                    \
+    {                                                                                  \
+        auto fd = fd_of(EGRESSD_STRINGIFY(name));                                      \
+        if (!fd) return fd.error();                                                    \
         auto map = BpfMap<key, value>::adopt(std::move(*fd), EGRESSD_STRINGIFY(name)); \
-        if (!map) return map.error();                                                 \
-        set.member = std::move(*map);                                                 \
+        if (!map) return map.error();                                                  \
+        set.member = std::move(*map);                                                  \
     }
     EGRESSD_MAP_TABLE(EGRESSD_MAP_ADOPT)
 #undef EGRESSD_MAP_ADOPT

@@ -34,7 +34,8 @@ const MountEntry* mount_holding(const std::vector<MountEntry>& mounts, const fs:
     const std::string p = path.lexically_normal().string();
     for (const auto& m : mounts) {
         const std::string t = m.target.string();
-        const bool under = p == t || t == "/" || (p.size() > t.size() && p.compare(0, t.size(), t) == 0 && p[t.size()] == '/');
+        const bool under =
+            p == t || t == "/" || (p.size() > t.size() && p.compare(0, t.size(), t) == 0 && p[t.size()] == '/');
         if (under && t.size() >= best_len) {  // later mounts over the same target win
             best = &m;
             best_len = t.size();

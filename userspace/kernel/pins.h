@@ -17,7 +17,7 @@ namespace egressd {
 // The programs egressd attaches to the cgroup, as named by their pinned links:
 // the four decision hooks (in egressd_hook order), then flow accounting.
 inline constexpr std::array<const char*, EGRESSD_HOOK_MAX + 1> kLinkNames = {"connect4", "connect6", "sendmsg4",
-                                                                              "sendmsg6", "sockops"};
+                                                                             "sendmsg6", "sockops"};
 
 std::filesystem::path links_dir(const std::filesystem::path& pin_dir);
 // A pinned map, link or program; read-only where the kernel allows it (maps).

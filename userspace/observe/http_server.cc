@@ -39,13 +39,14 @@ bool same_endpoint_or_wildcard(const sockaddr_storage& mine, const sockaddr_stor
     if (mine.ss_family == AF_INET) {
         const auto& a = reinterpret_cast<const sockaddr_in&>(mine);
         const auto& b = reinterpret_cast<const sockaddr_in&>(other);
-        return a.sin_port == b.sin_port && (a.sin_addr.s_addr == htonl(INADDR_ANY) || a.sin_addr.s_addr == b.sin_addr.s_addr);
+        return a.sin_port == b.sin_port &&
+               (a.sin_addr.s_addr == htonl(INADDR_ANY) || a.sin_addr.s_addr == b.sin_addr.s_addr);
     }
     if (mine.ss_family == AF_INET6) {
         const auto& a = reinterpret_cast<const sockaddr_in6&>(mine);
         const auto& b = reinterpret_cast<const sockaddr_in6&>(other);
-        return a.sin6_port == b.sin6_port &&
-               (IN6_IS_ADDR_UNSPECIFIED(&a.sin6_addr) || std::memcmp(&a.sin6_addr, &b.sin6_addr, sizeof a.sin6_addr) == 0);
+        return a.sin6_port == b.sin6_port && (IN6_IS_ADDR_UNSPECIFIED(&a.sin6_addr) ||
+                                              std::memcmp(&a.sin6_addr, &b.sin6_addr, sizeof a.sin6_addr) == 0);
     }
     return false;
 }

@@ -59,12 +59,13 @@ class Handler {
 public:
     Handler() = default;
     template <typename F>
-        requires(!std::is_same_v<std::decay_t<F>, Handler> && std::is_invocable_r_v<Response, F&, const Request&>)
-    Handler(F f) : function_(std::move(f)) {}
+    requires(!std::is_same_v<std::decay_t<F>, Handler> && std::is_invocable_r_v<Response, F&, const Request&>)
+        Handler(F f)
+        : function_(std::move(f)) {}
     template <typename F>
-        requires(!std::is_same_v<std::decay_t<F>, Handler> && !std::is_invocable_r_v<Response, F&, const Request&> &&
-                 std::is_invocable_r_v<Response, F&>)
-    Handler(F f) : function_([f = std::move(f)](const Request&) mutable { return f(); }) {}
+    requires(!std::is_same_v<std::decay_t<F>, Handler> && !std::is_invocable_r_v<Response, F&, const Request&> &&
+             std::is_invocable_r_v<Response, F&>) Handler(F f)
+        : function_([f = std::move(f)](const Request&) mutable { return f(); }) {}
 
     Response operator()(const Request& request) const { return function_(request); }
     explicit operator bool() const { return static_cast<bool>(function_); }

@@ -148,8 +148,8 @@ Histogram::Histogram(const std::vector<double>* bounds) : bounds_(bounds), count
 
 void Histogram::observe(double value) {
     if (std::isnan(value)) return;
-    const auto index = static_cast<std::size_t>(std::lower_bound(bounds_->begin(), bounds_->end(), value) -
-                                                bounds_->begin());
+    const auto index =
+        static_cast<std::size_t>(std::lower_bound(bounds_->begin(), bounds_->end(), value) - bounds_->begin());
     std::lock_guard lock(mutex_);
     ++counts_[index];
     sum_ += value;
@@ -328,9 +328,10 @@ Result<Family<Child>*> Registry::add(const std::string& name, const std::string&
         return make_error(fmt::format("{}: names starting with \"__\" are reserved", what));
     }
     if (!is_valid_name(name)) {
-        return make_error(fmt::format("{}: invalid metric name: must match [a-zA-Z_][a-zA-Z0-9_]* (colons are "
-                                      "reserved for recording rules)",
-                                      what));
+        return make_error(
+            fmt::format("{}: invalid metric name: must match [a-zA-Z_][a-zA-Z0-9_]* (colons are "
+                        "reserved for recording rules)",
+                        what));
     }
     if (type == MetricType::counter && (!ends_with(name, "_total") || name == "_total")) {
         return make_error(fmt::format("{}: a counter's name must end in \"_total\"", what));

@@ -105,8 +105,12 @@ public:
 protected:
     FamilyBase(std::string name, std::string help, std::vector<std::string> label_names, MetricType type,
                std::size_t max_label_sets, Counter* dropped)
-        : name_(std::move(name)), help_(std::move(help)), label_names_(std::move(label_names)), type_(type),
-          max_label_sets_(max_label_sets), dropped_(dropped) {}
+        : name_(std::move(name)),
+          help_(std::move(help)),
+          label_names_(std::move(label_names)),
+          type_(type),
+          max_label_sets_(max_label_sets),
+          dropped_(dropped) {}
 
     const std::string name_;
     const std::string help_;
@@ -192,8 +196,8 @@ public:
 
 private:
     template <typename Child>
-    Result<Family<Child>*> add(const std::string& name, const std::string& help,
-                               std::vector<std::string> label_names, MetricType type, std::vector<double> bounds);
+    Result<Family<Child>*> add(const std::string& name, const std::string& help, std::vector<std::string> label_names,
+                               MetricType type, std::vector<double> bounds);
 
     const Options options_;
     mutable std::shared_mutex mutex_;
