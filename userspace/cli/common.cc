@@ -17,27 +17,25 @@ Result<MapSet> open_pinned_maps(const AgentConfig& config) {
     return maps;
 }
 
-Result<ActiveImage> read_active_image(const MapSet& maps) {
+namespace {
+
+// The active slot, read by `read` (the whole slot, or its configuration only).
+Result<ActiveImage> read_active(const MapSet& maps, Result<MapImage> (MapSet::*read)(uint32_t) const) {
     ActiveImage active;
     auto control = maps.read_control();
     if (!control) return control.error();
     active.control = *control;
-    auto image = maps.read_slot(active.control.active_slot & 1);
+    auto image = (maps.*read)(active.control.active_slot & 1);
     if (!image) return image.error();
     active.image = std::move(image).value();
     return active;
 }
 
-Result<ActiveImage> read_active_config(const MapSet& maps) {
-    ActiveImage active;
-    auto control = maps.read_control();
-    if (!control) return control.error();
-    active.control = *control;
-    auto image = maps.read_config(active.control.active_slot & 1);
-    if (!image) return image.error();
-    active.image = std::move(image).value();
-    return active;
-}
+}  // namespace
+
+Result<ActiveImage> read_active_image(const MapSet& maps) { return read_active(maps, &MapSet::read_slot); }
+
+Result<ActiveImage> read_active_config(const MapSet& maps) { return read_active(maps, &MapSet::read_config); }
 
 void print_json(const json& value) { std::cout << json_text(value, 2) << "\n"; }
 

@@ -28,6 +28,20 @@ Status sum_traffic(const BpfMap<Key, egressd_traffic>& map, Out& out, MakeKey ma
     return {};
 }
 
+// Decodes the entries of one slot of `map` into `out`; `decode` returns a Result.
+template <typename Key, typename Value, typename Decode, typename Out>
+Status append_slot(const BpfMap<Key, Value>& map, uint32_t slot, Decode decode, std::vector<Out>& out) {
+    auto entries = map.read_all();
+    if (!entries) return entries.error();
+    for (const auto& [key, value] : *entries) {
+        if (key.slot != slot) continue;
+        Result<Out> decoded = decode(key, value);
+        if (!decoded) return decoded.error().with_context("decoding " + map.name());
+        out.push_back(std::move(*decoded));
+    }
+    return {};
+}
+
 // The changes that turn the entries `from` into `to`: the unslotted maps
 // change entry by entry.
 template <typename K, typename V, typename Key, typename Value, typename EncodeKey, typename EncodeValue>
@@ -86,30 +100,18 @@ Result<std::map<uint32_t, PolicyRef>> MapSet::read_policy_names(uint32_t slot) c
 Result<MapImage> MapSet::read_slot(uint32_t slot) const {
     auto image = read_config(slot);
     if (!image) return image;
-    auto cidr_entries = cidrs.read_all();
-    if (!cidr_entries) return cidr_entries.error();
-    for (const auto& [key, value] : *cidr_entries) {
-        if (key.slot != slot) continue;
-        auto rule = decode_cidr(key, value);
-        if (!rule) return rule.error().with_context("decoding " + cidrs.name());
-        image->cidrs.push_back(*rule);
-    }
-    auto port_entries = ports.read_all();
-    if (!port_entries) return port_entries.error();
-    for (const auto& [key, value] : *port_entries)
-        if (key.slot == slot) image->ports.push_back(decode_port(key, value));
-    auto policy_entries = policies.read_all();
-    if (!policy_entries) return policy_entries.error();
-    for (const auto& [key, value] : *policy_entries) {
-        if (key.slot != slot) continue;
-        auto rule = decode_policy(key, value);
-        if (!rule) return rule.error().with_context("decoding " + policies.name());
-        image->policy_rules.push_back(*rule);
-    }
-    auto host_entries = policy_hosts.read_all();
-    if (!host_entries) return host_entries.error();
-    for (const auto& [key, value] : *host_entries)
-        if (key.slot == slot) image->policy_rules.push_back(decode_policy_host(key, value));
+    const auto always = [](auto decoded) { return Result<decltype(decoded)>(std::move(decoded)); };
+    if (auto read = append_slot(cidrs, slot, decode_cidr, image->cidrs); !read) return read.error();
+    if (auto read = append_slot(
+            ports, slot, [&](const auto& k, const auto& v) { return always(decode_port(k, v)); }, image->ports);
+        !read)
+        return read.error();
+    if (auto read = append_slot(policies, slot, decode_policy, image->policy_rules); !read) return read.error();
+    if (auto read = append_slot(
+            policy_hosts, slot, [&](const auto& k, const auto& v) { return always(decode_policy_host(k, v)); },
+            image->policy_rules);
+        !read)
+        return read.error();
     auto names = read_policy_names(slot);
     if (!names) return names.error();
     image->policies = std::move(*names);
