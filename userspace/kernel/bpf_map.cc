@@ -127,14 +127,15 @@ Status read_all_raw(int fd, const std::string& name, const Shape& shape, size_t 
     return walk_raw(fd, name, shape, value_stride, keys, values, count);
 }
 
-Status apply_raw(int fd, const std::string& name, size_t key_size, size_t value_size, const uint8_t* deletes,
-                 size_t delete_count, const uint8_t* upsert_keys, const uint8_t* upsert_values, size_t upsert_count) {
+Status apply_raw(int fd, const std::string& name, size_t key_size, const uint8_t* deletes, size_t delete_count,
+                 const uint8_t* entries, size_t entry_size, size_t value_offset, size_t upsert_count) {
     for (size_t i = 0; i < delete_count; ++i) {
         if (bpf_map_delete_elem(fd, deletes + i * key_size) != 0 && errno != ENOENT)
             return full_or_failed(name, fmt::format("deleting {} of {} entries", i + 1, delete_count), errno);
     }
     for (size_t i = 0; i < upsert_count; ++i) {
-        if (bpf_map_update_elem(fd, upsert_keys + i * key_size, upsert_values + i * value_size, BPF_ANY) != 0)
+        const uint8_t* entry = entries + i * entry_size;
+        if (bpf_map_update_elem(fd, entry, entry + value_offset, BPF_ANY) != 0)
             return full_or_failed(name, fmt::format("writing {} of {} entries", i + 1, upsert_count), errno);
     }
     return {};

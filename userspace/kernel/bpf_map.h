@@ -16,6 +16,7 @@
 // not an atomic snapshot.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -54,10 +55,12 @@ Status read_all_raw(int fd, const std::string& name, const Shape& shape, size_t 
 Status walk_raw(int fd, const std::string& name, const Shape& shape, size_t value_stride, std::vector<uint8_t>& keys,
                 std::vector<uint8_t>& values, size_t& count,
                 const std::function<void(const uint8_t* key)>& after_step = nullptr);
-// Deletes the keys then writes the entries (keys and values as raw bytes).
-// A key already absent counts as deleted. ENOSPC and E2BIG say the map is full.
-Status apply_raw(int fd, const std::string& name, size_t key_size, size_t value_size, const uint8_t* deletes,
-                 size_t delete_count, const uint8_t* upsert_keys, const uint8_t* upsert_values, size_t upsert_count);
+// Deletes the keys then writes the entries: `entries` holds upsert_count
+// records of entry_size bytes, each its key at offset 0 and its value at
+// value_offset. A key already absent counts as deleted. ENOSPC and E2BIG say
+// the map is full.
+Status apply_raw(int fd, const std::string& name, size_t key_size, const uint8_t* deletes, size_t delete_count,
+                 const uint8_t* entries, size_t entry_size, size_t value_offset, size_t upsert_count);
 Status update_raw(int fd, const std::string& name, const void* key, const void* value, uint64_t flags);
 Status erase_raw(int fd, const std::string& name, const void* key);
 // Found: true; absent: false; an error otherwise.
@@ -137,19 +140,12 @@ public:
     }
 
     // Deletes `deletes`, then writes `upserts`: how a diff reaches one map.
+    // The pairs are written where they are, not copied apart.
     Status apply(std::span<const Key> deletes, std::span<const std::pair<Key, Value>> upserts) const {
-        std::vector<Key> keys;
-        std::vector<Value> values;
-        keys.reserve(upserts.size());
-        values.reserve(upserts.size());
-        for (const auto& [key, value] : upserts) {
-            keys.push_back(key);
-            values.push_back(value);
-        }
-        return bpf_map_detail::apply_raw(fd(), name_, sizeof(Key), sizeof(Value),
-                                         reinterpret_cast<const uint8_t*>(deletes.data()), deletes.size(),
-                                         reinterpret_cast<const uint8_t*>(keys.data()),
-                                         reinterpret_cast<const uint8_t*>(values.data()), upserts.size());
+        using Entry = std::pair<Key, Value>;
+        return bpf_map_detail::apply_raw(fd(), name_, sizeof(Key), reinterpret_cast<const uint8_t*>(deletes.data()),
+                                         deletes.size(), reinterpret_cast<const uint8_t*>(upserts.data()),
+                                         sizeof(Entry), offsetof(Entry, second), upserts.size());
     }
 
 private:
