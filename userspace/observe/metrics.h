@@ -160,6 +160,29 @@ using CounterFamily = Family<Counter>;
 using GaugeFamily = Family<Gauge>;
 using HistogramFamily = Family<Histogram>;
 
+// Keeps the first error of a run of registrations, so that the run reads as a
+// table: `requests_ = registrations.take(registry.counter(...));` and one
+// check of status() at the end.
+class Registrations {
+public:
+    template <typename FamilyType>
+    FamilyType* take(Result<FamilyType*> result) {
+        if (result.ok()) return *result;
+        if (status_.ok()) status_ = result.error();
+        return nullptr;
+    }
+    // The only child of a family without labels (nullptr if registration failed).
+    template <typename FamilyType>
+    auto take_only(Result<FamilyType*> result) -> decltype(&(*result)->get()) {
+        auto* family = take(std::move(result));
+        return family ? &family->get() : nullptr;
+    }
+    const Status& status() const { return status_; }
+
+private:
+    Status status_;
+};
+
 class Registry {
 public:
     struct Options {

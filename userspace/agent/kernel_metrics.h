@@ -1,0 +1,61 @@
+// The families of /metrics that the kernel counts: decisions by reason and
+// hook, event statistics, and the traffic of closed egress connections by rule
+// and by identity. They are read from the maps at scrape time; a family whose
+// read fails is left out of that scrape (and counted), never shown stale.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/result.h"
+#include "kernel/map_set.h"
+#include "observe/metrics.h"
+
+namespace egressd {
+
+// A rendered family: its name (for sorting) and its text.
+using RenderedFamily = std::pair<std::string, std::string>;
+
+class KernelMetrics {
+public:
+    // `maps` must outlive this object. The read-error counter goes into
+    // `registry` (it is always shown); the kernel families into their own.
+    static Result<std::unique_ptr<KernelMetrics>> create(observe::Registry& registry, const MapSet* maps);
+
+    // Reads the kernel and appends the families read. Scrapes are serialised,
+    // so that totals are applied in order (a smaller total would be taken as
+    // a restart of the kernel's counters).
+    void scrape(std::vector<RenderedFamily>& families);
+
+private:
+    explicit KernelMetrics(const MapSet* maps) : maps_(maps) {}
+    Status register_families(observe::Registry& registry);
+    void scrape_decisions(std::vector<RenderedFamily>& families);
+    void scrape_event_stats(std::vector<RenderedFamily>& families);
+    void scrape_traffic(std::vector<RenderedFamily>& families);
+    void read_failed(const std::string& what, const Error& error);
+    void read_works(const std::string& what);
+
+    const MapSet* const maps_;
+    observe::Registry kernel_registry_;
+    observe::Counter* read_errors_ = nullptr;
+    observe::CounterFamily* decisions_ = nullptr;
+    observe::CounterFamily* denied_ = nullptr;
+    observe::CounterFamily* events_sent_ = nullptr;
+    observe::CounterFamily* events_suppressed_ = nullptr;
+    observe::CounterFamily* events_lost_ = nullptr;
+    observe::CounterFamily* flows_lost_ = nullptr;
+    observe::CounterFamily* traffic_lost_ = nullptr;
+    observe::CounterFamily* egress_connections_ = nullptr;
+    observe::CounterFamily* egress_bytes_ = nullptr;
+    observe::CounterFamily* identity_bytes_ = nullptr;
+
+    std::mutex scrape_mutex_;
+    std::set<std::string> failing_reads_;  // under scrape_mutex_
+};
+
+}  // namespace egressd
