@@ -50,6 +50,39 @@ PolicySemantics semantics_setting(const Field& field) {
     field.fail(fmt::format("expected fsm or osm, got \"{}\"", name));
 }
 
+void read_events(const Field& events, const fs::path& directory, AgentConfig& config) {
+    events.reject_unknown_keys({"allowedByPolicy", "passthrough", "log", "buffer"});
+    if (const Field f = events.child("allowedByPolicy"); f.present()) config.report_policy_allows = f.boolean();
+    if (const Field f = events.child("passthrough"); f.present()) config.report_passthrough = f.boolean();
+    if (const Field f = events.child("log"); f.present()) config.event_log = resolved_path(f, directory);
+    if (const Field f = events.child("buffer"); f.present()) config.event_buffer = bounded(f, 1, 1'000'000);
+}
+
+// HOST:PORT, port 0 for any; "" disables the HTTP server.
+std::string http_address_setting(const Field& field) {
+    const std::string text = field.string();
+    if (text.empty()) return text;
+    if (auto address = parse_endpoint(text, {.default_port = std::nullopt, .port_zero = true}); !address)
+        field.fail(fmt::format("\"{}\": {}", text, address.error().message));
+    return text;
+}
+
+Capacities capacities_setting(const Field& field) {
+    field.reject_unknown_keys({"cidrs", "ports", "policyRules", "policies", "identities", "workloads"});
+    Capacities capacities;
+    const std::pair<const char*, std::pair<uint32_t*, long long>> limits[] = {
+        {"cidrs", {&capacities.cidrs, kMaxCidrCapacity}},
+        {"ports", {&capacities.ports, kMaxPortCapacity}},
+        {"policyRules", {&capacities.policy_rules, kMaxPolicyRuleCapacity}},
+        {"policies", {&capacities.policies, kMaxTableCapacity}},
+        {"identities", {&capacities.identities, kMaxTableCapacity}},
+        {"workloads", {&capacities.workloads, kMaxTableCapacity}},
+    };
+    for (const auto& [key, target] : limits)
+        if (const Field value = field.child(key); value.present()) *target.first = bounded(value, 1, target.second);
+    return capacities;
+}
+
 AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
     root.reject_unknown_keys({"cgroup", "bpffs", "meshConfig", "meshCIDRs", "sidecarUID", "runDir",
                               "egressPolicySemantics", "policyDir", "workloads", "dnsServer", "mode", "events",
@@ -82,36 +115,13 @@ AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
         if (name != "enforce" && name != "audit") mode.fail(fmt::format("expected enforce or audit, got \"{}\"", name));
         config.audit = name == "audit";
     }
-    const Field events = root.child("events");
-    events.reject_unknown_keys({"allowedByPolicy", "passthrough", "log", "buffer"});
-    if (const Field f = events.child("allowedByPolicy"); f.present()) config.report_policy_allows = f.boolean();
-    if (const Field f = events.child("passthrough"); f.present()) config.report_passthrough = f.boolean();
-    if (const Field f = events.child("log"); f.present()) config.event_log = resolved_path(f, directory);
-    if (const Field f = events.child("buffer"); f.present()) config.event_buffer = bounded(f, 1, 1'000'000);
+    read_events(root.child("events"), directory, config);
     if (const Field http = root.child("httpAddress"); http.is_null()) {
         config.http_address.clear();
     } else if (http.present()) {
-        config.http_address = http.string();
-        if (!config.http_address.empty()) {
-            if (auto address = parse_endpoint(config.http_address, {.default_port = std::nullopt, .port_zero = true});
-                !address)
-                http.fail(fmt::format("\"{}\": {}", config.http_address, address.error().message));
-        }
+        config.http_address = http_address_setting(http);
     }
-
-    const Field capacities = root.child("capacities");
-    capacities.reject_unknown_keys({"cidrs", "ports", "policyRules", "policies", "identities", "workloads"});
-    const std::pair<const char*, std::pair<uint32_t*, long long>> limits[] = {
-        {"cidrs", {&config.capacities.cidrs, kMaxCidrCapacity}},
-        {"ports", {&config.capacities.ports, kMaxPortCapacity}},
-        {"policyRules", {&config.capacities.policy_rules, kMaxPolicyRuleCapacity}},
-        {"policies", {&config.capacities.policies, kMaxTableCapacity}},
-        {"identities", {&config.capacities.identities, kMaxTableCapacity}},
-        {"workloads", {&config.capacities.workloads, kMaxTableCapacity}},
-    };
-    for (const auto& [key, target] : limits)
-        if (const Field value = capacities.child(key); value.present())
-            *target.first = bounded(value, 1, target.second);
+    config.capacities = capacities_setting(root.child("capacities"));
     return config;
 }
 

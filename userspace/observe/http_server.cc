@@ -133,6 +133,78 @@ struct HttpServer::Impl {
         return cv.wait_for(lock, timeout, [this] { return done; });
     }
 
+    // Limits, timeouts, socket options and the one handler of every request.
+    void configure() {
+        server.new_task_queue = [] { return new httplib::ThreadPool(kThreads); };
+        // httplib's default sets SO_REUSEPORT, which lets a second server bind the
+        // same address and silently share the port. SO_REUSEADDR only allows a
+        // restart while old connections are in TIME_WAIT.
+        server.set_socket_options([this](socket_t fd) {
+            int yes = 1;
+            ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+            listening_fd = fd;
+        });
+        server.set_keep_alive_max_count(1);
+        server.set_keep_alive_timeout(kKeepAliveTimeoutSeconds);
+        server.set_read_timeout(kReadTimeoutSeconds, 0);
+        server.set_write_timeout(kWriteTimeoutSeconds, 0);
+        server.set_payload_max_length(kMaxPayload);
+        server.set_pre_routing_handler([this](const httplib::Request& request, httplib::Response& response) {
+            handle(request, response);
+            return httplib::Server::HandlerResponse::Handled;
+        });
+    }
+
+    // Binds the address (port 0: any port, then recorded in `address`). On
+    // failure the error has the bind's errno, which httplib does not keep.
+    Status bind() {
+        errno = 0;
+        bool bound;
+        if (address.port == 0) {
+            const int port = server.bind_to_any_port(address.host, AI_NUMERICHOST);
+            bound = port > 0;
+            if (bound) address.port = static_cast<uint16_t>(port);
+        } else {
+            bound = server.bind_to_port(address.host, address.port, AI_NUMERICHOST);
+        }
+        if (!bound) {
+            const int httplib_errno = errno;
+            int err = probe_bind_errno(address);
+            if (err == 0) err = httplib_errno;
+            const std::string what = fmt::format("HTTP server: cannot listen on {}", address.str());
+            return err != 0 ? system_error(what, err) : make_error(what);
+        }
+        socklen_t length = sizeof listening;
+        if (::getsockname(listening_fd, reinterpret_cast<sockaddr*>(&listening), &length) != 0) {
+            const int err = errno;
+            ::close(listening_fd);  // httplib::Server does not close a socket it never listened on
+            return system_error(fmt::format("HTTP server: getsockname on {}", address.str()), err);
+        }
+        return {};
+    }
+
+    // Accepts connections on a thread of its own, and returns once it runs:
+    // stop() only acts on a running accept loop, and the destructor must not
+    // miss it.
+    void serve_in_background() {
+        thread = std::thread([this] {
+            const bool clean = server.listen_after_bind();
+            if (!clean && !stopping) {
+                log::error("HTTP server on {}: accepting connections failed; not serving any more", address.str());
+            }
+            std::lock_guard lock(mutex);
+            done = true;
+            cv.notify_all();
+        });
+        while (!server.is_running()) {
+            {
+                std::lock_guard lock(mutex);
+                if (done) break;
+            }
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+    }
+
     void handle(const httplib::Request& request, httplib::Response& response) const {
         if (request.method != "GET" && request.method != "HEAD") {
             response.status = 405;
@@ -165,73 +237,12 @@ HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Result<std::unique_ptr<HttpServer>> HttpServer::start(const std::string& text, Routes routes) {
     auto parsed = parse_listen_address(text);
     if (!parsed.ok()) return parsed.error();
-    const ListenAddress address = *parsed;
-
     auto impl = std::make_unique<Impl>();
-    Impl* raw = impl.get();
-    raw->routes = std::move(routes);
-    raw->address = address;
-    httplib::Server& server = raw->server;
-    server.new_task_queue = [] { return new httplib::ThreadPool(kThreads); };
-    // httplib's default sets SO_REUSEPORT, which lets a second server bind the
-    // same address and silently share the port. SO_REUSEADDR only allows a
-    // restart while old connections are in TIME_WAIT.
-    server.set_socket_options([raw](socket_t fd) {
-        int yes = 1;
-        ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-        raw->listening_fd = fd;
-    });
-    server.set_keep_alive_max_count(1);
-    server.set_keep_alive_timeout(kKeepAliveTimeoutSeconds);
-    server.set_read_timeout(kReadTimeoutSeconds, 0);
-    server.set_write_timeout(kWriteTimeoutSeconds, 0);
-    server.set_payload_max_length(kMaxPayload);
-    server.set_pre_routing_handler([raw](const httplib::Request& request, httplib::Response& response) {
-        raw->handle(request, response);
-        return httplib::Server::HandlerResponse::Handled;
-    });
-
-    errno = 0;
-    bool bound;
-    if (address.port == 0) {
-        const int port = server.bind_to_any_port(address.host, AI_NUMERICHOST);
-        bound = port > 0;
-        if (bound) raw->address.port = static_cast<uint16_t>(port);
-    } else {
-        bound = server.bind_to_port(address.host, address.port, AI_NUMERICHOST);
-    }
-    if (!bound) {
-        const int httplib_errno = errno;
-        int err = probe_bind_errno(address);
-        if (err == 0) err = httplib_errno;
-        const std::string what = fmt::format("HTTP server: cannot listen on {}", address.str());
-        return err != 0 ? system_error(what, err) : make_error(what);
-    }
-    socklen_t length = sizeof raw->listening;
-    if (::getsockname(raw->listening_fd, reinterpret_cast<sockaddr*>(&raw->listening), &length) != 0) {
-        const int err = errno;
-        ::close(raw->listening_fd);  // httplib::Server does not close a socket it never listened on
-        return system_error(fmt::format("HTTP server: getsockname on {}", raw->address.str()), err);
-    }
-
-    raw->thread = std::thread([raw] {
-        const bool clean = raw->server.listen_after_bind();
-        if (!clean && !raw->stopping) {
-            log::error("HTTP server on {}: accepting connections failed; not serving any more", raw->address.str());
-        }
-        std::lock_guard lock(raw->mutex);
-        raw->done = true;
-        raw->cv.notify_all();
-    });
-    // stop() only acts once the accepting loop runs: wait for it, so that the
-    // destructor cannot miss it.
-    while (!server.is_running()) {
-        {
-            std::lock_guard lock(raw->mutex);
-            if (raw->done) break;
-        }
-        std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
+    impl->routes = std::move(routes);
+    impl->address = *parsed;
+    impl->configure();
+    if (auto status = impl->bind(); !status) return status.error();
+    impl->serve_in_background();
     return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }
 

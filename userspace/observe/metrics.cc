@@ -319,11 +319,12 @@ Result<HistogramFamily*> Registry::histogram(const std::string& name, const std:
     return add<Histogram>(name, help, std::move(label_names), MetricType::histogram, std::move(bounds));
 }
 
-template <typename Child>
-Result<Family<Child>*> Registry::add(const std::string& name, const std::string& raw_help,
-                                     std::vector<std::string> label_names, MetricType type,
-                                     std::vector<double> bounds) {
-    const std::string what = fmt::format("{} \"{}\"", type_name(type), name);
+namespace {
+
+// The checks of a family's definition that need no other family (see
+// Registry in metrics.h); `what` names it in the error.
+Status check_definition(const std::string& what, const std::string& name, MetricType type, const std::string& help,
+                        const std::vector<std::string>& label_names, const std::vector<double>& bounds) {
     if (name.size() >= 2 && name.compare(0, 2, "__") == 0) {
         return make_error(fmt::format("{}: names starting with \"__\" are reserved", what));
     }
@@ -336,7 +337,6 @@ Result<Family<Child>*> Registry::add(const std::string& name, const std::string&
     if (type == MetricType::counter && (!ends_with(name, "_total") || name == "_total")) {
         return make_error(fmt::format("{}: a counter's name must end in \"_total\"", what));
     }
-    const std::string help = valid_utf8(raw_help);
     if (help.empty()) return make_error(fmt::format("{}: help text is empty", what));
     std::set<std::string> seen;
     for (const auto& label : label_names) {
@@ -364,6 +364,19 @@ Result<Family<Child>*> Registry::add(const std::string& name, const std::string&
                                           format_value(bounds[i]), format_value(bounds[i - 1])));
         }
     }
+
+    return {};
+}
+
+}  // namespace
+
+template <typename Child>
+Result<Family<Child>*> Registry::add(const std::string& name, const std::string& raw_help,
+                                     std::vector<std::string> label_names, MetricType type,
+                                     std::vector<double> bounds) {
+    const std::string what = fmt::format("{} \"{}\"", type_name(type), name);
+    const std::string help = valid_utf8(raw_help);
+    if (auto status = check_definition(what, name, type, help, label_names, bounds); !status) return status.error();
 
     std::unique_lock lock(mutex_);
     if (const auto it = families_.find(name); it != families_.end()) {
