@@ -28,16 +28,11 @@ namespace {
 
 using Net = TestNetwork;
 
-struct Env {
-    Net net;
-    TestCgroup cg{"enforced"};
-};
-
 }  // namespace
 
 TEST_CASE("kernel: enableEgress false denies external traffic, allows mesh, loopback and the sidecar") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     const MapImage image = enforcer.publish(test_agent(env.cg), mesh_with_egress(false));
     enforcer.attach();
@@ -72,7 +67,7 @@ TEST_CASE("kernel: enableEgress false denies external traffic, allows mesh, loop
 
 TEST_CASE("kernel: enableEgress true passes external traffic through") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     const MapImage image = enforcer.publish(test_agent(env.cg), mesh_with_egress(true));
     enforcer.attach();
@@ -87,7 +82,7 @@ TEST_CASE("kernel: enableEgress true passes external traffic through") {
 
 TEST_CASE("kernel: exclusion CIDRs and ports bypass the deny; exclusion beats mesh") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     MeshConfig mesh = mesh_with_egress(false);
     mesh.outbound_ip_range_exclusion = {cidr("203.0.113.11/32"), cidr("2001:db8:1::11/128"), cidr("198.18.0.0/24")};
@@ -108,7 +103,7 @@ TEST_CASE("kernel: exclusion CIDRs and ports bypass the deny; exclusion beats me
 
 TEST_CASE("kernel: a non-empty inclusion list leaves other destinations unintercepted") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     MeshConfig mesh = mesh_with_egress(false);
     mesh.outbound_ip_range_inclusion = {cidr("203.0.113.0/25")};
@@ -125,7 +120,7 @@ TEST_CASE("kernel: a non-empty inclusion list leaves other destinations uninterc
 
 TEST_CASE("kernel: processes in nested cgroups are enforced; other cgroups are not touched") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     TestCgroup nested = env.cg.child("nested");
     TestCgroup outside("outside");  // a sibling: not under the enforced cgroup
     Enforcer enforcer(env.cg);
@@ -140,7 +135,7 @@ TEST_CASE("kernel: processes in nested cgroups are enforced; other cgroups are n
 
 TEST_CASE("kernel: a new generation takes effect at once, and sockets never see a half-written one") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     const AgentConfig agent = test_agent(env.cg);
     enforcer.publish(agent, mesh_with_egress(false));
@@ -174,7 +169,7 @@ TEST_CASE("kernel: a new generation takes effect at once, and sockets never see 
 
 TEST_CASE("kernel: programs attached before any generation fail closed") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     enforcer.attach();  // no publish: no valid slot
 
@@ -187,7 +182,7 @@ TEST_CASE("kernel: programs attached before any generation fail closed") {
 
 TEST_CASE("kernel: a second datapath adopts the pinned maps and links without a gap") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer first(env.cg);
     const AgentConfig agent = test_agent(env.cg);
     const MapImage image = first.publish(agent, mesh_with_egress(false));
@@ -218,7 +213,7 @@ TEST_CASE("kernel: a second datapath adopts the pinned maps and links without a 
 
 TEST_CASE("kernel: bpftool prints the pinned maps with field names (BTF)") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     MeshConfig mesh = mesh_with_egress(false);
     mesh.outbound_port_exclusion = {8443};

@@ -74,16 +74,11 @@ IpAddress address_of(const egressd_event& e) {
     return a;
 }
 
-struct Env {
-    Net net;
-    TestCgroup cg{"enforced"};
-};
-
 }  // namespace
 
 TEST_CASE("kernel: events: a denied connect is reported exactly once, with its fields") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     const MapImage image = enforcer.publish(test_agent(env.cg), mesh_with_egress(false));
     enforcer.attach();
@@ -125,7 +120,7 @@ TEST_CASE("kernel: events: a denied connect is reported exactly once, with its f
 
 TEST_CASE("kernel: events: audit mode allows what row 8 would deny and reports it as audit") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     AgentConfig agent = test_agent(env.cg);
     agent.audit = true;
@@ -152,7 +147,7 @@ TEST_CASE("kernel: events: audit mode allows what row 8 would deny and reports i
 
 TEST_CASE("kernel: events: allowed decisions are reported only when asked") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     AgentConfig agent = test_agent(env.cg);
     enforcer.publish(agent, mesh_with_egress(true));
@@ -172,7 +167,7 @@ TEST_CASE("kernel: events: allowed decisions are reported only when asked") {
 
 TEST_CASE("kernel: events: a workload looping on a denied connect is rate limited, and the rest counted") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     enforcer.publish(test_agent(env.cg), mesh_with_egress(false));
     enforcer.attach();
@@ -204,7 +199,7 @@ TEST_CASE("kernel: events: a workload looping on a denied connect is rate limite
 
 TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes reach the totals when closed") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     enforcer.publish(test_agent(env.cg), mesh_with_egress(true));  // passthrough
     enforcer.attach();
@@ -291,7 +286,7 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
 
 TEST_CASE("kernel: flows: a connection that is refused leaves no flow, no totals and no loss behind") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     Enforcer enforcer(env.cg);
     enforcer.publish(test_agent(env.cg), mesh_with_egress(true));  // passthrough
     enforcer.attach();

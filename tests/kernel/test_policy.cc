@@ -54,11 +54,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
-struct Env {
-    Net net;
-    TestCgroup cg{"enforced"};
-};
-
 // The level of a cgroup: path components below the cgroup2 mount (root = 0),
 // what PolicyInputs::cgroup_level wants for the enforced cgroup.
 uint32_t level_of(const std::string& path) {
@@ -396,7 +391,7 @@ int env_int(const char* name, int fallback) {
 
 TEST_CASE("kernel: policy: identity x destination x port/protocol x family, and when row 7 applies") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     TestCgroup web = env.cg.child("web");
     TestCgroup worker = web.child("worker");  // nested below a registered workload, not registered itself
     TestCgroup api = env.cg.child("api");     // another registered identity
@@ -602,7 +597,7 @@ TEST_CASE("kernel: policy: differential, random policy sets and workloads, kerne
     const int rounds = env_int("EGRESSD_DIFF_ROUNDS", 10);
     const int cases_per_round = env_int("EGRESSD_DIFF_CASES", 2000);
 
-    Env env;
+    EnforcedEnv env;
     // Workload cgroups: ten below the enforced cgroup, some with nested ones,
     // and a chain w3/c2/.../c11 reaching past the 8-level search window.
     std::vector<TestCgroup> owned;
@@ -998,7 +993,7 @@ private:
 TEST_CASE("kernel: policy: sockets racing a writer that flips two large generations see one or the other") {
     EGRESSD_REQUIRE_KERNEL_ENV();
     const auto start = Clock::now();
-    Env env;
+    EnforcedEnv env;
     TestCgroup web = env.cg.child("web");
     TestCgroup api = env.cg.child("api");
     Enforcer enforcer(env.cg);
@@ -1216,7 +1211,7 @@ TEST_CASE("kernel: policy: sockets racing a writer that flips two large generati
 
 TEST_CASE("kernel: policy: a policy set beyond the capacities is refused whole, and nothing is published") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     TestCgroup web = env.cg.child("web");
     Capacities caps;
     caps.policy_rules = 64;
@@ -1359,7 +1354,7 @@ TEST_CASE("kernel: policy: a policy set beyond the capacities is refused whole, 
 
 TEST_CASE("kernel: policy: a restarted datapath adopts the policies, identity names and workloads") {
     EGRESSD_REQUIRE_KERNEL_ENV();
-    Env env;
+    EnforcedEnv env;
     TestCgroup web = env.cg.child("web");
     TestCgroup worker = web.child("worker");
     Enforcer first(env.cg);

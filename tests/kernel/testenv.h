@@ -132,6 +132,13 @@ private:
     pid_t server_pid_ = -1;
 };
 
+// What most kernel tests start from: a private network and one cgroup to
+// attach the programs to.
+struct EnforcedEnv {
+    TestNetwork net;
+    TestCgroup cg{"enforced"};
+};
+
 enum class Proto { tcp, udp };
 enum class Op { connect, sendmsg };  // sendmsg = unconnected UDP sendto with a destination
 

@@ -10,14 +10,9 @@
 #include "core/decision.h"
 
 using namespace egressd;
+using egressd::test::cidrs;
 
 namespace {
-
-std::vector<Cidr> cidrs(std::initializer_list<const char*> texts) {
-    std::vector<Cidr> parsed;
-    for (const char* text : texts) parsed.push_back(*Cidr::parse(text));
-    return parsed;
-}
 
 MapImage image_of(const AgentConfig& agent, const MeshConfig& mesh) {
     auto image = build_image(agent, mesh, 1);

@@ -17,6 +17,7 @@
 #include "core/yaml_input.h"
 
 using namespace egressd;
+using egressd::test::cidr_texts;
 namespace fs = std::filesystem;
 
 namespace {
@@ -31,12 +32,6 @@ std::vector<std::string> names(const PolicySet& set) {
 
 // Messages one per line, so that doctest shows them when a check fails.
 std::string lines(const std::vector<std::string>& messages) { return fmt::format("{}", fmt::join(messages, "\n")); }
-
-std::vector<std::string> strs(const std::vector<Cidr>& cidrs) {
-    std::vector<std::string> texts;
-    for (const Cidr& cidr : cidrs) texts.push_back(cidr.str());
-    return texts;
-}
 
 const EgressPolicy& find(const PolicySet& set, std::string_view ns, std::string_view name) {
     const auto it = std::find_if(set.policies.begin(), set.policies.end(),
@@ -140,7 +135,7 @@ TEST_CASE("OSM file: IPv4 and IPv6 ranges, UDP, default namespace, UpstreamTraff
     const EgressPolicy& databases = set.policies[1];
     CHECK(databases.api_version == "policy.openservicemesh.io/v1alpha1");
     CHECK(databases.namespace_ == "default");  // metadata.namespace absent
-    CHECK(strs(databases.ip_addresses) ==
+    CHECK(cidr_texts(databases.ip_addresses) ==
           std::vector<std::string>{"192.0.2.0/24", "2001:db8:abcd::/48", "2001:db8::7/128", "198.51.100.9/32"});
     CHECK(databases.hosts.empty());
     CHECK_FALSE(databases.any_destination());

@@ -12,18 +12,9 @@
 #include "core/map_codec.h"
 
 using namespace egressd;
+using egressd::test::cidrs;
 
 namespace {
-
-std::vector<Cidr> cidrs(std::initializer_list<const char*> texts) {
-    std::vector<Cidr> parsed;
-    for (const char* text : texts) {
-        auto cidr = Cidr::parse(text);
-        REQUIRE_MESSAGE(cidr.ok(), egressd::test::why(cidr));
-        parsed.push_back(*cidr);
-    }
-    return parsed;
-}
 
 // Readable rows, so a failing comparison shows what differs.
 std::vector<std::string> rows(const std::vector<CidrRule>& rules) {

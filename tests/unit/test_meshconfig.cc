@@ -8,16 +8,11 @@
 #include "core/meshconfig.h"
 
 using namespace egressd;
+using egressd::test::cidr_texts;
 
 namespace {
 
 const std::string kMeshFixtures = std::string(EGRESSD_FIXTURES) + "/meshconfig/";
-
-std::vector<std::string> strs(const std::vector<Cidr>& cidrs) {
-    std::vector<std::string> texts;
-    for (const Cidr& cidr : cidrs) texts.push_back(cidr.str());
-    return texts;
-}
 
 // A MeshConfig whose traffic mapping's lines start at line 7.
 std::string with_traffic(std::string_view traffic_lines) {
@@ -40,7 +35,7 @@ TEST_CASE("a production FSM v1alpha3 MeshConfig: the enforced fields, every othe
     CHECK(mesh->namespace_ == "flomesh");
     CHECK(mesh->enable_egress == false);
     CHECK(mesh->enable_egress_policy == true);
-    CHECK(strs(mesh->outbound_ip_range_exclusion) ==
+    CHECK(cidr_texts(mesh->outbound_ip_range_exclusion) ==
           std::vector<std::string>{"10.96.0.1/32", "169.254.169.254/32", "192.168.0.0/16", "2001:db8:100::/48"});
     CHECK(mesh->outbound_ip_range_inclusion.empty());
     CHECK(mesh->outbound_port_exclusion == std::vector<uint16_t>{22, 5432, 6379});
@@ -63,7 +58,7 @@ TEST_CASE("FSM v1alpha2 with an inclusion list, the policy flag off, and null li
     REQUIRE_MESSAGE(mesh.ok(), egressd::test::why(mesh));
     CHECK(mesh->enable_egress == false);
     CHECK(mesh->enable_egress_policy == false);
-    CHECK(strs(mesh->outbound_ip_range_inclusion) == std::vector<std::string>{"10.0.0.0/8", "172.16.0.0/12"});
+    CHECK(cidr_texts(mesh->outbound_ip_range_inclusion) == std::vector<std::string>{"10.0.0.0/8", "172.16.0.0/12"});
     CHECK(mesh->outbound_ip_range_exclusion.empty());
     CHECK(mesh->outbound_port_exclusion.empty());
 }
@@ -75,7 +70,7 @@ TEST_CASE("OSM v1alpha2 with flow-style lists") {
     CHECK(mesh->name == "osm-mesh-config");
     CHECK(mesh->namespace_ == "osm-system");
     CHECK(mesh->enable_egress == true);
-    CHECK(strs(mesh->outbound_ip_range_exclusion) == std::vector<std::string>{"fd00:10::/64", "10.0.0.0/8"});
+    CHECK(cidr_texts(mesh->outbound_ip_range_exclusion) == std::vector<std::string>{"fd00:10::/64", "10.0.0.0/8"});
     CHECK(mesh->outbound_port_exclusion == std::vector<uint16_t>{8125});
 }
 
@@ -101,7 +96,7 @@ TEST_CASE("every accepted apiVersion, and a flow-style spec") {
         CHECK(mesh->api_version == api_version);
         CHECK(mesh->enable_egress == true);
         CHECK(mesh->outbound_port_exclusion == std::vector<uint16_t>{443});
-        CHECK(strs(mesh->outbound_ip_range_exclusion) == std::vector<std::string>{"10.0.0.0/8"});
+        CHECK(cidr_texts(mesh->outbound_ip_range_exclusion) == std::vector<std::string>{"10.0.0.0/8"});
     }
 }
 

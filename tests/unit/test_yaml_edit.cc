@@ -53,7 +53,7 @@ bool reads_back_as(const std::string& text, bool value) {
 }
 
 // A MeshConfig whose traffic mapping's lines start at line 5.
-std::string with_traffic(std::string_view traffic_lines) {
+std::string unnamed_mesh_config_with(std::string_view traffic_lines) {
     return "apiVersion: config.flomesh.io/v1alpha3\n"  // 1
            "kind: MeshConfig\n"                        // 2
            "spec:\n"                                   // 3
@@ -117,7 +117,7 @@ TEST_CASE("set_enable_egress replaces quoted, tagged and capitalised scalars") {
         CAPTURE(c.written);
         CAPTURE(c.value);
         const std::string old_line = std::string("    enableEgress: ") + c.written + "  # switch";
-        const std::string before = with_traffic(old_line + "\n    interceptionMode: PodLevel\n");
+        const std::string before = unnamed_mesh_config_with(old_line + "\n    interceptionMode: PodLevel\n");
         auto edit = set_enable_egress(before, c.value, "mesh.yaml");
         REQUIRE_MESSAGE(edit.ok(), egressd::test::why(edit));
         CHECK(edit->text ==
@@ -141,7 +141,7 @@ TEST_CASE("set_enable_egress keeps CRLF line endings") {
 
 TEST_CASE("set_enable_egress counts bytes correctly past a byte order mark and multi-byte characters") {
     const std::string before = "\xEF\xBB\xBF# Réglages égress — ça marche\n" +
-                               with_traffic("    enableEgress: true # sortie\n    interceptionMode: PodLevel\n");
+                               unnamed_mesh_config_with("    enableEgress: true # sortie\n    interceptionMode: PodLevel\n");
     auto edit = set_enable_egress(before, false, "mesh.yaml");
     REQUIRE_MESSAGE(edit.ok(), egressd::test::why(edit));
     CHECK(edit->text ==
@@ -218,21 +218,21 @@ TEST_CASE("set_enable_egress refuses what it cannot edit in place") {
          "style"},
         {"an explicit key", "kind: MeshConfig\nspec:\n  ? sidecar\n  : {logLevel: error}\n",
          "mesh.yaml:3:3: spec: cannot find the indentation of its keys (spaces only)"},
-        {"a syntax error", with_traffic("    enableEgress: [true\n"), "mesh.yaml:6:1: end of sequence flow not found"},
-        {"two documents", with_traffic("    enableEgress: true\n---\nkind: MeshConfig\n"),
+        {"a syntax error", unnamed_mesh_config_with("    enableEgress: [true\n"), "mesh.yaml:6:1: end of sequence flow not found"},
+        {"two documents", unnamed_mesh_config_with("    enableEgress: true\n---\nkind: MeshConfig\n"),
          "mesh.yaml:7:1: expected one YAML document, found a second one"},
         {"no spec", "kind: MeshConfig\n", "mesh.yaml:1:1: spec: required field is missing"},
-        {"null traffic", with_traffic("  sidecar: {}\n"), "mesh.yaml:4:3: spec.traffic: expected a mapping, got null"},
-        {"not a boolean", with_traffic("    enableEgress: maybe\n"),
+        {"null traffic", unnamed_mesh_config_with("  sidecar: {}\n"), "mesh.yaml:4:3: spec.traffic: expected a mapping, got null"},
+        {"not a boolean", unnamed_mesh_config_with("    enableEgress: maybe\n"),
          "mesh.yaml:5:19: spec.traffic.enableEgress: expected a boolean (true or false), got \"maybe\""},
-        {"null value", with_traffic("    enableEgress:\n    interceptionMode: PodLevel\n"),
+        {"null value", unnamed_mesh_config_with("    enableEgress:\n    interceptionMode: PodLevel\n"),
          "mesh.yaml:5:5: spec.traffic.enableEgress: expected a boolean (true or false), got null"},
-        {"an alias", "default: &off false\n" + with_traffic("    enableEgress: *off\n"),
+        {"an alias", "default: &off false\n" + unnamed_mesh_config_with("    enableEgress: *off\n"),
          "mesh.yaml:1:10: spec.traffic.enableEgress: is an alias; edit the anchored value instead"},
-        {"a block scalar", with_traffic("    enableEgress: |-\n      true\n"),
+        {"a block scalar", unnamed_mesh_config_with("    enableEgress: |-\n      true\n"),
          "mesh.yaml:5:19: spec.traffic.enableEgress: cannot locate its value in the text; write it as a plain true or "
          "false"},
-        {"a string tag", with_traffic("    enableEgress: !!str \"true\"\n"),
+        {"a string tag", unnamed_mesh_config_with("    enableEgress: !!str \"true\"\n"),
          "refusing the edit, its result does not read back: mesh.yaml:5:19: spec.traffic.enableEgress: expected a "
          "boolean (true or false), got \"false\" tagged tag:yaml.org,2002:str"},
     };

@@ -25,7 +25,7 @@ namespace fs = std::filesystem;
 using yaml_input::Field;
 using yaml_input::ParseError;
 
-constexpr std::array<std::string_view, 2> kApiVersions = {"policy.flomesh.io/v1alpha1",
+constexpr std::array<std::string_view, 2> kEgressApiVersions = {"policy.flomesh.io/v1alpha1",
                                                           "policy.openservicemesh.io/v1alpha1"};
 constexpr std::array<std::string_view, 5> kProtocols = {"tcp", "tcp-server-first", "http", "https", "udp"};
 constexpr std::array<std::string_view, 2> kMatchKinds = {"HTTPRouteGroup", "UpstreamTrafficSetting"};
@@ -178,7 +178,7 @@ EgressPolicy read_egress(const Field& top, Document& doc, std::string& duplicate
     policy.namespace_ = namespace_of(top);
     doc.label = fmt::format("document {} (Egress {}/{})", doc.index + 1, policy.namespace_, policy.name);
     const Field api_version = top.required("apiVersion");
-    policy.api_version = one_of(api_version, api_version.string(), kApiVersions);
+    policy.api_version = one_of(api_version, api_version.string(), kEgressApiVersions);
     policy.file = doc.file;
     policy.document = doc.index;
 

@@ -9,9 +9,6 @@ namespace egressd {
 
 namespace {
 
-constexpr std::string_view kCidrsMap = EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS);
-constexpr std::string_view kPoliciesMap = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES);
-
 // Copies a name into a fixed, zero-padded kernel field (names longer than
 // the field were refused by the parsers; this only guards the copy).
 template <size_t N>
@@ -45,19 +42,22 @@ egressd_cidr_value encode_cidr_value(const CidrRule& rule) {
 Result<CidrRule> decode_cidr(const egressd_cidr_key& key, const egressd_cidr_value& value) {
     constexpr uint32_t kMaxPrefixLen = EGRESSD_CIDR_KEY_FIXED_BITS + 128;
     if (key.prefixlen < EGRESSD_CIDR_KEY_FIXED_BITS || key.prefixlen > kMaxPrefixLen)
-        return make_error(fmt::format("{} key has prefix length {}, expected {}-{}", kCidrsMap, key.prefixlen,
-                                      EGRESSD_CIDR_KEY_FIXED_BITS, kMaxPrefixLen));
+        return make_error(fmt::format("{} key has prefix length {}, expected {}-{}",
+                                      EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS), key.prefixlen, EGRESSD_CIDR_KEY_FIXED_BITS,
+                                      kMaxPrefixLen));
     if (key.table != EGRESSD_TABLE_EXCLUDE && key.table != EGRESSD_TABLE_INCLUDE && key.table != EGRESSD_TABLE_MESH)
-        return make_error(fmt::format("{} key has unknown table {}", kCidrsMap, key.table));
+        return make_error(fmt::format("{} key has unknown table {}", EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS), key.table));
     // Lookups carry zero padding: an entry with other padding never matches.
-    if (key._pad[0] != 0 || key._pad[1] != 0) return make_error(fmt::format("{} key has non-zero padding", kCidrsMap));
+    if (key._pad[0] != 0 || key._pad[1] != 0)
+        return make_error(fmt::format("{} key has non-zero padding", EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS)));
 
     CidrRule rule{key.table, Cidr{}, value.rule};
     std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
     rule.cidr.prefix = static_cast<uint8_t>(key.prefixlen - EGRESSD_CIDR_KEY_FIXED_BITS);
     // Cidr::parse clears host bits; a key with some set was not written by egressd.
     if (!rule.cidr.contains(rule.cidr.addr))
-        return make_error(fmt::format("{} key {} has host bits set", kCidrsMap, rule.cidr.str()));
+        return make_error(
+            fmt::format("{} key {} has host bits set", EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS), rule.cidr.str()));
     return rule;
 }
 
@@ -137,12 +137,14 @@ egressd_policy_value encode_policy_value(const PolicyRule& rule) {
 Result<PolicyRule> decode_policy(const egressd_policy_key& key, const egressd_policy_value& value) {
     constexpr uint32_t kMaxPrefixLen = EGRESSD_POLICY_KEY_FIXED_BITS + 128;
     if (key.prefixlen < EGRESSD_POLICY_KEY_FIXED_BITS || key.prefixlen > kMaxPrefixLen)
-        return make_error(fmt::format("{} key has prefix length {}", kPoliciesMap, key.prefixlen));
+        return make_error(
+            fmt::format("{} key has prefix length {}", EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES), key.prefixlen));
     PolicyRule rule{key.identity, key.proto, key.port, Cidr{}, value.policy};
     std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
     rule.cidr.prefix = static_cast<uint8_t>(key.prefixlen - EGRESSD_POLICY_KEY_FIXED_BITS);
     if (!rule.cidr.contains(rule.cidr.addr))
-        return make_error(fmt::format("{} key {} has host bits set", kPoliciesMap, rule.cidr.str()));
+        return make_error(
+            fmt::format("{} key {} has host bits set", EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES), rule.cidr.str()));
     return rule;
 }
 

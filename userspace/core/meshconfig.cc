@@ -14,7 +14,7 @@ namespace {
 
 using yaml_input::Field;
 
-constexpr std::array<std::string_view, 5> kApiVersions = {
+constexpr std::array<std::string_view, 5> kMeshConfigApiVersions = {
     "config.flomesh.io/v1alpha1",         "config.flomesh.io/v1alpha2",         "config.flomesh.io/v1alpha3",
     "config.openservicemesh.io/v1alpha1", "config.openservicemesh.io/v1alpha2",
 };
@@ -36,9 +36,9 @@ MeshConfig read_meshconfig(const Field& root) {
     if (kind.string() != "MeshConfig") kind.fail(fmt::format("expected MeshConfig, got {}", kind.string()));
     const Field api_version = root.required("apiVersion");
     mesh.api_version = api_version.string();
-    if (std::find(kApiVersions.begin(), kApiVersions.end(), mesh.api_version) == kApiVersions.end())
+    if (std::find(kMeshConfigApiVersions.begin(), kMeshConfigApiVersions.end(), mesh.api_version) == kMeshConfigApiVersions.end())
         api_version.fail(fmt::format("\"{}\" is not supported; expected one of {}", mesh.api_version,
-                                     fmt::join(kApiVersions, ", ")));
+                                     fmt::join(kMeshConfigApiVersions, ", ")));
 
     const Field metadata = root.child("metadata");
     if (const Field name = metadata.child("name"); name.present()) mesh.name = name.string();
