@@ -93,8 +93,9 @@ TEST_CASE("bad agent settings: file, line, column, key path and reason") {
         {"empty file", "", "1:1: empty document"},
         {"top level is a list", "- cgroup: x\n", "1:1: expected a mapping at the top level, got a list"},
         {"a typo in a key", with_required("sidecarUid: 1500\n"),
-         "3:1: sidecarUid: unknown key; expected one of cgroup, bpffs, meshConfig, meshCIDRs, sidecarUID, runDir, "
-         "egressPolicySemantics, policyDir, workloads, dnsServer, mode, events, httpAddress, capacities"},
+         "3:1: sidecarUid: unknown key; expected one of cgroup, cgroupMount, bpffs, meshConfig, meshCIDRs, "
+         "sidecarUID, runDir, egressPolicySemantics, policyDir, workloads, dnsServer, mode, events, httpAddress, "
+         "capacities, kubernetes"},
         {"a typo under capacities", with_required("capacities:\n  cidr: 10\n"),
          "4:3: capacities.cidr: unknown key; expected one of cidrs, ports, policyRules, policies, identities, "
          "workloads"},
@@ -157,4 +158,72 @@ TEST_CASE("load_agent_config: a missing file") {
     REQUIRE_FALSE(config.ok());
     CHECK(config.error().errnum == ENOENT);
     CHECK(config.error().describe() == "reading " + file.string() + ": No such file or directory");
+}
+
+TEST_CASE("Kubernetes mode: the mesh's defaults, and every key") {
+    auto defaults = parse_agent_config("kubernetes:\n  mesh: fsm\n", "/etc/egressd/egressd.yaml");
+    REQUIRE_MESSAGE(defaults.ok(), egressd::test::why(defaults));
+    REQUIRE(defaults->kubernetes.has_value());
+    CHECK(defaults->cgroup.empty());  // detected
+    CHECK(defaults->cgroup_mount.empty());
+    CHECK(defaults->mesh_config.empty());
+    CHECK(defaults->kubernetes->kubeconfig.empty());  // in-cluster
+    CHECK(defaults->kubernetes->node_name.empty());   // $NODE_NAME
+    CHECK(defaults->kubernetes->mesh_name == "fsm");
+    CHECK(defaults->kubernetes->mesh_config_namespace == "fsm-system");
+    CHECK(defaults->kubernetes->mesh_config_name == "fsm-mesh-config");
+    CHECK(defaults->egress_policy_semantics == PolicySemantics::fsm);
+
+    auto osm = parse_agent_config("kubernetes: {mesh: osm}\n", "/etc/egressd/egressd.yaml");
+    REQUIRE_MESSAGE(osm.ok(), egressd::test::why(osm));
+    CHECK(osm->kubernetes->mesh_name == "osm");
+    CHECK(osm->kubernetes->mesh_config_namespace == "osm-system");
+    CHECK(osm->kubernetes->mesh_config_name == "osm-mesh-config");
+    CHECK(osm->egress_policy_semantics == PolicySemantics::osm);
+    CHECK(mesh_conventions(Mesh::osm).egress_group == "policy.openservicemesh.io");
+    CHECK(mesh_conventions(Mesh::fsm).proxy_uuid_label == "fsm-proxy-uuid");
+
+    auto all = parse_agent_config("cgroup: kubepods.slice\n"
+                                  "cgroupMount: /host/sys/fs/cgroup\n"
+                                  "egressPolicySemantics: fsm\n"
+                                  "kubernetes:\n"
+                                  "  kubeconfig: kube/config\n"
+                                  "  nodeName: node-1\n"
+                                  "  mesh: osm\n"
+                                  "  meshName: blue\n"
+                                  "  meshConfigRef: {namespace: mesh, name: blue-config}\n",
+                                  "/etc/egressd/egressd.yaml");
+    REQUIRE_MESSAGE(all.ok(), egressd::test::why(all));
+    CHECK(all->cgroup == "kubepods.slice");
+    CHECK(all->cgroup_mount == "/host/sys/fs/cgroup");
+    CHECK(all->kubernetes->kubeconfig == "/etc/egressd/kube/config");
+    CHECK(all->kubernetes->node_name == "node-1");
+    CHECK(all->kubernetes->mesh == Mesh::osm);
+    CHECK(all->kubernetes->mesh_name == "blue");
+    CHECK(all->kubernetes->mesh_config_namespace == "mesh");
+    CHECK(all->kubernetes->mesh_config_name == "blue-config");
+    CHECK(all->egress_policy_semantics == PolicySemantics::fsm);  // given: it wins over the mesh's
+}
+
+TEST_CASE("Kubernetes mode: the files' keys are refused, with the reason") {
+    const std::pair<std::string, std::string> cases[] = {
+        {"meshConfig: /m.yaml\nkubernetes: {mesh: fsm}\n",
+         "egressd.yaml:1:13: meshConfig: not with kubernetes: the API server is the source of the MeshConfig, the "
+         "policies and the workloads"},
+        {"kubernetes: {mesh: fsm}\npolicyDir: policies\n", "egressd.yaml:2:12: policyDir: not with kubernetes"},
+        {"kubernetes: {mesh: fsm}\nworkloads: w.yaml\n", "egressd.yaml:2:12: workloads: not with kubernetes"},
+        {"kubernetes: {mesh: istio}\n", "egressd.yaml:1:20: kubernetes.mesh: expected fsm or osm, got \"istio\""},
+        {"kubernetes: {}\n", "kubernetes.mesh: required field is missing"},
+        {"kubernetes: {mesh: fsm, node: x}\n", "kubernetes.node: unknown key"},
+        {"kubernetes: {mesh: fsm, meshConfigRef: {ns: x}}\n", "kubernetes.meshConfigRef.ns: unknown key"},
+        {"kubernetes: {mesh: fsm}\ncgroupMount: sys/fs/cgroup\n",
+         "cgroupMount: must be an absolute path (the host's cgroup2 mount)"},
+        {"kubernetes: {mesh: fsm}\ncgroup: /\n", "cgroup: \"/\" is the cgroup root"},
+    };
+    for (const auto& [yaml, message] : cases) {
+        CAPTURE(yaml);
+        auto config = parse_agent_config(yaml, "egressd.yaml");
+        REQUIRE_FALSE(config.ok());
+        CHECK_MESSAGE(config.error().message.find(message) != std::string::npos, config.error().message);
+    }
 }

@@ -83,20 +83,71 @@ Capacities capacities_setting(const Field& field) {
     return capacities;
 }
 
+Mesh mesh_setting(const Field& field) {
+    const std::string name = field.string();
+    if (name == "fsm") return Mesh::fsm;
+    if (name == "osm") return Mesh::osm;
+    field.fail(fmt::format("expected fsm or osm, got \"{}\"", name));
+}
+
+KubernetesSettings kubernetes_setting(const Field& field, const fs::path& directory) {
+    field.reject_unknown_keys({"kubeconfig", "nodeName", "mesh", "meshName", "meshConfigRef"});
+    KubernetesSettings k8s;
+    if (const Field f = field.child("kubeconfig"); f.present()) k8s.kubeconfig = resolved_path(f, directory);
+    if (const Field f = field.child("nodeName"); f.present()) k8s.node_name = non_empty_string(f);
+    k8s.mesh = mesh_setting(field.required("mesh"));
+    const MeshConventions& conventions = mesh_conventions(k8s.mesh);
+    k8s.mesh_name = conventions.default_mesh_name;
+    if (const Field f = field.child("meshName"); f.present()) k8s.mesh_name = non_empty_string(f);
+    k8s.mesh_config_namespace = conventions.default_namespace;
+    k8s.mesh_config_name = conventions.default_mesh_config;
+    if (const Field ref = field.child("meshConfigRef"); ref.present()) {
+        ref.reject_unknown_keys({"namespace", "name"});
+        if (const Field f = ref.child("namespace"); f.present()) k8s.mesh_config_namespace = non_empty_string(f);
+        if (const Field f = ref.child("name"); f.present()) k8s.mesh_config_name = non_empty_string(f);
+    }
+    return k8s;
+}
+
+// The settings that name the inputs: files, or the API server.
+void read_sources(const Field& root, const fs::path& directory, AgentConfig& config) {
+    if (const Field k8s = root.child("kubernetes"); k8s.present()) {
+        for (const char* key : {"meshConfig", "policyDir", "workloads"}) {
+            if (const Field file_key = root.child(key); file_key.present() || file_key.is_null())
+                file_key.fail(
+                    "not with kubernetes: the API server is the source of the MeshConfig, the policies "
+                    "and the workloads");
+        }
+        config.kubernetes = kubernetes_setting(k8s, directory);
+        config.egress_policy_semantics =
+            config.kubernetes->mesh == Mesh::osm ? PolicySemantics::osm : PolicySemantics::fsm;
+        if (const Field cgroup = root.child("cgroup"); cgroup.present()) config.cgroup = cgroup_setting(cgroup);
+        return;
+    }
+    config.cgroup = cgroup_setting(root.required("cgroup"));
+    config.mesh_config = resolved_path(root.required("meshConfig"), directory);
+    if (const Field dir = root.child("policyDir"); dir.present()) config.policy_dir = resolved_path(dir, directory);
+    if (const Field file = root.child("workloads"); file.present())
+        config.workloads_file = resolved_path(file, directory);
+}
+
 AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
-    root.reject_unknown_keys({"cgroup", "bpffs", "meshConfig", "meshCIDRs", "sidecarUID", "runDir",
+    root.reject_unknown_keys({"cgroup", "cgroupMount", "bpffs", "meshConfig", "meshCIDRs", "sidecarUID", "runDir",
                               "egressPolicySemantics", "policyDir", "workloads", "dnsServer", "mode", "events",
-                              "httpAddress", "capacities"});
+                              "httpAddress", "capacities", "kubernetes"});
     AgentConfig config;
     config.source_file = source_file;
     const fs::path directory = source_file.parent_path();
 
-    config.cgroup = cgroup_setting(root.required("cgroup"));
+    read_sources(root, directory, config);
+    if (const Field mount = root.child("cgroupMount"); mount.present()) {
+        config.cgroup_mount = non_empty_string(mount);
+        if (!config.cgroup_mount.is_absolute()) mount.fail("must be an absolute path (the host's cgroup2 mount)");
+    }
     if (const Field bpffs = root.child("bpffs"); bpffs.present()) {
         config.bpffs = non_empty_string(bpffs);
         if (!config.bpffs.is_absolute()) bpffs.fail("must be an absolute path on the bpf filesystem");
     }
-    config.mesh_config = resolved_path(root.required("meshConfig"), directory);
     config.mesh_cidrs = root.child("meshCIDRs").cidrs();
     if (const Field uid = root.child("sidecarUID"); uid.is_null())
         config.sidecar_uid.reset();
@@ -106,9 +157,6 @@ AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
         config.run_dir = resolved_path(run_dir, directory);
     if (const Field semantics = root.child("egressPolicySemantics"); semantics.present())
         config.egress_policy_semantics = semantics_setting(semantics);
-    if (const Field dir = root.child("policyDir"); dir.present()) config.policy_dir = resolved_path(dir, directory);
-    if (const Field file = root.child("workloads"); file.present())
-        config.workloads_file = resolved_path(file, directory);
     if (const Field server = root.child("dnsServer"); server.present()) config.dns_server = non_empty_string(server);
     if (const Field mode = root.child("mode"); mode.present()) {
         const std::string name = mode.string();
@@ -126,6 +174,23 @@ AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
 }
 
 }  // namespace
+
+const MeshConventions& mesh_conventions(Mesh mesh) {
+    // FSM's and OSM's constants (pkg/constants) and their charts' defaults.
+    static const MeshConventions fsm{
+        "config.flomesh.io", "policy.flomesh.io", "flomesh.io/monitored-by", "fsm-proxy-uuid", "fsm",
+        "fsm-system",        "fsm-mesh-config"};
+    static const MeshConventions osm{"config.openservicemesh.io",
+                                     "policy.openservicemesh.io",
+                                     "openservicemesh.io/monitored-by",
+                                     "osm-proxy-uuid",
+                                     "osm",
+                                     "osm-system",
+                                     "osm-mesh-config"};
+    return mesh == Mesh::osm ? osm : fsm;
+}
+
+std::string_view mesh_name(Mesh mesh) { return mesh == Mesh::osm ? "osm" : "fsm"; }
 
 Result<AgentConfig> parse_agent_config(std::string_view yaml_text, const std::filesystem::path& file) {
     std::error_code error;

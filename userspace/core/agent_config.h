@@ -27,13 +27,44 @@ struct Capacities {
     bool operator==(const Capacities&) const = default;
 };
 
+enum class Mesh { fsm, osm };
+
+// Kubernetes mode: the API server is the source of the MeshConfig, the Egress
+// policies and the workloads (the meshed pods of this node).
+struct KubernetesSettings {
+    std::filesystem::path kubeconfig;  // empty: the in-cluster config
+    std::string node_name;             // "" : $NODE_NAME when the agent starts
+    Mesh mesh = Mesh::fsm;
+    std::string mesh_name;              // the namespaces' monitored-by label value; default: the mesh's
+    std::string mesh_config_namespace;  // default: the mesh's (fsm-system, osm-system)
+    std::string mesh_config_name;       // default: the mesh's (fsm-mesh-config, osm-mesh-config)
+    bool operator==(const KubernetesSettings&) const = default;
+};
+
+// The names a mesh uses, for its defaults and for finding its pods.
+struct MeshConventions {
+    std::string mesh_config_group;    // config.flomesh.io
+    std::string egress_group;         // policy.flomesh.io
+    std::string monitored_by_label;   // on namespaces: flomesh.io/monitored-by
+    std::string proxy_uuid_label;     // on every injected pod: fsm-proxy-uuid
+    std::string default_mesh_name;    // fsm
+    std::string default_namespace;    // fsm-system
+    std::string default_mesh_config;  // fsm-mesh-config
+};
+const MeshConventions& mesh_conventions(Mesh mesh);
+std::string_view mesh_name(Mesh mesh);  // "fsm", "osm"
+
 struct AgentConfig {
     std::filesystem::path source_file;  // absolute path of the settings file
 
     // cgroup: the cgroup v2 path to enforce on, as written. Relative paths are
     // under the cgroup2 mount; an absolute path must lie under it. "" or "/"
     // (the cgroup root) is an error.
+    // In Kubernetes mode: where the pods' cgroups are (e.g. kubepods.slice);
+    // "" means detected.
     std::string cgroup;
+    // The host's cgroup2 mount as the agent sees it; empty: from /proc/mounts.
+    std::filesystem::path cgroup_mount;
     std::filesystem::path bpffs = "/sys/fs/bpf/egressd";  // pin directory
     std::filesystem::path mesh_config;                    // absolute, resolved against the file's directory
     std::vector<Cidr> mesh_cidrs;
@@ -50,16 +81,21 @@ struct AgentConfig {
     uint32_t event_buffer = 1000;                 // events.buffer: kept in memory for egressctl events
     std::string http_address = "127.0.0.1:9477";  // /metrics, /healthz, /readyz, /events; "" = off
     Capacities capacities;
+    std::optional<KubernetesSettings> kubernetes;  // set: Kubernetes mode
 
     bool operator==(const AgentConfig&) const = default;
 };
 
-// Keys (camelCase): cgroup (required), bpffs, meshConfig (required), meshCIDRs,
+// Keys (camelCase): cgroup (required), cgroupMount, bpffs, meshConfig (required), meshCIDRs,
 // sidecarUID (integer 0..4294967294 or null), runDir,
 // egressPolicySemantics (fsm|osm), policyDir, workloads, dnsServer,
 // mode (enforce|audit), events: {allowedByPolicy, passthrough, log, buffer},
 // httpAddress (HOST:PORT, [IPV6]:PORT, or "" for none),
-// capacities: {cidrs, ports, policyRules, policies, identities, workloads}.
+// capacities: {cidrs, ports, policyRules, policies, identities, workloads},
+// kubernetes: {kubeconfig, nodeName, mesh (fsm|osm), meshName,
+// meshConfigRef: {namespace, name}}. With kubernetes, cgroup is optional
+// (detected) and meshConfig, policyDir and workloads are refused: the API
+// server is their source. egressPolicySemantics then defaults to the mesh's.
 // Unknown keys are an error (a typo in an agent setting must not pass
 // silently). Relative paths (meshConfig, runDir) are relative to the file's
 // directory. Errors: "<file>:<line>:<column>: <key path>: <why>".

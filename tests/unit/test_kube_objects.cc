@@ -1,0 +1,123 @@
+// Kubernetes objects as the API server sends them (status, managedFields and
+// all) into the MeshConfig, the policies and the meshed pods.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/kube_objects.h"
+#include "test_support.h"
+
+using namespace egressd;
+using namespace egressd::kube;
+using nlohmann::json;
+
+namespace {
+
+json fsm_mesh_config(json traffic) {
+    return json{{"apiVersion", "config.flomesh.io/v1alpha3"},
+                {"kind", "MeshConfig"},
+                {"metadata",
+                 {{"name", "fsm-mesh-config"},
+                  {"namespace", "fsm-system"},
+                  {"resourceVersion", "812"},
+                  {"uid", "c5a3"},
+                  {"managedFields", json::array({{{"manager", "kubectl-patch"}, {"operation", "Update"}}})}}},
+                {"spec", {{"traffic", traffic}, {"featureFlags", {{"enableEgressPolicy", true}}}}},
+                {"status", {{"whatever", 1}}}};
+}
+
+json egress(const std::string& ns, const std::string& name, json spec) {
+    return json{{"apiVersion", "policy.flomesh.io/v1alpha1"},
+                {"kind", "Egress"},
+                {"metadata", {{"name", name}, {"namespace", ns}, {"resourceVersion", "9"}, {"generation", 2}}},
+                {"spec", spec}};
+}
+
+json pod(const std::string& ns, const std::string& name, const std::string& uid, json labels, json spec = json::object(),
+         json status = {{"phase", "Running"}, {"qosClass", "Burstable"}}) {
+    if (!spec.contains("serviceAccountName")) spec["serviceAccountName"] = name + "-sa";
+    spec["nodeName"] = "node-1";
+    return json{{"metadata", {{"name", name}, {"namespace", ns}, {"uid", uid}, {"labels", labels}}},
+                {"spec", spec},
+                {"status", status}};
+}
+
+json namespace_object(const std::string& name, json labels) {
+    return json{{"metadata", {{"name", name}, {"labels", labels}}}};
+}
+
+}  // namespace
+
+TEST_CASE("kube: a MeshConfig object is read like the file, status and managedFields ignored") {
+    auto mesh = mesh_config_from_object(
+        fsm_mesh_config({{"enableEgress", true}, {"outboundIPRangeExclusionList", {"10.0.0.0/8"}}}));
+    REQUIRE_MESSAGE(mesh.ok(), egressd::test::why(mesh));
+    CHECK(mesh->enable_egress);
+    CHECK(mesh->enable_egress_policy);
+    CHECK(mesh->name == "fsm-mesh-config");
+    CHECK(mesh->namespace_ == "fsm-system");
+    REQUIRE(mesh->outbound_ip_range_exclusion.size() == 1);
+    CHECK(mesh->outbound_ip_range_exclusion[0].str() == "10.0.0.0/8");
+
+    auto bad = mesh_config_from_object(fsm_mesh_config({{"enableEgress", "yes please"}}));
+    REQUIRE_FALSE(bad.ok());
+    CHECK_MESSAGE(bad.error().message.rfind("MeshConfig fsm-system/fsm-mesh-config:", 0) == 0, bad.error().message);
+    CHECK_MESSAGE(bad.error().message.find("spec.traffic.enableEgress") != std::string::npos, bad.error().message);
+}
+
+TEST_CASE("kube: Egress objects become the policy set; a bad one is named and the others apply") {
+    const json ports = json::array({{{"number", 443}, {"protocol", "https"}}});
+    const json sources = json::array({{{"kind", "ServiceAccount"}, {"name", "curl"}, {"namespace", "curl"}}});
+    Objects egresses{
+        {"curl/b", egress("curl", "b", {{"sources", sources}, {"ports", ports}, {"ipAddresses", {"203.0.113.0/24"}}})},
+        {"curl/a", egress("curl", "a", {{"sources", sources}, {"ports", ports}, {"hosts", {"example.com"}}})},
+        {"curl/bad", egress("curl", "bad", {{"sources", sources}, {"ports", {{{"number", 70000}}}}})},
+    };
+    PolicySet set = policies_from_objects(egresses);
+    REQUIRE(set.policies.size() == 2);
+    CHECK(set.policies[0].name == "a");
+    CHECK(set.policies[1].name == "b");
+    CHECK(set.policies[1].ip_addresses[0].str() == "203.0.113.0/24");
+    REQUIRE(set.errors.size() == 1);
+    CHECK_MESSAGE(set.errors[0].find("Egress curl/bad") != std::string::npos, set.errors[0]);
+    CHECK_MESSAGE(set.errors[0].find("spec.ports[0]") != std::string::npos, set.errors[0]);
+}
+
+TEST_CASE("kube: meshed pods are the injected pods of monitored namespaces, never hostNetwork") {
+    const MeshConventions& fsm = mesh_conventions(Mesh::fsm);
+    const json injected = {{"fsm-proxy-uuid", "2c0d"}, {"app", "curl"}};
+    Objects namespaces{
+        {"curl", namespace_object("curl", {{"flomesh.io/monitored-by", "fsm"}})},
+        {"other-mesh", namespace_object("other-mesh", {{"flomesh.io/monitored-by", "blue"}})},
+        {"plain", namespace_object("plain", json::object())},
+    };
+    json static_pod = pod("curl", "static-web", "mirror-uid", injected);
+    static_pod["metadata"]["annotations"] = {{"kubernetes.io/config.mirror", "0f3a9c"}};
+    Objects pods{
+        {"curl/a", pod("curl", "a", "uid-b", injected)},
+        {"curl/b", pod("curl", "b", "uid-a", injected, {{"serviceAccountName", ""}})},
+        {"curl/not-injected", pod("curl", "not-injected", "uid-c", {{"app", "x"}})},
+        {"other-mesh/c", pod("other-mesh", "c", "uid-d", injected)},
+        {"plain/d", pod("plain", "d", "uid-e", injected)},
+        {"missing-ns/e", pod("missing-ns", "e", "uid-f", injected)},
+        {"curl/host", pod("curl", "host", "uid-g", injected, {{"hostNetwork", true}})},
+        {"curl/done", pod("curl", "done", "uid-h", injected, json::object(), {{"phase", "Succeeded"}})},
+        {"curl/static-web", static_pod},
+    };
+    PodSelection selection = meshed_pods(pods, namespaces, fsm, "fsm");
+    REQUIRE(selection.pods.size() == 3);
+    CHECK(selection.pods[0].uid == "0f3a9c");  // the static pod, by its config hash
+    CHECK(selection.pods[0].name == "static-web");
+    CHECK(selection.pods[1].uid == "uid-a");
+    CHECK(selection.pods[1].identity.str() == "curl/default");  // no serviceAccountName
+    CHECK(selection.pods[2].uid == "uid-b");
+    CHECK(selection.pods[2].identity.str() == "curl/a-sa");
+    CHECK(selection.pods[2].qos_class == "Burstable");
+    CHECK(selection.not_meshed == 4);
+    CHECK(selection.host_network == 1);
+    CHECK(selection.finished == 1);
+
+    // Another mesh name selects the other namespace; OSM's label is another key.
+    CHECK(meshed_pods(pods, namespaces, fsm, "blue").pods.size() == 1);
+    CHECK(meshed_pods(pods, namespaces, mesh_conventions(Mesh::osm), "fsm").pods.empty());
+}

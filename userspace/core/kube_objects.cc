@@ -1,0 +1,129 @@
+#include "core/kube_objects.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "common/json_text.h"
+
+namespace egressd::kube {
+
+namespace {
+
+const nlohmann::json kNull;
+
+const nlohmann::json& at(const nlohmann::json& object, const char* key) {
+    if (!object.is_object()) return kNull;
+    auto it = object.find(key);
+    return it == object.end() ? kNull : *it;
+}
+
+std::string text_at(const nlohmann::json& object, const char* key) {
+    const auto& value = at(object, key);
+    return value.is_string() ? value.get<std::string>() : std::string();
+}
+
+// What the parsers read of an object, as JSON text (JSON is YAML).
+std::string parser_input(const nlohmann::json& object) {
+    nlohmann::json input = nlohmann::json::object();
+    for (const char* key : {"apiVersion", "kind", "spec"})
+        if (object.contains(key)) input[key] = object.at(key);
+    const auto& metadata = at(object, "metadata");
+    input["metadata"] = nlohmann::json::object();
+    for (const char* key : {"name", "namespace"})
+        if (metadata.is_object() && metadata.contains(key)) input["metadata"][key] = metadata.at(key);
+    return json_text(input, 2);
+}
+
+}  // namespace
+
+std::string object_name(const nlohmann::json& object, const std::string& kind) {
+    const auto& metadata = at(object, "metadata");
+    const std::string ns = text_at(metadata, "namespace");
+    const std::string name = text_at(metadata, "name");
+    return kind + " " + (ns.empty() ? name : ns + "/" + name);
+}
+
+Result<MeshConfig> mesh_config_from_object(const nlohmann::json& object) {
+    return parse_meshconfig(parser_input(object), object_name(object, "MeshConfig"));
+}
+
+PolicySet policies_from_objects(const Objects& egresses) {
+    PolicySet all;
+    for (const auto& [key, object] : egresses) {
+        PolicySet one = parse_policy_documents(parser_input(object), object_name(object, "Egress"));
+        all.policies.insert(all.policies.end(), one.policies.begin(), one.policies.end());
+        all.errors.insert(all.errors.end(), one.errors.begin(), one.errors.end());
+        all.notes.insert(all.notes.end(), one.notes.begin(), one.notes.end());
+    }
+    // Keys are unique by namespace/name already: the set's order is the parsers'.
+    std::sort(all.policies.begin(), all.policies.end(), [](const EgressPolicy& a, const EgressPolicy& b) {
+        return std::tie(a.namespace_, a.name) < std::tie(b.namespace_, b.name);
+    });
+    return all;
+}
+
+namespace {
+
+bool namespace_monitored(const Objects& namespaces, const std::string& ns, const MeshConventions& mesh,
+                         const std::string& mesh_name) {
+    auto it = namespaces.find(ns);
+    if (it == namespaces.end()) return false;
+    const auto& labels = at(at(it->second, "metadata"), "labels");
+    return text_at(labels, mesh.monitored_by_label.c_str()) == mesh_name;
+}
+
+MeshedPod meshed_pod(const nlohmann::json& pod) {
+    const auto& metadata = at(pod, "metadata");
+    MeshedPod meshed;
+    meshed.namespace_ = text_at(metadata, "namespace");
+    meshed.name = text_at(metadata, "name");
+    meshed.uid = text_at(metadata, "uid");
+    // A static pod's cgroup is named after the kubelet's config hash, which
+    // its mirror pod carries; the mirror's own uid names nothing on the node.
+    if (const std::string mirror = text_at(at(metadata, "annotations"), "kubernetes.io/config.mirror");
+        !mirror.empty())
+        meshed.uid = mirror;
+    std::string account = text_at(at(pod, "spec"), "serviceAccountName");
+    if (account.empty()) account = "default";  // what the API server fills in
+    meshed.identity = IdentityName{meshed.namespace_, account};
+    meshed.qos_class = text_at(at(pod, "status"), "qosClass");
+    return meshed;
+}
+
+}  // namespace
+
+PodSelection meshed_pods(const Objects& pods, const Objects& namespaces, const MeshConventions& mesh,
+                         const std::string& mesh_name) {
+    PodSelection selection;
+    for (const auto& [key, pod] : pods) {
+        const auto& metadata = at(pod, "metadata");
+        const std::string phase = text_at(at(pod, "status"), "phase");
+        if (phase == "Succeeded" || phase == "Failed") {
+            ++selection.finished;
+            continue;
+        }
+        if (at(at(pod, "spec"), "hostNetwork") == true) {
+            ++selection.host_network;
+            continue;
+        }
+        const auto& proxy_label = at(at(metadata, "labels"), mesh.proxy_uuid_label.c_str());
+        if (!proxy_label.is_string() ||
+            !namespace_monitored(namespaces, text_at(metadata, "namespace"), mesh, mesh_name)) {
+            ++selection.not_meshed;
+            continue;
+        }
+        MeshedPod meshed = meshed_pod(pod);
+        if (meshed.uid.empty() || meshed.namespace_.empty()) {
+            ++selection.not_meshed;  // not a pod the API server would send
+            continue;
+        }
+        selection.pods.push_back(std::move(meshed));
+    }
+    std::sort(selection.pods.begin(), selection.pods.end(),
+              [](const MeshedPod& a, const MeshedPod& b) { return a.uid < b.uid; });
+    return selection;
+}
+
+}  // namespace egressd::kube

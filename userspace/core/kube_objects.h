@@ -1,0 +1,63 @@
+// Kubernetes objects, as the API server sends them, turned into the inputs of
+// a generation: the MeshConfig, the Egress policies and the meshed pods of
+// this node. Pure: no I/O; the objects come from the reflectors' stores.
+//
+// The MeshConfig and Egress objects go through the same parsers as the files
+// (JSON is YAML), so both modes accept and refuse exactly the same things.
+// Only apiVersion, kind, metadata.{name,namespace} and spec are read; status
+// and managedFields never matter. Messages name the object ("Egress
+// NS/NAME") where the file modes name the file; line and column then refer
+// to the object's JSON as printed with two-space indentation.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+#include "core/agent_config.h"
+#include "core/egress_policy.h"
+#include "core/identity.h"
+#include "core/meshconfig.h"
+
+namespace egressd::kube {
+
+// The objects of one collection, by "namespace/name" (or "name").
+using Objects = std::map<std::string, nlohmann::json>;
+
+// "<kind> <namespace>/<name>", or "<kind> <name>" when cluster-scoped.
+std::string object_name(const nlohmann::json& object, const std::string& kind);
+
+Result<MeshConfig> mesh_config_from_object(const nlohmann::json& object);
+
+// Every Egress object; an invalid one is an error of the set, the others apply.
+PolicySet policies_from_objects(const Objects& egresses);
+
+// A pod of this node that the mesh manages, with what finds its cgroup.
+struct MeshedPod {
+    std::string uid;  // metadata.uid; for a static pod, its mirror annotation (the kubelet's config hash)
+    std::string namespace_;
+    std::string name;
+    IdentityName identity;  // (namespace, spec.serviceAccountName or "default")
+    std::string qos_class;  // status.qosClass; "" while unknown
+    bool operator==(const MeshedPod&) const = default;
+};
+
+struct PodSelection {
+    std::vector<MeshedPod> pods;  // sorted by uid
+    // Why the other pods are not enforced, for the status.
+    size_t not_meshed = 0;    // no proxy label, or a namespace the mesh does not monitor
+    size_t host_network = 0;  // share the node's network: never enforced
+    size_t finished = 0;      // Succeeded or Failed: no process left to decide for
+};
+
+// Meshed: the pod carries the label the mesh's injector sets on every injected
+// pod (fsm-proxy-uuid, osm-proxy-uuid), and its namespace's monitored-by label
+// equals `mesh_name`. hostNetwork pods are never enforced.
+PodSelection meshed_pods(const Objects& pods, const Objects& namespaces, const MeshConventions& mesh,
+                         const std::string& mesh_name);
+
+}  // namespace egressd::kube
