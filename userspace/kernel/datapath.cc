@@ -195,9 +195,10 @@ Status Datapath::set_identities(const std::map<uint32_t, IdentityName>& names,
     return {};
 }
 
-Result<AttachReport> Datapath::attach_hook(size_t hook, bpf_program* program, const CgroupTarget& cgroup,
-                                           int cgroup_fd) {
-    const fs::path pin = links_dir(options_.pin_dir) / kLinkNames[hook];
+Result<PinnedLink> Datapath::attach_hook(size_t hook, const fs::path& link_dir, const CgroupTarget& cgroup,
+                                         int cgroup_fd, std::string& action) {
+    bpf_program* program = programs()[hook];
+    const fs::path pin = link_dir / kLinkNames[hook];
     PinnedLink old_link(path_present(pin) ? bpf_link__open(pin.c_str()) : nullptr);
     if (old_link) {
         bpf_link_info info{};
@@ -208,8 +209,8 @@ Result<AttachReport> Datapath::attach_hook(size_t hook, bpf_program* program, co
             // Swap the program inside the live link: no instant without one.
             if (int err = bpf_link__update_program(old_link.get(), program); err != 0)
                 return libbpf_error("updating the program of pinned link " + pin.string(), err);
-            links_.push_back(std::move(old_link));
-            return AttachReport{kLinkNames[hook], "adopted"};
+            action = "adopted";
+            return old_link;
         }
     }
     PinnedLink link(bpf_program__attach_cgroup(program, cgroup_fd));
@@ -221,35 +222,65 @@ Result<AttachReport> Datapath::attach_hook(size_t hook, bpf_program* program, co
         bpf_link_detach(bpf_link__fd(old_link.get()));
     }
     if (int err = bpf_link__pin(link.get(), pin.c_str()); err != 0) return libbpf_error("pinning " + pin.string(), err);
-    links_.push_back(std::move(link));
-    return AttachReport{kLinkNames[hook], moved ? "moved" : "attached"};
+    action = moved ? "moved" : "attached";
+    return link;
 }
 
-Result<std::vector<AttachReport>> Datapath::attach(const CgroupTarget& cgroup) {
+std::array<bpf_program*, kLinkNames.size()> Datapath::programs() const {
+    return {skel_->progs.egressd_conn4, skel_->progs.egressd_conn6, skel_->progs.egressd_send4,
+            skel_->progs.egressd_send6, skel_->progs.egressd_sockops};
+}
+
+Result<std::vector<AttachReport>> Datapath::attach_all(const fs::path& link_dir, const CgroupTarget& cgroup,
+                                                       std::vector<PinnedLink>& links) {
     auto cgroup_fd = open_cgroup_dir(cgroup.path);
     if (!cgroup_fd) return cgroup_fd.error();
     std::error_code ec;
-    fs::create_directories(links_dir(options_.pin_dir), ec);
-    if (ec) return Error{ec.value(), "creating " + links_dir(options_.pin_dir).string()};
-
-    bpf_program* programs[kLinkNames.size()] = {skel_->progs.egressd_conn4, skel_->progs.egressd_conn6,
-                                                skel_->progs.egressd_send4, skel_->progs.egressd_send6,
-                                                skel_->progs.egressd_sockops};
+    fs::create_directories(link_dir, ec);
+    if (ec) return Error{ec.value(), "creating " + link_dir.string()};
     std::vector<AttachReport> reports;
     for (size_t hook = 0; hook < kLinkNames.size(); ++hook) {
-        auto report = attach_hook(hook, programs[hook], cgroup, cgroup_fd->get());
-        if (!report) return report.error();
-        reports.push_back(*report);
+        std::string action;
+        auto link = attach_hook(hook, link_dir, cgroup, cgroup_fd->get(), action);
+        if (!link) return link.error();
+        links.push_back(std::move(*link));
+        reports.push_back(AttachReport{kLinkNames[hook], action});
     }
-    if (!adopted_maps_) {
+    return reports;
+}
+
+Result<std::vector<AttachReport>> Datapath::attach(const CgroupTarget& cgroup) {
+    auto reports = attach_all(links_dir(options_.pin_dir), cgroup, links_);
+    if (!reports) return reports.error();
+    if (auto pinned = pin_maps_once(); !pinned) return pinned.error();
+    return reports;
+}
+
+Status Datapath::pin_maps_once() {
+    if (!adopted_maps_ && !maps_pinned_) {
         if (auto pinned = pin_maps(); !pinned) return pinned.error();
     }
+    maps_pinned_ = true;
     // The programs in force no longer use what earlier versions pinned.
     for (const char* name : kRetiredMapNames) {
         const fs::path path = options_.pin_dir / name;
         if (path_present(path) && ::unlink(path.c_str()) != 0) return system_error("removing " + path.string());
     }
+    return {};
+}
+
+Result<std::vector<AttachReport>> Datapath::attach_workload(const std::string& key, const CgroupTarget& cgroup) {
+    std::vector<PinnedLink> links;
+    auto reports = attach_all(workload_links_dir(options_.pin_dir, key), cgroup, links);
+    if (!reports) return reports.error();
+    workload_links_[key] = std::move(links);
     return reports;
+}
+
+Status Datapath::detach_workload(const std::string& key) {
+    workload_links_.erase(key);
+    std::vector<std::string> removed;
+    return remove_pinned_links(workload_links_dir(options_.pin_dir, key), removed);
 }
 
 Status Datapath::pin_maps() {

@@ -19,6 +19,7 @@
 #include "kernel/cgroup.h"
 #include "kernel/libbpf_owners.h"
 #include "kernel/map_set.h"
+#include "kernel/pins.h"
 #include "kernel/program_barrier.h"
 
 namespace egressd {
@@ -69,6 +70,17 @@ public:
     // are new. Call after the first publish().
     Result<std::vector<AttachReport>> attach(const CgroupTarget& cgroup);
 
+    // Kubernetes mode: the programs on one workload's cgroup (a pod's), with
+    // its own pinned links under links/workloads/<key>/, adopted the same way
+    // as attach() does. Nothing is attached to the pods' parent, so other
+    // pods and host processes carry no program.
+    Result<std::vector<AttachReport>> attach_workload(const std::string& key, const CgroupTarget& cgroup);
+    // Detaches and unpins a workload's links (gone already if its cgroup was removed).
+    Status detach_workload(const std::string& key);
+    // Pins the maps if they are new (attach() does it): in Kubernetes mode,
+    // after the first publish, whether or not a pod is enforced yet.
+    Status pin_maps_once();
+
     // Identity names and registered workload cgroups: not per generation.
     // Names must be written before a generation that uses them is published.
     Status set_identities(const std::map<uint32_t, IdentityName>& names, const std::map<uint64_t, uint32_t>& workloads);
@@ -81,8 +93,15 @@ private:
     Datapath() = default;
     // After adopting pinned maps: what each slot, the names and the workloads hold.
     Status read_adopted_state();
-    // Attaches one hook's program, or swaps it into the pinned link on this cgroup.
-    Result<AttachReport> attach_hook(size_t hook, bpf_program* program, const CgroupTarget& cgroup, int cgroup_fd);
+    // The programs in hook order (kLinkNames).
+    std::array<bpf_program*, kLinkNames.size()> programs() const;
+    // Attaches one hook's program, or swaps it into the link pinned in
+    // `link_dir` on this cgroup; `action` says which.
+    Result<PinnedLink> attach_hook(size_t hook, const std::filesystem::path& link_dir, const CgroupTarget& cgroup,
+                                   int cgroup_fd, std::string& action);
+    // Every hook on one cgroup, links pinned in `link_dir`.
+    Result<std::vector<AttachReport>> attach_all(const std::filesystem::path& link_dir, const CgroupTarget& cgroup,
+                                                 std::vector<PinnedLink>& links);
     Status pin_maps();
     // Waits, once after each flip, until no program can still be reading the
     // slot that was active before it. Every write to the inactive slot calls it.
@@ -108,6 +127,8 @@ private:
     std::array<std::shared_ptr<const MapImage>, EGRESSD_SLOTS> slot_images_{std::make_shared<const MapImage>(),
                                                                             std::make_shared<const MapImage>()};
     std::vector<PinnedLink> links_;
+    std::map<std::string, std::vector<PinnedLink>> workload_links_;  // Kubernetes mode, by workload key
+    bool maps_pinned_ = false;
     std::map<uint32_t, IdentityName> identity_names_;
     std::map<uint64_t, uint32_t> workload_identities_;
 };

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "kernel/map_set.h"
 
 namespace egressd {
@@ -49,13 +51,15 @@ bool path_present(const fs::path& path) {
     return ::lstat(path.c_str(), &st) == 0;
 }
 
-std::vector<LinkInfo> read_pinned_links(const fs::path& pin_dir) {
+std::vector<LinkInfo> read_pinned_links(const fs::path& pin_dir) { return read_pinned_links_in(links_dir(pin_dir)); }
+
+std::vector<LinkInfo> read_pinned_links_in(const fs::path& dir) {
     std::vector<LinkInfo> links;
     for (const char* hook : kLinkNames) {
         LinkInfo link;
         link.hook = hook;
         // Links cannot be opened read-only (the kernel refuses BPF_F_RDONLY for them).
-        if (auto fd = open_pinned_object(links_dir(pin_dir) / hook, false)) {
+        if (auto fd = open_pinned_object(dir / hook, false)) {
             link.pinned = true;
             describe_link(fd->get(), link);
         }
@@ -64,21 +68,48 @@ std::vector<LinkInfo> read_pinned_links(const fs::path& pin_dir) {
     return links;
 }
 
-Status cleanup_pins(const fs::path& pin_dir, std::vector<std::string>& removed) {
+fs::path workload_links_dir(const fs::path& pin_dir) { return links_dir(pin_dir) / "workloads"; }
+fs::path workload_links_dir(const fs::path& pin_dir, const std::string& key) {
+    return workload_links_dir(pin_dir) / key;
+}
+
+std::vector<std::string> pinned_workload_keys(const fs::path& pin_dir) {
+    std::vector<std::string> keys;
     std::error_code ec;
-    if (!fs::exists(pin_dir, ec)) return {};
-    // Links first: detaching them ends enforcement before the maps go.
+    for (fs::directory_iterator it(workload_links_dir(pin_dir), ec), end; !ec && it != end; it.increment(ec)) {
+        if (it->is_directory(ec)) keys.push_back(it->path().filename().string());
+    }
+    std::sort(keys.begin(), keys.end());
+    return keys;
+}
+
+Status remove_pinned_links(const fs::path& dir, std::vector<std::string>& removed) {
     for (const char* hook : kLinkNames) {
-        const fs::path path = links_dir(pin_dir) / hook;
+        const fs::path path = dir / hook;
         if (!path_present(path)) continue;
         if (auto fd = open_pinned_object(path, false)) {
+            // EINVAL: already detached, e.g. its cgroup was removed with the pod.
             if (bpf_link_detach(fd->get()) != 0 && errno != EINVAL)
                 return system_error("detaching link " + path.string());
         }
         if (::unlink(path.c_str()) != 0) return system_error("removing " + path.string());
         removed.push_back(path.string());
     }
-    ::rmdir(links_dir(pin_dir).c_str());
+    // Something else left inside is reported when the pin directory cannot go.
+    if (::rmdir(dir.c_str()) != 0 && errno != ENOENT && errno != ENOTEMPTY)
+        return system_error("removing " + dir.string());
+    return {};
+}
+
+Status cleanup_pins(const fs::path& pin_dir, std::vector<std::string>& removed) {
+    std::error_code ec;
+    if (!fs::exists(pin_dir, ec)) return {};
+    // Links first: detaching them ends enforcement before the maps go.
+    for (const auto& key : pinned_workload_keys(pin_dir)) {
+        if (auto status = remove_pinned_links(workload_links_dir(pin_dir, key), removed); !status) return status;
+    }
+    ::rmdir(workload_links_dir(pin_dir).c_str());
+    if (auto status = remove_pinned_links(links_dir(pin_dir), removed); !status) return status;
     std::vector<const char*> names(kMapNames.begin(), kMapNames.end());
     names.insert(names.end(), kRetiredMapNames.begin(), kRetiredMapNames.end());
     for (const char* name : names) {

@@ -20,6 +20,14 @@ inline constexpr std::array<const char*, EGRESSD_HOOK_MAX + 1> kLinkNames = {"co
                                                                              "sendmsg6", "sockops"};
 
 std::filesystem::path links_dir(const std::filesystem::path& pin_dir);
+// Kubernetes mode: one directory of links per enforced pod, named by its key
+// (the pod's UID), under links/workloads/.
+std::filesystem::path workload_links_dir(const std::filesystem::path& pin_dir);
+std::filesystem::path workload_links_dir(const std::filesystem::path& pin_dir, const std::string& key);
+// The keys that have a directory of pinned links.
+std::vector<std::string> pinned_workload_keys(const std::filesystem::path& pin_dir);
+// Detaches and unpins the links in `dir` (one per hook) and removes it.
+Status remove_pinned_links(const std::filesystem::path& dir, std::vector<std::string>& removed);
 // A pinned map, link or program; read-only where the kernel allows it (maps).
 Result<UniqueFd> open_pinned_object(const std::filesystem::path& path, bool read_only);
 bool path_present(const std::filesystem::path& path);  // without following a symlink
@@ -34,8 +42,10 @@ struct LinkInfo {
     std::string prog_name;
 };
 
-// What is pinned under pin_dir/links, for status and clean-up.
+// What is pinned under pin_dir/links (or a workload's links directory, see
+// read_pinned_links_in), for status and clean-up.
 std::vector<LinkInfo> read_pinned_links(const std::filesystem::path& pin_dir);
+std::vector<LinkInfo> read_pinned_links_in(const std::filesystem::path& dir);
 
 // Detaches every link and removes every pin under pin_dir (and the directory).
 // Reports each removed object in `removed`.
