@@ -49,3 +49,22 @@ remove_cgroup_tree() {
     rmdir "$dir" 2>/dev/null
   done
 }
+
+# The test network: client namespace $1 whose only route leads, over a veth,
+# to sink namespace $2, where an HTTP server answers on 203.0.113.10:80
+# (serving $3/www). Sets server_pid. Fails when namespaces cannot be made.
+make_test_network() {
+  local client=$1 sink=$2 dir=$3
+  ip netns add "$client" && ip netns add "$sink" || return 1
+  ip link add veth-c netns "$client" type veth peer name veth-s netns "$sink"
+  ip -n "$client" link set lo up; ip -n "$sink" link set lo up
+  ip -n "$client" addr add 198.18.255.1/24 dev veth-c
+  ip -n "$sink" addr add 198.18.255.2/24 dev veth-s
+  ip -n "$client" link set veth-c up; ip -n "$sink" link set veth-s up
+  ip -n "$sink" addr add 203.0.113.10/32 dev lo
+  # The client's only routes lead to the sink: no default route.
+  ip -n "$client" route add 203.0.113.0/24 via 198.18.255.2
+  mkdir -p "$dir/www" && echo "hello from the sink" > "$dir/www/index.html"
+  ip netns exec "$sink" python3 -m http.server 80 --bind 203.0.113.10 --directory "$dir/www" >/dev/null 2>&1 &
+  server_pid=$!
+}

@@ -53,18 +53,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ip netns add "$client" && ip netns add "$sink" || unavailable "cannot create network namespaces"
-ip link add veth-c netns "$client" type veth peer name veth-s netns "$sink"
-ip -n "$client" link set lo up; ip -n "$sink" link set lo up
-ip -n "$client" addr add 198.18.255.1/24 dev veth-c
-ip -n "$sink" addr add 198.18.255.2/24 dev veth-s
-ip -n "$client" link set veth-c up; ip -n "$sink" link set veth-s up
-ip -n "$sink" addr add 203.0.113.10/32 dev lo
-# The client's only routes lead to the sink: no default route.
-ip -n "$client" route add 203.0.113.0/24 via 198.18.255.2
-mkdir -p "$work/www" && echo "hello from the sink" > "$work/www/index.html"
-ip netns exec "$sink" python3 -m http.server 80 --bind 203.0.113.10 --directory "$work/www" >/dev/null 2>&1 &
-server_pid=$!
+make_test_network "$client" "$sink" "$work" || unavailable "cannot create network namespaces"
 
 # A DNS server for the policies' hosts, on loopback only.
 printf '203.0.113.10 web.test.egressd\n' > "$work/dns-hosts"

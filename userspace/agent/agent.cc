@@ -32,22 +32,18 @@ double millis_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
-// The level of a cgroup below the cgroup2 mount (the mount itself is 0).
-uint32_t cgroup_level(const fs::path& cgroup, const fs::path& mount) {
-    uint32_t level = 0;
-    for (const auto& part : cgroup.lexically_relative(mount)) {
-        if (!part.empty() && part != ".") ++level;
-    }
-    return level;
-}
-
 }  // namespace
 
 Result<std::unique_ptr<Agent>> Agent::start(const AgentConfig& config) {
     std::unique_ptr<Agent> agent(new Agent(config));
     agent->started_at_ = log::timestamp();
-    for (auto step : {&Agent::read_first_inputs, &Agent::prepare_cgroup_and_lock, &Agent::load_datapath,
-                      &Agent::start_telemetry_and_events, &Agent::attach_and_report}) {
+    using Step = Status (Agent::*)();
+    const std::vector<Step> file_steps = {&Agent::read_first_inputs, &Agent::prepare_cgroup_and_lock,
+                                          &Agent::load_datapath, &Agent::start_telemetry_and_events,
+                                          &Agent::attach_and_report};
+    const std::vector<Step> kubernetes_steps = {&Agent::prepare_kubernetes, &Agent::load_and_adopt,
+                                                &Agent::start_telemetry_and_events, &Agent::wait_for_first_sync};
+    for (Step step : config.kubernetes ? kubernetes_steps : file_steps) {
         if (auto done = (agent.get()->*step)(); !done) return done.error();
     }
     return agent;
@@ -93,9 +89,9 @@ Status Agent::prepare_cgroup_and_lock() {
     return {};
 }
 
-// Fills the maps before any program can read them: a fresh attach then
-// enforces the full configuration from its first connect().
-Status Agent::load_datapath() {
+// Loads the programs, adopting the pinned maps and the generation they hold
+// (enforcement goes on meanwhile), and the reconciler on top of them.
+Status Agent::load_and_adopt() {
     auto datapath = Datapath::load({config_.bpffs, config_.capacities});
     if (!datapath) return datapath.error();
     datapath_ = std::move(*datapath);
@@ -105,6 +101,15 @@ Status Agent::load_datapath() {
         log::info("adopted the pinned maps in {} (generation {} in force)", config_.bpffs.string(),
                   reconciler_->applied().generation);
     }
+    memory_release_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!memory_release_.valid()) return system_error("timerfd_create");
+    return {};
+}
+
+// Fills the maps before any program can read them: a fresh attach then
+// enforces the full configuration from its first connect().
+Status Agent::load_datapath() {
+    if (auto loaded = load_and_adopt(); !loaded) return loaded;
     reconciler_->set_mesh(mesh_);
     reconciler_->set_policies(policies_.policies);
     reconciler_->set_workloads(workloads_);
@@ -112,8 +117,6 @@ Status Agent::load_datapath() {
     if (auto published = reconciler_->apply(problems); !published) return published.error();
     for (const auto& problem : problems) record_error(problem);
     if (auto converged = datapath_->converge(); !converged) return converged.error();
-    memory_release_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-    if (!memory_release_.valid()) return system_error("timerfd_create");
     schedule_memory_release();
     return {};
 }
@@ -198,14 +201,14 @@ void Agent::publish_telemetry() {
 }
 
 bool Agent::reload_mesh_config(bool force) {
-    auto mesh = sources_->read_mesh(force);
+    auto mesh = kube_ ? kube_->read_mesh() : sources_->read_mesh(force);
     if (!mesh) {
         record_error(mesh.error().describe());
         return false;
     }
     if (!*mesh) return false;  // the same bytes
     if (**mesh == mesh_) {
-        log::info("{} changed; no effective change", config_.mesh_config.string());
+        log::info("{} changed; no effective change", kube_ ? "the MeshConfig" : config_.mesh_config.string());
         return false;
     }
     mesh_ = std::move(**mesh);
@@ -213,8 +216,8 @@ bool Agent::reload_mesh_config(bool force) {
 }
 
 bool Agent::reload_policies() {
-    if (config_.policy_dir.empty()) return false;
-    PolicySet loaded = sources_->read_policies();
+    if (!kube_ && config_.policy_dir.empty()) return false;
+    PolicySet loaded = kube_ ? kube_->read_policies() : sources_->read_policies();
     if (loaded == policies_) return false;
     // Report what is new; errors that stay are not repeated on every event.
     const std::set<std::string> old_errors(policies_.errors.begin(), policies_.errors.end());
@@ -234,7 +237,7 @@ bool Agent::reload_policies() {
 }
 
 bool Agent::reload_workloads() {
-    auto loaded = sources_->read_workloads();
+    auto loaded = kube_ ? Result<std::vector<Workload>>(kube_->read_workloads()) : sources_->read_workloads();
     if (!loaded) {
         record_error("workloads not updated: " + loaded.error().describe());
         return false;
@@ -269,13 +272,13 @@ void Agent::on_inputs_changed(unsigned inputs, bool force) {
     if (inputs & kPolicies) changed |= reload_policies();
     if (inputs & kWorkloads) changed |= reload_workloads();
     if (inputs & kHosts) changed |= reload_hosts();
-    if (changed || force) apply_inputs(started);
+    if ((changed || force) && (!kube_ || first_sync_applied_)) apply_inputs(started);
     publish_telemetry();
     write_status();
 }
 
 // Hands the accepted inputs to the reconciler and reports what it applied.
-void Agent::apply_inputs(std::chrono::steady_clock::time_point started) {
+bool Agent::apply_inputs(std::chrono::steady_clock::time_point started) {
     reconciler_->set_mesh(mesh_);
     reconciler_->set_policies(policies_.policies);
     reconciler_->set_workloads(workloads_);
@@ -287,7 +290,7 @@ void Agent::apply_inputs(std::chrono::steady_clock::time_point started) {
     for (const auto& problem : problems) record_error(problem);
     if (!applied) {
         record_error("applying the change: " + applied.error().describe());
-        return;
+        return false;
     }
     const uint64_t generation = reconciler_->applied().generation;
     last_apply_ms_ = millis_since(started);
@@ -300,6 +303,7 @@ void Agent::apply_inputs(std::chrono::steady_clock::time_point started) {
     if (auto converged = datapath_->converge(); !converged)
         log::error("{} (the next change writes more)", converged.error().describe());
     schedule_memory_release();
+    return true;
 }
 
 void Agent::write_status() {
@@ -335,6 +339,14 @@ void Agent::write_status() {
         {"httpPort", telemetry_ ? telemetry_->http_port() : 0},
     };
     if (last_error_) status["lastError"] = {{"at", last_error_at_}, {"message", *last_error_}};
+    if (kube_) {
+        status["kubernetes"] = kube_->status();
+        nlohmann::json enforced = nlohmann::json::array();
+        for (const auto& [uid, cgroup] : reconciler_->attached())
+            enforced.push_back({{"uid", uid}, {"cgroup", cgroup.path.string()}, {"cgroupId", cgroup.id}});
+        status["kubernetes"]["enforcedPods"] = std::move(enforced);
+        status["meshConfig"] = config_.kubernetes->mesh_config_namespace + "/" + config_.kubernetes->mesh_config_name;
+    }
     std::string text = json_text(status, 2) + "\n";
     std::error_code ec;
     if (text == status_written_ && fs::exists(status_file_path(config_.run_dir), ec)) return;
@@ -377,7 +389,10 @@ int Agent::run() {
     }
     const int resolver_fd = resolver_ ? resolver_->notify_fd() : -1;
     const int events_fd = events_->epoll_fd();
-    for (int fd : {signal_fd.get(), sources_->fd(), resolver_fd, events_fd, memory_release_.get()}) {
+    const int kube_fd = kube_ ? kube_->fd() : -1;
+    const int kube_cgroup_fd = kube_ ? kube_->cgroup_fd() : -1;
+    for (int fd : {signal_fd.get(), sources_ ? sources_->fd() : -1, kube_fd, kube_cgroup_fd, resolver_fd, events_fd,
+                   memory_release_.get()}) {
         if (fd < 0) continue;
         epoll_event ev{};
         ev.events = EPOLLIN;
@@ -387,9 +402,10 @@ int Agent::run() {
             return 1;
         }
     }
-    log::info("watching {}{}{} for changes", config_.mesh_config.string(),
-              config_.policy_dir.empty() ? "" : ", " + config_.policy_dir.string(),
-              config_.workloads_file.empty() ? "" : ", " + config_.workloads_file.string());
+    if (!kube_)
+        log::info("watching {}{}{} for changes", config_.mesh_config.string(),
+                  config_.policy_dir.empty() ? "" : ", " + config_.policy_dir.string(),
+                  config_.workloads_file.empty() ? "" : ", " + config_.workloads_file.string());
 
     for (;;) {
         epoll_event events[4];
@@ -417,6 +433,8 @@ int Agent::run() {
                     if (::read(fd, &expirations, sizeof(expirations)) == sizeof(expirations)) ::malloc_trim(0);
                 } else if (fd == resolver_fd) {
                     on_inputs_changed(kHosts, false);
+                } else if (fd == kube_fd || fd == kube_cgroup_fd) {
+                    on_kubernetes_changed();
                 } else {
                     bool lost = false;
                     if (const unsigned inputs = sources_->pending(lost); inputs != 0) on_inputs_changed(inputs, lost);

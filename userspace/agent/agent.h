@@ -21,6 +21,7 @@
 #include "core/meshconfig.h"
 #include "core/workloads.h"
 #include "agent/file_sources.h"
+#include "agent/kube_source.h"
 #include "agent/reconciler.h"
 #include "agent/telemetry.h"
 #include "dns/host_resolver.h"
@@ -57,12 +58,22 @@ private:
     };
 
     explicit Agent(const AgentConfig& config) : config_(config) {}
-    // Start-up steps, in order.
+    // Start-up steps, in order. In Kubernetes mode (agent_kubernetes.cc) the
+    // inputs come later, from the API server: prepare_kubernetes,
+    // load_and_adopt (publishing nothing before the first sync),
+    // start_telemetry_and_events, wait_for_first_sync.
     Status prepare_cgroup_and_lock();
     Status read_first_inputs();
     Status load_datapath();
     Status start_telemetry_and_events();
     Status attach_and_report();
+    Status prepare_kubernetes();
+    Status load_and_adopt();
+    Status wait_for_first_sync();
+    // Kubernetes mode: the API server's stores or the pods' cgroups changed.
+    void on_kubernetes_changed();
+    // The first generation from the API server, once every collection is listed.
+    void apply_first_sync();
 
     // Re-reads the inputs named by `inputs` and applies a new generation if
     // anything that matters changed. `force` re-reads even identical bytes.
@@ -71,7 +82,8 @@ private:
     bool reload_policies();
     bool reload_workloads();
     bool reload_hosts();
-    void apply_inputs(std::chrono::steady_clock::time_point started);
+    // True when the generation was applied.
+    bool apply_inputs(std::chrono::steady_clock::time_point started);
     // Decision events from the kernel: named, logged, kept for /events.
     void on_kernel_events();
     void on_kernel_event(const egressd_event& event);
@@ -87,7 +99,9 @@ private:
     std::optional<AgentLock> lock_;
     CgroupTarget cgroup_;
     uint32_t cgroup_level_ = 0;
-    std::unique_ptr<FileSources> sources_;
+    std::unique_ptr<FileSources> sources_;  // file mode
+    std::unique_ptr<KubeSource> kube_;      // Kubernetes mode
+    bool first_sync_applied_ = false;       // Kubernetes mode: a generation from the API server is in force
     std::unique_ptr<HostResolver> resolver_;
     std::unique_ptr<Datapath> datapath_;
     std::unique_ptr<Reconciler> reconciler_;

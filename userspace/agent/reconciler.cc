@@ -1,5 +1,6 @@
 #include "agent/reconciler.h"
 
+#include <cerrno>
 #include <set>
 
 #include <fmt/format.h>
@@ -63,10 +64,27 @@ Status Reconciler::push_identities(const std::map<uint64_t, uint32_t>& workload_
 }
 
 // Workload cgroups exist before their identity does: a process moved in at
-// once is decided with that identity.
-Result<std::map<uint64_t, uint32_t>> Reconciler::workload_cgroups(std::vector<std::string>& problems) {
+// once is decided with that identity. A pod's cgroup is the kubelet's: it is
+// only opened, and waited for while it does not exist.
+Result<std::map<uint64_t, uint32_t>> Reconciler::workload_cgroups(std::vector<std::string>& problems,
+                                                                  std::map<std::string, CgroupTarget>& to_attach) {
     std::map<uint64_t, uint32_t> workload_ids;
+    waiting_.clear();
     for (const auto& w : workloads_) {
+        if (!w.attach_key.empty()) {
+            auto pod = open_existing_cgroup(cgroup_.path / w.cgroup);  // w.cgroup is absolute here
+            if (!pod) {
+                if (pod.error().errnum == ENOENT)
+                    waiting_.push_back(w.attach_key);
+                else
+                    problems.push_back("pod " + w.attach_key + " (" + w.identity.str() +
+                                       "): " + pod.error().describe());
+                continue;
+            }
+            workload_ids[pod->id] = identities_.number_for(w.identity);
+            to_attach[w.attach_key] = *pod;
+            continue;
+        }
         auto cg = ensure_cgroup(cgroup_.path / w.cgroup);
         if (!cg) {
             problems.push_back("workload " + w.identity.str() + ": " + cg.error().describe());
@@ -89,8 +107,37 @@ Status Reconciler::check_identity_capacity(size_t workload_cgroups) const {
     return {};
 }
 
+void Reconciler::adopt_pinned_workloads(const std::vector<std::string>& keys) {
+    for (const auto& key : keys) attached_.emplace(key, CgroupTarget{});
+}
+
+void Reconciler::attach_workloads(const std::map<std::string, CgroupTarget>& wanted,
+                                  std::vector<std::string>& problems) {
+    for (const auto& [key, target] : wanted) {
+        auto it = attached_.find(key);
+        if (it != attached_.end() && it->second.id == target.id) continue;
+        auto reports = datapath_.attach_workload(key, target);
+        if (!reports) {
+            problems.push_back("pod " + key + ": attaching to " + target.path.string() + ": " +
+                               reports.error().describe());
+            continue;
+        }
+        attached_[key] = target;
+    }
+    for (auto it = attached_.begin(); it != attached_.end();) {
+        if (wanted.contains(it->first)) {
+            ++it;
+            continue;
+        }
+        if (auto detached = datapath_.detach_workload(it->first); !detached)
+            problems.push_back("pod " + it->first + ": " + detached.error().describe());
+        it = attached_.erase(it);
+    }
+}
+
 Status Reconciler::apply(std::vector<std::string>& problems) {
-    auto workload_ids = workload_cgroups(problems);
+    std::map<std::string, CgroupTarget> to_attach;
+    auto workload_ids = workload_cgroups(problems, to_attach);
     if (!workload_ids) return workload_ids.error();
     std::set<uint32_t> used;
     for (const auto& [cgroup_id, number] : *workload_ids) used.insert(number);
@@ -115,6 +162,8 @@ Status Reconciler::apply(std::vector<std::string>& problems) {
     for (const auto& [number, ref] : image->policies) policies_in_use.insert(number);
     policy_numbers_.retain(policies_in_use);
     if (auto pruned = push_identities(*workload_ids); !pruned) return pruned;
+    // Programs on a pod's cgroup only once its identity is registered.
+    if (!to_attach.empty() || !attached_.empty()) attach_workloads(to_attach, problems);
 
     last_change_ = describe(*image, previous_workloads, *workload_ids);
     for (const auto& [number, ref] : image->policies) policy_names_seen_[number] = ref;

@@ -58,10 +58,23 @@ public:
     // A policy's name by number, also after it is gone: events may name it late.
     std::optional<PolicyRef> policy_name(uint32_t number) const;
 
+    // Kubernetes mode: the workloads with their own links (attach keys), by
+    // key, with the cgroup they are attached to; and those whose cgroup does
+    // not exist yet (the pod object comes before its cgroup).
+    const std::map<std::string, CgroupTarget>& attached() const { return attached_; }
+    const std::vector<std::string>& waiting() const { return waiting_; }
+    // Takes the workloads pinned by an earlier agent: the first apply adopts
+    // those still wanted and detaches the others. Call before the first apply,
+    // and only with a complete list of workloads to come (after a full sync).
+    void adopt_pinned_workloads(const std::vector<std::string>& keys);
+
 private:
     // Writes identity names and workload cgroups when they differ from what the kernel has.
     Status push_identities(const std::map<uint64_t, uint32_t>& workload_ids);
-    Result<std::map<uint64_t, uint32_t>> workload_cgroups(std::vector<std::string>& problems);
+    Result<std::map<uint64_t, uint32_t>> workload_cgroups(std::vector<std::string>& problems,
+                                                          std::map<std::string, CgroupTarget>& to_attach);
+    // Attaches what is new or moved, detaches what is gone.
+    void attach_workloads(const std::map<std::string, CgroupTarget>& wanted, std::vector<std::string>& problems);
     Status check_identity_capacity(size_t workload_cgroups) const;
     std::string describe(const MapImage& image, const std::map<uint64_t, uint32_t>& workloads_before,
                          const std::map<uint64_t, uint32_t>& workloads_after) const;
@@ -81,6 +94,8 @@ private:
     PolicyRuleCache policy_rule_cache_;
     std::optional<uint64_t> pushed_identities_revision_;  // identities_.revision() the kernel has
     std::map<uint32_t, PolicyRef> policy_names_seen_;
+    std::map<std::string, CgroupTarget> attached_;  // id 0: pinned by an earlier agent, not yet adopted
+    std::vector<std::string> waiting_;
 
     // What the kernel enforces.
     MeshConfig applied_mesh_;

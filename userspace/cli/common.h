@@ -53,6 +53,14 @@ struct Command {
     std::function<Exit(const AgentConfig&)> run;
 };
 
+// Kubernetes mode's half of egressctl egress (egress_kubernetes.cc).
+Exit patch_mesh_config_egress(const AgentConfig& config, bool enable, const std::string& kubeconfig);
+
+// Kubernetes mode's half of egressctl status (status_kubernetes.cc): the pods
+// with pinned links, and the agent's report of its source and pods.
+nlohmann::json pod_links_json(const AgentConfig& config, bool& all_attached);
+void print_kubernetes_report(const nlohmann::json& pods, const nlohmann::json& agent_status);
+
 // In the order of `egressctl --help`.
 Command add_status_command(CLI::App& app);
 Command add_egress_command(CLI::App& app);

@@ -1,5 +1,6 @@
 // egressctl egress enable|disable: sets spec.traffic.enableEgress in the
-// MeshConfig file, then waits until the kernel enforces it.
+// MeshConfig file, or on the API server in Kubernetes mode
+// (egress_kubernetes.cc), then waits until the kernel enforces it.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -44,7 +45,12 @@ Exit wait_until_applied(const AgentConfig& config, bool enable) {
         "egressd has not applied the change after 3 s; see its log (egressctl status shows the last error)");
 }
 
-Exit egress_command(const AgentConfig& config, bool enable, bool wait) {
+Exit egress_command(const AgentConfig& config, bool enable, bool wait, const std::string& kubeconfig) {
+    if (config.kubernetes) {
+        Exit patched = patch_mesh_config_egress(config, enable, kubeconfig);
+        if (patched.failed() || !wait) return patched;
+        return wait_until_applied(config, enable);
+    }
     const std::filesystem::path file = config.mesh_config;
     const auto text = read_file(file);
     if (!text) return text.error();
@@ -67,14 +73,22 @@ Exit egress_command(const AgentConfig& config, bool enable, bool wait) {
 }  // namespace
 
 Command add_egress_command(CLI::App& app) {
-    auto* egress = app.add_subcommand("egress", "set spec.traffic.enableEgress in the MeshConfig file");
+    auto* egress = app.add_subcommand(
+        "egress",
+        "set spec.traffic.enableEgress in the MeshConfig (its file, or on the API server in Kubernetes mode)");
     egress->require_subcommand(1);
     auto no_wait = std::make_shared<bool>(false);
+    auto kubeconfig = std::make_shared<std::string>();
     auto* enable = egress->add_subcommand("enable", "allow passthrough egress (enableEgress: true)");
     auto* disable = egress->add_subcommand("disable", "deny egress not allowed otherwise (enableEgress: false)");
-    for (auto* sub : {enable, disable}) sub->add_flag("--no-wait", *no_wait, "do not wait for the agent to apply it");
-    return {egress, false, [enable, no_wait](const AgentConfig& config) {
-                return egress_command(config, enable->parsed(), !*no_wait);
+    for (auto* sub : {enable, disable}) {
+        sub->add_flag("--no-wait", *no_wait, "do not wait for the agent to apply it");
+        sub->add_option("--kubeconfig", *kubeconfig,
+                        "Kubernetes mode: your credentials (default: $KUBECONFIG, then the settings' kubeconfig, "
+                        "then in-cluster)");
+    }
+    return {egress, false, [enable, no_wait, kubeconfig](const AgentConfig& config) {
+                return egress_command(config, enable->parsed(), !*no_wait, *kubeconfig);
             }};
 }
 

@@ -29,6 +29,7 @@ struct StatusView {
     Result<std::filesystem::path> cgroup_path = std::filesystem::path();
     std::optional<CgroupTarget> cgroup;  // the enforced cgroup, if it exists
     bool enforcing = false;
+    json pods;  // Kubernetes mode: the pods with pinned links
 
     bool attached(const LinkInfo& link) const { return link.pinned && cgroup && link.cgroup_id == cgroup->id; }
 };
@@ -48,6 +49,13 @@ Result<StatusView> read_status(const AgentConfig& config) {
     }
     view.running = agent_running(config.bpffs);
     view.agent_status = read_status_file(config.run_dir);
+    if (config.kubernetes) {
+        // Nothing on the pods' parent: each pod has its own links.
+        bool all_attached = false;
+        view.pods = pod_links_json(config, all_attached);
+        view.enforcing = view.pinned && all_attached && (view.active.flags & EGRESSD_CFG_VALID);
+        return view;
+    }
     view.cgroup_path = resolve_cgroup_path(config.cgroup);
     if (view.cgroup_path) {
         if (auto c = open_existing_cgroup(*view.cgroup_path)) view.cgroup = *c;
@@ -73,7 +81,7 @@ json agent_json(const AgentConfig& config, const StatusView& view) {
         const json& s = *view.agent_status;
         for (const char* key : {"pid", "startedAt", "lastChange", "appliedAt", "lastApplyMillis", "lastError"})
             agent[key] = s.contains(key) ? s[key] : json(nullptr);
-        for (const char* key : {"policies", "policyErrors", "policyNotes", "hosts", "workloads"})
+        for (const char* key : {"policies", "policyErrors", "policyNotes", "hosts", "workloads", "kubernetes"})
             if (s.contains(key)) agent[key] = s[key];
     }
     if (view.running && !config.http_address.empty()) {
@@ -129,6 +137,7 @@ json status_json(const AgentConfig& config, const StatusView& view) {
                                 {"programId", l.prog_id},
                                 {"program", l.prog_name},
                                 {"cgroupId", l.cgroup_id}});
+    if (config.kubernetes) out["pods"] = view.pods;
     if (view.pinned) {
         out["events"] = event_stats_json(config);
         out["kernel"] = kernel_json(view);
@@ -172,13 +181,18 @@ void print_status(const AgentConfig& config, const StatusView& view, const json&
               << (view.running ? fmt::format("running (pid {})", agent.value("pid", 0)) : std::string("not running"))
               << "\n";
     std::cout << "config:      " << config.source_file.string() << "\n";
-    std::cout << "cgroup:      " << out["cgroup"].get<std::string>()
-              << (view.cgroup ? fmt::format(" (id {})", view.cgroup->id) : std::string(" (does not exist)")) << "\n";
     std::cout << "pins:        " << config.bpffs.string() << (view.pinned ? "" : " (nothing pinned)") << "\n";
-    std::cout << "hooks:      ";
-    for (const auto& l : view.links)
-        std::cout << " " << l.hook << (view.attached(l) ? "=attached" : l.pinned ? "=elsewhere" : "=detached");
-    std::cout << "\n";
+    if (config.kubernetes) {
+        print_kubernetes_report(view.pods, view.agent_status && view.running ? *view.agent_status : json());
+    } else {
+        std::cout << "cgroup:      " << out["cgroup"].get<std::string>()
+                  << (view.cgroup ? fmt::format(" (id {})", view.cgroup->id) : std::string(" (does not exist)"))
+                  << "\n";
+        std::cout << "hooks:      ";
+        for (const auto& l : view.links)
+            std::cout << " " << l.hook << (view.attached(l) ? "=attached" : l.pinned ? "=elsewhere" : "=detached");
+        std::cout << "\n";
+    }
     std::cout << "enforcing:   " << (view.enforcing ? "yes" : "NO") << "\n";
     if (view.pinned) print_kernel_report(view);
     if (agent.contains("ready"))

@@ -21,6 +21,9 @@ namespace egressd {
 struct Workload {
     std::string cgroup;  // relative to the enforced cgroup, normalised, never leaving it
     IdentityName identity;
+    // Kubernetes mode: the pod's UID. Its cgroup (then an absolute path, found
+    // on the host) is never created, and gets its own programs and links.
+    std::string attach_key;
     bool operator==(const Workload&) const = default;
 };
 

@@ -60,4 +60,11 @@ Status join_cgroup(const fs::path& path) {
     return {};
 }
 
+uint32_t cgroup_level(const std::filesystem::path& cgroup, const std::filesystem::path& mount) {
+    uint32_t level = 0;
+    for (const auto& part : cgroup.lexically_relative(mount))
+        if (!part.empty() && part != ".") ++level;
+    return level;
+}
+
 }  // namespace egressd

@@ -24,6 +24,10 @@ Result<std::filesystem::path> resolve_cgroup_path(const std::string& configured,
 // resolve_cgroup_path against the mount found in /proc/mounts.
 Result<std::filesystem::path> resolve_cgroup_path(const std::string& configured);
 
+// The level of a cgroup below the cgroup2 mount (the mount itself is 0), as
+// bpf_get_current_ancestor_cgroup_id() counts.
+uint32_t cgroup_level(const std::filesystem::path& cgroup, const std::filesystem::path& mount);
+
 // Creates the cgroup (and missing parents) if needed.
 Result<CgroupTarget> ensure_cgroup(const std::filesystem::path& path);
 Result<CgroupTarget> open_existing_cgroup(const std::filesystem::path& path);

@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# End to end, Kubernetes mode: egressd fed by the fake API server
+# (tests/k8s/fake_apiserver.py) over TLS with a kubeconfig, enforcing on a
+# simulated node: a kubepods tree (systemd layout) under the test's own
+# cgroup, pod processes in a private network namespace whose only route
+# leads to a sink namespace. Driven as an operator does: kubectl apply,
+# kubectl patch, kill -9 and restart.
+#
+# Usage: kubernetes.sh BIN_DIR (run by CTest as e2e-kubernetes, as root).
+set -uo pipefail
+
+bin=$(cd "${1:?usage: kubernetes.sh BIN_DIR}" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+egressd=$bin/egressd
+egressctl=$bin/egressctl
+probe=$here/probe.py
+fake=$root/tests/k8s/fake_apiserver.py
+
+. "$here/lib.sh"
+
+[ "$(id -u)" -eq 0 ] || unavailable "needs root"
+cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
+[ -n "$cg2" ] || unavailable "no cgroup2 mount in /proc/mounts"
+for tool in ip python3 openssl kubectl curl; do command -v $tool >/dev/null || unavailable "missing $tool"; done
+
+id=$$
+work=$(mktemp -d /tmp/egressd-e2e-k8s.XXXXXX)
+pins=/sys/fs/bpf/egressd-e2e-k8s-$id
+node_rel=egressd-tests/k8s-$id  # the simulated node's cgroups, below the test parent
+pods_root=$cg2/$node_rel/kubepods.slice
+burstable=$pods_root/kubepods-burstable.slice
+client=egtk${id}c
+sink=egtk${id}s
+agent_pid=
+fake_pid=
+server_pid=
+uid_curl=2f0c1a2e-1111-4a4a-8b8b-000000000001
+uid_late=2f0c1a2e-1111-4a4a-8b8b-000000000002
+uid_plain=2f0c1a2e-1111-4a4a-8b8b-000000000003
+pod_dir() { echo "$burstable/kubepods-burstable-pod${1//-/_}.slice"; }
+
+cleanup() {
+  [ -n "$agent_pid" ] && kill -9 "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
+  "$egressd" --cleanup --config "$work/egressd.yaml" >/dev/null 2>&1
+  rm -rf "$pins"
+  [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+  remove_cgroup_tree "$cg2/$node_rel"
+  rmdir "$cg2/egressd-tests" 2>/dev/null
+  ip netns del "$client" 2>/dev/null
+  ip netns del "$sink" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# ---- network: client namespace -> sink namespace (203.0.113.10:80) ---------
+make_test_network "$client" "$sink" "$work" || unavailable "cannot create network namespaces"
+
+# ---- the fake API server, with TLS and a token ----------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/ca.key" \
+  -out "$work/ca.crt" -days 2 -subj "/CN=egressd-e2e-ca" -addext "basicConstraints=critical,CA:TRUE" \
+  -addext "keyUsage=critical,keyCertSign,cRLSign" >/dev/null 2>&1
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/server.key" \
+  -out "$work/server.csr" -subj "/CN=127.0.0.1" >/dev/null 2>&1
+printf '%s\n' "subjectAltName=IP:127.0.0.1" "extendedKeyUsage=serverAuth" > "$work/ext.cnf"
+openssl x509 -req -in "$work/server.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial \
+  -out "$work/server.crt" -days 2 -extfile "$work/ext.cnf" >/dev/null 2>&1
+echo "token-$RANDOM-$RANDOM" > "$work/token"
+
+pod_json() { # NAME UID [LABELS_JSON]
+  cat <<EOF
+{"apiVersion": "v1", "kind": "Pod",
+ "metadata": {"name": "$1", "namespace": "app", "uid": "$2", "labels": ${3:-{\"fsm-proxy-uuid\": \"$2\"\}}},
+ "spec": {"nodeName": "node-1", "serviceAccountName": "$1", "containers": [{"name": "c", "image": "x"}]},
+ "status": {"phase": "Running", "qosClass": "Burstable"}}
+EOF
+}
+cat > "$work/seed.json" <<EOF
+{"objects": [
+ {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "fsm-system"}},
+ {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app", "labels": {"flomesh.io/monitored-by": "fsm"}}},
+ {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}, "spec": {"podCIDR": "10.244.1.0/24"}},
+ {"apiVersion": "config.flomesh.io/v1alpha3", "kind": "MeshConfig",
+  "metadata": {"name": "fsm-mesh-config", "namespace": "fsm-system"},
+  "spec": {"traffic": {"enableEgress": false}, "featureFlags": {"enableEgressPolicy": true}}},
+ $(pod_json curl "$uid_curl"),
+ $(pod_json plain "$uid_plain" '{"app": "plain"}')
+]}
+EOF
+start_fake() {
+  rm -f "$work/port"
+  python3 "$fake" --port "${1:-0}" --port-file "$work/port" --cert "$work/server.crt" --key "$work/server.key" \
+    --token-file "$work/token" --seed "$work/seed.json" --bookmark-interval 1 --exit-with-parent \
+    >>"$work/fake.log" 2>&1 &
+  fake_pid=$!
+  for _ in $(seq 100); do [ -s "$work/port" ] && return 0; sleep 0.1; done
+  return 1
+}
+start_fake || { cat "$work/fake.log"; unavailable "the fake API server did not start"; }
+port=$(cat "$work/port")
+cat > "$work/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: fake, cluster: {server: "https://127.0.0.1:$port", certificate-authority: $work/ca.crt}}]
+users: [{name: e2e, user: {tokenFile: $work/token}}]
+contexts: [{name: fake, context: {cluster: fake, user: e2e}}]
+current-context: fake
+EOF
+kc() { kubectl --kubeconfig "$work/kubeconfig" "$@"; }
+control() { curl -sk -X POST "https://127.0.0.1:$port/_fake/$1" -H 'Content-Type: application/json' -d "$2" >/dev/null; }
+
+# ---- the simulated node and the agent ---------------------------------------
+mkdir -p "$(pod_dir "$uid_curl")" "$(pod_dir "$uid_plain")" || unavailable "cannot create cgroups under $cg2"
+cat > "$work/egressd.yaml" <<EOF
+cgroup: $node_rel/kubepods.slice
+cgroupMount: $cg2
+bpffs: $pins
+runDir: $work/run
+httpAddress: "127.0.0.1:0"
+meshCIDRs: [10.244.0.0/16]
+events: {log: $work/events.log}
+kubernetes:
+  kubeconfig: $work/kubeconfig
+  nodeName: node-1
+  mesh: fsm
+EOF
+status_field() { python3 -c "import json,sys; print(eval(sys.argv[1], {'s': json.load(open('$work/run/status.json'))}))" "$1" 2>/dev/null; }
+start_agent() {
+  "$egressd" --config "$work/egressd.yaml" >>"$work/agent.log" 2>&1 &
+  agent_pid=$!
+  for _ in $(seq 150); do
+    [ "$(status_field "len(s['kubernetes']['enforcedPods']) > 0")" = True ] && return 0
+    kill -0 "$agent_pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+# A command in a cgroup (a pod's, or another), inside the client namespace.
+in_cgroup() {
+  local dir=$1; shift
+  sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$@"' sh "$dir" "$client" "$@"
+}
+verdict_in() { in_cgroup "$1" python3 "$probe" once 203.0.113.10 80; }
+# Waits up to 5 s for the verdict $2 in cgroup $1.
+becomes() {
+  for _ in $(seq 50); do [ "$(verdict_in "$1")" = "$2" ] && return 0; sleep 0.1; done
+  return 1
+}
+
+check "agent starts and enforces the meshed pod after the first sync" start_agent
+[ -n "$agent_pid" ] && kill -0 "$agent_pid" 2>/dev/null || { cat "$work/agent.log"; finish; exit 1; }
+check "the meshed pod is denied (enableEgress false, no policy)" test "$(verdict_in "$(pod_dir "$uid_curl")")" = denied
+check "a pod without the proxy label carries no program" test "$(verdict_in "$(pod_dir "$uid_plain")")" = allowed
+check "a process in the pods' parent carries no program" test "$(verdict_in "$pods_root")" = allowed
+check "status names the API server and the enforced pod" \
+  test "$(status_field "s['kubernetes']['enforcedPods'][0]['uid']")" = "$uid_curl"
+
+kc patch meshconfig fsm-mesh-config -n fsm-system --type=merge -p '{"spec":{"traffic":{"enableEgress":true}}}' >/dev/null
+check "kubectl patch enableEgress=true: passthrough" becomes "$(pod_dir "$uid_curl")" allowed
+kc patch meshconfig fsm-mesh-config -n fsm-system --type=merge -p '{"spec":{"traffic":{"enableEgress":false}}}' >/dev/null
+check "kubectl patch enableEgress=false: denied again" becomes "$(pod_dir "$uid_curl")" denied
+check "egressctl egress enable patches the MeshConfig and waits for the kernel" \
+  bash -c "'$egressctl' --config '$work/egressd.yaml' egress enable --kubeconfig '$work/kubeconfig' | grep -q 'egressd applied it'"
+check "  ...the API server has it" test "$(kc get meshconfig fsm-mesh-config -n fsm-system -o jsonpath='{.spec.traffic.enableEgress}')" = true
+check "  ...and the pod is allowed" test "$(verdict_in "$(pod_dir "$uid_curl")")" = allowed
+check "egressctl egress disable (credentials from \$KUBECONFIG)" \
+  env KUBECONFIG="$work/kubeconfig" "$egressctl" --config "$work/egressd.yaml" egress disable
+check "  ...denied" test "$(verdict_in "$(pod_dir "$uid_curl")")" = denied
+check "egressctl status: enforcing, the pod, its identity and the API server" \
+  bash -c "'$egressctl' --config '$work/egressd.yaml' status > '$work/status.txt' && grep -q '$uid_curl app/curl as app/curl' '$work/status.txt' && grep -q 'meshconfigs  synced' '$work/status.txt'"
+
+cat > "$work/egress.yaml" <<EOF
+apiVersion: policy.flomesh.io/v1alpha1
+kind: Egress
+metadata: {name: web, namespace: app}
+spec:
+  sources: [{kind: ServiceAccount, name: curl, namespace: app}]
+  ipAddresses: [203.0.113.10/32]
+  ports: [{number: 80, protocol: http}]
+EOF
+kc apply -f "$work/egress.yaml" >/dev/null
+check "an Egress for app/curl allows it" becomes "$(pod_dir "$uid_curl")" allowed
+check "egressctl check --from app/curl names the Egress (row 7)" \
+  bash -c "'$egressctl' --config '$work/egressd.yaml' check --from app/curl --to 203.0.113.10:80 | grep -q 'ALLOW.*Egress app/web.*row 7'"
+check "egressctl check --from app/other: row 8" \
+  bash -c "'$egressctl' --config '$work/egressd.yaml' check --from app/other --to 203.0.113.10:80 | grep -q 'DENY.*row 8'"
+kc delete egress web -n app >/dev/null
+check "the Egress deleted: denied" becomes "$(pod_dir "$uid_curl")" denied
+
+# The watch expires while an Egress is deleted: the agent's watch resumes from
+# a compacted resourceVersion, gets 410, lists again and drops the Egress.
+kc apply -f "$work/egress.yaml" >/dev/null
+check "the Egress again: allowed" becomes "$(pod_dir "$uid_curl")" allowed
+control watches/stall '{"pathPrefix": "/apis/policy.flomesh.io"}'
+kc delete egress web -n app >/dev/null
+control compact '{}'
+control watches/reset '{"mode": "close", "pathPrefix": "/apis/policy.flomesh.io"}'
+control watches/release '{}'
+check "deleted during an expired watch: denied after the relist" becomes "$(pod_dir "$uid_curl")" denied
+check "  ...the agent counted it (410, relist)" test "$(status_field "[r['relists'] for r in s['kubernetes']['resources'] if r['resource'] == 'egresses'][0] > 0")" = True
+
+# The token rotates: the agent re-reads its token file on the 401.
+control token "{\"token\": \"rotated-$RANDOM\"}"
+control watches/reset '{"mode": "close"}'
+kc patch meshconfig fsm-mesh-config -n fsm-system --type=merge -p '{"spec":{"traffic":{"enableEgress":true}}}' >/dev/null
+check "after a token rotation the agent still follows kubectl patch" becomes "$(pod_dir "$uid_curl")" allowed
+kc patch meshconfig fsm-mesh-config -n fsm-system --type=merge -p '{"spec":{"traffic":{"enableEgress":false}}}' >/dev/null
+check "  ...and back" becomes "$(pod_dir "$uid_curl")" denied
+
+# A pod whose Pod object comes before its cgroup.
+control objects "{\"op\": \"upsert\", \"object\": $(pod_json late "$uid_late")}"
+sleep 0.5
+check "a pod without its cgroup yet is waiting" \
+  test "$(status_field "len(s['kubernetes']['podsWaitingForCgroup'])")" = 1
+mkdir -p "$(pod_dir "$uid_late")"
+check "its cgroup appears: enforced" becomes "$(pod_dir "$uid_late")" denied
+
+# Killed with -9: enforcement stays; a pod deleted meanwhile is detached after the relist.
+kill -9 "$agent_pid"; wait "$agent_pid" 2>/dev/null; agent_pid=
+check "agent killed: the pod stays denied" test "$(verdict_in "$(pod_dir "$uid_curl")")" = denied
+control objects "{\"op\": \"delete\", \"apiVersion\": \"v1\", \"kind\": \"Pod\", \"namespace\": \"app\", \"name\": \"late\"}"
+check "agent restarted: adopts and syncs" start_agent
+check "the restarted agent still denies the meshed pod" test "$(verdict_in "$(pod_dir "$uid_curl")")" = denied
+check "the pod deleted while it was away is no longer enforced" becomes "$(pod_dir "$uid_late")" allowed
+check "adopted its pinned links" grep -q "adopted the pinned maps" "$work/agent.log"
+
+# The API server goes away: the last state keeps being enforced.
+kill "$fake_pid"; wait "$fake_pid" 2>/dev/null; fake_pid=
+sleep 1
+check "API server down: still denied" test "$(verdict_in "$(pod_dir "$uid_curl")")" = denied
+check "API server down: the agent runs" kill -0 "$agent_pid"
+check "API server down: /readyz says what is stale" \
+  bash -c "curl -s http://127.0.0.1:$(status_field "s['httpPort']")/readyz | grep -q 'API server'"
+# Back (a new server on the same port, its state from the seed): the agent
+# lists again and follows it.
+start_fake "$port"
+kc patch meshconfig fsm-mesh-config -n fsm-system --type=merge -p '{"spec":{"traffic":{"enableEgress":true}}}' >/dev/null
+check "API server back: the agent follows kubectl patch again" becomes "$(pod_dir "$uid_curl")" allowed
+
+if [ "$failed" -gt 0 ]; then echo "---- agent log"; tail -50 "$work/agent.log"; fi
+finish

@@ -1,0 +1,102 @@
+// The agent in Kubernetes mode: start-up, and the first generation after the
+// first full sync. The inputs come from the API server (agent/kube_source.h);
+// until every collection is listed the agent is not ready, and whatever an
+// earlier agent pinned keeps enforcing: nothing is flushed, nothing opens.
+#include <chrono>
+
+#include "agent/agent.h"
+#include "common/log.h"
+#include "kernel/mounts.h"
+#include "kernel/pins.h"
+
+namespace egressd {
+
+namespace fs = std::filesystem;
+
+// The pods' parent cgroup is found on the host's cgroup2 mount (cgroupMount:
+// in a pod, /proc/mounts shows the container's own cgroup namespace).
+Status Agent::prepare_kubernetes() {
+    fs::path mount = config_.cgroup_mount;
+    if (mount.empty()) {
+        auto found = find_cgroup2_mount();
+        if (!found) return found.error();
+        mount = *found;
+    }
+    auto root = k8s::detect_pods_root(mount, config_.cgroup);
+    if (!root) return root.error().with_context(config_.source_file.string() + ": cgroup");
+    auto pods_root = open_existing_cgroup(mount / root->path);
+    if (!pods_root) return pods_root.error();
+    cgroup_ = *pods_root;
+    cgroup_level_ = cgroup_level(cgroup_.path, mount);
+    if (auto ok = ensure_bpffs_dir(config_.bpffs); !ok) return ok.error();
+    auto lock = AgentLock::acquire(config_.bpffs);
+    if (!lock) return lock.error();
+    lock_.emplace(std::move(*lock));
+    HostResolver::Options options;
+    options.dns_server = config_.dns_server;
+    auto resolver = HostResolver::start(options);
+    if (!resolver) return resolver.error().with_context(config_.source_file.string() + ": dnsServer");
+    resolver_ = std::move(*resolver);
+    auto source = KubeSource::start(config_, mount, *root);
+    if (!source) return source.error();
+    kube_ = std::move(*source);
+    log::info("Kubernetes mode: node {}, pods under {} (level {}), {} from {}",
+              kube_->status()["node"].get<std::string>(), cgroup_.path.string(), cgroup_level_,
+              std::string(mesh_name(config_.kubernetes->mesh)), kube_->status()["server"].get<std::string>());
+    return {};
+}
+
+Status Agent::wait_for_first_sync() {
+    telemetry_->set_ready(false, "waiting for the first sync from the API server");
+    write_status();
+    on_kubernetes_changed();  // the reflectors may have listed already
+    return {};
+}
+
+void Agent::on_kubernetes_changed() {
+    const unsigned inputs = kube_->pending();
+    if (!kube_->synced()) {
+        telemetry_->set_ready(false, kube_->not_ready_reason());
+        write_status();
+        return;
+    }
+    if (!first_sync_applied_) {
+        apply_first_sync();
+        return;
+    }
+    if (inputs != 0) on_inputs_changed(inputs, false);
+    // A failing watch makes the inputs stale: say what, and since when. The
+    // last error of an input (a bad MeshConfig) has precedence.
+    if (!last_error_) {
+        const std::string stale = kube_->not_ready_reason();
+        telemetry_->set_ready(stale.empty(), stale);
+        write_status();
+    }
+}
+
+void Agent::apply_first_sync() {
+    const auto started = std::chrono::steady_clock::now();
+    if (!reload_mesh_config(true) && mesh_.name.empty()) {
+        write_status();  // the error is recorded: not ready, retried on the next change
+        return;
+    }
+    reload_policies();
+    reload_hosts();
+    reload_workloads();
+    // The list of pods is complete: pods pinned by an earlier agent and gone
+    // meanwhile are detached now, the others adopted.
+    reconciler_->adopt_pinned_workloads(pinned_workload_keys(config_.bpffs));
+    if (!apply_inputs(started)) return;
+    if (auto pinned = datapath_->pin_maps_once(); !pinned) {
+        record_error("pinning the maps: " + pinned.error().describe());
+        return;
+    }
+    first_sync_applied_ = true;
+    log::info("first sync applied: generation {}, {} policies, {} pods enforced, {} waiting for their cgroup",
+              reconciler_->applied().generation, reconciler_->applied_policies(), reconciler_->attached().size(),
+              reconciler_->waiting().size());
+    publish_telemetry();
+    write_status();
+}
+
+}  // namespace egressd

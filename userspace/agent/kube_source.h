@@ -1,0 +1,84 @@
+// The inputs from the API server (Kubernetes mode): the MeshConfig, the
+// Egress policies, and the meshed pods of this node with their cgroups. One
+// reflector per collection (k8s/reflector.h) keeps each in memory; this class
+// turns their stores into the reconciler's inputs, and finds the pods'
+// cgroups, waiting for those that do not exist yet (k8s/cgroup_waiter.h).
+//
+// The agent polls nothing: fd() becomes readable when a store changed or a
+// cgroup appeared or went, and the agent then asks for what changed.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/fd.h"
+#include "common/result.h"
+#include "core/agent_config.h"
+#include "core/egress_policy.h"
+#include "core/kube_objects.h"
+#include "core/meshconfig.h"
+#include "core/workloads.h"
+#include "k8s/cgroup_waiter.h"
+#include "k8s/pod_cgroup.h"
+#include "k8s/reflector.h"
+
+namespace egressd {
+
+class KubeSource {
+public:
+    enum Input : unsigned { kMesh = 1, kPolicies = 2, kWorkloads = 4, kAll = 7 };
+
+    // Connects with the settings' credentials (kubeconfig or in-cluster) and
+    // starts the reflectors. `pods_root` is where the node's pod cgroups are.
+    static Result<std::unique_ptr<KubeSource>> start(const AgentConfig& config, std::filesystem::path cgroup_mount,
+                                                     k8s::PodsRoot pods_root);
+    ~KubeSource();
+
+    int fd() const { return wake_.get(); }
+    // Also readable on changes: pod cgroups made or removed below the pods root.
+    int cgroup_fd() const { return cgroups_->fd(); }
+    // The inputs whose store (or, for workloads, cgroups) changed since the last call.
+    unsigned pending();
+
+    // Every collection has completed its first LIST: the inputs are complete.
+    bool synced() const;
+    // Why the agent is not ready yet (or what is stale), "" when all is well.
+    std::string not_ready_reason() const;
+
+    // The MeshConfig when it changed; an error when it is missing or invalid
+    // (the agent keeps the last good one).
+    Result<std::optional<MeshConfig>> read_mesh();
+    PolicySet read_policies() const;
+    // The meshed pods of this node whose cgroup exists, as workloads with
+    // attach keys; those whose cgroup is missing are counted in status().
+    std::vector<Workload> read_workloads();
+
+    // For the status file and egressctl status: per resource, what was
+    // listed and watched; the enforced pods.
+    nlohmann::json status() const;
+
+private:
+    KubeSource(const AgentConfig& config, std::filesystem::path cgroup_mount, k8s::PodsRoot pods_root);
+    Status start_reflectors();
+    void notify();
+
+    const AgentConfig& config_;
+    const std::filesystem::path cgroup_mount_;
+    const k8s::PodsRoot pods_root_;
+    const std::string node_name_;
+    UniqueFd wake_;  // eventfd, written by the reflectors' threads
+    std::shared_ptr<k8s::Client> client_;
+    std::unique_ptr<k8s::CgroupWaiter> cgroups_;
+    std::unique_ptr<k8s::Reflector> mesh_configs_, egresses_, namespaces_, pods_;
+    uint64_t seen_mesh_ = 0, seen_egresses_ = 0, seen_namespaces_ = 0, seen_pods_ = 0;
+    std::optional<std::string> mesh_json_;  // the MeshConfig object last read, as JSON text
+    kube::PodSelection selection_;
+    std::vector<std::string> pods_waiting_;  // meshed pods whose cgroup is not there yet
+};
+
+}  // namespace egressd
