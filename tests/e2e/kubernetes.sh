@@ -118,7 +118,6 @@ cgroupMount: $cg2
 bpffs: $pins
 runDir: $work/run
 httpAddress: "127.0.0.1:0"
-meshCIDRs: [10.244.0.0/16]
 events: {log: $work/events.log}
 kubernetes:
   kubeconfig: $work/kubeconfig
@@ -141,7 +140,7 @@ in_cgroup() {
   local dir=$1; shift
   sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$@"' sh "$dir" "$client" "$@"
 }
-verdict_in() { in_cgroup "$1" python3 "$probe" once 203.0.113.10 80; }
+verdict_in() { in_cgroup "$1" python3 "$probe" once "${2:-203.0.113.10}" 80; }
 # Waits up to 5 s for the verdict $2 in cgroup $1.
 becomes() {
   for _ in $(seq 50); do [ "$(verdict_in "$1")" = "$2" ] && return 0; sleep 0.1; done
@@ -153,6 +152,10 @@ check "agent starts and enforces the meshed pod after the first sync" start_agen
 check "the meshed pod is denied (enableEgress false, no policy)" test "$(verdict_in "$(pod_dir "$uid_curl")")" = denied
 check "a pod without the proxy label carries no program" test "$(verdict_in "$(pod_dir "$uid_plain")")" = allowed
 check "a process in the pods' parent carries no program" test "$(verdict_in "$pods_root")" = allowed
+check "meshCIDRs from the node's spec.podCIDR" grep -q "meshCIDRs from the cluster: 10.244.1.0/24" "$work/agent.log"
+# No route leads there: the hook allowed it (row 5) when the network answers unreachable.
+check "  ...a pod address is not denied (row 5)" test "$(verdict_in "$(pod_dir "$uid_curl")" 10.244.1.7)" = ENETUNREACH
+check "  ...another address is" test "$(verdict_in "$(pod_dir "$uid_curl")" 10.245.1.7)" = denied
 check "status names the API server and the enforced pod" \
   test "$(status_field "s['kubernetes']['enforcedPods'][0]['uid']")" = "$uid_curl"
 

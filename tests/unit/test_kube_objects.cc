@@ -7,6 +7,8 @@
 #include "core/kube_objects.h"
 #include "test_support.h"
 
+#include <algorithm>
+
 using namespace egressd;
 using namespace egressd::kube;
 using nlohmann::json;
@@ -33,8 +35,8 @@ json egress(const std::string& ns, const std::string& name, json spec) {
                 {"spec", spec}};
 }
 
-json pod(const std::string& ns, const std::string& name, const std::string& uid, json labels, json spec = json::object(),
-         json status = {{"phase", "Running"}, {"qosClass", "Burstable"}}) {
+json pod(const std::string& ns, const std::string& name, const std::string& uid, json labels,
+         json spec = json::object(), json status = {{"phase", "Running"}, {"qosClass", "Burstable"}}) {
     if (!spec.contains("serviceAccountName")) spec["serviceAccountName"] = name + "-sa";
     spec["nodeName"] = "node-1";
     return json{{"metadata", {{"name", name}, {"namespace", ns}, {"uid", uid}, {"labels", labels}}},
@@ -120,4 +122,32 @@ TEST_CASE("kube: meshed pods are the injected pods of monitored namespaces, neve
     // Another mesh name selects the other namespace; OSM's label is another key.
     CHECK(meshed_pods(pods, namespaces, fsm, "blue").pods.size() == 1);
     CHECK(meshed_pods(pods, namespaces, mesh_conventions(Mesh::osm), "fsm").pods.empty());
+}
+
+TEST_CASE("kube: the cluster's ranges: nodes' pod CIDRs (both families) and ServiceCIDRs") {
+    Objects nodes{
+        {"a",
+         {{"metadata", {{"name", "a"}}},
+          {"spec", {{"podCIDR", "10.244.1.0/24"}, {"podCIDRs", {"10.244.1.0/24", "fd00:10:244:1::/64"}}}}}},
+        {"b",
+         {{"metadata", {{"name", "b"}}}, {"spec", {{"podCIDR", "10.244.2.0/24"}}}}},  // podCIDR alone (older nodes)
+        {"c", {{"metadata", {{"name", "c"}}}, {"spec", json::object()}}},             // not allocated yet
+        {"d", {{"metadata", {{"name", "d"}}}, {"spec", {{"podCIDRs", {"10.244.300.0/24"}}}}}},
+    };
+    Objects service_cidrs{
+        {"kubernetes",
+         {{"metadata", {{"name", "kubernetes"}}}, {"spec", {{"cidrs", {"10.96.0.0/12", "fd00:10:96::/112"}}}}}},
+        {"again", {{"metadata", {{"name", "again"}}}, {"spec", {{"cidrs", {"10.96.0.0/12"}}}}}},
+    };
+    std::vector<std::string> problems;
+    std::vector<std::string> texts = egressd::test::cidr_texts(cluster_cidrs(nodes, service_cidrs, problems));
+    std::sort(texts.begin(), texts.end());
+    CHECK(texts == std::vector<std::string>{"10.244.1.0/24", "10.244.2.0/24", "10.96.0.0/12", "fd00:10:244:1::/64",
+                                            "fd00:10:96::/112"});
+    REQUIRE(problems.size() == 1);
+    CHECK_MESSAGE(problems[0].find("Node d spec.podCIDRs: \"10.244.300.0/24\"") != std::string::npos, problems[0]);
+
+    std::vector<std::string> none;
+    CHECK(cluster_cidrs({}, {}, none).empty());
+    CHECK(none.empty());
 }

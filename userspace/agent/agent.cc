@@ -272,6 +272,7 @@ void Agent::on_inputs_changed(unsigned inputs, bool force) {
     if (inputs & kPolicies) changed |= reload_policies();
     if (inputs & kWorkloads) changed |= reload_workloads();
     if (inputs & kHosts) changed |= reload_hosts();
+    if (inputs & kMeshCidrs) changed |= reload_mesh_cidrs();
     if ((changed || force) && (!kube_ || first_sync_applied_)) apply_inputs(started);
     publish_telemetry();
     write_status();
@@ -282,6 +283,7 @@ bool Agent::apply_inputs(std::chrono::steady_clock::time_point started) {
     reconciler_->set_mesh(mesh_);
     reconciler_->set_policies(policies_.policies);
     reconciler_->set_workloads(workloads_);
+    if (cluster_cidrs_) reconciler_->set_mesh_cidrs(*cluster_cidrs_);
     std::map<std::string, std::vector<IpAddress>> addresses;
     for (const auto& [host, state] : hosts_) addresses[host] = state.addresses;
     reconciler_->set_host_addresses(std::move(addresses));

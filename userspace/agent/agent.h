@@ -54,7 +54,8 @@ private:
         kPolicies = FileSources::kPolicies,
         kWorkloads = FileSources::kWorkloads,
         kHosts = 8,
-        kAll = FileSources::kAll | kHosts
+        kMeshCidrs = KubeSource::kMeshCidrs,
+        kAll = FileSources::kAll | kHosts | kMeshCidrs
     };
 
     explicit Agent(const AgentConfig& config) : config_(config) {}
@@ -82,6 +83,7 @@ private:
     bool reload_policies();
     bool reload_workloads();
     bool reload_hosts();
+    bool reload_mesh_cidrs();
     // True when the generation was applied.
     bool apply_inputs(std::chrono::steady_clock::time_point started);
     // Decision events from the kernel: named, logged, kept for /events.
@@ -114,6 +116,7 @@ private:
     PolicySet policies_;  // with the errors and notes of the last load
     std::vector<Workload> workloads_;
     std::map<std::string, HostState> hosts_;
+    std::optional<std::vector<Cidr>> cluster_cidrs_;  // Kubernetes mode without meshCIDRs in the settings
 
     UniqueFd memory_release_;  // timerfd: malloc_trim a second after the last change
     std::string started_at_;

@@ -83,6 +83,15 @@ void Agent::apply_first_sync() {
     reload_policies();
     reload_hosts();
     reload_workloads();
+    reload_mesh_cidrs();
+    if (config_.mesh_cidrs.empty() && (!cluster_cidrs_ || cluster_cidrs_->empty())) {
+        // In-mesh traffic would be denied: enforce nothing rather than that.
+        record_error(
+            "no meshCIDRs: none in the settings, and no node has spec.podCIDRs and no ServiceCIDR is served; "
+            "set meshCIDRs to the pod and service ranges");
+        write_status();
+        return;
+    }
     // The list of pods is complete: pods pinned by an earlier agent and gone
     // meanwhile are detached now, the others adopted.
     reconciler_->adopt_pinned_workloads(pinned_workload_keys(config_.bpffs));
@@ -97,6 +106,25 @@ void Agent::apply_first_sync() {
               reconciler_->waiting().size());
     publish_telemetry();
     write_status();
+}
+
+// The cluster's ranges as meshCIDRs (without meshCIDRs in the settings). An
+// empty set after the first sync keeps the last good one.
+bool Agent::reload_mesh_cidrs() {
+    if (!kube_) return false;
+    std::vector<std::string> problems;
+    auto found = kube_->read_mesh_cidrs(problems);
+    for (const auto& problem : problems) log::error("meshCIDRs: {} (left out)", problem);
+    if (!found || found == cluster_cidrs_) return false;
+    if (found->empty() && cluster_cidrs_) {
+        record_error("no pod or service ranges left in the cluster; the last meshCIDRs stay in force");
+        return false;
+    }
+    std::string ranges;
+    for (const auto& cidr : *found) ranges += (ranges.empty() ? "" : ", ") + cidr.str();
+    log::info("meshCIDRs from the cluster: {}", ranges.empty() ? "(none)" : ranges);
+    cluster_cidrs_ = std::move(*found);
+    return true;
 }
 
 }  // namespace egressd

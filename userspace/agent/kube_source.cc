@@ -67,6 +67,8 @@ KubeSource::KubeSource(const AgentConfig& config, std::filesystem::path cgroup_m
 
 KubeSource::~KubeSource() {
     // The reflectors' threads call notify(): stop them before the eventfd goes.
+    service_cidrs_.reset();
+    nodes_.reset();
     pods_.reset();
     namespaces_.reset();
     egresses_.reset();
@@ -109,6 +111,16 @@ Status KubeSource::start_reflectors() {
         if (!started) return started.error().with_context("watching " + resource.describe());
         *reflector = std::move(*started);
     }
+    if (!config_.mesh_cidrs.empty()) return {};
+    const std::pair<std::unique_ptr<k8s::Reflector>*, k8s::Resource> ranges[] = {
+        {&nodes_, {"", "v1", "nodes", "", "", ""}},
+        {&service_cidrs_, {"networking.k8s.io", "", "servicecidrs", "", "", ""}},
+    };
+    for (const auto& [reflector, resource] : ranges) {
+        auto started = k8s::Reflector::start(client_, watch_of(resource), wake);
+        if (!started) return started.error().with_context("watching " + resource.describe());
+        *reflector = std::move(*started);
+    }
     return {};
 }
 
@@ -125,13 +137,16 @@ unsigned KubeSource::pending() {
     if (mesh_configs_->revision() != seen_mesh_) inputs |= kMesh;
     if (egresses_->revision() != seen_egresses_) inputs |= kPolicies;
     if (namespaces_->revision() != seen_namespaces_ || pods_->revision() != seen_pods_) inputs |= kWorkloads;
+    if (nodes_ && nodes_->revision() + service_cidrs_->revision() != seen_ranges_) inputs |= kMeshCidrs;
     return inputs;
 }
 
 bool KubeSource::synced() const {
     // A missing Egress CRD is not a reason to wait: no policies, said in status.
+    const bool ranges_synced =
+        !nodes_ || (nodes_->stats().synced && (service_cidrs_->stats().synced || service_cidrs_->stats().missing));
     return mesh_configs_->stats().synced && (egresses_->stats().synced || egresses_->stats().missing) &&
-           namespaces_->stats().synced && pods_->stats().synced;
+           namespaces_->stats().synced && pods_->stats().synced && ranges_synced;
 }
 
 std::string KubeSource::not_ready_reason() const {
@@ -174,6 +189,12 @@ Result<std::optional<MeshConfig>> KubeSource::read_mesh() {
     return std::optional<MeshConfig>(std::move(*mesh));
 }
 
+std::optional<std::vector<Cidr>> KubeSource::read_mesh_cidrs(std::vector<std::string>& problems) {
+    if (!nodes_) return std::nullopt;
+    seen_ranges_ = nodes_->revision() + service_cidrs_->revision();
+    return kube::cluster_cidrs(*nodes_->objects(), *service_cidrs_->objects(), problems);
+}
+
 PolicySet KubeSource::read_policies() const { return kube::policies_from_objects(*egresses_->objects()); }
 
 std::vector<Workload> KubeSource::read_workloads() {
@@ -203,6 +224,12 @@ nlohmann::json KubeSource::status() const {
     for (const auto& pod : selection_.pods) {
         pods.push_back({{"pod", pod.namespace_ + "/" + pod.name}, {"uid", pod.uid}, {"identity", pod.identity.str()}});
     }
+    nlohmann::json resources = {stats_json(*mesh_configs_, "meshconfigs"), stats_json(*egresses_, "egresses"),
+                                stats_json(*namespaces_, "namespaces"), stats_json(*pods_, "pods")};
+    if (nodes_) {
+        resources.push_back(stats_json(*nodes_, "nodes"));
+        resources.push_back(stats_json(*service_cidrs_, "servicecidrs"));
+    }
     return {{"source", "api-server"},
             {"server", client_->config().server},
             {"credentials", client_->config().source},
@@ -210,9 +237,7 @@ nlohmann::json KubeSource::status() const {
             {"mesh", std::string(mesh_name(k8s.mesh))},
             {"meshName", k8s.mesh_name},
             {"podsRoot", pods_root_.path},
-            {"resources",
-             {stats_json(*mesh_configs_, "meshconfigs"), stats_json(*egresses_, "egresses"),
-              stats_json(*namespaces_, "namespaces"), stats_json(*pods_, "pods")}},
+            {"resources", resources},
             {"meshedPods", pods},
             {"podsWaitingForCgroup", pods_waiting_},
             {"podsNotMeshed", selection_.not_meshed},

@@ -31,7 +31,7 @@ namespace egressd {
 
 class KubeSource {
 public:
-    enum Input : unsigned { kMesh = 1, kPolicies = 2, kWorkloads = 4, kAll = 7 };
+    enum Input : unsigned { kMesh = 1, kPolicies = 2, kWorkloads = 4, kMeshCidrs = 16, kAll = 7 | 16 };
 
     // Connects with the settings' credentials (kubeconfig or in-cluster) and
     // starts the reflectors. `pods_root` is where the node's pod cgroups are.
@@ -54,6 +54,9 @@ public:
     // (the agent keeps the last good one).
     Result<std::optional<MeshConfig>> read_mesh();
     PolicySet read_policies() const;
+    // meshCIDRs found in the cluster (nodes' pod ranges, ServiceCIDRs), when
+    // the settings give none; nullopt when the settings give them.
+    std::optional<std::vector<Cidr>> read_mesh_cidrs(std::vector<std::string>& problems);
     // The meshed pods of this node whose cgroup exists, as workloads with
     // attach keys; those whose cgroup is missing are counted in status().
     std::vector<Workload> read_workloads();
@@ -75,7 +78,9 @@ private:
     std::shared_ptr<k8s::Client> client_;
     std::unique_ptr<k8s::CgroupWaiter> cgroups_;
     std::unique_ptr<k8s::Reflector> mesh_configs_, egresses_, namespaces_, pods_;
-    uint64_t seen_mesh_ = 0, seen_egresses_ = 0, seen_namespaces_ = 0, seen_pods_ = 0;
+    // Only without meshCIDRs in the settings: where the cluster's ranges are.
+    std::unique_ptr<k8s::Reflector> nodes_, service_cidrs_;
+    uint64_t seen_mesh_ = 0, seen_egresses_ = 0, seen_namespaces_ = 0, seen_pods_ = 0, seen_ranges_ = 0;
     std::optional<std::string> mesh_json_;  // the MeshConfig object last read, as JSON text
     kube::PodSelection selection_;
     std::vector<std::string> pods_waiting_;  // meshed pods whose cgroup is not there yet

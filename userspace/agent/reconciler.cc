@@ -143,7 +143,14 @@ Status Reconciler::apply(std::vector<std::string>& problems) {
     for (const auto& [cgroup_id, number] : *workload_ids) used.insert(number);
     PolicyInputs policy_inputs{&policies_,       &host_addresses_, &identities_,
                                &policy_numbers_, cgroup_level_,    &policy_rule_cache_};
-    auto built = build_image(config_, mesh_, applied_image_->generation + 1, policy_inputs);
+    AgentConfig with_cluster_ranges;
+    const AgentConfig* settings = &config_;
+    if (mesh_cidrs_) {
+        with_cluster_ranges = config_;
+        with_cluster_ranges.mesh_cidrs = *mesh_cidrs_;
+        settings = &with_cluster_ranges;
+    }
+    auto built = build_image(*settings, mesh_, applied_image_->generation + 1, policy_inputs);
     if (!built) return built.error();
     // Shared with the datapath's record of the slot: 100k entries are not copied.
     const auto image = std::make_shared<const MapImage>(std::move(*built));

@@ -42,6 +42,8 @@ public:
     void set_host_addresses(std::map<std::string, std::vector<IpAddress>> addresses) {
         host_addresses_ = std::move(addresses);
     }
+    // meshCIDRs found in the cluster, in place of the settings' (which are empty then).
+    void set_mesh_cidrs(std::vector<Cidr> cidrs) { mesh_cidrs_ = std::move(cidrs); }
     const MeshConfig& mesh() const { return mesh_; }
 
     // Builds the next generation from the inputs and publishes it. A
@@ -88,6 +90,7 @@ private:
     std::vector<EgressPolicy> policies_;
     std::vector<Workload> workloads_;
     std::map<std::string, std::vector<IpAddress>> host_addresses_;
+    std::optional<std::vector<Cidr>> mesh_cidrs_;
 
     IdentityRegistry identities_;
     PolicyRegistry policy_numbers_;

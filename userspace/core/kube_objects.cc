@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <set>
 #include <tuple>
 
 #include "common/json_text.h"
@@ -82,8 +83,7 @@ MeshedPod meshed_pod(const nlohmann::json& pod) {
     meshed.uid = text_at(metadata, "uid");
     // A static pod's cgroup is named after the kubelet's config hash, which
     // its mirror pod carries; the mirror's own uid names nothing on the node.
-    if (const std::string mirror = text_at(at(metadata, "annotations"), "kubernetes.io/config.mirror");
-        !mirror.empty())
+    if (const std::string mirror = text_at(at(metadata, "annotations"), "kubernetes.io/config.mirror"); !mirror.empty())
         meshed.uid = mirror;
     std::string account = text_at(at(pod, "spec"), "serviceAccountName");
     if (account.empty()) account = "default";  // what the API server fills in
@@ -124,6 +124,40 @@ PodSelection meshed_pods(const Objects& pods, const Objects& namespaces, const M
     std::sort(selection.pods.begin(), selection.pods.end(),
               [](const MeshedPod& a, const MeshedPod& b) { return a.uid < b.uid; });
     return selection;
+}
+
+namespace {
+
+void add_ranges(const nlohmann::json& list, const std::string& owner, std::set<Cidr>& into,
+                std::vector<std::string>& problems) {
+    if (!list.is_array()) return;
+    for (const auto& item : list) {
+        const std::string text = item.is_string() ? item.get<std::string>() : json_text(item);
+        auto cidr = Cidr::parse(text);
+        if (cidr)
+            into.insert(*cidr);
+        else
+            problems.push_back(fmt::format("{}: \"{}\" is not a CIDR: {}", owner, text, cidr.error().message));
+    }
+}
+
+}  // namespace
+
+std::vector<Cidr> cluster_cidrs(const Objects& nodes, const Objects& service_cidrs,
+                                std::vector<std::string>& problems) {
+    std::set<Cidr> ranges;
+    for (const auto& [key, node] : nodes) {
+        const auto& spec = at(node, "spec");
+        const nlohmann::json& pod_cidrs = at(spec, "podCIDRs");
+        if (pod_cidrs.is_array() && !pod_cidrs.empty())
+            add_ranges(pod_cidrs, object_name(node, "Node") + " spec.podCIDRs", ranges, problems);
+        else if (at(spec, "podCIDR").is_string())
+            add_ranges(nlohmann::json::array({at(spec, "podCIDR")}), object_name(node, "Node") + " spec.podCIDR",
+                       ranges, problems);
+    }
+    for (const auto& [key, range] : service_cidrs)
+        add_ranges(at(at(range, "spec"), "cidrs"), object_name(range, "ServiceCIDR") + " spec.cidrs", ranges, problems);
+    return {ranges.begin(), ranges.end()};
 }
 
 }  // namespace egressd::kube

@@ -60,4 +60,11 @@ struct PodSelection {
 PodSelection meshed_pods(const Objects& pods, const Objects& namespaces, const MeshConventions& mesh,
                          const std::string& mesh_name);
 
+// The cluster's own ranges, for meshCIDRs when the settings give none: every
+// node's spec.podCIDRs (or spec.podCIDR), both families, and the ServiceCIDR
+// objects' spec.cidrs (networking.k8s.io, where served): a connect() sees a
+// Service's cluster IP before kube-proxy translates it. Sorted, unique. A
+// range that does not parse is named in `problems` and left out.
+std::vector<Cidr> cluster_cidrs(const Objects& nodes, const Objects& service_cidrs, std::vector<std::string>& problems);
+
 }  // namespace egressd::kube
