@@ -203,6 +203,12 @@ control watches/release '{}'
 check "deleted during an expired watch: denied after the relist" becomes "$(pod_dir "$uid_curl")" denied
 check "  ...the agent counted it (410, relist)" test "$(status_field "[r['relists'] for r in s['kubernetes']['resources'] if r['resource'] == 'egresses'][0] > 0")" = True
 
+check "/metrics counts the relist per resource, and parses" bash -c "
+  m=\$(curl -s http://127.0.0.1:$(status_field "s['httpPort']")/metrics) &&
+  echo \"\$m\" | '$bin/prom_check' >/dev/null &&
+  echo \"\$m\" | grep -Eq '^egressd_kubernetes_relists_total\{resource=\"egresses\"\} [1-9]' &&
+  echo \"\$m\" | grep -q '^egressd_kubernetes_synced{resource=\"pods\"} 1'"
+
 # The token rotates: the agent re-reads its token file on the 401.
 control token "{\"token\": \"rotated-$RANDOM\"}"
 control watches/reset '{"mode": "close"}'

@@ -47,6 +47,9 @@ Status Agent::prepare_kubernetes() {
 }
 
 Status Agent::wait_for_first_sync() {
+    if (auto watched = telemetry_->watch_resources([source = kube_.get()] { return source->watched_resources(); });
+        !watched)
+        return watched.error();
     telemetry_->set_ready(false, "waiting for the first sync from the API server");
     write_status();
     on_kubernetes_changed();  // the reflectors may have listed already

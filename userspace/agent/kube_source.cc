@@ -218,6 +218,25 @@ std::vector<Workload> KubeSource::read_workloads() {
     return workloads;
 }
 
+std::vector<Telemetry::WatchedResource> KubeSource::watched_resources() const {
+    std::vector<Telemetry::WatchedResource> all;
+    const std::pair<const k8s::Reflector*, const char*> reflectors[] = {{mesh_configs_.get(), "meshconfigs"},
+                                                                        {egresses_.get(), "egresses"},
+                                                                        {namespaces_.get(), "namespaces"},
+                                                                        {pods_.get(), "pods"},
+                                                                        {nodes_.get(), "nodes"},
+                                                                        {service_cidrs_.get(), "servicecidrs"}};
+    for (const auto& [reflector, name] : reflectors) {
+        if (!reflector) continue;
+        const k8s::ReflectorStats s = reflector->stats();
+        const double last_sync = s.last_sync == std::chrono::system_clock::time_point{}
+                                     ? 0
+                                     : std::chrono::duration<double>(s.last_sync.time_since_epoch()).count();
+        all.push_back({name, s.synced, s.lists, s.relists, s.watch_restarts, s.errors, last_sync});
+    }
+    return all;
+}
+
 nlohmann::json KubeSource::status() const {
     const KubernetesSettings& k8s = *config_.kubernetes;
     nlohmann::json pods = nlohmann::json::array();

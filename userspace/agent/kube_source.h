@@ -23,6 +23,7 @@
 #include "core/kube_objects.h"
 #include "core/meshconfig.h"
 #include "core/workloads.h"
+#include "agent/telemetry.h"
 #include "k8s/cgroup_waiter.h"
 #include "k8s/pod_cgroup.h"
 #include "k8s/reflector.h"
@@ -64,6 +65,8 @@ public:
     // For the status file and egressctl status: per resource, what was
     // listed and watched; the enforced pods.
     nlohmann::json status() const;
+    // Each watched resource's counters, for /metrics (thread-safe).
+    std::vector<Telemetry::WatchedResource> watched_resources() const;
 
 private:
     KubeSource(const AgentConfig& config, std::filesystem::path cgroup_mount, k8s::PodsRoot pods_root);

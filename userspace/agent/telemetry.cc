@@ -158,6 +158,31 @@ public:
 
     uint16_t http_port() const override { return server_ ? server_->port() : 0; }
 
+    Status watch_resources(std::function<std::vector<WatchedResource>()> read) override {
+        observe::Registrations r;
+        auto& g = registry_;
+        const std::vector<std::string> by_resource = {"resource"};
+        watch_families_.synced = r.take(g.gauge(
+            "egressd_kubernetes_synced", "1 once the resource's first LIST completed (Kubernetes mode).", by_resource));
+        watch_families_.lists = r.take(
+            g.counter("egressd_kubernetes_lists_total", "Complete LISTs of each watched resource.", by_resource));
+        watch_families_.relists =
+            r.take(g.counter("egressd_kubernetes_relists_total",
+                             "LISTs again after a 410 (history expired) or a too new resourceVersion.", by_resource));
+        watch_families_.restarts =
+            r.take(g.counter("egressd_kubernetes_watch_restarts_total",
+                             "WATCHes started again without a LIST (timeout, stall, error).", by_resource));
+        watch_families_.errors = r.take(g.counter("egressd_kubernetes_errors_total",
+                                                  "Failed requests and broken or stalled watch streams.", by_resource));
+        watch_families_.last_sync =
+            r.take(g.gauge("egressd_kubernetes_last_sync_timestamp_seconds",
+                           "When the resource's last complete LIST ended (Unix time).", by_resource));
+        if (!r.status()) return r.status().error().with_context("telemetry: registering metrics");
+        std::lock_guard lock(state_mutex_);
+        read_watched_ = std::move(read);
+        return {};
+    }
+
 private:
     Status register_metrics() {
         auto kernel = KernelMetrics::create(registry_, maps_);
@@ -214,6 +239,23 @@ private:
         return {503, kTextPlain, not_ready_reason_ + "\n"};
     }
 
+    void scrape_watched_resources() {
+        std::function<std::vector<WatchedResource>()> read;
+        {
+            std::lock_guard lock(state_mutex_);
+            read = read_watched_;
+        }
+        if (!read) return;
+        for (const auto& w : read()) {
+            watch_families_.synced->labels({w.resource}).set(w.synced ? 1 : 0);
+            watch_families_.lists->labels({w.resource}).set_total(static_cast<double>(w.lists));
+            watch_families_.relists->labels({w.resource}).set_total(static_cast<double>(w.relists));
+            watch_families_.restarts->labels({w.resource}).set_total(static_cast<double>(w.watch_restarts));
+            watch_families_.errors->labels({w.resource}).set_total(static_cast<double>(w.errors));
+            watch_families_.last_sync->labels({w.resource}).set(w.last_sync_unix_seconds);
+        }
+    }
+
     // Under log_mutex_. Logs a failing event log once, until it works again.
     void write_event_line(const std::string& line) {
         const int fd = log_fd_.valid() ? log_fd_.get() : STDERR_FILENO;
@@ -232,6 +274,7 @@ private:
     observe::Response metrics() {
         std::vector<RenderedFamily> families;
         kernel_->scrape(families);  // first: a failed read counts in this very scrape
+        scrape_watched_resources();
         split_families(registry_.render(), families);
         std::sort(families.begin(), families.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
         std::string body;
@@ -266,6 +309,13 @@ private:
     observe::Gauge* ready_gauge_ = nullptr;
 
     EventBuffer events_;
+
+    struct WatchFamilies {
+        observe::GaugeFamily* synced = nullptr;
+        observe::CounterFamily *lists = nullptr, *relists = nullptr, *restarts = nullptr, *errors = nullptr;
+        observe::GaugeFamily* last_sync = nullptr;
+    } watch_families_;
+    std::function<std::vector<WatchedResource>()> read_watched_;  // under state_mutex_
 
     std::mutex log_mutex_;
     UniqueFd log_fd_;           // invalid: stderr

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <vector>
 #include <memory>
 #include <optional>
 #include <string>
@@ -50,6 +52,18 @@ public:
     virtual void set_ready(bool ready, const std::string& reason) = 0;
     // Mode ("enforce" or "audit") and policy counts for /metrics.
     virtual void set_state(const std::string& mode, size_t policies, size_t policy_errors) = 0;
+
+    // Kubernetes mode: what each watched resource reports, read at scrape time
+    // for egressd_kubernetes_* (synced, lists, relists, watch restarts,
+    // errors, last sync). The callback must be safe to call from the HTTP
+    // threads for as long as the Telemetry lives.
+    struct WatchedResource {
+        std::string resource;
+        bool synced = false;
+        uint64_t lists = 0, relists = 0, watch_restarts = 0, errors = 0;
+        double last_sync_unix_seconds = 0;  // 0: never
+    };
+    virtual Status watch_resources(std::function<std::vector<WatchedResource>()> read) = 0;
 
     // The bound HTTP port (0 when disabled).
     virtual uint16_t http_port() const = 0;
