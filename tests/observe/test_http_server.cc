@@ -366,3 +366,10 @@ TEST_CASE("HttpServer: stops promptly") {
         CHECK_FALSE(connect_loopback(port).valid());
     }
 }
+
+TEST_CASE("http: which client addresses are loopback (for /events)") {
+    for (const char* yes : {"127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"})
+        CHECK_MESSAGE(observe::is_loopback_address(yes), yes);
+    for (const char* no : {"10.244.1.7", "198.18.255.1", "::2", "2001:db8::1", "::ffff:10.0.0.1", "", "localhost"})
+        CHECK_MESSAGE(!observe::is_loopback_address(no), no);
+}

@@ -282,7 +282,10 @@ private:
         return {200, observe::kPrometheusContentType, std::move(body)};
     }
 
+    // The events name workloads and destinations: kept to loopback clients
+    // when /metrics is served to the network (the DaemonSet's kubelet probes).
     observe::Response events(const observe::Request& request) const {
+        if (!request.from_loopback) return {403, kTextPlain, "/events is served to loopback clients only\n"};
         auto query = EventQuery::parse(request.params);
         if (!query.ok()) return {400, kTextPlain, query.error().message + "\n"};
         return {200, kJson, events_.select_json(*query)};

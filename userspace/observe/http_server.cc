@@ -21,6 +21,7 @@
 
 #include "common/fd.h"
 #include "common/log.h"
+#include "core/net.h"
 
 namespace egressd::observe {
 
@@ -108,6 +109,12 @@ int probe_bind_errno(const ListenAddress& address) {
 }
 
 }  // namespace
+
+bool is_loopback_address(const std::string& text) {
+    auto address = IpAddress::parse(text);
+    if (!address) return false;
+    return Cidr::parse("127.0.0.0/8")->contains(*address) || text == "::1";
+}
 
 Result<ListenAddress> parse_listen_address(const std::string& text) {
     auto address = parse_endpoint(text, {.default_port = std::nullopt, .port_zero = true});
@@ -218,7 +225,8 @@ struct HttpServer::Impl {
             response.set_content("not found\n", kTextPlain);
             return;
         }
-        Request handler_request{request.path, {request.params.begin(), request.params.end()}};
+        Request handler_request{
+            request.path, {request.params.begin(), request.params.end()}, is_loopback_address(request.remote_addr)};
         Response result;
         try {
             result = it->second(handler_request);

@@ -39,10 +39,16 @@ struct Response {
 };
 
 // What a handler may look at besides the path it was routed by.
+// A client address (as the server reports it) on loopback: 127.0.0.0/8, ::1,
+// or ::ffff:127.x.y.z.
+bool is_loopback_address(const std::string& text);
+
 struct Request {
     std::string path;
     // The query string's parameters, percent-decoded ("+" is a space), in order.
     std::multimap<std::string, std::string> params;
+    // The client's address is a loopback one (127.0.0.0/8, ::1, ::ffff:127.x).
+    bool from_loopback = false;
 
     // The first value of parameter `name`, if present.
     std::optional<std::string> param(const std::string& name) const {
