@@ -15,7 +15,6 @@ root=$(cd "$here/../.." && pwd)
 egressd=$bin/egressd
 egressctl=$bin/egressctl
 probe=$here/probe.py
-fake=$root/tests/k8s/fake_apiserver.py
 
 . "$here/lib.sh"
 
@@ -57,16 +56,8 @@ trap cleanup EXIT
 # ---- network: client namespace -> sink namespace (203.0.113.10:80) ---------
 make_test_network "$client" "$sink" "$work" || unavailable "cannot create network namespaces"
 
-# ---- the fake API server, with TLS and a token ----------------------------
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/ca.key" \
-  -out "$work/ca.crt" -days 2 -subj "/CN=egressd-e2e-ca" -addext "basicConstraints=critical,CA:TRUE" \
-  -addext "keyUsage=critical,keyCertSign,cRLSign" >/dev/null 2>&1
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/server.key" \
-  -out "$work/server.csr" -subj "/CN=127.0.0.1" >/dev/null 2>&1
-printf '%s\n' "subjectAltName=IP:127.0.0.1" "extendedKeyUsage=serverAuth" > "$work/ext.cnf"
-openssl x509 -req -in "$work/server.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial \
-  -out "$work/server.crt" -days 2 -extfile "$work/ext.cnf" >/dev/null 2>&1
-echo "token-$RANDOM-$RANDOM" > "$work/token"
+# ---- the fake API server, with TLS and a token (tests/k8s/fake/start.sh) ----
+. "$root/tests/k8s/fake/start.sh"
 
 pod_json() { # NAME UID [LABELS_JSON]
   cat <<EOF
@@ -88,25 +79,9 @@ cat > "$work/seed.json" <<EOF
  $(pod_json plain "$uid_plain" '{"app": "plain"}')
 ]}
 EOF
-start_fake() {
-  rm -f "$work/port"
-  python3 "$fake" --port "${1:-0}" --port-file "$work/port" --cert "$work/server.crt" --key "$work/server.key" \
-    --token-file "$work/token" --seed "$work/seed.json" --bookmark-interval 1 --exit-with-parent \
-    >>"$work/fake.log" 2>&1 &
-  fake_pid=$!
-  for _ in $(seq 100); do [ -s "$work/port" ] && return 0; sleep 0.1; done
-  return 1
-}
+start_fake() { start_fake_apiserver "$work" "$work/seed.json" "${1:-0}"; }
 start_fake || { cat "$work/fake.log"; unavailable "the fake API server did not start"; }
-port=$(cat "$work/port")
-cat > "$work/kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters: [{name: fake, cluster: {server: "https://127.0.0.1:$port", certificate-authority: $work/ca.crt}}]
-users: [{name: e2e, user: {tokenFile: $work/token}}]
-contexts: [{name: fake, context: {cluster: fake, user: e2e}}]
-current-context: fake
-EOF
+port=$fake_port
 kc() { kubectl --kubeconfig "$work/kubeconfig" "$@"; }
 control() { curl -sk -X POST "https://127.0.0.1:$port/_fake/$1" -H 'Content-Type: application/json' -d "$2" >/dev/null; }
 
