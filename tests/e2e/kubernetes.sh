@@ -6,10 +6,12 @@
 # leads to a sink namespace. Driven as an operator does: kubectl apply,
 # kubectl patch, kill -9 and restart.
 #
-# Usage: kubernetes.sh BIN_DIR (run by CTest as e2e-kubernetes, as root).
+# Usage: kubernetes.sh BIN_DIR [systemd|cgroupfs] (the kubelet's cgroup
+# driver the simulated node uses; CTest runs both, as root).
 set -uo pipefail
 
-bin=$(cd "${1:?usage: kubernetes.sh BIN_DIR}" && pwd)
+bin=$(cd "${1:?usage: kubernetes.sh BIN_DIR [systemd|cgroupfs]}" && pwd)
+driver=${2:-systemd}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 egressd=$bin/egressd
@@ -24,11 +26,16 @@ cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
 for tool in ip python3 openssl kubectl curl; do command -v $tool >/dev/null || unavailable "missing $tool"; done
 
 id=$$
+echo "# kubelet cgroup driver: $driver"
 work=$(mktemp -d /tmp/egressd-e2e-k8s.XXXXXX)
 pins=/sys/fs/bpf/egressd-e2e-k8s-$id
 node_rel=egressd-tests/k8s-$id  # the simulated node's cgroups, below the test parent
-pods_root=$cg2/$node_rel/kubepods.slice
-burstable=$pods_root/kubepods-burstable.slice
+case $driver in
+  systemd) pods_rel=kubepods.slice ;;
+  cgroupfs) pods_rel=kubepods ;;
+  *) echo "kubernetes.sh: unknown driver $driver" >&2; exit 2 ;;
+esac
+pods_root=$cg2/$node_rel/$pods_rel
 client=egtk${id}c
 sink=egtk${id}s
 agent_pid=
@@ -37,7 +44,11 @@ server_pid=
 uid_curl=2f0c1a2e-1111-4a4a-8b8b-000000000001
 uid_late=2f0c1a2e-1111-4a4a-8b8b-000000000002
 uid_plain=2f0c1a2e-1111-4a4a-8b8b-000000000003
-pod_dir() { echo "$burstable/kubepods-burstable-pod${1//-/_}.slice"; }
+# A Burstable pod's cgroup, named as the kubelet names it with each driver.
+pod_dir() {
+  if [ "$driver" = systemd ]; then echo "$pods_root/kubepods-burstable.slice/kubepods-burstable-pod${1//-/_}.slice"
+  else echo "$pods_root/burstable/pod$1"; fi
+}
 
 cleanup() {
   [ -n "$agent_pid" ] && kill -9 "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
@@ -88,7 +99,7 @@ control() { curl -sk -X POST "https://127.0.0.1:$port/_fake/$1" -H 'Content-Type
 # ---- the simulated node and the agent ---------------------------------------
 mkdir -p "$(pod_dir "$uid_curl")" "$(pod_dir "$uid_plain")" || unavailable "cannot create cgroups under $cg2"
 cat > "$work/egressd.yaml" <<EOF
-cgroup: $node_rel/kubepods.slice
+cgroup: $node_rel/$pods_rel
 cgroupMount: $cg2
 bpffs: $pins
 runDir: $work/run
