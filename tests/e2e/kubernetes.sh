@@ -233,5 +233,22 @@ start_fake "$port"
 kc patch meshconfig fsm-mesh-config -n fsm-system --type=merge -p '{"spec":{"traffic":{"enableEgress":true}}}' >/dev/null
 check "API server back: the agent follows kubectl patch again" becomes "$(pod_dir "$uid_curl")" allowed
 
+# First start with no MeshConfig and no pins: not ready, nothing enforced;
+# the MeshConfig created: enforced.
+kill "$agent_pid"; wait "$agent_pid" 2>/dev/null; agent_pid=
+"$egressd" --cleanup --config "$work/egressd.yaml" >/dev/null 2>&1
+kc get meshconfig fsm-mesh-config -n fsm-system -o json > "$work/meshconfig.json"
+kc delete meshconfig fsm-mesh-config -n fsm-system >/dev/null
+"$egressd" --config "$work/egressd.yaml" >>"$work/agent.log" 2>&1 &
+agent_pid=$!
+readyz() { curl -s "http://127.0.0.1:$(status_field "s['httpPort']")/readyz"; }
+for _ in $(seq 50); do readyz 2>/dev/null | grep -q "not found" && break; sleep 0.1; done
+check "no MeshConfig at first start: not ready, and says why" bash -c "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$(status_field "s['httpPort']")/readyz | grep -q 503 && curl -s http://127.0.0.1:$(status_field "s['httpPort']")/readyz | grep -q 'MeshConfig fsm-system/fsm-mesh-config not found'"
+check "  ...and enforces nothing new" test "$(verdict_in "$(pod_dir "$uid_curl")")" = allowed
+python3 -c "import json,sys; o=json.load(open(sys.argv[1])); o['metadata']={'name':'fsm-mesh-config','namespace':'fsm-system'}; o['spec']['traffic']['enableEgress']=False; json.dump(o, open(sys.argv[1],'w'))" "$work/meshconfig.json"
+kc apply -f "$work/meshconfig.json" >/dev/null
+check "the MeshConfig created: the pod is enforced" becomes "$(pod_dir "$uid_curl")" denied
+check "  ...and the agent is ready" bash -c "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$(status_field "s['httpPort']")/readyz | grep -q 200"
+
 if [ "$failed" -gt 0 ]; then echo "---- agent log"; tail -50 "$work/agent.log"; fi
 finish
