@@ -381,6 +381,32 @@ void Agent::schedule_memory_release() {
         log::error("arming the memory release timer: {}", std::strerror(errno));
 }
 
+// One ready descriptor; the exit code when it says to exit.
+std::optional<int> Agent::on_ready(int fd, int signal_fd) {
+    if (fd == signal_fd) {
+        if (auto exit_signal = on_signals(signal_fd)) {
+            log::info(
+                "exiting on signal {}; enforcement stays attached (pinned in {}); "
+                "`egressd --cleanup --config {}` removes it",
+                *exit_signal, config_.bpffs.string(), config_.source_file.string());
+            return 0;
+        }
+    } else if (fd == events_->epoll_fd()) {
+        on_kernel_events();
+    } else if (fd == memory_release_.get()) {
+        uint64_t expirations = 0;
+        if (::read(fd, &expirations, sizeof(expirations)) == sizeof(expirations)) ::malloc_trim(0);
+    } else if (resolver_ && fd == resolver_->notify_fd()) {
+        on_inputs_changed(kHosts, false);
+    } else if (kube_ && (fd == kube_->fd() || fd == kube_->cgroup_fd())) {
+        on_kubernetes_changed();
+    } else if (sources_) {
+        bool lost = false;
+        if (const unsigned inputs = sources_->pending(lost); inputs != 0) on_inputs_changed(inputs, lost);
+    }
+    return std::nullopt;
+}
+
 int Agent::run() {
     const sigset_t signals = handled_signals();
     UniqueFd signal_fd(::signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC));
@@ -389,12 +415,9 @@ int Agent::run() {
         log::error("setting up the event loop: {}", std::strerror(errno));
         return 1;
     }
-    const int resolver_fd = resolver_ ? resolver_->notify_fd() : -1;
-    const int events_fd = events_->epoll_fd();
-    const int kube_fd = kube_ ? kube_->fd() : -1;
-    const int kube_cgroup_fd = kube_ ? kube_->cgroup_fd() : -1;
-    for (int fd : {signal_fd.get(), sources_ ? sources_->fd() : -1, kube_fd, kube_cgroup_fd, resolver_fd, events_fd,
-                   memory_release_.get()}) {
+    for (int fd :
+         {signal_fd.get(), sources_ ? sources_->fd() : -1, kube_ ? kube_->fd() : -1, kube_ ? kube_->cgroup_fd() : -1,
+          resolver_ ? resolver_->notify_fd() : -1, events_->epoll_fd(), memory_release_.get()}) {
         if (fd < 0) continue;
         epoll_event ev{};
         ev.events = EPOLLIN;
@@ -408,39 +431,17 @@ int Agent::run() {
         log::info("watching {}{}{} for changes", config_.mesh_config.string(),
                   config_.policy_dir.empty() ? "" : ", " + config_.policy_dir.string(),
                   config_.workloads_file.empty() ? "" : ", " + config_.workloads_file.string());
-
     for (;;) {
         epoll_event events[4];
         const int n = ::epoll_wait(epoll.get(), events, 4, -1);  // no timeout: idle costs nothing
         if (n < 0 && errno == EINTR) continue;
         for (int i = 0; i < n; ++i) {
-            const int fd = events[i].data.fd;
             // Whatever goes wrong while handling one event (reporting text
             // that cannot be serialised, an allocation failure), the agent
             // keeps running: the kernel keeps the generation in force, and
             // the next event is handled.
             try {
-                if (fd == signal_fd.get()) {
-                    if (auto exit_signal = on_signals(signal_fd.get())) {
-                        log::info(
-                            "exiting on signal {}; enforcement stays attached (pinned in {}); "
-                            "`egressd --cleanup --config {}` removes it",
-                            *exit_signal, config_.bpffs.string(), config_.source_file.string());
-                        return 0;
-                    }
-                } else if (fd == events_fd) {
-                    on_kernel_events();
-                } else if (fd == memory_release_.get()) {
-                    uint64_t expirations = 0;
-                    if (::read(fd, &expirations, sizeof(expirations)) == sizeof(expirations)) ::malloc_trim(0);
-                } else if (fd == resolver_fd) {
-                    on_inputs_changed(kHosts, false);
-                } else if (fd == kube_fd || fd == kube_cgroup_fd) {
-                    on_kubernetes_changed();
-                } else {
-                    bool lost = false;
-                    if (const unsigned inputs = sources_->pending(lost); inputs != 0) on_inputs_changed(inputs, lost);
-                }
+                if (auto exit_code = on_ready(events[i].data.fd, signal_fd.get())) return *exit_code;
             } catch (const std::exception& e) {
                 log::error("internal error while handling an event: {}; the agent goes on", e.what());
             }

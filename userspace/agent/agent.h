@@ -94,6 +94,8 @@ private:
     void record_error(const std::string& message);
     // Writes the status file when its content changed since the last write.
     void write_status();
+    // Handles one ready descriptor of the event loop; the exit code when it is time to exit.
+    std::optional<int> on_ready(int fd, int signal_fd);
     // Handles pending signals (SIGHUP re-reads every input); the signal to exit on, if any.
     std::optional<int> on_signals(int signal_fd);
 
