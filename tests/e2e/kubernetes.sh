@@ -203,6 +203,23 @@ check "after a token rotation the agent still follows kubectl patch" becomes "$(
 kc patch meshconfig fsm-mesh-config -n fsm-system --type=merge -p '{"spec":{"traffic":{"enableEgress":false}}}' >/dev/null
 check "  ...and back" becomes "$(pod_dir "$uid_curl")" denied
 
+# A bad Egress and a deleted MeshConfig: reported, the last good state kept,
+# and the agent stays ready (one bad object must not stall a rollout).
+ready_code() { curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(status_field "s['httpPort']")/readyz"; }
+sed 's/number: 80/number: 70000/; s/name: web/name: bad/' "$work/egress.yaml" | kc apply -f - >/dev/null
+for _ in $(seq 50); do [ "$(status_field "len(s['policyErrors'])")" = 1 ] && break; sleep 0.1; done
+check "a bad Egress is reported with its field" test "$(status_field "'Egress app/bad' in s['policyErrors'][0] and 'spec.ports[0]' in s['policyErrors'][0]")" = True
+check "  ...and the agent stays ready" test "$(ready_code)" = 200
+kc delete egress bad -n app >/dev/null
+kc get meshconfig fsm-mesh-config -n fsm-system -o json > "$work/meshconfig.json"
+kc delete meshconfig fsm-mesh-config -n fsm-system >/dev/null
+for _ in $(seq 50); do grep -q "MeshConfig fsm-system/fsm-mesh-config not found" "$work/agent.log" && break; sleep 0.1; done
+check "the MeshConfig deleted: reported" grep -q "MeshConfig fsm-system/fsm-mesh-config not found.*stays in force" "$work/agent.log"
+check "  ...the last one stays enforced" test "$(verdict_in "$(pod_dir "$uid_curl")")" = denied
+check "  ...and the agent stays ready" test "$(ready_code)" = 200
+python3 -c "import json,sys; o=json.load(open(sys.argv[1])); o['metadata']={'name':'fsm-mesh-config','namespace':'fsm-system'}; json.dump(o, open(sys.argv[1],'w'))" "$work/meshconfig.json"
+kc apply -f "$work/meshconfig.json" >/dev/null
+
 # A pod whose Pod object comes before its cgroup.
 control objects "{\"op\": \"upsert\", \"object\": $(pod_json late "$uid_late")}"
 sleep 0.5
@@ -248,7 +265,7 @@ check "  ...and enforces nothing new" test "$(verdict_in "$(pod_dir "$uid_curl")
 python3 -c "import json,sys; o=json.load(open(sys.argv[1])); o['metadata']={'name':'fsm-mesh-config','namespace':'fsm-system'}; o['spec']['traffic']['enableEgress']=False; json.dump(o, open(sys.argv[1],'w'))" "$work/meshconfig.json"
 kc apply -f "$work/meshconfig.json" >/dev/null
 check "the MeshConfig created: the pod is enforced" becomes "$(pod_dir "$uid_curl")" denied
-check "  ...and the agent is ready" bash -c "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$(status_field "s['httpPort']")/readyz | grep -q 200"
+check "  ...and the agent is ready" test "$(ready_code)" = 200
 
 if [ "$failed" -gt 0 ]; then echo "---- agent log"; tail -50 "$work/agent.log"; fi
 finish

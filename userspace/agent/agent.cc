@@ -164,7 +164,11 @@ void Agent::record_error(const std::string& message) {
     last_error_at_ = log::timestamp();
     if (telemetry_) {
         telemetry_->record_config_error();
-        telemetry_->set_ready(false, "the latest input was not applied: " + message);
+        // In Kubernetes mode, once enforcing, a bad object is reported but
+        // readiness stays about the agent itself: one bad Egress must not
+        // make every node's agent unready and stall rollouts.
+        if (!kube_ || !first_sync_applied_)
+            telemetry_->set_ready(false, "the latest input was not applied: " + message);
     }
 }
 
@@ -299,7 +303,7 @@ bool Agent::apply_inputs(std::chrono::steady_clock::time_point started) {
     last_error_.reset();
     if (telemetry_) {
         telemetry_->record_apply(generation, last_apply_ms_);
-        telemetry_->set_ready(true, "");
+        if (!kube_) telemetry_->set_ready(true, "");  // Kubernetes mode: on_kubernetes_changed() says
     }
     log::info("applied generation {} in {:.1f} ms: {}", generation, last_apply_ms_, reconciler_->last_change());
     if (auto converged = datapath_->converge(); !converged)

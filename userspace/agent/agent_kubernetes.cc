@@ -68,13 +68,11 @@ void Agent::on_kubernetes_changed() {
         return;
     }
     if (inputs != 0) on_inputs_changed(inputs, false);
-    // A failing watch makes the inputs stale: say what, and since when. The
-    // last error of an input (a bad MeshConfig) has precedence.
-    if (!last_error_) {
-        const std::string stale = kube_->not_ready_reason();
-        telemetry_->set_ready(stale.empty(), stale);
-        write_status();
-    }
+    // Ready while enforcing what the API server says; a failing watch makes
+    // the inputs stale: say what, and since when.
+    const std::string stale = kube_->not_ready_reason();
+    telemetry_->set_ready(stale.empty(), stale);
+    write_status();
 }
 
 void Agent::apply_first_sync() {
@@ -104,6 +102,7 @@ void Agent::apply_first_sync() {
         return;
     }
     first_sync_applied_ = true;
+    telemetry_->set_ready(true, "");
     log::info("first sync applied: generation {}, {} policies, {} pods enforced, {} waiting for their cgroup",
               reconciler_->applied().generation, reconciler_->applied_policies(), reconciler_->attached().size(),
               reconciler_->waiting().size());
