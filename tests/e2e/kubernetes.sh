@@ -206,6 +206,8 @@ check "  ...and back" becomes "$(pod_dir "$uid_curl")" denied
 # A bad Egress and a deleted MeshConfig: reported, the last good state kept,
 # and the agent stays ready (one bad object must not stall a rollout).
 ready_code() { curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(status_field "s['httpPort']")/readyz"; }
+# The watches reset above recover within a bookmark period or a backoff step.
+for _ in $(seq 100); do [ "$(ready_code)" = 200 ] && break; sleep 0.1; done
 sed 's/number: 80/number: 70000/; s/name: web/name: bad/' "$work/egress.yaml" | kc apply -f - >/dev/null
 for _ in $(seq 50); do [ "$(status_field "len(s['policyErrors'])")" = 1 ] && break; sleep 0.1; done
 check "a bad Egress is reported with its field" test "$(status_field "'Egress app/bad' in s['policyErrors'][0] and 'spec.ports[0]' in s['policyErrors'][0]")" = True

@@ -21,6 +21,12 @@ Probe external_tcp() { return Probe{TestNetwork::kExternal4, 80, Proto::tcp, Op:
 
 CgroupTarget target_of(const TestCgroup& cg) { return CgroupTarget{cg.path(), cg.id()}; }
 
+size_t open_fds() {
+    size_t n = 0;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) n += entry.path().empty() ? 0 : 1;
+    return n;
+}
+
 void require_all(const Result<std::vector<AttachReport>>& reports, const char* action) {
     REQUIRE_MESSAGE(reports.ok(), (reports.ok() ? "" : reports.error().describe()));
     REQUIRE(reports->size() == kLinkNames.size());
@@ -56,7 +62,9 @@ TEST_CASE("kernel: per-pod links enforce on that pod only, survive a restart, an
         CHECK(run_probe(pod_a, env.net, external_tcp()).error == EPERM);
     }
     SUBCASE("detaching a pod ends its enforcement and removes its pins") {
+        const size_t fds_attached = open_fds();
         REQUIRE(enforcer.datapath().detach_workload("uid-a").ok());
+        CHECK(open_fds() == fds_attached - kLinkNames.size());  // the links' descriptors are closed
         CHECK(pinned_workload_keys(enforcer.pin_dir()).empty());
         CHECK_FALSE(std::filesystem::exists(workload_links_dir(enforcer.pin_dir(), "uid-a")));
         CHECK(run_probe(pod_a, env.net, external_tcp()).error == 0);

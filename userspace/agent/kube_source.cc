@@ -195,7 +195,10 @@ std::optional<std::vector<Cidr>> KubeSource::read_mesh_cidrs(std::vector<std::st
     return kube::cluster_cidrs(*nodes_->objects(), *service_cidrs_->objects(), problems);
 }
 
-PolicySet KubeSource::read_policies() const { return kube::policies_from_objects(*egresses_->objects()); }
+PolicySet KubeSource::read_policies() {
+    seen_egresses_ = egresses_->revision();
+    return kube::policies_from_objects(*egresses_->objects());
+}
 
 std::vector<Workload> KubeSource::read_workloads() {
     seen_namespaces_ = namespaces_->revision();

@@ -54,7 +54,7 @@ public:
     // The MeshConfig when it changed; an error when it is missing or invalid
     // (the agent keeps the last good one).
     Result<std::optional<MeshConfig>> read_mesh();
-    PolicySet read_policies() const;
+    PolicySet read_policies();
     // meshCIDRs found in the cluster (nodes' pod ranges, ServiceCIDRs), when
     // the settings give none; nullopt when the settings give them.
     std::optional<std::vector<Cidr>> read_mesh_cidrs(std::vector<std::string>& problems);

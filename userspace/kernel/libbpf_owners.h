@@ -2,6 +2,8 @@
 // libbpf's is freed by hand.
 #pragma once
 
+#include <unistd.h>
+
 #include <memory>
 
 #include <bpf/libbpf.h>
@@ -17,10 +19,15 @@ using Skeleton = std::unique_ptr<egressd_bpf, SkeletonDeleter>;
 
 // A link egressd keeps pinned: closing our handle never detaches it, so
 // enforcement outlives the agent. Detaching is explicit (bpf_link_detach).
+// bpf_link__destroy() closes the link's fd only through its detach step,
+// which a disconnected link skips: the fd is closed here, or every link let
+// go (a pod detached) would leak its descriptor and keep the link alive.
 struct PinnedLinkDeleter {
     void operator()(bpf_link* link) const {
+        const int fd = bpf_link__fd(link);
         bpf_link__disconnect(link);
         bpf_link__destroy(link);
+        if (fd >= 0) ::close(fd);
     }
 };
 using PinnedLink = std::unique_ptr<bpf_link, PinnedLinkDeleter>;
