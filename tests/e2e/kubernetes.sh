@@ -55,11 +55,9 @@ cleanup() {
   "$egressd" --cleanup --config "$work/egressd.yaml" >/dev/null 2>&1
   rm -rf "$pins"
   [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
   remove_cgroup_tree "$cg2/$node_rel"
   rmdir "$cg2/egressd-tests" 2>/dev/null
-  ip netns del "$client" 2>/dev/null
-  ip netns del "$sink" 2>/dev/null
+  remove_test_network "$client" "$sink"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -237,7 +235,7 @@ control objects "{\"op\": \"delete\", \"apiVersion\": \"v1\", \"kind\": \"Pod\",
 check "agent restarted: adopts and syncs" start_agent
 check "the restarted agent still denies the meshed pod" test "$(verdict_in "$(pod_dir "$uid_curl")")" = denied
 check "the pod deleted while it was away is no longer enforced" becomes "$(pod_dir "$uid_late")" allowed
-check "adopted its pinned links" grep -q "adopted the pinned maps" "$work/agent.log"
+check "adopted the pinned maps" grep -q "adopted the pinned maps" "$work/agent.log"
 
 # The API server goes away: the last state keeps being enforced.
 kill "$fake_pid"; wait "$fake_pid" 2>/dev/null; fake_pid=

@@ -68,3 +68,10 @@ make_test_network() {
   ip netns exec "$sink" python3 -m http.server 80 --bind 203.0.113.10 --directory "$dir/www" >/dev/null 2>&1 &
   server_pid=$!
 }
+
+# Undoes make_test_network: the sink's server, then both namespaces.
+remove_test_network() {
+  [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null
+  ip netns del "$1" 2>/dev/null
+  ip netns del "$2" 2>/dev/null
+}

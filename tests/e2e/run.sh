@@ -42,13 +42,11 @@ cleanup() {
   [ -n "$agent_pid" ] && kill -9 "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
   "$egressd" --cleanup --config "$work/egressd.yaml" >/dev/null 2>&1
   rm -rf "$pins"
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
   [ -n "$dns_pid" ] && kill "$dns_pid" 2>/dev/null
   # Deepest first: workload cgroups below the enforced one, then it, then the run dir.
   remove_cgroup_tree "$cg2/egressd-tests/e2e-$id"
   rmdir "$cg2/egressd-tests" 2>/dev/null
-  ip netns del "$client" 2>/dev/null
-  ip netns del "$sink" 2>/dev/null
+  remove_test_network "$client" "$sink"
   rm -rf "$work"
 }
 trap cleanup EXIT
