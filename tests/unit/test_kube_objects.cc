@@ -151,3 +151,100 @@ TEST_CASE("kube: the cluster's ranges: nodes' pod CIDRs (both families) and Serv
     CHECK(cluster_cidrs({}, {}, none).empty());
     CHECK(none.empty());
 }
+
+namespace {
+
+template <typename Keep>
+Objects kept_all(const Objects& objects, Keep keep) {
+    Objects out;
+    for (const auto& [key, object] : objects) out[key] = keep(json(object));
+    return out;
+}
+
+// A pod as an FSM-injected pod comes from the API server: what the agent never reads included.
+json full_pod(const std::string& ns, const std::string& name, const std::string& uid, json labels, json spec = {},
+              json status = {{"phase", "Running"}, {"qosClass", "Guaranteed"}}) {
+    json p = pod(ns, name, uid, std::move(labels), spec.is_null() ? json::object() : spec, status);
+    p["apiVersion"] = "v1";
+    p["kind"] = "Pod";
+    p["metadata"]["resourceVersion"] = "4711";
+    p["metadata"]["annotations"] = {{"prometheus.io/scrape", "true"}};
+    p["metadata"]["managedFields"] = json::array({{{"manager", "kubelet"}, {"fieldsV1", {{"f:status", {}}}}}});
+    p["metadata"]["ownerReferences"] = json::array({{{"kind", "ReplicaSet"}, {"name", name + "-6d4cf"}}});
+    p["spec"]["containers"] = json::array({{{"name", "app"}, {"image", "curlimages/curl"}},
+                                           {{"name", "sidecar"}, {"image", "flomesh/pipy:1.5"}}});
+    p["status"]["conditions"] = json::array({{{"type", "Ready"}, {"status", "True"}}});
+    p["status"]["podIP"] = "10.244.1.7";
+    return p;
+}
+
+}  // namespace
+
+TEST_CASE("kube: what the reflectors keep gives the same answers as the whole objects") {
+    const MeshConventions& fsm = mesh_conventions(Mesh::fsm);
+    const json injected = {{"fsm-proxy-uuid", "2c0d"}, {"app", "curl"}};
+    json static_pod = full_pod("curl", "static-web", "mirror-uid", injected);
+    static_pod["metadata"]["annotations"]["kubernetes.io/config.mirror"] = "0f3a9c";
+    const Objects pods{
+        {"curl/a", full_pod("curl", "a", "uid-a", injected)},
+        {"curl/b", full_pod("curl", "b", "uid-b", injected, {{"serviceAccountName", ""}})},
+        {"curl/plain", full_pod("curl", "plain", "uid-c", {{"app", "x"}})},
+        {"curl/host", full_pod("curl", "host", "uid-d", injected, {{"hostNetwork", true}})},
+        {"curl/done", full_pod("curl", "done", "uid-e", injected, {}, {{"phase", "Failed"}})},
+        {"other/f", full_pod("other", "f", "uid-f", injected)},
+        {"curl/static-web", static_pod},
+    };
+    const Objects namespaces{
+        {"curl", namespace_object("curl", {{"flomesh.io/monitored-by", "fsm"}, {"team", "a"}})},
+        {"other", namespace_object("other", {{"flomesh.io/monitored-by", "blue"}})},
+    };
+    const auto keep_pod = [&](json&& o) { return kept_pod(std::move(o), fsm); };
+    const auto keep_namespace = [&](json&& o) { return kept_namespace(std::move(o), fsm); };
+    const Objects small_pods = kept_all(pods, keep_pod);
+    const Objects small_namespaces = kept_all(namespaces, keep_namespace);
+
+    const PodSelection full = meshed_pods(pods, namespaces, fsm, "fsm");
+    const PodSelection small = meshed_pods(small_pods, small_namespaces, fsm, "fsm");
+    CHECK(full.pods.size() == 3);
+    CHECK(small.pods == full.pods);
+    CHECK(small.not_meshed == full.not_meshed);
+    CHECK(small.host_network == full.host_network);
+    CHECK(small.finished == full.finished);
+    CHECK(meshed_pods(small_pods, small_namespaces, fsm, "blue").pods ==
+          meshed_pods(pods, namespaces, fsm, "blue").pods);
+
+    // Only what is read is kept: a tenth of the text of the object.
+    const json& a = small_pods.at("curl/a");
+    CHECK(a["metadata"]["labels"] == json{{"fsm-proxy-uuid", "2c0d"}});
+    CHECK_FALSE(a["metadata"].contains("managedFields"));
+    CHECK_FALSE(a["spec"].contains("containers"));
+    CHECK_FALSE(a["status"].contains("conditions"));
+    CHECK(a.dump().size() * 3 < pods.at("curl/a").dump().size());
+    CHECK(small_namespaces.at("curl")["metadata"]["labels"] == json{{"flomesh.io/monitored-by", "fsm"}});
+
+    // MeshConfig and Egress: the parsers see the same input.
+    json mesh_object = fsm_mesh_config({{"enableEgress", true}});
+    auto from_full = mesh_config_from_object(mesh_object);
+    auto from_kept = mesh_config_from_object(kept_spec_object(json(mesh_object)));
+    REQUIRE(from_full.ok());
+    REQUIRE(from_kept.ok());
+    CHECK(*from_kept == *from_full);
+    const json sources = json::array({{{"kind", "ServiceAccount"}, {"name", "a-sa"}, {"namespace", "curl"}}});
+    const Objects egresses{
+        {"curl/e", egress("curl", "e", {{"sources", sources}, {"ports", {{{"number", 443}}}}, {"hosts", {"x.io"}}})},
+        {"curl/bad", egress("curl", "bad", {{"sources", sources}, {"ports", {{{"number", -1}}}}})}};
+    const PolicySet policies = policies_from_objects(egresses);
+    const PolicySet kept_policies =
+        policies_from_objects(kept_all(egresses, [](json&& o) { return kept_spec_object(std::move(o)); }));
+    CHECK(kept_policies.policies == policies.policies);
+    CHECK(kept_policies.errors == policies.errors);
+
+    // Nodes: the ranges.
+    const Objects nodes{{"n", {{"metadata", {{"name", "n"}, {"labels", {{"zone", "a"}}}}},
+                               {"spec", {{"podCIDR", "10.244.1.0/24"}, {"podCIDRs", {"10.244.1.0/24"}}, {"taints", {}}}},
+                               {"status", {{"capacity", {{"cpu", "4"}}}}}}}};
+    std::vector<std::string> problems;
+    CHECK(egressd::test::cidr_texts(cluster_cidrs(kept_all(nodes, [](json&& o) { return kept_node(std::move(o)); }),
+                                                  {}, problems)) ==
+          egressd::test::cidr_texts(cluster_cidrs(nodes, {}, problems)));
+}

@@ -312,7 +312,19 @@ bool Agent::apply_inputs(std::chrono::steady_clock::time_point started) {
     return true;
 }
 
+// In the event loop a burst of changes is written once, when the burst is
+// over (or every kStatusFlushEvery during a long one): at 1,000 pods the file
+// is hundreds of KB, and churn would otherwise rewrite it at every change.
 void Agent::write_status() {
+    if (!in_event_loop_) {
+        flush_status();
+        return;
+    }
+    if (!status_dirty_since_) status_dirty_since_ = std::chrono::steady_clock::now();
+}
+
+void Agent::flush_status() {
+    status_dirty_since_.reset();
     nlohmann::json hosts = nlohmann::json::object();
     for (const auto& [host, state] : hosts_) {
         nlohmann::json addresses = nlohmann::json::array();
@@ -402,7 +414,11 @@ std::optional<int> Agent::on_ready(int fd, int signal_fd) {
         if (::read(fd, &expirations, sizeof(expirations)) == sizeof(expirations)) ::malloc_trim(0);
     } else if (resolver_ && fd == resolver_->notify_fd()) {
         on_inputs_changed(kHosts, false);
-    } else if (kube_ && (fd == kube_->fd() || fd == kube_->cgroup_fd())) {
+    } else if (kube_ && (fd == kube_->fd() || fd == kube_->cgroup_fd() || fd == stale_check_.get())) {
+        if (fd == stale_check_.get()) {
+            uint64_t expirations = 0;
+            (void)::read(fd, &expirations, sizeof(expirations));
+        }
         on_kubernetes_changed();
     } else if (sources_) {
         bool lost = false;
@@ -421,7 +437,8 @@ int Agent::run() {
     }
     for (int fd :
          {signal_fd.get(), sources_ ? sources_->fd() : -1, kube_ ? kube_->fd() : -1, kube_ ? kube_->cgroup_fd() : -1,
-          resolver_ ? resolver_->notify_fd() : -1, events_->epoll_fd(), memory_release_.get()}) {
+          resolver_ ? resolver_->notify_fd() : -1, events_->epoll_fd(), memory_release_.get(),
+          kube_ ? stale_check_.get() : -1}) {
         if (fd < 0) continue;
         epoll_event ev{};
         ev.events = EPOLLIN;
@@ -435,17 +452,26 @@ int Agent::run() {
         log::info("watching {}{}{} for changes", config_.mesh_config.string(),
                   config_.policy_dir.empty() ? "" : ", " + config_.policy_dir.string(),
                   config_.workloads_file.empty() ? "" : ", " + config_.workloads_file.string());
+    in_event_loop_ = true;
     for (;;) {
         epoll_event events[4];
-        const int n = ::epoll_wait(epoll.get(), events, 4, -1);  // no timeout: idle costs nothing
+        // No timeout when idle: idle costs nothing. With the status to write,
+        // only a look: it is written once nothing else is waiting.
+        const int n = ::epoll_wait(epoll.get(), events, 4, status_dirty_since_ ? 0 : -1);
         if (n < 0 && errno == EINTR) continue;
+        if (status_dirty_since_ &&
+            (n == 0 || std::chrono::steady_clock::now() - *status_dirty_since_ >= kStatusFlushEvery))
+            flush_status();
         for (int i = 0; i < n; ++i) {
             // Whatever goes wrong while handling one event (reporting text
             // that cannot be serialised, an allocation failure), the agent
             // keeps running: the kernel keeps the generation in force, and
             // the next event is handled.
             try {
-                if (auto exit_code = on_ready(events[i].data.fd, signal_fd.get())) return *exit_code;
+                if (auto exit_code = on_ready(events[i].data.fd, signal_fd.get())) {
+                    if (status_dirty_since_) flush_status();
+                    return *exit_code;
+                }
             } catch (const std::exception& e) {
                 log::error("internal error while handling an event: {}; the agent goes on", e.what());
             }

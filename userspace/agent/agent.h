@@ -73,6 +73,7 @@ private:
     Status wait_for_first_sync();
     // Kubernetes mode: the API server's stores or the pods' cgroups changed.
     void on_kubernetes_changed();
+    void update_kubernetes_readiness();
     // The first generation from the API server, once every collection is listed.
     void apply_first_sync();
 
@@ -92,8 +93,10 @@ private:
     void publish_telemetry();
     void schedule_memory_release();
     void record_error(const std::string& message);
-    // Writes the status file when its content changed since the last write.
+    // The status file follows: now, or in the event loop once the burst of
+    // changes is over. It is written only when its content changed.
     void write_status();
+    void flush_status();  // builds and writes the status file now
     // Handles one ready descriptor of the event loop; the exit code when it is time to exit.
     std::optional<int> on_ready(int fd, int signal_fd);
     // Handles pending signals (SIGHUP re-reads every input); the signal to exit on, if any.
@@ -121,11 +124,17 @@ private:
     std::optional<std::vector<Cidr>> cluster_cidrs_;  // Kubernetes mode without meshCIDRs in the settings
 
     UniqueFd memory_release_;  // timerfd: malloc_trim a second after the last change
+    UniqueFd stale_check_;     // Kubernetes mode, timerfd: when a failing watch becomes stale
     std::string started_at_;
     double last_apply_ms_ = 0;
     std::optional<std::string> last_error_;
     std::string last_error_at_;
     std::string status_written_;  // the status file's content as last written
+    // In the event loop the status file is written when no event waits, or
+    // kStatusFlushEvery after the first change not yet written.
+    static constexpr std::chrono::milliseconds kStatusFlushEvery{100};
+    bool in_event_loop_ = false;
+    std::optional<std::chrono::steady_clock::time_point> status_dirty_since_;
 };
 
 }  // namespace egressd

@@ -2,7 +2,11 @@
 // first full sync. The inputs come from the API server (agent/kube_source.h);
 // until every collection is listed the agent is not ready, and whatever an
 // earlier agent pinned keeps enforcing: nothing is flushed, nothing opens.
+#include <sys/timerfd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 
 #include "agent/agent.h"
 #include "common/log.h"
@@ -40,6 +44,8 @@ Status Agent::prepare_kubernetes() {
     auto source = KubeSource::start(config_, mount, *root);
     if (!source) return source.error();
     kube_ = std::move(*source);
+    stale_check_.reset(::timerfd_create(CLOCK_REALTIME, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!stale_check_.valid()) return system_error("timerfd_create");
     log::info("Kubernetes mode: node {}, pods under {} (level {}), {} from {}",
               kube_->status()["node"].get<std::string>(), cgroup_.path.string(), cgroup_level_,
               std::string(mesh_name(config_.kubernetes->mesh)), kube_->status()["server"].get<std::string>());
@@ -59,7 +65,7 @@ Status Agent::wait_for_first_sync() {
 void Agent::on_kubernetes_changed() {
     const unsigned inputs = kube_->pending();
     if (!kube_->synced()) {
-        telemetry_->set_ready(false, kube_->not_ready_reason());
+        update_kubernetes_readiness();
         write_status();
         return;
     }
@@ -68,11 +74,24 @@ void Agent::on_kubernetes_changed() {
         return;
     }
     if (inputs != 0) on_inputs_changed(inputs, false);
-    // Ready while enforcing what the API server says; a failing watch makes
-    // the inputs stale: say what, and since when.
-    const std::string stale = kube_->not_ready_reason();
-    telemetry_->set_ready(stale.empty(), stale);
+    update_kubernetes_readiness();
     write_status();
+}
+
+// Ready while enforcing what the API server says. A watch failing for
+// KubeSource::kStaleAfter makes the inputs stale: say what, and since when.
+// A failure not yet that old arms a timer for the moment it would be.
+void Agent::update_kubernetes_readiness() {
+    const auto now = std::chrono::system_clock::now();
+    const std::string reason = kube_->not_ready_reason(now);
+    telemetry_->set_ready(reason.empty() && first_sync_applied_, reason);
+    itimerspec when{};  // zero: disarmed
+    if (const auto stale_at = kube_->next_stale_at(now)) {
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(stale_at->time_since_epoch()).count();
+        when.it_value = {static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+    }
+    if (::timerfd_settime(stale_check_.get(), TFD_TIMER_ABSTIME, &when, nullptr) != 0)
+        log::error("arming the readiness timer: {}", std::strerror(errno));
 }
 
 void Agent::apply_first_sync() {

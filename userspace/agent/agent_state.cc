@@ -33,7 +33,8 @@ Status write_status_file(const fs::path& run_dir, const std::string& status_json
     std::error_code ec;
     fs::create_directories(run_dir, ec);
     if (ec) return Error{ec.value(), "creating " + run_dir.string()};
-    return write_file_atomically(status_file_path(run_dir), status_json);
+    // Rewritten at every apply and at every start: a crash loses nothing.
+    return write_file_atomically(status_file_path(run_dir), status_json, Durability::replace_only);
 }
 
 Result<nlohmann::json> read_status_file(const fs::path& run_dir) {

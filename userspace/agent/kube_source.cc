@@ -1,9 +1,12 @@
 #include "agent/kube_source.h"
 
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -16,9 +19,10 @@ namespace egressd {
 
 namespace {
 
-k8s::Reflector::Options watch_of(k8s::Resource resource) {
+k8s::Reflector::Options watch_of(k8s::Resource resource, k8s::ObjectTransform transform) {
     k8s::Reflector::Options options;
     options.resource = std::move(resource);
+    options.transform = std::move(transform);
     return options;
 }
 
@@ -98,26 +102,33 @@ Status KubeSource::start_reflectors() {
     const KubernetesSettings& k8s = *config_.kubernetes;
     const MeshConventions& mesh = mesh_conventions(k8s.mesh);
     auto wake = [this] { notify(); };
-    const std::pair<std::unique_ptr<k8s::Reflector>*, k8s::Resource> watches[] = {
+    // Each store keeps only what kube_objects reads (kube_objects.h).
+    const k8s::ObjectTransform spec_object = [](nlohmann::json&& o) { return kube::kept_spec_object(std::move(o)); };
+    const std::tuple<std::unique_ptr<k8s::Reflector>*, k8s::Resource, k8s::ObjectTransform> watches[] = {
         {&mesh_configs_,
          {mesh.mesh_config_group, "", "meshconfigs", k8s.mesh_config_namespace, "metadata.name=" + k8s.mesh_config_name,
-          ""}},
-        {&egresses_, {mesh.egress_group, "", "egresses", "", "", ""}},
-        {&namespaces_, {"", "v1", "namespaces", "", "", ""}},
-        {&pods_, {"", "v1", "pods", "", "spec.nodeName=" + node_name_, ""}},
+          ""},
+         spec_object},
+        {&egresses_, {mesh.egress_group, "", "egresses", "", "", ""}, spec_object},
+        {&namespaces_,
+         {"", "v1", "namespaces", "", "", ""},
+         [&mesh](nlohmann::json&& o) { return kube::kept_namespace(std::move(o), mesh); }},
+        {&pods_,
+         {"", "v1", "pods", "", "spec.nodeName=" + node_name_, ""},
+         [&mesh](nlohmann::json&& o) { return kube::kept_pod(std::move(o), mesh); }},
     };
-    for (const auto& [reflector, resource] : watches) {
-        auto started = k8s::Reflector::start(client_, watch_of(resource), wake);
+    for (const auto& [reflector, resource, transform] : watches) {
+        auto started = k8s::Reflector::start(client_, watch_of(resource, transform), wake);
         if (!started) return started.error().with_context("watching " + resource.describe());
         *reflector = std::move(*started);
     }
     if (!config_.mesh_cidrs.empty()) return {};
-    const std::pair<std::unique_ptr<k8s::Reflector>*, k8s::Resource> ranges[] = {
-        {&nodes_, {"", "v1", "nodes", "", "", ""}},
-        {&service_cidrs_, {"networking.k8s.io", "", "servicecidrs", "", "", ""}},
+    const std::tuple<std::unique_ptr<k8s::Reflector>*, k8s::Resource, k8s::ObjectTransform> ranges[] = {
+        {&nodes_, {"", "v1", "nodes", "", "", ""}, [](nlohmann::json&& o) { return kube::kept_node(std::move(o)); }},
+        {&service_cidrs_, {"networking.k8s.io", "", "servicecidrs", "", "", ""}, spec_object},
     };
-    for (const auto& [reflector, resource] : ranges) {
-        auto started = k8s::Reflector::start(client_, watch_of(resource), wake);
+    for (const auto& [reflector, resource, transform] : ranges) {
+        auto started = k8s::Reflector::start(client_, watch_of(resource, transform), wake);
         if (!started) return started.error().with_context("watching " + resource.describe());
         *reflector = std::move(*started);
     }
@@ -133,7 +144,12 @@ unsigned KubeSource::pending() {
     uint64_t count = 0;
     (void)::read(wake_.get(), &count, sizeof count);
     unsigned inputs = 0;
-    if (cgroups_ && cgroups_->drain()) inputs |= kWorkloads;
+    if (cgroups_ && cgroups_->drain()) {
+        inputs |= kWorkloads;
+        k8s::CgroupWaiter::Changes changes = cgroups_->take_changes();
+        cgroup_changes_.everything |= changes.everything;
+        for (auto& name : changes.names) cgroup_changes_.names.push_back(std::move(name));
+    }
     if (mesh_configs_->revision() != seen_mesh_) inputs |= kMesh;
     if (egresses_->revision() != seen_egresses_) inputs |= kPolicies;
     if (namespaces_->revision() != seen_namespaces_ || pods_->revision() != seen_pods_) inputs |= kWorkloads;
@@ -149,7 +165,7 @@ bool KubeSource::synced() const {
            namespaces_->stats().synced && pods_->stats().synced && ranges_synced;
 }
 
-std::string KubeSource::not_ready_reason() const {
+std::string KubeSource::not_ready_reason(std::chrono::system_clock::time_point now) const {
     const std::pair<const k8s::Reflector*, const char*> all[] = {{mesh_configs_.get(), "MeshConfig"},
                                                                  {egresses_.get(), "Egress"},
                                                                  {namespaces_.get(), "Namespaces"},
@@ -162,13 +178,25 @@ std::string KubeSource::not_ready_reason() const {
     }
     for (const auto& [reflector, what] : all) {
         const k8s::ReflectorStats s = reflector->stats();
-        if (!s.last_error.empty() && !s.missing) {
+        if (!s.last_error.empty() && !s.missing && now - s.failing_since >= kStaleAfter) {
             const auto since = std::chrono::duration_cast<std::chrono::nanoseconds>(s.failing_since.time_since_epoch());
             return fmt::format("{} from the API server may be stale since {}: {}; the last state stays enforced", what,
                                rfc3339_ms(since.count()), s.last_error);
         }
     }
     return "";
+}
+
+std::optional<std::chrono::system_clock::time_point> KubeSource::next_stale_at(
+    std::chrono::system_clock::time_point now) const {
+    std::optional<std::chrono::system_clock::time_point> next;
+    for (const k8s::Reflector* reflector : {mesh_configs_.get(), egresses_.get(), namespaces_.get(), pods_.get()}) {
+        const k8s::ReflectorStats s = reflector->stats();
+        if (s.last_error.empty() || s.missing) continue;
+        const auto stale_at = s.failing_since + kStaleAfter;
+        if (stale_at > now && (!next || stale_at < *next)) next = stale_at;
+    }
+    return next;
 }
 
 Result<std::optional<MeshConfig>> KubeSource::read_mesh() {
@@ -207,18 +235,44 @@ std::vector<Workload> KubeSource::read_workloads() {
     selection_ =
         kube::meshed_pods(*pods_->objects(), *namespaces_->objects(), mesh_conventions(k8s.mesh), k8s.mesh_name);
     std::vector<Workload> workloads;
+    std::map<std::string, FoundCgroup> found;
     pods_waiting_.clear();
     for (const auto& pod : selection_.pods) {
-        k8s::PodCgroupQuery query{pod.uid, k8s::QosClass::besteffort};
-        if (auto qos = k8s::parse_qos_class(pod.qos_class); qos.ok()) query.qos = *qos;
-        auto found = k8s::find_pod_cgroup(cgroup_mount_, pods_root_, query);
-        if (!found) {
+        std::optional<FoundCgroup> cgroup;
+        if (auto known = cgroups_found_.find(pod.uid); known != cgroups_found_.end() && !named_in_changes(pod.uid))
+            cgroup = known->second;
+        else
+            cgroup = locate(pod);
+        if (!cgroup) {
             pods_waiting_.push_back(pod.namespace_ + "/" + pod.name);
             continue;
         }
-        workloads.push_back(Workload{(cgroup_mount_ / *found).string(), pod.identity, pod.uid});
+        workloads.push_back(Workload{(cgroup_mount_ / cgroup->path).string(), pod.identity, pod.uid, cgroup->id});
+        found.emplace(pod.uid, std::move(*cgroup));
     }
+    cgroups_found_ = std::move(found);  // a pod gone leaves nothing behind
+    cgroup_changes_ = {};
     return workloads;
+}
+
+bool KubeSource::named_in_changes(const std::string& uid) const {
+    if (cgroup_changes_.everything) return true;
+    // Both drivers name a pod's cgroup after its uid, systemd's with '_' for '-'.
+    std::string underscored = uid;
+    std::replace(underscored.begin(), underscored.end(), '-', '_');
+    for (const auto& name : cgroup_changes_.names)
+        if (name.find(uid) != std::string::npos || name.find(underscored) != std::string::npos) return true;
+    return false;
+}
+
+std::optional<KubeSource::FoundCgroup> KubeSource::locate(const kube::MeshedPod& pod) const {
+    k8s::PodCgroupQuery query{pod.uid, k8s::QosClass::besteffort};
+    if (auto qos = k8s::parse_qos_class(pod.qos_class); qos.ok()) query.qos = *qos;
+    auto path = k8s::find_pod_cgroup(cgroup_mount_, pods_root_, query);
+    if (!path) return std::nullopt;
+    struct stat st {};
+    if (::stat((cgroup_mount_ / *path).c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return std::nullopt;
+    return FoundCgroup{std::move(*path), static_cast<uint64_t>(st.st_ino)};
 }
 
 std::vector<Telemetry::WatchedResource> KubeSource::watched_resources() const {

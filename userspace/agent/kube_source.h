@@ -8,7 +8,9 @@
 // cgroup appeared or went, and the agent then asks for what changed.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -48,8 +50,16 @@ public:
 
     // Every collection has completed its first LIST: the inputs are complete.
     bool synced() const;
-    // Why the agent is not ready yet (or what is stale), "" when all is well.
-    std::string not_ready_reason() const;
+    // A watch that fails for less than this is not reported: the reflector
+    // reconnects within a backoff step, and the API server's watch resets
+    // (its restarts, timeouts, a load balancer) must not flap readiness.
+    static constexpr std::chrono::seconds kStaleAfter{5};
+    // Why the agent is not ready yet (or what has been stale for kStaleAfter
+    // or more, at `now`), "" when all is well.
+    std::string not_ready_reason(std::chrono::system_clock::time_point now = std::chrono::system_clock::now()) const;
+    // When a failure going on now becomes stale, if one does: the agent
+    // looks again then.
+    std::optional<std::chrono::system_clock::time_point> next_stale_at(std::chrono::system_clock::time_point now) const;
 
     // The MeshConfig when it changed; an error when it is missing or invalid
     // (the agent keeps the last good one).
@@ -87,6 +97,17 @@ private:
     std::optional<std::string> mesh_json_;  // the MeshConfig object last read, as JSON text
     kube::PodSelection selection_;
     std::vector<std::string> pods_waiting_;  // meshed pods whose cgroup is not there yet
+    // Each meshed pod's cgroup as last found, by pod uid (or config hash): a
+    // pod event looks only for the new pods' cgroups, a cgroup event only at
+    // the pods it names (CgroupWaiter::take_changes).
+    struct FoundCgroup {
+        std::string path;  // relative to the mount
+        uint64_t id = 0;   // its inode: a cgroup made again at the same path is another one
+    };
+    std::map<std::string, FoundCgroup> cgroups_found_;
+    k8s::CgroupWaiter::Changes cgroup_changes_{true, {}};
+    std::optional<FoundCgroup> locate(const kube::MeshedPod& pod) const;
+    bool named_in_changes(const std::string& uid) const;
 };
 
 }  // namespace egressd

@@ -72,7 +72,15 @@ Result<std::map<uint64_t, uint32_t>> Reconciler::workload_cgroups(std::vector<st
     waiting_.clear();
     for (const auto& w : workloads_) {
         if (!w.attach_key.empty()) {
-            auto pod = open_existing_cgroup(cgroup_.path / w.cgroup);  // w.cgroup is absolute here
+            const std::filesystem::path path = cgroup_.path / w.cgroup;  // w.cgroup is absolute here
+            // Attached to the very cgroup the source found: nothing to look at again.
+            if (auto it = attached_.find(w.attach_key);
+                it != attached_.end() && w.cgroup_id != 0 && it->second.id == w.cgroup_id && it->second.path == path) {
+                workload_ids[it->second.id] = identities_.number_for(w.identity);
+                to_attach[w.attach_key] = it->second;
+                continue;
+            }
+            auto pod = open_existing_cgroup(path);
             if (!pod) {
                 if (pod.error().errnum == ENOENT)
                     waiting_.push_back(w.attach_key);

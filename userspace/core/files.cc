@@ -29,7 +29,7 @@ Result<std::string> read_file(const fs::path& path) {
     return text;
 }
 
-Status write_file_atomically(const fs::path& path, const std::string& content) {
+Status write_file_atomically(const fs::path& path, const std::string& content, Durability durability) {
     std::error_code ec;
     fs::path target = path;
     if (fs::is_symlink(fs::symlink_status(path, ec))) {
@@ -54,7 +54,7 @@ Status write_file_atomically(const fs::path& path, const std::string& content) {
         }
         done += static_cast<size_t>(n);
     }
-    if (::fsync(fd.get()) != 0 || ::close(fd.release()) != 0) {
+    if ((durability == Durability::survives_crash && ::fsync(fd.get()) != 0) || ::close(fd.release()) != 0) {
         const int err = errno;
         ::unlink(tmp.c_str());
         return system_error("writing " + tmp.string(), err);

@@ -13,6 +13,8 @@ namespace egressd::kube {
 namespace {
 
 const nlohmann::json kNull;
+// On a static pod's mirror: the kubelet's config hash, which names its cgroup.
+constexpr const char* kMirrorAnnotation = "kubernetes.io/config.mirror";
 
 const nlohmann::json& at(const nlohmann::json& object, const char* key) {
     if (!object.is_object()) return kNull;
@@ -83,7 +85,7 @@ MeshedPod meshed_pod(const nlohmann::json& pod) {
     meshed.uid = text_at(metadata, "uid");
     // A static pod's cgroup is named after the kubelet's config hash, which
     // its mirror pod carries; the mirror's own uid names nothing on the node.
-    if (const std::string mirror = text_at(at(metadata, "annotations"), "kubernetes.io/config.mirror"); !mirror.empty())
+    if (const std::string mirror = text_at(at(metadata, "annotations"), kMirrorAnnotation); !mirror.empty())
         meshed.uid = mirror;
     std::string account = text_at(at(pod, "spec"), "serviceAccountName");
     if (account.empty()) account = "default";  // what the API server fills in
@@ -158,6 +160,55 @@ std::vector<Cidr> cluster_cidrs(const Objects& nodes, const Objects& service_cid
     for (const auto& [key, range] : service_cidrs)
         add_ranges(at(at(range, "spec"), "cidrs"), object_name(range, "ServiceCIDR") + " spec.cidrs", ranges, problems);
     return {ranges.begin(), ranges.end()};
+}
+
+namespace {
+
+// Moves from.path[0].path[1]... into the same place of `to`, when it is there.
+void keep(nlohmann::json& from, nlohmann::json& to, std::initializer_list<std::string_view> path) {
+    nlohmann::json* source = &from;
+    for (std::string_view key : path) {
+        if (!source->is_object()) return;
+        auto it = source->find(key);
+        if (it == source->end()) return;
+        source = &*it;
+    }
+    nlohmann::json* target = &to;
+    for (std::string_view key : path) target = &(*target)[std::string(key)];
+    *target = std::move(*source);
+}
+
+nlohmann::json kept(nlohmann::json&& object, std::initializer_list<std::initializer_list<std::string_view>> paths) {
+    nlohmann::json out = nlohmann::json::object();
+    for (const auto& path : paths) keep(object, out, path);
+    return out;
+}
+
+}  // namespace
+
+nlohmann::json kept_spec_object(nlohmann::json&& object) {
+    return kept(std::move(object),
+                {{"apiVersion"}, {"kind"}, {"metadata", "name"}, {"metadata", "namespace"}, {"spec"}});
+}
+
+nlohmann::json kept_namespace(nlohmann::json&& ns, const MeshConventions& mesh) {
+    return kept(std::move(ns), {{"metadata", "name"}, {"metadata", "labels", mesh.monitored_by_label}});
+}
+
+nlohmann::json kept_pod(nlohmann::json&& pod, const MeshConventions& mesh) {
+    return kept(std::move(pod), {{"metadata", "name"},
+                                 {"metadata", "namespace"},
+                                 {"metadata", "uid"},
+                                 {"metadata", "labels", mesh.proxy_uuid_label},
+                                 {"metadata", "annotations", kMirrorAnnotation},
+                                 {"spec", "serviceAccountName"},
+                                 {"spec", "hostNetwork"},
+                                 {"status", "phase"},
+                                 {"status", "qosClass"}});
+}
+
+nlohmann::json kept_node(nlohmann::json&& node) {
+    return kept(std::move(node), {{"metadata", "name"}, {"spec", "podCIDR"}, {"spec", "podCIDRs"}});
 }
 
 }  // namespace egressd::kube

@@ -67,4 +67,19 @@ PodSelection meshed_pods(const Objects& pods, const Objects& namespaces, const M
 // range that does not parse is named in `problems` and left out.
 std::vector<Cidr> cluster_cidrs(const Objects& nodes, const Objects& service_cidrs, std::vector<std::string>& problems);
 
+// What the reflectors keep of each kind (their transforms): the fields that
+// the functions above read, and nothing else, so that a stored pod costs a few
+// hundred bytes rather than its whole object (managedFields, containers,
+// conditions). Every function above gives the same answer for a full object
+// and for what is kept of it; tests/unit/test_kube_objects.cc checks that.
+//   MeshConfig, Egress, ServiceCIDR: apiVersion, kind, metadata.{name,namespace}, spec.
+//   Namespace: metadata.name and the mesh's monitored-by label.
+//   Pod: metadata.{name,namespace,uid}, the proxy label, the mirror annotation,
+//        spec.{serviceAccountName,hostNetwork}, status.{phase,qosClass}.
+//   Node: metadata.name, spec.{podCIDR,podCIDRs}.
+nlohmann::json kept_spec_object(nlohmann::json&& object);
+nlohmann::json kept_namespace(nlohmann::json&& ns, const MeshConventions& mesh);
+nlohmann::json kept_pod(nlohmann::json&& pod, const MeshConventions& mesh);
+nlohmann::json kept_node(nlohmann::json&& node);
+
 }  // namespace egressd::kube

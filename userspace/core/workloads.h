@@ -24,6 +24,9 @@ struct Workload {
     // Kubernetes mode: the pod's UID. Its cgroup (then an absolute path, found
     // on the host) is never created, and gets its own programs and links.
     std::string attach_key;
+    // Kubernetes mode: the cgroup's id (inode) when the source found it; a
+    // pod cgroup made again at the same path has another and is attached again.
+    uint64_t cgroup_id = 0;
     bool operator==(const Workload&) const = default;
 };
 

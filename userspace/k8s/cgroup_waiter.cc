@@ -1,5 +1,7 @@
 #include "k8s/cgroup_waiter.h"
 
+#include <utility>
+
 #include <sys/inotify.h>
 #include <unistd.h>
 
@@ -98,6 +100,17 @@ bool CgroupWaiter::wants_watch(const std::string& rel) const {
 }
 
 bool CgroupWaiter::handle_event(int wd, uint32_t mask, std::string_view name, bool& resync) {
+    // Each true answer but a pod directory's own says: look at every pod again.
+    const bool changed = handle_watch_event(wd, mask, name, resync);
+    if (changed && !(mask & IN_Q_OVERFLOW) && (mask & IN_ISDIR) && !name.empty() && !resync &&
+        (mask & (IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM)))
+        changes_.names.emplace_back(name);
+    else if (changed)
+        changes_.everything = true;
+    return changed;
+}
+
+bool CgroupWaiter::handle_watch_event(int wd, uint32_t mask, std::string_view name, bool& resync) {
     if (mask & IN_Q_OVERFLOW) {
         ++overflows_;
         resync = true;  // events were lost: a watch may be missing too
@@ -130,6 +143,8 @@ bool CgroupWaiter::handle_event(int wd, uint32_t mask, std::string_view name, bo
     return !ancestor && (mask & (IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM));
 }
 
+CgroupWaiter::Changes CgroupWaiter::take_changes() { return std::exchange(changes_, Changes{}); }
+
 bool CgroupWaiter::drain() {
     bool changed = false;
     bool resync = false;
@@ -140,6 +155,7 @@ bool CgroupWaiter::drain() {
         if (n < 0 && errno != EAGAIN) {
             log::error("reading pod cgroup events: {}", std::strerror(errno));
             changed = true;  // let the caller look for itself
+            changes_.everything = true;
         }
         if (n <= 0) break;
         for (ssize_t offset = 0; offset < n;) {

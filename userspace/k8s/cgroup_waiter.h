@@ -35,6 +35,15 @@ public:
     // overflowed (events were lost), or when a watched directory itself went away.
     bool drain();
 
+    // What the events drained since the last call said, so that a caller with many pods looks again only at the
+    // pods concerned: the names of the directories made or removed directly below the pods root and the QoS
+    // directories, or `everything` when events were lost or a watched directory itself changed.
+    struct Changes {
+        bool everything = false;
+        std::vector<std::string> names;
+    };
+    Changes take_changes();
+
     // The watched directories relative to the mount, sorted (for status and tests).
     std::vector<std::string> watched() const;
     // How often the kernel's event queue overflowed (events lost, a full re-scan needed); for metrics and tests.
@@ -50,12 +59,14 @@ private:
     bool wants_watch(const std::string& rel) const;
     // One event; `resync` is set when the watches must be rebuilt.
     bool handle_event(int wd, uint32_t mask, std::string_view name, bool& resync);
+    bool handle_watch_event(int wd, uint32_t mask, std::string_view name, bool& resync);
 
     std::filesystem::path mount_;
     PodsRoot root_;
     UniqueFd fd_;
     std::map<int, std::string> watches_;  // watch descriptor -> directory relative to the mount ("" is the mount)
     uint64_t overflows_ = 0;
+    Changes changes_;
 };
 
 }  // namespace egressd::k8s

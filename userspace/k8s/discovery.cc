@@ -27,15 +27,27 @@ ApiFailure failure_of(const HttpResponse& response) {
 }
 
 // One page into `out`; returns the continue token.
-Result<std::string> read_page(const std::string& body, ListResult& out) {
-    nlohmann::json list = nlohmann::json::parse(body, nullptr, false);
+Result<std::string> read_page(const std::string& body, const ObjectTransform& transform, ListResult& out) {
+    // With a transform, each item is cut down as soon as it is parsed: a page
+    // of 500 whole pods (several MB of objects) never exists at once. An
+    // item is an object ending at depth 2: List.items[i] (a List has no
+    // other array at the top).
+    nlohmann::json::parser_callback_t cut_items = nullptr;
+    if (transform)
+        cut_items = [&transform](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+            if (event == nlohmann::json::parse_event_t::object_end && depth == 2)
+                parsed = transform(std::move(parsed));
+            return true;
+        };
+    nlohmann::json list = nlohmann::json::parse(body, cut_items, false);
     if (list.is_discarded() || !list.is_object()) return make_error("the list is not a JSON object");
     const auto items = list.find("items");
     if (items != list.end() && !items->is_null()) {
         if (!items->is_array()) return make_error("the list's items are not an array");
         for (auto& item : *items) {
             std::string key = object_key(item);
-            if (!key.empty()) out.items[std::move(key)] = std::move(item);
+            if (key.empty()) continue;
+            out.items[std::move(key)] = std::move(item);  // already cut down by the transform, if any
         }
     }
     const auto metadata = list.find("metadata");
@@ -119,6 +131,7 @@ Result<Discovery> discover_version(Client& client, const Resource& resource, std
 
 Result<ListResult> list_collection(Client& client, const Resource& resource, const std::string& version,
                                    uint32_t page_size, std::chrono::milliseconds timeout, const std::atomic<bool>* stop,
+                                   const ObjectTransform& transform,
                                    const std::function<void(unsigned pages)>& after_page) {
     ListResult result;
     std::string continue_token;
@@ -139,7 +152,7 @@ Result<ListResult> list_collection(Client& client, const Resource& resource, con
             result.failure = failure_of(*response);
             return result;
         }
-        auto next = read_page(response->body, result);
+        auto next = read_page(response->body, transform, result);
         if (!next) return next.error().with_context("GET " + path);
         if (next->empty()) return result;
         continue_token = std::move(*next);

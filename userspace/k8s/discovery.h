@@ -59,6 +59,13 @@ struct Discovery {
 Result<Discovery> discover_version(Client& client, const Resource& resource, std::chrono::milliseconds timeout,
                                    const std::atomic<bool>* stop);
 
+// What a reflector keeps of each object, like client-go's TransformFunc: it
+// runs on every listed object and on every watch event's object before the
+// object is stored, so that a full object never outlives its page or event.
+// It must keep metadata.name and metadata.namespace (the store's key).
+// Empty: the whole object is kept.
+using ObjectTransform = std::function<nlohmann::json(nlohmann::json&&)>;
+
 struct ListResult {
     std::optional<ApiFailure> failure;  // 404: not served; 429/5xx...: retry later
     std::string resource_version;
@@ -68,9 +75,11 @@ struct ListResult {
 };
 // All pages of the collection, `page_size` objects per request (0 = one
 // request). A 410 on a continue page starts over with one unpaginated LIST.
-// `after_page` (tests) runs after each page that has a next one.
+// Each item is stored as `transform` returns it. `after_page` (tests) runs
+// after each page that has a next one.
 Result<ListResult> list_collection(Client& client, const Resource& resource, const std::string& version,
                                    uint32_t page_size, std::chrono::milliseconds timeout, const std::atomic<bool>* stop,
+                                   const ObjectTransform& transform = {},
                                    const std::function<void(unsigned pages)>& after_page = {});
 
 }  // namespace egressd::k8s

@@ -76,6 +76,7 @@ struct Client::Request {
     milliseconds stall{0};    // no byte for this long ends it; 0 = never
     const std::atomic<bool>* stop = nullptr;
     const std::function<bool(std::string_view)>* on_data = nullptr;
+    const std::function<void()>* on_open = nullptr;  // stream(): the 200's headers are in
 
     // Per attempt, for the callbacks.
     CURL* easy = nullptr;
@@ -114,6 +115,11 @@ struct Client::Request {
         if (starts_with_nocase(line, "HTTP/")) r.retry_after.reset();  // a new response (after 100 Continue)
         constexpr std::string_view kRetryAfter = "retry-after:";
         if (starts_with_nocase(line, kRetryAfter)) r.retry_after = trim(line.substr(kRetryAfter.size()));
+        if (r.on_open && *r.on_open && (line == "\r\n" || line == "\n")) {  // the end of a header block
+            long status = 0;
+            curl_easy_getinfo(r.easy, CURLINFO_RESPONSE_CODE, &status);
+            if (status == 200) (*r.on_open)();
+        }
         return line.size();
     }
 };
@@ -361,8 +367,9 @@ Result<HttpResponse> Client::merge_patch(const std::string& path, const nlohmann
 
 Result<HttpResponse> Client::stream(const std::string& path_and_query,
                                     const std::function<bool(std::string_view)>& on_data, milliseconds stall_timeout,
-                                    const std::atomic<bool>& stop) {
+                                    const std::atomic<bool>& stop, const std::function<void()>& on_open) {
     Request r;
+    r.on_open = &on_open;
     r.path = path_and_query;
     r.stall = stall_timeout;
     r.stop = &stop;

@@ -66,9 +66,11 @@ public:
     // anywhere) until the server ends the response, on_data returns false,
     // `stop` becomes true, or no byte arrived for `stall_timeout` (an error
     // of errnum kStalled, saying "stalled"). Returns the HTTP status, and the
-    // body when it is not 200.
+    // body when it is not 200. `on_open` runs when a 200's headers are in:
+    // the server took the request, before any event.
     Result<HttpResponse> stream(const std::string& path_and_query, const std::function<bool(std::string_view)>& on_data,
-                                std::chrono::milliseconds stall_timeout, const std::atomic<bool>& stop);
+                                std::chrono::milliseconds stall_timeout, const std::atomic<bool>& stop,
+                                const std::function<void()>& on_open = {});
     // Wakes the requests running with this `stop` flag, which the caller has
     // set, so that they end now rather than within a second.
     void interrupt(const std::atomic<bool>& stop);

@@ -56,7 +56,7 @@ struct Reflector::Impl {
     Next gone(const std::string& why);
     Next missing(const std::string& why);
     Next fail(const std::string& why, std::optional<double> retry_after, Next then);
-    void succeeded();
+    void succeeded(bool watch_opened = false);
     void apply(std::vector<WatchEvent>& batch);
     void replace(Map items, const std::string& resource_version, bool relist);
     bool sleep(milliseconds duration);
@@ -84,6 +84,10 @@ struct Reflector::Impl {
     bool relist_pending = false;   // the next LIST follows a 410
     bool watch_after_list = true;  // the next WATCH is the first after a LIST
     std::string logged_error;      // the last error logged, to log each once
+    // A watch that opens and then ends at once, again and again, is one
+    // failure: its start is kept across such an open.
+    std::chrono::steady_clock::time_point opened_at{};
+    std::chrono::system_clock::time_point failing_before_open{};
 };
 
 std::string Reflector::Impl::name() const {
@@ -107,7 +111,7 @@ void Reflector::Impl::run() {
     while (!stop.load()) next = next == Next::kList ? list() : watch();
 }
 
-void Reflector::Impl::succeeded() {
+void Reflector::Impl::succeeded(bool watch_opened) {
     backoff.reset();
     if (!logged_error.empty()) log::info("{}: recovered", name());
     logged_error.clear();
@@ -115,6 +119,8 @@ void Reflector::Impl::succeeded() {
     {
         std::lock_guard lock(mutex);
         recovered = !stats.last_error.empty();
+        failing_before_open = watch_opened ? stats.failing_since : std::chrono::system_clock::time_point{};
+        if (watch_opened) opened_at = std::chrono::steady_clock::now();
         stats.last_error.clear();
         stats.failing_since = {};
     }
@@ -127,7 +133,10 @@ Reflector::Impl::Next Reflector::Impl::fail(const std::string& why, std::optiona
         std::lock_guard lock(mutex);
         ++stats.errors;
         started_failing = stats.last_error.empty();
-        if (started_failing) stats.failing_since = std::chrono::system_clock::now();
+        const bool open_was_brief = failing_before_open != std::chrono::system_clock::time_point{} &&
+                                    std::chrono::steady_clock::now() - opened_at < kVeryShortWatch;
+        if (started_failing)
+            stats.failing_since = open_was_brief ? failing_before_open : std::chrono::system_clock::now();
         stats.last_error = why;
     }
     if (started_failing) notify();  // the agent's readiness says what is stale, and since when
@@ -185,7 +194,8 @@ Reflector::Impl::Next Reflector::Impl::list() {
         stats.served_version = version;
     }
     auto listed =
-        list_collection(*client, options.resource, version, options.page_size, options.request_timeout, &stop);
+        list_collection(*client, options.resource, version, options.page_size, options.request_timeout, &stop,
+                        options.transform);
     if (stop.load()) return Next::kList;
     if (!listed) return fail(listed.error().describe(), std::nullopt, Next::kList);
     if (const auto& f = listed->failure) {
@@ -252,7 +262,11 @@ void Reflector::Impl::apply(std::vector<WatchEvent>& batch) {
                     changed = true;
                 }
             } else {
-                writable()[std::move(key)] = std::move(event.object);
+                nlohmann::json kept =
+                    options.transform ? options.transform(std::move(event.object)) : std::move(event.object);
+                // A status update of a pod that changes nothing the agent reads is no change.
+                if (auto it = store->find(key); it != store->end() && it->second == kept) continue;
+                writable()[std::move(key)] = std::move(kept);
                 changed = true;
             }
         }
@@ -288,21 +302,30 @@ Reflector::Impl::Next Reflector::Impl::watch() {
             return !end.error && !end.gone;
         });
         if (!framed) end.error = framed.error().message;
-        if (!batch.empty() && end.events == 0) succeeded();  // not on an ERROR event alone
         end.events += batch.size();
         apply(batch);
         return !end.error && !end.gone;
     };
     const auto started = std::chrono::steady_clock::now();
     const std::string path = watch_path(options.resource, version, resource_version, timeout);
-    auto response = client->stream(path, on_data, stall, stop);
+    // The server took the watch: whatever failed before has recovered, even
+    // if no event comes for a while. A 410 or an ERROR event right after
+    // is a relist, not a failure.
+    const auto on_open = [this] { succeeded(true); };
+    auto response = client->stream(path, on_data, stall, stop, on_open);
     if (stop.load()) return Next::kWatch;
     if (!response) {
         if (response.error().errnum != kStalled) return fail(response.error().describe(), std::nullopt, Next::kWatch);
-        std::lock_guard lock(mutex);
-        ++stats.errors;
-        stats.last_error = response.error().message;
+        bool started_failing;
+        {
+            std::lock_guard lock(mutex);
+            ++stats.errors;
+            started_failing = stats.last_error.empty();
+            if (started_failing) stats.failing_since = std::chrono::system_clock::now();
+            stats.last_error = response.error().message;
+        }
         log::info("{}: watch {}: restarting it", name(), response.error().message);
+        if (started_failing) notify();
         return Next::kWatch;
     }
     if (response->status == 410 ||

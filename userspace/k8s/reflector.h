@@ -61,6 +61,9 @@ public:
         std::chrono::milliseconds initial_backoff{800}, max_backoff{30000};  // doubling, with jitter
         std::chrono::seconds missing_retry{30};                              // retry period while the CRD is missing
         std::chrono::milliseconds request_timeout{60000};                    // a discovery or LIST page request
+        // What is kept of each object (discovery.h). With a transform, an
+        // event whose kept part did not change leaves the store as it is.
+        ObjectTransform transform;
     };
 
     // Starts the thread. `notify` is called (from the reflector thread) after
@@ -76,7 +79,7 @@ public:
     // The objects by "namespace/name" ("name" when cluster-scoped). An
     // immutable snapshot: cheap to take, never changed afterwards.
     std::shared_ptr<const std::map<std::string, nlohmann::json>> objects() const;
-    uint64_t revision() const;  // increments with every change of the store
+    uint64_t revision() const;  // increments with every change of the store (of what the transform keeps)
     ReflectorStats stats() const;
 
     struct Impl;

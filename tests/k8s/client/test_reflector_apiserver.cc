@@ -1,6 +1,8 @@
 // Reflector against tests/k8s/fake_apiserver.py: list, watch, 410, faults.
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <chrono>
 #include <set>
 
 #include "fake_server.h"
@@ -171,7 +173,7 @@ TEST_SUITE("apiserver") {
         auto client = Client::create(fake.config());
         REQUIRE(client.ok());
         Resource pods{.plural = "pods"};
-        auto listed = list_collection(**client, pods, "v1", 2, milliseconds(5000), nullptr, [&](unsigned pages) {
+        auto listed = list_collection(**client, pods, "v1", 2, milliseconds(5000), nullptr, {}, [&](unsigned pages) {
             if (pages != 1) return;
             fake.remove("v1", "Pod", "default", "p4");
             fake.control("compact", nlohmann::json::object());
@@ -218,6 +220,58 @@ TEST_SUITE("apiserver") {
         CHECK(w->stats().watch_restarts >= 1);
         CHECK(w->stats().lists == 1);
         CHECK(w.keys() == std::set<std::string>{"default/after-reset", "default/p0", "default/p1"});
+    }
+
+    TEST_CASE("reflector: a reset watch that opens again has recovered before any event") {
+        FakeServer fake;
+        fake.control("config", {{"bookmarkInterval", 600}});  // nothing but the 200 can clear it
+        seed_pods(fake, 1);
+        Watched w(fake, pods_options());
+        REQUIRE(wait_until([&] { return w.synced(); }));
+        const size_t watches = fake.requests("watch").size();
+        fake.control("watches/reset", {{"mode", "rst"}, {"pathPrefix", "/api/v1/pods"}});
+        REQUIRE(wait_until([&] { return w->stats().errors >= 1; }));
+        // No event is sent: the new watch's 200 alone clears the failure.
+        REQUIRE(wait_until([&] { return fake.requests("watch").size() > watches; }));
+        CHECK(wait_until([&] { return w->stats().last_error.empty(); }));
+        CHECK(w->stats().failing_since == std::chrono::system_clock::time_point{});
+        CHECK(w->stats().lists == 1);
+    }
+
+    TEST_CASE("reflector: the transform cuts down listed and watched objects; a change it drops is no change") {
+        FakeServer fake;
+        seed_pods(fake, 5);
+        Reflector::Options options = pods_options();
+        options.page_size = 2;
+        std::atomic<int> transformed{0};
+        options.transform = [&transformed](nlohmann::json&& object) {
+            ++transformed;
+            nlohmann::json kept = {{"metadata",
+                                    {{"name", object["metadata"]["name"]},
+                                     {"namespace", object["metadata"]["namespace"]}}}};
+            if (object["metadata"].contains("labels")) kept["metadata"]["labels"] = object["metadata"]["labels"];
+            return kept;
+        };
+        Watched w(fake, options);
+        REQUIRE(wait_until([&] { return w.synced(); }));
+        CHECK(transformed == 5);
+        CHECK(w.keys().size() == 5);
+        for (const auto& [key, object] : *w->objects()) CHECK_FALSE(object.contains("spec"));
+        // A change the transform drops (the spec) leaves the store and its revision as they are.
+        const uint64_t revision = w->revision();
+        nlohmann::json changed = pod("p0");
+        changed["spec"]["containers"][0]["image"] = "busybox:2";
+        fake.upsert(changed);
+        REQUIRE(wait_until([&] { return transformed == 6; }));
+        fake.upsert(pod("p9"));
+        REQUIRE(wait_until([&] { return w.has("default/p9"); }));
+        CHECK(w->revision() == revision + 1);  // p9 only
+        // A change it keeps is one.
+        nlohmann::json labelled = pod("p1");
+        labelled["metadata"]["labels"] = {{"app", "x"}};
+        fake.upsert(labelled);
+        REQUIRE(wait_until([&] { return w->revision() == revision + 2; }));
+        CHECK(w->objects()->at("default/p1")["metadata"]["labels"]["app"] == "x");
     }
 
     TEST_CASE("reflector: a stalled watch is restarted") {

@@ -105,11 +105,18 @@ TEST_CASE("CgroupWaiter: a QoS directory made late is watched, then a pod inside
     CHECK(waiter->drain());
     CHECK(waiter->watched() == std::vector<std::string>{"kubepods.slice", "kubepods.slice/kubepods-burstable.slice"});
     CHECK_FALSE(find_pod_cgroup(tree.mount(), kSystemdRoot, pod));
+    CHECK(waiter->take_changes().everything);  // a new QoS directory: every pod may be in it
 
     tree.mkdirs(pod_cgroup_path(kSystemdRoot, pod));
     REQUIRE(readable(waiter->fd(), kEventWaitMs));
     CHECK(waiter->drain());
     CHECK(find_pod_cgroup(tree.mount(), kSystemdRoot, pod) == pod_cgroup_path(kSystemdRoot, pod));
+    // A pod's own directory: named, so that only that pod is looked at again.
+    const CgroupWaiter::Changes changes = waiter->take_changes();
+    CHECK_FALSE(changes.everything);
+    CHECK(changes.names ==
+          std::vector<std::string>{std::filesystem::path(pod_cgroup_path(kSystemdRoot, pod)).filename().string()});
+    CHECK(waiter->take_changes().names.empty());  // taken once
 }
 
 TEST_CASE("CgroupWaiter: a QoS directory and a pod in it made before the drain: the re-scan finds the pod") {
@@ -220,9 +227,13 @@ TEST_CASE("CgroupWaiter: a queue overflow reports a change and keeps the watches
     CHECK(waiter->drain());
     CHECK(waiter->overflows() == 1);
     CHECK(waiter->watched().size() == 3);
+    CHECK(waiter->take_changes().everything);  // events were lost: look at every pod
     tree.mkdirs("kubepods/besteffort/pod-after");
     REQUIRE(readable(waiter->fd(), kEventWaitMs));
     CHECK(waiter->drain());
+    const CgroupWaiter::Changes changes = waiter->take_changes();
+    CHECK_FALSE(changes.everything);
+    CHECK(changes.names == std::vector<std::string>{"pod-after"});
 }
 
 TEST_CASE("CgroupWaiter::create rejects a bad root") {
