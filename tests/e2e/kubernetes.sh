@@ -192,6 +192,8 @@ check "/metrics counts the relist per resource, and parses" bash -c "
   echo \"\$m\" | '$bin/prom_check' >/dev/null &&
   echo \"\$m\" | grep -Eq '^egressd_kubernetes_relists_total\{resource=\"egresses\"\} [1-9]' &&
   echo \"\$m\" | grep -q '^egressd_kubernetes_synced{resource=\"pods\"} 1'"
+check "/metrics has the apply lag of the changes since the first sync" bash -c "
+  curl -s http://127.0.0.1:$(status_field "s['httpPort']")/metrics | grep -Eq '^egressd_kubernetes_apply_lag_seconds_count [1-9]'"
 
 # The token rotates: the agent re-reads its token file on the 401.
 control token "{\"token\": \"rotated-$RANDOM\"}"

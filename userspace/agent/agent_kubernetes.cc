@@ -64,6 +64,7 @@ Status Agent::wait_for_first_sync() {
 
 void Agent::on_kubernetes_changed() {
     const unsigned inputs = kube_->pending();
+    const auto changed_since = kube_->take_changed_since();
     if (!kube_->synced()) {
         update_kubernetes_readiness();
         write_status();
@@ -73,7 +74,13 @@ void Agent::on_kubernetes_changed() {
         apply_first_sync();
         return;
     }
-    if (inputs != 0) on_inputs_changed(inputs, false);
+    if (inputs != 0) {
+        const uint64_t generation = reconciler_->applied().generation;
+        on_inputs_changed(inputs, false);
+        if (changed_since && reconciler_->applied().generation != generation)
+            telemetry_->record_kubernetes_apply_lag(
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - *changed_since).count());
+    }
     update_kubernetes_readiness();
     write_status();
 }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <tuple>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -136,13 +137,24 @@ Status KubeSource::start_reflectors() {
 }
 
 void KubeSource::notify() {
+    int64_t none = 0;
+    const int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
+    first_notice_ns_.compare_exchange_strong(none, now);  // keeps the oldest
     const uint64_t one = 1;
     (void)::write(wake_.get(), &one, sizeof one);  // EAGAIN: already readable, nothing lost
+}
+
+std::optional<std::chrono::steady_clock::time_point> KubeSource::take_changed_since() {
+    return std::exchange(changed_since_, std::nullopt);
 }
 
 unsigned KubeSource::pending() {
     uint64_t count = 0;
     (void)::read(wake_.get(), &count, sizeof count);
+    if (const int64_t first = first_notice_ns_.exchange(0); first != 0) {
+        const std::chrono::steady_clock::time_point at{std::chrono::steady_clock::duration(first)};
+        if (!changed_since_ || at < *changed_since_) changed_since_ = at;
+    }
     unsigned inputs = 0;
     if (cgroups_ && cgroups_->drain()) {
         inputs |= kWorkloads;

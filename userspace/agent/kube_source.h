@@ -8,6 +8,7 @@
 // cgroup appeared or went, and the agent then asks for what changed.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <map>
@@ -47,6 +48,9 @@ public:
     int cgroup_fd() const { return cgroups_->fd(); }
     // The inputs whose store (or, for workloads, cgroups) changed since the last call.
     unsigned pending();
+    // When the oldest change not yet taken arrived (a reflector's notice),
+    // for the apply-lag metric; taken once.
+    std::optional<std::chrono::steady_clock::time_point> take_changed_since();
 
     // Every collection has completed its first LIST: the inputs are complete.
     bool synced() const;
@@ -88,6 +92,9 @@ private:
     const k8s::PodsRoot pods_root_;
     const std::string node_name_;
     UniqueFd wake_;  // eventfd, written by the reflectors' threads
+    // steady_clock nanoseconds of the first notice not yet taken; 0: none.
+    std::atomic<int64_t> first_notice_ns_{0};
+    std::optional<std::chrono::steady_clock::time_point> changed_since_;
     std::shared_ptr<k8s::Client> client_;
     std::unique_ptr<k8s::CgroupWaiter> cgroups_;
     std::unique_ptr<k8s::Reflector> mesh_configs_, egresses_, namespaces_, pods_;

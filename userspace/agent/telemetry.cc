@@ -129,6 +129,10 @@ public:
         apply_duration_->observe(millis / 1000.0);
     }
 
+    void record_kubernetes_apply_lag(double seconds) override {
+        if (watch_families_.apply_lag) watch_families_.apply_lag->observe(seconds);
+    }
+
     void record_config_error() override { config_errors_->inc(); }
 
     void record_resolution_failure(const std::string& host) override { resolution_failures_->labels({host}).inc(); }
@@ -177,6 +181,11 @@ public:
         watch_families_.last_sync =
             r.take(g.gauge("egressd_kubernetes_last_sync_timestamp_seconds",
                            "When the resource's last complete LIST ended (Unix time).", by_resource));
+        watch_families_.apply_lag = r.take_only(
+            g.histogram("egressd_kubernetes_apply_lag_seconds",
+                        "Time from the API server's change reaching the agent (a watch event or a LIST) to the "
+                        "generation that enforces it.",
+                        kApplyBuckets));
         if (!r.status()) return r.status().error().with_context("telemetry: registering metrics");
         std::lock_guard lock(state_mutex_);
         read_watched_ = std::move(read);
@@ -317,6 +326,7 @@ private:
         observe::GaugeFamily* synced = nullptr;
         observe::CounterFamily *lists = nullptr, *relists = nullptr, *restarts = nullptr, *errors = nullptr;
         observe::GaugeFamily* last_sync = nullptr;
+        observe::Histogram* apply_lag = nullptr;
     } watch_families_;
     std::function<std::vector<WatchedResource>()> read_watched_;  // under state_mutex_
 

@@ -43,6 +43,9 @@ public:
     // applying failed (a configuration error).
     virtual void record_apply(uint64_t generation, double millis) = 0;
     virtual void record_config_error() = 0;
+    // Kubernetes mode (after watch_resources): a generation enforced what the
+    // API server changed `seconds` ago, as the agent received it.
+    virtual void record_kubernetes_apply_lag(double seconds) = 0;
     // A host's resolution failed (one count per failure the agent sees).
     virtual void record_resolution_failure(const std::string& host) = 0;
 
