@@ -7,6 +7,7 @@
 #include "decision.bpf.h"
 #include "report.bpf.h"
 #include "flows.bpf.h"
+#include "dns.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -83,4 +84,13 @@ SEC("sockops")
 int egressd_sockops(struct bpf_sock_ops *skops)
 {
 	return egressd_sockops_flow(skops);
+}
+
+/* DNS answers arriving at a workload: parsed here, learned by the decision. A
+ * packet is never dropped: the hook only observes. */
+SEC("cgroup_skb/ingress")
+int egressd_dns_in(struct __sk_buff *skb)
+{
+	egressd_dns_observe(skb);
+	return 1;
 }

@@ -124,4 +124,11 @@ struct {
 	__type(value, struct egressd_traffic);
 } EGRESSD_MAP_ID_TRAFFIC SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct egressd_dns_scratch);
+} EGRESSD_MAP_DNS_SCRATCH SEC(".maps");
+
 #endif /* EGRESSD_BPF_MAPS_BPF_H */

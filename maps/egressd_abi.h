@@ -54,6 +54,7 @@
 #define EGRESSD_MAP_FLOWS flows_v1
 #define EGRESSD_MAP_RULE_TRAFFIC rule_traffic_v1
 #define EGRESSD_MAP_ID_TRAFFIC id_traffic_v1
+#define EGRESSD_MAP_DNS_SCRATCH dns_scratch_v1 /* per-CPU: a DNS response and what it says */
 
 #define EGRESSD_STRINGIFY_(x) #x
 #define EGRESSD_STRINGIFY(x) EGRESSD_STRINGIFY_(x)
@@ -353,6 +354,105 @@ struct egressd_traffic {
 
 struct egressd_counter {
 	__u64 decisions;
+};
+
+/* ---- DNS answers seen by the workloads -------------------------------------
+ * The packet program parses DNS responses into struct egressd_dns_parsed.
+ * userspace/core/dns_message.cc is the C++ reference parser: tests run both
+ * on the same packets and require the same result, field by field.
+ *
+ * Names are compared as 64-bit FNV-1a hashes of their labels taken from the
+ * right (the top-level domain first), each label as its length byte then
+ * its bytes with A-Z folded to a-z. Hashing from the right gives every
+ * suffix of a name on the way: for www.example.com, suffix[0] is the hash of
+ * "com", suffix[1] of "example.com", suffix[2] of "www.example.com" (the
+ * whole name). An exact policy host matches the whole name; a wildcard
+ * *.example.com matches any suffix but the whole name. */
+#define EGRESSD_DNS_HASH_SEED 0xcbf29ce484222325ULL
+#define EGRESSD_DNS_HASH_PRIME 0x100000001b3ULL
+
+#define EGRESSD_DNS_PAYLOAD_MAX 2048 /* a longer response is not learned (a power of 2) */
+#define EGRESSD_DNS_MAX_LABELS 16    /* a longer name is not learned */
+#define EGRESSD_DNS_MAX_POINTERS 8   /* compression pointers followed in one name */
+#define EGRESSD_DNS_MAX_QUESTIONS 4
+#define EGRESSD_DNS_MAX_RECORDS 32   /* answer records looked at */
+#define EGRESSD_DNS_MAX_CHAIN 8      /* names a question's CNAME chain may pass */
+#define EGRESSD_DNS_MAX_ADDRESSES 16 /* addresses learned from one response */
+
+#define EGRESSD_DNS_TYPE_A 1
+#define EGRESSD_DNS_TYPE_CNAME 5
+#define EGRESSD_DNS_TYPE_AAAA 28
+#define EGRESSD_DNS_CLASS_IN 1
+
+enum egressd_dns_status {
+	EGRESSD_DNS_OK = 0,        /* parsed; addresses[] may be empty */
+	EGRESSD_DNS_NOT_RESPONSE,  /* QR clear, or an opcode other than QUERY */
+	EGRESSD_DNS_ERROR_RCODE,   /* a response with rcode other than NOERROR: nothing to learn */
+	EGRESSD_DNS_MALFORMED,     /* out of bounds, a bad label, a pointer loop: ignored */
+	EGRESSD_DNS_UNSUPPORTED,   /* within limits of the protocol but not of the parser (labels, size) */
+	EGRESSD_DNS_STATUS_MAX,
+};
+
+/* A name's hashes: suffix[i] covers the last i+1 labels; suffix[labels-1] is
+ * the whole name. The root name has no labels. */
+struct egressd_dns_name {
+	__u64 suffix[EGRESSD_DNS_MAX_LABELS];
+	__u32 labels;
+	__u32 _pad;
+};
+
+struct egressd_dns_address {
+	__u32 addr[4];  /* network byte order, IPv4 as ::ffff:a.b.c.d */
+	__u32 ttl;      /* seconds: the least TTL on the way from the question (CNAMEs included) */
+	__u16 question; /* index in questions[] */
+	__u16 _pad;
+};
+
+/* What one response says. Only answer records of class IN whose owner is a
+ * question or a name the question's CNAME chain reached (records in the order
+ * the answer section gives them, as resolvers send them) give addresses. */
+struct egressd_dns_parsed {
+	__u32 status; /* enum egressd_dns_status */
+	__u16 id;
+	__u16 flags; /* the header's second 16 bits */
+	__u32 questions_count;
+	__u32 addresses_count;
+	struct egressd_dns_name questions[EGRESSD_DNS_MAX_QUESTIONS];
+	struct egressd_dns_address addresses[EGRESSD_DNS_MAX_ADDRESSES];
+};
+
+/* The parser's working state. It lives in the map, not on the BPF stack: the
+ * verifier then takes each counter as any value within its masks instead
+ * of following every value it could have through every loop. */
+struct egressd_dns_work {
+	struct egressd_dns_name name; /* the hashes of the name being read */
+	__u16 label_offset[EGRESSD_DNS_MAX_LABELS];
+	__u8 label_length[EGRESSD_DNS_MAX_LABELS];
+	__u32 label_count;
+	__u32 name_end; /* the offset after the name where it was read (after its first pointer) */
+	__u32 pos;      /* the name's next length byte */
+	__u32 wire;     /* the name's length so far, as on the wire */
+	__u32 pointers;
+	__u32 jumped;
+	__u32 status;   /* of the name being read */
+	__u32 offset;   /* the next question or record */
+	__u32 chain_count;
+	__u32 _pad;
+	__u64 chain_hash[EGRESSD_DNS_MAX_CHAIN]; /* names reached from a question: that name's hash, */
+	__u32 chain_ttl[EGRESSD_DNS_MAX_CHAIN];  /* the least TTL on the way, */
+	__u16 chain_question[EGRESSD_DNS_MAX_CHAIN]; /* and the question */
+	__u64 hash; /* the hash being computed */
+};
+
+/* dns_scratch_v1: PERCPU_ARRAY, 1 entry: the packet program's working space
+ * (a BPF stack is 512 bytes). The packet is copied to `payload`; `parsed` is
+ * the result. Nothing in it outlives one program run. */
+struct egressd_dns_scratch {
+	__u8 payload[EGRESSD_DNS_PAYLOAD_MAX];
+	__u32 payload_len;
+	__u32 _pad;
+	struct egressd_dns_parsed parsed;
+	struct egressd_dns_work work;
 };
 
 #endif /* EGRESSD_MAPS_EGRESSD_ABI_H */

@@ -78,6 +78,25 @@ static_assert(sizeof(egressd_traffic) == 24);
 static_assert(sizeof(egressd_counter) == 8);
 static_assert(EGRESSD_COUNTER_SLOTS == int{EGRESSD_REASON_MAX} * int{EGRESSD_HOOK_MAX});
 
+static_assert(sizeof(egressd_dns_name) == EGRESSD_DNS_MAX_LABELS * 8 + 8);
+static_assert(sizeof(egressd_dns_address) == 24);
+static_assert(offsetof(egressd_dns_address, ttl) == 16);
+static_assert(offsetof(egressd_dns_address, question) == 20);
+static_assert(offsetof(egressd_dns_parsed, questions) == 16);
+static_assert(sizeof(egressd_dns_parsed) ==
+              16 + EGRESSD_DNS_MAX_QUESTIONS * sizeof(egressd_dns_name) + EGRESSD_DNS_MAX_ADDRESSES * 24);
+static_assert(offsetof(egressd_dns_work, label_count) == 184);
+static_assert(offsetof(egressd_dns_work, chain_hash) == 224);
+static_assert(sizeof(egressd_dns_work) == 344);
+static_assert(offsetof(egressd_dns_scratch, payload_len) == EGRESSD_DNS_PAYLOAD_MAX);
+static_assert(offsetof(egressd_dns_scratch, parsed) == EGRESSD_DNS_PAYLOAD_MAX + 8);
+static_assert(sizeof(egressd_dns_scratch) == EGRESSD_DNS_PAYLOAD_MAX + 8 + sizeof(egressd_dns_parsed) + 344);
+static_assert((EGRESSD_DNS_PAYLOAD_MAX & (EGRESSD_DNS_PAYLOAD_MAX - 1)) == 0);
+static_assert((EGRESSD_DNS_MAX_LABELS & (EGRESSD_DNS_MAX_LABELS - 1)) == 0);
+static_assert((EGRESSD_DNS_MAX_CHAIN & (EGRESSD_DNS_MAX_CHAIN - 1)) == 0);
+static_assert((EGRESSD_DNS_MAX_QUESTIONS & (EGRESSD_DNS_MAX_QUESTIONS - 1)) == 0);
+static_assert((EGRESSD_DNS_MAX_ADDRESSES & (EGRESSD_DNS_MAX_ADDRESSES - 1)) == 0);
+
 static_assert(std::is_trivially_copyable_v<egressd_cidr_key> && std::is_trivially_copyable_v<egressd_config>);
 
 }  // namespace egressd::abi

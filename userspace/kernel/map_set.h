@@ -36,7 +36,8 @@ namespace egressd {
     X(event_stats, EGRESSD_MAP_EVENT_STATS, uint32_t, uint64_t)                                           \
     X(flows, EGRESSD_MAP_FLOWS, uint64_t, egressd_flow)                                                   \
     X(rule_traffic, EGRESSD_MAP_RULE_TRAFFIC, egressd_traffic_key, egressd_traffic)                       \
-    X(identity_traffic, EGRESSD_MAP_ID_TRAFFIC, uint32_t, egressd_traffic)
+    X(identity_traffic, EGRESSD_MAP_ID_TRAFFIC, uint32_t, egressd_traffic)                                \
+    X(dns_scratch, EGRESSD_MAP_DNS_SCRATCH, uint32_t, egressd_dns_scratch)
 
 // Every map's pinned name, the ring buffer's included.
 inline constexpr auto kMapNames = std::to_array<const char*>({
