@@ -30,6 +30,7 @@ struct egressd_decision {
 	__u32 cgroup_level;
 	__u32 identity; /* valid when identity_known */
 	__u32 identity_known;
+	__u32 learned; /* row 7 allowed a destination learned from a DNS answer */
 };
 
 static __always_inline void egressd_addr_from_v4(struct egressd_addr *a, __u32 ip4_be)
@@ -48,6 +49,11 @@ static __always_inline void egressd_addr_from_v6(struct egressd_addr *a, const s
 	a->w[1] = ctx->user_ip6[1];
 	a->w[2] = ctx->user_ip6[2];
 	a->w[3] = ctx->user_ip6[3];
+}
+
+static __always_inline int egressd_words_equal(const __u32 *a, const __u32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 }
 
 static __always_inline int egressd_addr_is_v4(const struct egressd_addr *a)
@@ -75,6 +81,21 @@ static __always_inline const struct egressd_cidr_value *egressd_cidr_lookup(__u8
 
 	__builtin_memcpy(key.addr, a->w, sizeof(key.addr));
 	return bpf_map_lookup_elem(&EGRESSD_MAP_CIDRS, &key);
+}
+
+/* The active slot's generation, or NULL when there is none (fail closed). */
+static __always_inline const struct egressd_config *egressd_active_config(__u32 *slot)
+{
+	const struct egressd_control *ctl;
+	const struct egressd_config *cfg;
+	__u32 zero = 0;
+
+	ctl = bpf_map_lookup_elem(&EGRESSD_MAP_CONTROL, &zero);
+	if (!ctl)
+		return NULL;
+	*slot = ctl->active_slot & 1;
+	cfg = bpf_map_lookup_elem(&EGRESSD_MAP_CONFIG, slot);
+	return cfg && (cfg->flags & EGRESSD_CFG_VALID) ? cfg : NULL;
 }
 
 static __always_inline void egressd_verdict(struct egressd_decision *d, __u32 verdict, __u32 reason, __u32 rule)
@@ -145,27 +166,52 @@ egressd_policy_lookup(__u8 slot, __u32 flags, __u32 identity, __u8 proto, __u16 
 }
 
 /* The decision, rows 1-8 of docs/decision.md, first match wins. `d` starts zeroed. */
+/* Row 7 for a destination learned from a DNS answer (ABI: learning from
+ * answers): the identity's live entry for the address gives the host's
+ * number, and the policy is looked up under the host's own address 100::N. */
+static __always_inline const struct egressd_policy_value *
+egressd_learned_policy(__u8 slot, __u32 flags, __u32 identity, __u8 proto, __u16 port, const struct egressd_addr *a)
+{
+	const struct egressd_dns_settings *settings;
+	const struct egressd_dns_learned *entry;
+	struct egressd_dns_learned_key key = {.identity = identity};
+	struct egressd_addr host = {};
+	__u32 zero = 0, set;
+
+	settings = bpf_map_lookup_elem(&EGRESSD_MAP_DNS_SETTINGS, &zero);
+	if (!settings || !settings->sets)
+		return NULL;
+	set = egressd_dns_set_of(a->w, settings->sets);
+	for (__u32 way = 0; way < 2; way++) {
+		key.entry = set * 2 + way;
+		entry = bpf_map_lookup_elem(&EGRESSD_MAP_DNS_LEARNED, &key);
+		if (!entry || !egressd_words_equal((const __u32 *)entry->addr, a->w))
+			continue;
+		if (entry->expires_ns <= bpf_ktime_get_boot_ns())
+			return NULL; /* expired: the next answer learns it again */
+		host.w[0] = bpf_htonl(EGRESSD_DNS_HOST_ADDRESS_WORD0);
+		host.w[3] = bpf_htonl(entry->host);
+		return egressd_policy_lookup(slot, flags, identity, proto, port, &host);
+	}
+	return NULL;
+}
+
 static __always_inline void egressd_decide(struct egressd_decision *d, const struct egressd_addr *dst, __u16 port,
 					   __u8 proto, __u32 uid)
 {
 	const struct egressd_policy_value *policy;
 	const struct egressd_cidr_value *cidr;
 	const struct egressd_port_value *pv;
-	const struct egressd_control *ctl;
 	const struct egressd_config *cfg;
 	struct egressd_port_key pkey = {};
-	__u32 zero = 0, slot;
+	__u32 slot;
 
 	if (egressd_addr_is_local(dst))
 		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL, 0);
 
 	/* One read of the active slot: everything below is one generation. */
-	ctl = bpf_map_lookup_elem(&EGRESSD_MAP_CONTROL, &zero);
-	if (!ctl)
-		return egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG, 0);
-	slot = ctl->active_slot & 1;
-	cfg = bpf_map_lookup_elem(&EGRESSD_MAP_CONFIG, &slot);
-	if (!cfg || !(cfg->flags & EGRESSD_CFG_VALID))
+	cfg = egressd_active_config(&slot);
+	if (!cfg)
 		return egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG, 0);
 	d->generation = cfg->generation;
 	d->flags = cfg->flags;
@@ -200,6 +246,10 @@ static __always_inline void egressd_decide(struct egressd_decision *d, const str
 		d->identity_known = 1;
 		if (d->identity) {
 			policy = egressd_policy_lookup(slot, cfg->flags, d->identity, proto, port, dst);
+			if (!policy) {
+				policy = egressd_learned_policy(slot, cfg->flags, d->identity, proto, port, dst);
+				d->learned = policy != NULL;
+			}
 			if (policy)
 				return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_POLICY, policy->policy);
 		}

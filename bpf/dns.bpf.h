@@ -17,11 +17,6 @@
 #define EGRESSD_BPF_DNS_BPF_H
 
 #include <linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/in.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
-#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -346,55 +341,26 @@ static __always_inline void egressd_dns_parse(struct egressd_dns_scratch *s)
 		p->addresses_count = 0; /* a response that is not whole teaches nothing */
 }
 
-/* A packet arriving at a workload's socket (cgroup_skb ingress: the data
- * starts at the IP header). Only UDP from port 53 is looked at: everything
- * else returns after the header reads. IPv6 extension headers and IPv4
- * fragments are not followed (a fragmented answer is not learned). */
-static __always_inline void egressd_dns_observe(struct __sk_buff *skb)
+/* Copies the UDP payload at `offset` (`length` bytes) into the scratch;
+ * MALFORMED or UNSUPPORTED (too long to look at) when it cannot. */
+static __always_inline __u32 egressd_dns_copy(struct __sk_buff *skb, __u32 offset, __u32 length,
+					      struct egressd_dns_scratch *s)
 {
-	struct egressd_dns_scratch *s;
-	struct udphdr udp;
-	__u32 zero = 0, l4, payload;
-
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct iphdr ip;
-
-		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) || ip.protocol != IPPROTO_UDP ||
-		    (ip.frag_off & bpf_htons(0x3fff)))
-			return;
-		l4 = (__u32)ip.ihl * 4;
-	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr ip6;
-
-		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) || ip6.nexthdr != IPPROTO_UDP)
-			return;
-		l4 = sizeof(ip6);
-	} else {
-		return;
-	}
-	if (bpf_skb_load_bytes(skb, l4, &udp, sizeof(udp)) || udp.source != bpf_htons(53))
-		return;
-	s = bpf_map_lookup_elem(&EGRESSD_MAP_DNS_SCRATCH, &zero);
-	if (!s)
-		return;
 	s->parsed.questions_count = 0;
 	s->parsed.addresses_count = 0;
-	payload = bpf_ntohs(udp.len);
-	if (payload < sizeof(udp) || l4 + payload > skb->len) {
-		s->parsed.status = EGRESSD_DNS_MALFORMED;
-		return;
-	}
-	payload -= sizeof(udp);
-	if (payload > EGRESSD_DNS_PAYLOAD_MAX) {
-		s->parsed.status = EGRESSD_DNS_UNSUPPORTED;
-		return;
-	}
-	if (payload == 0 || bpf_skb_load_bytes(skb, l4 + sizeof(udp), s->payload, payload)) {
-		s->parsed.status = EGRESSD_DNS_MALFORMED;
-		return;
-	}
-	s->payload_len = payload;
-	egressd_dns_parse(s);
+	__u64 n = length - 1;
+
+	if (length > EGRESSD_DNS_PAYLOAD_MAX)
+		return s->parsed.status = EGRESSD_DNS_UNSUPPORTED;
+	if (length == 0)
+		return s->parsed.status = EGRESSD_DNS_MALFORMED;
+	/* 1..EGRESSD_DNS_PAYLOAD_MAX, in a way the verifier can follow. */
+	asm volatile("%0 &= %1" : "+r"(n) : "i"(EGRESSD_DNS_OFFSET_MASK));
+	n += 1;
+	if (bpf_skb_load_bytes(skb, offset, s->payload, n))
+		return s->parsed.status = EGRESSD_DNS_MALFORMED;
+	s->payload_len = length;
+	return s->parsed.status = EGRESSD_DNS_OK;
 }
 
 #endif /* EGRESSD_BPF_DNS_BPF_H */

@@ -7,7 +7,7 @@
 #include "decision.bpf.h"
 #include "report.bpf.h"
 #include "flows.bpf.h"
-#include "dns.bpf.h"
+#include "dns_learn.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -86,11 +86,19 @@ int egressd_sockops(struct bpf_sock_ops *skops)
 	return egressd_sockops_flow(skops);
 }
 
-/* DNS answers arriving at a workload: parsed here, learned by the decision. A
- * packet is never dropped: the hook only observes. */
+/* DNS, for the policies' host names (bpf/dns_learn.bpf.h): queries on their
+ * way out are recorded, the answers to them learned. Never a drop: these two
+ * only observe. */
+SEC("cgroup_skb/egress")
+int egressd_dns_out(struct __sk_buff *skb)
+{
+	egressd_dns_query_out(skb);
+	return 1;
+}
+
 SEC("cgroup_skb/ingress")
 int egressd_dns_in(struct __sk_buff *skb)
 {
-	egressd_dns_observe(skb);
+	egressd_dns_answer_in(skb);
 	return 1;
 }

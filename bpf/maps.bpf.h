@@ -131,4 +131,49 @@ struct {
 	__type(value, struct egressd_dns_scratch);
 } EGRESSD_MAP_DNS_SCRATCH SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct egressd_dns_settings);
+} EGRESSD_MAP_DNS_SETTINGS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct egressd_dns_server_key);
+	__type(value, __u32);
+} EGRESSD_MAP_DNS_SERVERS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, EGRESSD_DNS_QUERY_CAPACITY);
+	__type(key, struct egressd_dns_query_key);
+	__type(value, struct egressd_dns_query);
+} EGRESSD_MAP_DNS_QUERIES SEC(".maps");
+
+/* Resized by the agent from its settings, like the other capacities. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 2 * EGRESSD_DEFAULT_POLICY_RULE_CAPACITY);
+	__type(key, struct egressd_dns_host_key);
+	__type(value, struct egressd_dns_host);
+} EGRESSD_MAP_DNS_HOSTS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, EGRESSD_DEFAULT_DNS_LEARNED_CAPACITY);
+	__type(key, struct egressd_dns_learned_key);
+	__type(value, struct egressd_dns_learned);
+} EGRESSD_MAP_DNS_LEARNED SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EGRESSD_DNS_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} EGRESSD_MAP_DNS_STATS SEC(".maps");
+
 #endif /* EGRESSD_BPF_MAPS_BPF_H */

@@ -55,6 +55,12 @@
 #define EGRESSD_MAP_RULE_TRAFFIC rule_traffic_v1
 #define EGRESSD_MAP_ID_TRAFFIC id_traffic_v1
 #define EGRESSD_MAP_DNS_SCRATCH dns_scratch_v1 /* per-CPU: a DNS response and what it says */
+#define EGRESSD_MAP_DNS_SETTINGS dns_settings_v1
+#define EGRESSD_MAP_DNS_SERVERS dns_servers_v1 /* the trusted resolvers */
+#define EGRESSD_MAP_DNS_QUERIES dns_queries_v1 /* queries on their way out, awaiting their answer */
+#define EGRESSD_MAP_DNS_HOSTS dns_hosts_v1     /* per slot: the policies' host names, by identity */
+#define EGRESSD_MAP_DNS_LEARNED dns_learned_v1 /* addresses learned from answers, by identity */
+#define EGRESSD_MAP_DNS_STATS dns_stats_v1
 
 #define EGRESSD_STRINGIFY_(x) #x
 #define EGRESSD_STRINGIFY(x) EGRESSD_STRINGIFY_(x)
@@ -71,6 +77,8 @@
  * stable), so these maps are created with exactly this many entries. */
 #define EGRESSD_DEFAULT_IDENTITY_CAPACITY 16384
 #define EGRESSD_DEFAULT_WORKLOAD_CAPACITY 16384
+/* Addresses learned from DNS answers, all identities together. */
+#define EGRESSD_DEFAULT_DNS_LEARNED_CAPACITY 65536
 /* How many cgroup levels below the enforced cgroup the kernel searches for
  * the nearest registered workload. */
 #define EGRESSD_MAX_WORKLOAD_DEPTH 8
@@ -454,5 +462,107 @@ struct egressd_dns_scratch {
 	struct egressd_dns_parsed parsed;
 	struct egressd_dns_work work;
 };
+
+/* ---- learning from answers ---------------------------------------------------
+ * A query leaving a workload for a trusted resolver (dns_servers_v1) is
+ * recorded in dns_queries_v1 by its socket and DNS id, with its first
+ * question's name. An answer arriving at that socket from a trusted resolver,
+ * with that id and that name, is matched against the policy host names of the
+ * socket's identity (dns_hosts_v1, per slot): the whole name exactly, or any
+ * shorter suffix as a wildcard, the longest first. Its addresses are then
+ * learned into dns_learned_v1 for that identity, with the host's number, until
+ * the record's TTL (clamped by dns_settings_v1) runs out. Row 7 looks a
+ * connect()'s destination up there and, on a live entry, looks the policy up
+ * as for a resolved host, under the host's own address
+ * (100::N below): the ports and protocols of the policies naming that host. Anything else teaches nothing and is counted (dns_stats_v1). */
+
+/* The address under which policy_hosts_v1 holds a host's entries: 100::N,
+ * in 100::/64, the discard-only prefix (RFC 6666) that no connect() is
+ * meant to reach; N, the host's number, in the last 4 bytes (big endian).
+ * The first 4 bytes are 01 00 00 00: this, read as a host-order __u32. */
+#define EGRESSD_DNS_HOST_ADDRESS_WORD0 0x01000000u
+
+/* dns_settings_v1: ARRAY, 1 entry (not per generation). */
+struct egressd_dns_settings {
+	__u32 min_ttl;   /* seconds; a shorter TTL counts as this */
+	__u32 max_ttl;   /* seconds; a longer TTL counts as this */
+	__u32 sets;      /* per identity: sets of 2 entries (a power of 2; 0 disables learning) */
+	__u32 _pad;
+};
+
+/* dns_servers_v1: HASH, address (16 bytes, IPv4 mapped) -> __u32 (1). */
+struct egressd_dns_server_key {
+	__u8 addr[16];
+};
+
+/* dns_queries_v1: LRU_HASH. */
+#define EGRESSD_DNS_QUERY_CAPACITY 65536
+struct egressd_dns_query_key {
+	__u64 socket; /* the socket's cookie */
+	__u16 id;
+	__u16 _pad[3];
+};
+
+struct egressd_dns_query {
+	__u64 name;     /* the first question's whole-name hash */
+	__u64 sent_ns;  /* bpf_ktime_get_boot_ns() */
+	__u32 identity; /* of the socket, when it sent */
+	__u32 _pad;
+};
+
+/* dns_hosts_v1: HASH, per slot. `name` is a suffix hash (ABI: DNS answers). */
+struct egressd_dns_host_key {
+	__u8 slot;
+	__u8 wildcard; /* 0: the whole name; 1: *.<name> (a longer name) */
+	__u16 _pad;
+	__u32 identity;
+	__u64 name;
+};
+
+struct egressd_dns_host {
+	__u32 host; /* the host's number: policy_hosts_v1 holds its ports under 100::host */
+	__u32 _pad;
+};
+
+/* dns_learned_v1: HASH (BPF_F_NO_PREALLOC). Each identity has `sets` sets of
+ * two entries; an address goes to set hash(address) % sets, in the way whose
+ * entry is free, expired or expires first. An identity's learning can thus
+ * only replace its own entries (counted as evictions). */
+struct egressd_dns_learned_key {
+	__u32 identity;
+	__u32 entry; /* set * 2 + way */
+};
+
+struct egressd_dns_learned {
+	__u8 addr[16];
+	__u64 expires_ns; /* bpf_ktime_get_boot_ns() */
+	__u64 learned_ns;
+	__u32 host;
+	__u32 _pad;
+};
+
+/* dns_stats_v1: PERCPU_ARRAY, key enum egressd_dns_stat. */
+enum egressd_dns_stat {
+	EGRESSD_DNS_STAT_QUERIES = 0,      /* queries to a trusted resolver recorded */
+	EGRESSD_DNS_STAT_RESPONSES,        /* responses looked at (UDP from port 53) */
+	EGRESSD_DNS_STAT_UNTRUSTED,        /* ignored: not from a trusted resolver */
+	EGRESSD_DNS_STAT_UNSOLICITED,      /* ignored: no query of that socket, id and name */
+	EGRESSD_DNS_STAT_MALFORMED,        /* ignored: malformed */
+	EGRESSD_DNS_STAT_UNSUPPORTED,      /* ignored: past the parser's limits */
+	EGRESSD_DNS_STAT_NO_POLICY_HOST,   /* parsed, the name is no policy host of the identity */
+	EGRESSD_DNS_STAT_LEARNED,          /* addresses learned (or refreshed) */
+	EGRESSD_DNS_STAT_EVICTED,          /* live entries replaced by a new address of the same identity */
+	EGRESSD_DNS_STAT_EXPIRED,          /* entries found expired, by a connect() or by a new address */
+	EGRESSD_DNS_STAT_NO_ANSWER,        /* responses with an error rcode, or that are not responses */
+	EGRESSD_DNS_STAT_MAX,
+};
+
+/* The set of dns_learned_v1 an address goes to; `sets` is a power of 2. */
+static inline __u32 egressd_dns_set_of(const __u32 addr[4], __u32 sets)
+{
+	__u32 h = (addr[0] ^ addr[1] ^ addr[2] ^ addr[3]) * 0x9e3779b1u;
+
+	return (h ^ (h >> 16)) & (sets - 1);
+}
 
 #endif /* EGRESSD_MAPS_EGRESSD_ABI_H */

@@ -69,6 +69,9 @@ Bytes frame(const Bytes& dns, bool ipv6 = false, uint16_t source_port = 53) {
     return f;
 }
 
+const egressd_dns_server_key kResolver4 = {{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 53}};
+const egressd_dns_server_key kResolver6 = {{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x53}};
+
 // The BPF object loaded once (programs are not attached anywhere), its
 // dns_in program run on one CPU, the scratch map read on that CPU.
 class PacketProgram {
@@ -84,6 +87,10 @@ public:
         cpus_ = libbpf_num_possible_cpus();
         REQUIRE(cpus_ > 0);
         values_.resize(static_cast<size_t>(cpus_));
+        // The frames' resolvers, 198.18.0.53 and 2001:db8::53, are trusted: their answers are parsed.
+        const uint32_t one = 1;
+        for (const egressd_dns_server_key& server : {kResolver4, kResolver6})
+            REQUIRE(bpf_map_update_elem(bpf_map__fd(skel_->maps.dns_servers_v1), &server, &one, BPF_ANY) == 0);
     }
     ~PacketProgram() {
         cpu_set_t all;
@@ -355,6 +362,11 @@ TEST_CASE("dns parser: edge cases give the same result in the kernel and in the 
     // Not DNS: nothing is touched.
     const Bytes answer = cases[0].payload;
     CHECK(program.run(frame(answer, false, 5353)).status == EGRESSD_DNS_STATUS_MAX);
+    // From a resolver that is not trusted: not even parsed.
+    Bytes untrusted = frame(answer);
+    untrusted[14 + 15] = 54;  // the IPv4 source 198.18.0.53 -> .54
+    CHECK(program.run(untrusted).status == EGRESSD_DNS_STATUS_MAX);
+    CHECK(program.run(frame(answer)).status == EGRESSD_DNS_OK);
     // Over the size the program copies: not learned, said so.
     Bytes big = answer;
     big.resize(EGRESSD_DNS_PAYLOAD_MAX + 1, 0);

@@ -37,7 +37,13 @@ namespace egressd {
     X(flows, EGRESSD_MAP_FLOWS, uint64_t, egressd_flow)                                                   \
     X(rule_traffic, EGRESSD_MAP_RULE_TRAFFIC, egressd_traffic_key, egressd_traffic)                       \
     X(identity_traffic, EGRESSD_MAP_ID_TRAFFIC, uint32_t, egressd_traffic)                                \
-    X(dns_scratch, EGRESSD_MAP_DNS_SCRATCH, uint32_t, egressd_dns_scratch)
+    X(dns_scratch, EGRESSD_MAP_DNS_SCRATCH, uint32_t, egressd_dns_scratch)                                \
+    X(dns_settings, EGRESSD_MAP_DNS_SETTINGS, uint32_t, egressd_dns_settings)                             \
+    X(dns_servers, EGRESSD_MAP_DNS_SERVERS, egressd_dns_server_key, uint32_t)                             \
+    X(dns_queries, EGRESSD_MAP_DNS_QUERIES, egressd_dns_query_key, egressd_dns_query)                     \
+    X(dns_hosts, EGRESSD_MAP_DNS_HOSTS, egressd_dns_host_key, egressd_dns_host)                           \
+    X(dns_learned, EGRESSD_MAP_DNS_LEARNED, egressd_dns_learned_key, egressd_dns_learned)                 \
+    X(dns_stats, EGRESSD_MAP_DNS_STATS, uint32_t, uint64_t)
 
 // Every map's pinned name, the ring buffer's included.
 inline constexpr auto kMapNames = std::to_array<const char*>({
