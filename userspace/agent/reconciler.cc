@@ -44,6 +44,9 @@ void Reconciler::continue_pinned() {
     adopted_generation->generation = adopted->generation;
     applied_image_ = std::move(adopted_generation);
     policy_numbers_ = PolicyRegistry(adopted->policies);
+    std::map<uint32_t, DnsHostName> hosts;
+    for (const DnsHostRule& rule : adopted->dns_hosts) hosts[rule.number] = rule.host;
+    host_numbers_ = HostRegistry(std::move(hosts));
 }
 
 std::optional<PolicyRef> Reconciler::policy_name(uint32_t number) const {
@@ -149,8 +152,8 @@ Status Reconciler::apply(std::vector<std::string>& problems) {
     if (!workload_ids) return workload_ids.error();
     std::set<uint32_t> used;
     for (const auto& [cgroup_id, number] : *workload_ids) used.insert(number);
-    PolicyInputs policy_inputs{&policies_,       &host_addresses_, &identities_,
-                               &policy_numbers_, cgroup_level_,    &policy_rule_cache_};
+    PolicyInputs policy_inputs{&policies_,       &host_addresses_, &identities_,         &policy_numbers_,
+                               cgroup_level_,    &policy_rule_cache_, &host_numbers_};
     AgentConfig with_cluster_ranges;
     const AgentConfig* settings = &config_;
     if (mesh_cidrs_) {
@@ -176,6 +179,9 @@ Status Reconciler::apply(std::vector<std::string>& problems) {
     std::set<uint32_t> policies_in_use;
     for (const auto& [number, ref] : image->policies) policies_in_use.insert(number);
     policy_numbers_.retain(policies_in_use);
+    std::set<uint32_t> hosts_in_use;
+    for (const DnsHostRule& rule : image->dns_hosts) hosts_in_use.insert(rule.number);
+    host_numbers_.retain(hosts_in_use);
     if (auto pruned = push_identities(*workload_ids); !pruned) return pruned;
     // Programs on a pod's cgroup only once its identity is registered.
     if (!to_attach.empty() || !attached_.empty()) attach_workloads(to_attach, problems);

@@ -94,6 +94,9 @@ private:
 
     IdentityRegistry identities_;
     PolicyRegistry policy_numbers_;
+    // Host names for learning from DNS answers; adopted with the pins, since
+    // learned addresses in the kernel carry these numbers.
+    HostRegistry host_numbers_;
     PolicyRuleCache policy_rule_cache_;
     std::optional<uint64_t> pushed_identities_revision_;  // identities_.revision() the kernel has
     std::map<uint32_t, PolicyRef> policy_names_seen_;

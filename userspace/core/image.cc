@@ -1,5 +1,6 @@
 #include "core/image.h"
 
+#include "core/dns_hosts.h"
 #include "core/policy_rule_cache.h"
 #include "core/policy_rules.h"
 
@@ -19,6 +20,7 @@ constexpr std::string_view kCidrsMap = EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS);
 constexpr std::string_view kPortsMap = EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS);
 constexpr std::string_view kPoliciesMap = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES);
 constexpr std::string_view kPolicyNamesMap = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES);
+constexpr std::string_view kDnsHostsMap = EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_HOSTS);
 
 // The identity of an entry in its map; the rule index is its value.
 auto map_key(const CidrRule& rule) { return std::tie(rule.table, rule.cidr); }
@@ -26,6 +28,8 @@ auto map_key(const PortRule& rule) { return std::tie(rule.table, rule.port); }
 uint32_t map_value(const CidrRule& rule) { return rule.rule; }
 uint32_t map_value(const PortRule& rule) { return rule.rule; }
 uint32_t map_value(const PolicyRule& rule) { return rule.policy; }
+auto map_key(const DnsHostRule& rule) { return std::tie(rule.identity, rule.host); }
+uint32_t map_value(const DnsHostRule& rule) { return rule.number; }
 
 // The order of `a < b`, fast for policy rules: 100k of them are sorted on
 // every change, and the defaulted comparison calls memcmp for each address.
@@ -146,7 +150,8 @@ void add_policy_rules(MapImage& image, const PolicyInputs& in) {
         const PolicyRef ref{policy.namespace_, policy.name};
         numbers.push_back(in.policy_numbers->number_for(ref));
         image.policies[numbers.back()] = ref;
-        append_rules(image.policy_rules, policy, host_addresses_of(policy, in), *in.identities, index);
+        append_rules(image.policy_rules, policy, host_addresses_of(policy, in), host_numbers_of(policy, in),
+                     *in.identities, index);
     }
     // One entry per key; sorting by (key, position) puts the first policy first.
     sort_unique(image.policy_rules);
@@ -177,6 +182,7 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
     const Status ports_fit = check_capacity(kPortsMap, image.ports.size(), agent.capacities.ports, "capacities.ports");
     if (!ports_fit) return ports_fit.error();
     add_policy_rules(image, policy);
+    add_dns_hosts(image, policy);
     if (std::ranges::any_of(image.policy_rules, [](const PolicyRule& rule) { return !is_host_rule(rule); }))
         image.flags |= EGRESSD_CFG_POLICY_PREFIXES;
     const Status rules_fit = check_capacity(kPoliciesMap, image.policy_rules.size(), agent.capacities.policy_rules,
@@ -185,6 +191,9 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
     const Status names_fit =
         check_capacity(kPolicyNamesMap, image.policies.size(), agent.capacities.policies, "capacities.policies");
     if (!names_fit) return names_fit.error();
+    const Status hosts_fit = check_capacity(kDnsHostsMap, image.dns_hosts.size(), agent.capacities.policy_rules,
+                                            "capacities.policyRules");
+    if (!hosts_fit) return hosts_fit.error();
     return image;
 }
 
@@ -193,6 +202,7 @@ ImageDiff diff_images(const MapImage& from, const MapImage& to) {
     diff_rules(from.cidrs, to.cidrs, diff.cidr_deletes, diff.cidr_upserts);
     diff_rules(from.ports, to.ports, diff.port_deletes, diff.port_upserts);
     diff_rules(from.policy_rules, to.policy_rules, diff.policy_deletes, diff.policy_upserts);
+    diff_rules(from.dns_hosts, to.dns_hosts, diff.dns_host_deletes, diff.dns_host_upserts);
     for (const auto& [number, ref] : to.policies) {
         auto old = from.policies.find(number);
         if (old == from.policies.end() || old->second != ref) diff.policy_name_upserts.push_back(number);

@@ -47,6 +47,29 @@ struct PolicyRule {
     auto operator<=>(const PolicyRule&) const = default;
 };
 
+// A policy host name as the kernel compares it (ABI: learning from answers):
+// the whole name's hash, and whether it is a wildcard (*.<name>).
+struct DnsHostName {
+    bool wildcard = false;
+    uint64_t name = 0;  // dns::name_hash of the labels (without "*")
+    auto operator<=>(const DnsHostName&) const = default;
+};
+
+// Host names are numbered like policies, and a number keeps its meaning while
+// it is in use: addresses learned for it in the kernel carry it.
+using HostRegistry = NumberRegistry<DnsHostName>;
+
+// dns_hosts_v1: one entry per (identity, host name) of the valid policies.
+struct DnsHostRule {
+    uint32_t identity = 0;
+    DnsHostName host;
+    uint32_t number = 0;  // HostRegistry's; its rules are under dns_host_address(number)
+    auto operator<=>(const DnsHostRule&) const = default;
+};
+
+// 100::N (ABI): the address under which row 7 keeps the rules of host N.
+IpAddress dns_host_address(uint32_t number);
+
 struct PolicyRef {
     std::string namespace_;
     std::string name;
@@ -71,6 +94,7 @@ struct MapImage {
     std::vector<PortRule> ports;             // sorted by (table, port), one entry per (table, port)
     std::vector<PolicyRule> policy_rules;    // sorted by (identity, proto, port, cidr), one entry per those
     std::map<uint32_t, PolicyRef> policies;  // policy number -> namespace/name
+    std::vector<DnsHostRule> dns_hosts;      // sorted, one entry per (identity, host name)
 
     bool operator==(const MapImage&) const = default;
 };
@@ -98,6 +122,11 @@ struct PolicyInputs {
     // Optional: makes a build after a small change cost linear passes over
     // the rules instead of generating and sorting all of them. Same result.
     class PolicyRuleCache* cache = nullptr;
+    // Optional: numbers the policies' host names, so that addresses learned
+    // from DNS answers in the kernel allow what the policies say (rules under
+    // 100::N, and dns_hosts). Without it, hosts allow only their resolved
+    // addresses.
+    HostRegistry* host_numbers = nullptr;
 };
 Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, uint64_t generation,
                              const PolicyInputs& policy = {});
@@ -114,10 +143,11 @@ struct ImageDiff {
     std::vector<PolicyRule> policy_deletes, policy_upserts;
     std::vector<uint32_t> policy_name_deletes;  // numbers no longer named
     std::vector<uint32_t> policy_name_upserts;  // numbers whose name is new or changed
+    std::vector<DnsHostRule> dns_host_deletes, dns_host_upserts;
     bool empty() const {
         return cidr_deletes.empty() && cidr_upserts.empty() && port_deletes.empty() && port_upserts.empty() &&
                policy_deletes.empty() && policy_upserts.empty() && policy_name_deletes.empty() &&
-               policy_name_upserts.empty();
+               policy_name_upserts.empty() && dns_host_deletes.empty() && dns_host_upserts.empty();
     }
 };
 ImageDiff diff_images(const MapImage& from, const MapImage& to);

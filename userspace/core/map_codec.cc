@@ -122,6 +122,21 @@ PolicyRule decode_policy_host(const egressd_policy_host_key& key, const egressd_
     return rule;
 }
 
+egressd_dns_host_key encode_dns_host_key(uint8_t slot, const DnsHostRule& rule) {
+    egressd_dns_host_key key{};
+    key.slot = slot;
+    key.wildcard = rule.host.wildcard ? 1 : 0;
+    key.identity = rule.identity;
+    key.name = rule.host.name;
+    return key;
+}
+
+egressd_dns_host encode_dns_host(const DnsHostRule& rule) { return egressd_dns_host{rule.number, 0}; }
+
+DnsHostRule decode_dns_host(const egressd_dns_host_key& key, const egressd_dns_host& value) {
+    return DnsHostRule{key.identity, DnsHostName{key.wildcard != 0, key.name}, value.host};
+}
+
 egressd_policy_key encode_policy_key(uint8_t slot, const PolicyRule& rule) {
     auto key = policy_key_fields<egressd_policy_key>(slot, rule);
     key.prefixlen = EGRESSD_POLICY_KEY_FIXED_BITS + rule.cidr.prefix;

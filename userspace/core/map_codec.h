@@ -25,6 +25,9 @@ PolicyRule decode_policy_host(const egressd_policy_host_key& key, const egressd_
 egressd_policy_key encode_policy_key(uint8_t slot, const PolicyRule& rule);
 egressd_policy_value encode_policy_value(const PolicyRule& rule);
 Result<PolicyRule> decode_policy(const egressd_policy_key& key, const egressd_policy_value& value);
+egressd_dns_host_key encode_dns_host_key(uint8_t slot, const DnsHostRule& rule);
+egressd_dns_host encode_dns_host(const DnsHostRule& rule);
+DnsHostRule decode_dns_host(const egressd_dns_host_key& key, const egressd_dns_host& value);
 egressd_identity_name encode_identity_name(const IdentityName& name);
 IdentityName decode_identity_name(const egressd_identity_name& value);
 egressd_policy_name encode_policy_name(const PolicyRef& ref);

@@ -17,15 +17,16 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
         const uint32_t number = in.policy_numbers->number_for(ref);
         image.policies[number] = ref;
         auto host_addresses = host_addresses_of(policy, in);
+        auto host_numbers = host_numbers_of(policy, in);
         auto old = entries_.find(ref);
         if (old != entries_.end() && old->second.number == number && old->second.policy == policy &&
-            old->second.host_addresses == host_addresses) {
+            old->second.host_addresses == host_addresses && old->second.host_numbers == host_numbers) {
             next.emplace(std::move(ref), std::move(old->second));
             continue;
         }
         if (old != entries_.end()) dropped.insert(old->second.number);
-        append_rules(added, policy, host_addresses, *in.identities, number);
-        next.emplace(std::move(ref), Entry{policy, std::move(host_addresses), number});
+        append_rules(added, policy, host_addresses, host_numbers, *in.identities, number);
+        next.emplace(std::move(ref), Entry{policy, std::move(host_addresses), std::move(host_numbers), number});
     }
     for (const auto& [ref, entry] : entries_)
         if (!next.contains(ref)) dropped.insert(entry.number);

@@ -27,6 +27,7 @@ private:
     struct Entry {
         EgressPolicy policy;
         std::vector<std::vector<IpAddress>> host_addresses;  // of policy.hosts, as built
+        std::vector<uint32_t> host_numbers;                  // of its host names, as built
         uint32_t number = 0;
     };
     std::map<PolicyRef, Entry> entries_;

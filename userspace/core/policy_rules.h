@@ -39,9 +39,15 @@ inline std::strong_ordering policy_key_order(const PolicyRule& a, const PolicyRu
 // The current addresses of each of the policy's hosts (empty when unknown).
 std::vector<std::vector<IpAddress>> host_addresses_of(const EgressPolicy& policy, const PolicyInputs& in);
 
-// Appends one policy's rules, marked with `mark` (its position or its number).
+// The numbers of the policy's host names (hosts, then wildcard_hosts), from
+// in.host_numbers; empty without one.
+std::vector<uint32_t> host_numbers_of(const EgressPolicy& policy, const PolicyInputs& in);
+
+// Appends one policy's rules, marked with `mark` (its position or its number):
+// its destinations are its ipAddresses, its hosts' current addresses, and the
+// address 100::N of each numbered host name.
 void append_rules(std::vector<PolicyRule>& rules, const EgressPolicy& policy,
-                  const std::vector<std::vector<IpAddress>>& host_addresses, IdentityRegistry& identities,
-                  uint32_t mark);
+                  const std::vector<std::vector<IpAddress>>& host_addresses,
+                  const std::vector<uint32_t>& host_numbers, IdentityRegistry& identities, uint32_t mark);
 
 }  // namespace egressd

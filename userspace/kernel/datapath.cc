@@ -29,6 +29,7 @@ Status size_maps(bpf_object* object, const Capacities& capacities) {
         {EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS), EGRESSD_SLOTS * capacities.ports},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES), EGRESSD_SLOTS * capacities.policy_rules},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_HOSTS), EGRESSD_SLOTS * capacities.policy_rules},
+        {EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_HOSTS), EGRESSD_SLOTS * capacities.policy_rules},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES), EGRESSD_SLOTS * capacities.policies},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITY_NAMES), capacities.identities},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_WORKLOAD_IDENTITIES), capacities.workloads},

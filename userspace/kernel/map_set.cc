@@ -112,9 +112,15 @@ Result<MapImage> MapSet::read_slot(uint32_t slot) const {
             image->policy_rules);
         !read)
         return read.error();
+    if (auto read = append_slot(
+            dns_hosts, slot, [&](const auto& k, const auto& v) { return always(decode_dns_host(k, v)); },
+            image->dns_hosts);
+        !read)
+        return read.error();
     auto names = read_policy_names(slot);
     if (!names) return names.error();
     image->policies = std::move(*names);
+    std::sort(image->dns_hosts.begin(), image->dns_hosts.end());
     std::sort(image->cidrs.begin(), image->cidrs.end());
     std::sort(image->ports.begin(), image->ports.end());
     std::sort(image->policy_rules.begin(), image->policy_rules.end());
@@ -222,6 +228,10 @@ Status MapSet::write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& 
         else
             policy_changes.upserts.emplace_back(encode_policy_key(s, rule), encode_policy_value(rule));
     }
+    MapChanges<egressd_dns_host_key, egressd_dns_host> dns_host_changes;
+    for (const auto& rule : diff.dns_host_deletes) dns_host_changes.deletes.push_back(encode_dns_host_key(s, rule));
+    for (const auto& rule : diff.dns_host_upserts)
+        dns_host_changes.upserts.emplace_back(encode_dns_host_key(s, rule), encode_dns_host(rule));
     MapChanges<egressd_policy_name_key, egressd_policy_name> name_changes;
     for (uint32_t index : diff.policy_name_deletes) name_changes.deletes.push_back({s, {}, index});
     for (uint32_t index : diff.policy_name_upserts)
@@ -234,6 +244,7 @@ Status MapSet::write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& 
     if (auto applied = policy_changes.apply_to(policies); !applied) return applied;
     if (auto applied = host_changes.apply_to(policy_hosts); !applied) return applied;
     if (auto applied = name_changes.apply_to(policy_names); !applied) return applied;
+    if (auto applied = dns_host_changes.apply_to(dns_hosts); !applied) return applied;
     return config.update(slot, encode_config(to));
 }
 

@@ -1,0 +1,125 @@
+#include "core/dns_hosts.h"
+
+#include <algorithm>
+#include <map>
+#include <string_view>
+
+#include "core/dns_message.h"
+#include "core/policy_rules.h"
+
+namespace egressd {
+
+namespace {
+
+// What one policy grants for one of its host names to one source identity.
+struct Grant {
+    uint8_t proto = 0;
+    uint16_t port = 0;
+    uint32_t position = 0;  // the policy's, in PolicySet order: the first wins a shared key
+    uint32_t policy = 0;    // its number
+};
+
+struct IdentityHost {
+    DnsHostName name;
+    uint32_t number = 0;
+    std::vector<Grant> grants;
+};
+
+// Whether every name `covered` matches is also matched by `wildcard`
+// ("*.example.com" covers "api.example.com" and "*.eu.example.com").
+bool covers(const std::string& wildcard, const std::string& covered) {
+    if (!wildcard.starts_with("*.")) return false;
+    const std::string suffix = wildcard.substr(1);  // ".example.com"
+    const std::string_view name = covered.starts_with("*.") ? std::string_view(covered).substr(2) : covered;
+    return name.size() > suffix.size() && name.ends_with(suffix);
+}
+
+// identity -> host name text -> what the policies grant for it.
+using HostsByIdentity = std::map<uint32_t, std::map<std::string, IdentityHost>>;
+
+HostsByIdentity hosts_by_identity(const PolicyInputs& in) {
+    HostsByIdentity out;
+    for (uint32_t position = 0; position < in.policies->size(); ++position) {
+        const EgressPolicy& policy = (*in.policies)[position];
+        const auto number = in.policy_numbers->find({policy.namespace_, policy.name});
+        if (!number) continue;
+        for (const PolicySource& source : policy.sources) {
+            const uint32_t identity = in.identities->number_for({source.namespace_, source.service_account});
+            for (const auto* hosts : {&policy.hosts, &policy.wildcard_hosts})
+                for (const std::string& host : *hosts) {
+                    IdentityHost& entry = out[identity][host];
+                    entry.name = dns_host_name(host);
+                    entry.number = in.host_numbers->number_for(entry.name);
+                    for (const PolicyPort& port : policy.ports)
+                        entry.grants.push_back({port.l4, port.number, position, *number});
+                }
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+IpAddress dns_host_address(uint32_t number) {
+    IpAddress address;
+    address.bytes = {0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, uint8_t(number >> 24), uint8_t(number >> 16),
+                     uint8_t(number >> 8), uint8_t(number)};
+    return address;
+}
+
+DnsHostName dns_host_name(const std::string& host) {
+    DnsHostName out;
+    std::string_view rest = host;
+    if (rest.starts_with("*.")) {
+        out.wildcard = true;
+        rest.remove_prefix(2);
+    }
+    std::vector<std::string> labels;
+    for (size_t start = 0;;) {
+        const size_t dot = rest.find('.', start);
+        labels.emplace_back(rest.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start));
+        if (dot == std::string_view::npos) break;
+        start = dot + 1;
+    }
+    out.name = dns::name_hash(labels);
+    return out;
+}
+
+void add_dns_hosts(MapImage& image, const PolicyInputs& in) {
+    if (!in.policies || !in.host_numbers) return;
+    const HostsByIdentity hosts = hosts_by_identity(in);
+    // Rules a covering host name gives, with the policy's position for first-wins.
+    std::vector<std::pair<PolicyRule, uint32_t>> extra;
+    for (const auto& [identity, names] : hosts) {
+        for (const auto& [text, host] : names) {
+            image.dns_hosts.push_back(DnsHostRule{identity, host.name, host.number});
+            for (const auto& [other_text, other] : names) {
+                if (!covers(other_text, text)) continue;
+                for (const Grant& g : other.grants)
+                    extra.push_back({PolicyRule{identity, g.proto, g.port, Cidr{dns_host_address(host.number), 128},
+                                                g.policy},
+                                     g.position});
+            }
+        }
+    }
+    std::sort(image.dns_hosts.begin(), image.dns_hosts.end());
+    if (extra.empty()) return;
+    std::sort(extra.begin(), extra.end(), [](const auto& a, const auto& b) {
+        const auto order = policy_key_order(a.first, b.first);
+        return order != 0 ? order < 0 : a.second < b.second;
+    });
+    const auto key_less = [](const PolicyRule& a, const PolicyRule& b) { return policy_key_order(a, b) < 0; };
+    std::vector<PolicyRule> added;
+    for (size_t i = 0; i < extra.size(); ++i) {
+        if (i > 0 && policy_key_order(extra[i].first, extra[i - 1].first) == 0) continue;  // the first policy won
+        // The host's own policies keep their rules: a covering one only fills in.
+        if (!std::binary_search(image.policy_rules.begin(), image.policy_rules.end(), extra[i].first, key_less))
+            added.push_back(extra[i].first);
+    }
+    const size_t middle = image.policy_rules.size();
+    image.policy_rules.insert(image.policy_rules.end(), added.begin(), added.end());
+    std::inplace_merge(image.policy_rules.begin(), image.policy_rules.begin() + long(middle), image.policy_rules.end(),
+                       key_less);
+}
+
+}  // namespace egressd
