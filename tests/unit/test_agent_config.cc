@@ -94,11 +94,11 @@ TEST_CASE("bad agent settings: file, line, column, key path and reason") {
         {"top level is a list", "- cgroup: x\n", "1:1: expected a mapping at the top level, got a list"},
         {"a typo in a key", with_required("sidecarUid: 1500\n"),
          "3:1: sidecarUid: unknown key; expected one of cgroup, cgroupMount, bpffs, meshConfig, meshCIDRs, "
-         "sidecarUID, runDir, egressPolicySemantics, policyDir, workloads, dnsServer, mode, events, httpAddress, "
-         "capacities, kubernetes"},
+         "sidecarUID, runDir, egressPolicySemantics, policyDir, workloads, dnsServer, dnsLearning, mode, events, "
+         "httpAddress, capacities, kubernetes"},
         {"a typo under capacities", with_required("capacities:\n  cidr: 10\n"),
          "4:3: capacities.cidr: unknown key; expected one of cidrs, ports, policyRules, policies, identities, "
-         "workloads"},
+         "workloads, dnsLearned"},
         {"capacities a scalar", with_required("capacities: 10\n"), "3:13: capacities: expected a mapping, got \"10\""},
         {"a key twice", with_required("cgroup: other.slice\n"), "3:1: cgroup: duplicate key (first at line 1)"},
         // cgroup

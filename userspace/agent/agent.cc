@@ -10,9 +10,13 @@
 #include <chrono>
 #include <set>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include "common/log.h"
 #include "core/event.h"
 #include "core/files.h"
+#include "core/resolvers.h"
 #include "kernel/mounts.h"
 
 namespace egressd {
@@ -61,7 +65,7 @@ Status Agent::read_first_inputs() {
     mesh_ = std::move(**mesh);
     if (!config_.policy_dir.empty()) {
         HostResolver::Options options;
-        options.dns_server = config_.dns_server;
+        options.dns_server = fmt::format("{}", fmt::join(config_.dns_servers, ","));
         auto resolver = HostResolver::start(options);
         if (!resolver) return resolver.error().with_context(config_.source_file.string() + ": dnsServer");
         resolver_ = std::move(*resolver);
@@ -96,6 +100,13 @@ Status Agent::load_and_adopt() {
     if (!datapath) return datapath.error();
     datapath_ = std::move(*datapath);
     reconciler_ = std::make_unique<Reconciler>(config_, *datapath_, cgroup_, cgroup_level_);
+    // The resolvers whose answers the kernel learns from; the settings are read once, at start.
+    const auto resolv_conf = read_file("/etc/resolv.conf");
+    const std::vector<IpAddress> resolvers =
+        trusted_resolvers(config_.dns_servers, resolv_conf ? std::string_view(*resolv_conf) : std::string_view());
+    if (auto set = datapath_->set_dns_learning(config_.dns_learning, resolvers); !set) return set;
+    if (resolvers.empty())
+        log::info("no resolver to learn DNS answers from: dnsServer is not set and /etc/resolv.conf names none");
     if (datapath_->active_image()) {
         reconciler_->continue_pinned();
         log::info("adopted the pinned maps in {} (generation {} in force)", config_.bpffs.string(),

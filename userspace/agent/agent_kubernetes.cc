@@ -9,6 +9,9 @@
 #include <cstring>
 
 #include "agent/agent.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include "common/log.h"
 #include "kernel/mounts.h"
 #include "kernel/pins.h"
@@ -37,7 +40,7 @@ Status Agent::prepare_kubernetes() {
     if (!lock) return lock.error();
     lock_.emplace(std::move(*lock));
     HostResolver::Options options;
-    options.dns_server = config_.dns_server;
+    options.dns_server = fmt::format("{}", fmt::join(config_.dns_servers, ","));
     auto resolver = HostResolver::start(options);
     if (!resolver) return resolver.error().with_context(config_.source_file.string() + ": dnsServer");
     resolver_ = std::move(*resolver);

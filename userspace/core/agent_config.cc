@@ -68,7 +68,7 @@ std::string http_address_setting(const Field& field) {
 }
 
 Capacities capacities_setting(const Field& field) {
-    field.reject_unknown_keys({"cidrs", "ports", "policyRules", "policies", "identities", "workloads"});
+    field.reject_unknown_keys({"cidrs", "ports", "policyRules", "policies", "identities", "workloads", "dnsLearned"});
     Capacities capacities;
     const std::pair<const char*, std::pair<uint32_t*, long long>> limits[] = {
         {"cidrs", {&capacities.cidrs, kMaxCidrCapacity}},
@@ -77,10 +77,41 @@ Capacities capacities_setting(const Field& field) {
         {"policies", {&capacities.policies, kMaxTableCapacity}},
         {"identities", {&capacities.identities, kMaxTableCapacity}},
         {"workloads", {&capacities.workloads, kMaxTableCapacity}},
+        {"dnsLearned", {&capacities.dns_learned, kMaxPolicyRuleCapacity}},
     };
     for (const auto& [key, target] : limits)
         if (const Field value = field.child(key); value.present()) *target.first = bounded(value, 1, target.second);
     return capacities;
+}
+
+// One ADDRESS[:PORT] or a list of them.
+std::vector<std::string> dns_servers_setting(const Field& field) {
+    std::vector<Field> items = field.node().IsSequence() ? field.items() : std::vector<Field>{field};
+    if (items.empty()) field.fail("expected a resolver ADDRESS[:PORT] or a list of them, got an empty list");
+    std::vector<std::string> servers;
+    for (const Field& item : items) {
+        const std::string text = non_empty_string(item);
+        auto endpoint = parse_endpoint(text, {.default_port = 53, .port_zero = false});
+        if (!endpoint) item.fail(fmt::format("\"{}\": {}", text, endpoint.error().message));
+        servers.push_back(endpoint->str());
+    }
+    return servers;
+}
+
+DnsLearning dns_learning_setting(const Field& field) {
+    field.reject_unknown_keys({"minTTL", "maxTTL", "perIdentity"});
+    DnsLearning learning;
+    constexpr long long kDay = 86400;
+    if (const Field min = field.child("minTTL"); min.present()) learning.min_ttl = bounded(min, 0, kDay);
+    if (const Field max = field.child("maxTTL"); max.present()) learning.max_ttl = bounded(max, 1, 7 * kDay);
+    if (learning.min_ttl > learning.max_ttl)
+        field.fail(fmt::format("minTTL {} is above maxTTL {}", learning.min_ttl, learning.max_ttl));
+    if (const Field per = field.child("perIdentity"); per.present()) {
+        learning.per_identity = bounded(per, 2, 65536);
+        if (learning.per_identity & (learning.per_identity - 1))
+            per.fail(fmt::format("{} is not a power of 2 (entries are kept in sets of 2)", learning.per_identity));
+    }
+    return learning;
 }
 
 Mesh mesh_setting(const Field& field) {
@@ -133,8 +164,8 @@ void read_sources(const Field& root, const fs::path& directory, AgentConfig& con
 
 AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
     root.reject_unknown_keys({"cgroup", "cgroupMount", "bpffs", "meshConfig", "meshCIDRs", "sidecarUID", "runDir",
-                              "egressPolicySemantics", "policyDir", "workloads", "dnsServer", "mode", "events",
-                              "httpAddress", "capacities", "kubernetes"});
+                              "egressPolicySemantics", "policyDir", "workloads", "dnsServer", "dnsLearning", "mode",
+                              "events", "httpAddress", "capacities", "kubernetes"});
     AgentConfig config;
     config.source_file = source_file;
     const fs::path directory = source_file.parent_path();
@@ -157,7 +188,8 @@ AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
         config.run_dir = resolved_path(run_dir, directory);
     if (const Field semantics = root.child("egressPolicySemantics"); semantics.present())
         config.egress_policy_semantics = semantics_setting(semantics);
-    if (const Field server = root.child("dnsServer"); server.present()) config.dns_server = non_empty_string(server);
+    if (const Field server = root.child("dnsServer"); server.present()) config.dns_servers = dns_servers_setting(server);
+    config.dns_learning = dns_learning_setting(root.child("dnsLearning"));
     if (const Field mode = root.child("mode"); mode.present()) {
         const std::string name = mode.string();
         if (name != "enforce" && name != "audit") mode.fail(fmt::format("expected enforce or audit, got \"{}\"", name));

@@ -24,7 +24,16 @@ struct Capacities {
     uint32_t policies = EGRESSD_DEFAULT_POLICY_CAPACITY;           // Egress policies per generation
     uint32_t identities = EGRESSD_DEFAULT_IDENTITY_CAPACITY;       // (namespace, serviceAccount) pairs known at once
     uint32_t workloads = EGRESSD_DEFAULT_WORKLOAD_CAPACITY;        // registered workload cgroups
+    uint32_t dns_learned = EGRESSD_DEFAULT_DNS_LEARNED_CAPACITY;   // addresses learned from DNS answers, in all
     bool operator==(const Capacities&) const = default;
+};
+
+// dnsLearning: addresses learned from the DNS answers the workloads receive.
+struct DnsLearning {
+    uint32_t min_ttl = 5;         // seconds: a shorter TTL counts as this (0 allowed, for tests)
+    uint32_t max_ttl = 3600;      // seconds: a longer TTL counts as this
+    uint32_t per_identity = 256;  // addresses kept per identity (a power of 2, at least 2)
+    bool operator==(const DnsLearning&) const = default;
 };
 
 enum class Mesh { fsm, osm };
@@ -73,7 +82,11 @@ struct AgentConfig {
     PolicySemantics egress_policy_semantics = PolicySemantics::fsm;
     std::filesystem::path policy_dir;             // Egress policies (*.yaml); empty: none
     std::filesystem::path workloads_file;         // workload cgroups and their identities; empty: none
-    std::string dns_server;                       // "" = system resolver; else ADDRESS[:PORT]
+    // dnsServer: the resolvers (ADDRESS[:PORT], port 53 by default), one or a
+    // list. The agent's own lookups use them, and only their answers are
+    // learned from (on port 53). Empty: the system's (/etc/resolv.conf).
+    std::vector<std::string> dns_servers;
+    DnsLearning dns_learning;
     bool audit = false;                           // mode: audit: report what row 8 would deny, allow it
     bool report_policy_allows = false;            // events.allowedByPolicy
     bool report_passthrough = false;              // events.passthrough
@@ -88,10 +101,11 @@ struct AgentConfig {
 
 // Keys (camelCase): cgroup (required), cgroupMount, bpffs, meshConfig (required), meshCIDRs,
 // sidecarUID (integer 0..4294967294 or null), runDir,
-// egressPolicySemantics (fsm|osm), policyDir, workloads, dnsServer,
+// egressPolicySemantics (fsm|osm), policyDir, workloads, dnsServer (one or a list),
+// dnsLearning: {minTTL, maxTTL, perIdentity},
 // mode (enforce|audit), events: {allowedByPolicy, passthrough, log, buffer},
 // httpAddress (HOST:PORT, [IPV6]:PORT, or "" for none),
-// capacities: {cidrs, ports, policyRules, policies, identities, workloads},
+// capacities: {cidrs, ports, policyRules, policies, identities, workloads, dnsLearned},
 // kubernetes: {kubeconfig, nodeName, mesh (fsm|osm), meshName,
 // meshConfigRef: {namespace, name}}. With kubernetes, cgroup is optional
 // (detected) and meshConfig, policyDir and workloads are refused: the API

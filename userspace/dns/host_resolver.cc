@@ -34,9 +34,16 @@ using SystemClock = std::chrono::system_clock;
 // form c-ares 1.18 parses reliably: always with an explicit port, IPv6 always
 // bracketed ("[::1]" without a port is rejected by its CSV parser).
 Result<std::string> server_for_cares(std::string_view text) {
-    auto server = parse_endpoint(text, {.default_port = 53, .port_zero = false});
-    if (!server) return make_error("dns_server \"" + std::string(text) + "\": " + server.error().message);
-    return server->str();
+    std::string servers;
+    for (size_t start = 0; start <= text.size();) {  // a comma-separated list
+        const size_t comma = std::min(text.find(',', start), text.size());
+        const std::string_view one = text.substr(start, comma - start);
+        auto server = parse_endpoint(one, {.default_port = 53, .port_zero = false});
+        if (!server) return make_error("dns_server \"" + std::string(one) + "\": " + server.error().message);
+        servers += (servers.empty() ? "" : ",") + server->str();
+        start = comma + 1;
+    }
+    return servers;
 }
 
 std::string failure_text(int status) {

@@ -27,7 +27,7 @@ class HostResolver {
 public:
     struct Options {
         // "" = the system resolver (/etc/resolv.conf); otherwise "ADDRESS[:PORT]" (IPv6 as "[addr]:port").
-        std::string dns_server;
+        std::string dns_server;  // ADDRESS[:PORT][,ADDRESS[:PORT]...]; "" = the system's
         // An answer is valid for its TTL clamped to [ttl_floor, ttl_ceiling] and
         // refreshed at three quarters of that, so a failing refresh keeps the
         // last addresses (with retries) until they expire.

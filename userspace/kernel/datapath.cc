@@ -3,6 +3,9 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
+
+#include <array>
+#include <set>
 #include <unistd.h>
 
 #include "kernel/pins.h"
@@ -30,6 +33,7 @@ Status size_maps(bpf_object* object, const Capacities& capacities) {
         {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES), EGRESSD_SLOTS * capacities.policy_rules},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_HOSTS), EGRESSD_SLOTS * capacities.policy_rules},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_HOSTS), EGRESSD_SLOTS * capacities.policy_rules},
+        {EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_LEARNED), capacities.dns_learned},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES), EGRESSD_SLOTS * capacities.policies},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITY_NAMES), capacities.identities},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_WORKLOAD_IDENTITIES), capacities.workloads},
@@ -196,6 +200,13 @@ Status Datapath::set_identities(const std::map<uint32_t, IdentityName>& names,
     return {};
 }
 
+Status Datapath::set_dns_learning(const DnsLearning& learning, const std::vector<IpAddress>& trusted_resolvers) {
+    const egressd_dns_settings settings{learning.min_ttl, learning.max_ttl, learning.per_identity / 2, 0};
+    std::set<std::array<uint8_t, 16>> servers;
+    for (const IpAddress& address : trusted_resolvers) servers.insert(address.bytes);
+    return maps_.write_dns_learning(settings, servers);
+}
+
 Result<PinnedLink> Datapath::attach_hook(size_t hook, const fs::path& link_dir, const CgroupTarget& cgroup,
                                          int cgroup_fd, std::string& action) {
     bpf_program* program = programs()[hook];
@@ -228,8 +239,9 @@ Result<PinnedLink> Datapath::attach_hook(size_t hook, const fs::path& link_dir, 
 }
 
 std::array<bpf_program*, kLinkNames.size()> Datapath::programs() const {
-    return {skel_->progs.egressd_conn4, skel_->progs.egressd_conn6, skel_->progs.egressd_send4,
-            skel_->progs.egressd_send6, skel_->progs.egressd_sockops};
+    return {skel_->progs.egressd_conn4,   skel_->progs.egressd_conn6,   skel_->progs.egressd_send4,
+            skel_->progs.egressd_send6,   skel_->progs.egressd_sockops, skel_->progs.egressd_dns_out,
+            skel_->progs.egressd_dns_in};
 }
 
 Result<std::vector<AttachReport>> Datapath::attach_all(const fs::path& link_dir, const CgroupTarget& cgroup,

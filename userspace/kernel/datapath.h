@@ -84,6 +84,9 @@ public:
     // Identity names and registered workload cgroups: not per generation.
     // Names must be written before a generation that uses them is published.
     Status set_identities(const std::map<uint32_t, IdentityName>& names, const std::map<uint64_t, uint32_t>& workloads);
+    // Learning from DNS answers: the TTL clamps and per-identity entries, and
+    // the resolvers whose answers are trusted. Not per generation.
+    Status set_dns_learning(const DnsLearning& learning, const std::vector<IpAddress>& trusted_resolvers);
     const std::map<uint32_t, IdentityName>& identity_names() const { return identity_names_; }
     const std::map<uint64_t, uint32_t>& workload_identities() const { return workload_identities_; }
 

@@ -248,6 +248,25 @@ Status MapSet::write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& 
     return config.update(slot, encode_config(to));
 }
 
+Status MapSet::write_dns_learning(const egressd_dns_settings& settings,
+                                  const std::set<std::array<uint8_t, 16>>& servers) const {
+    if (auto written = dns_settings.update(0, settings); !written) return written;
+    auto present = dns_servers.read_all();
+    if (!present) return present.error();
+    MapChanges<egressd_dns_server_key, uint32_t> changes;
+    for (const auto& [key, value] : *present) {
+        std::array<uint8_t, 16> bytes;
+        std::copy(std::begin(key.addr), std::end(key.addr), bytes.begin());
+        if (!servers.contains(bytes)) changes.deletes.push_back(key);
+    }
+    for (const auto& bytes : servers) {
+        egressd_dns_server_key key{};
+        std::copy(bytes.begin(), bytes.end(), key.addr);
+        changes.upserts.emplace_back(key, 1u);
+    }
+    return changes.apply_to(dns_servers);
+}
+
 Status MapSet::set_active_slot(uint32_t slot) const {
     if (auto set = control.update(0, egressd_control{slot, EGRESSD_ABI_VERSION}); !set)
         return set.error().with_context("switching to slot " + std::to_string(slot));

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -108,6 +109,9 @@ public:
     }
     // Writes a diff computed before (diff_images(what the slot holds, to)).
     Status write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& to) const;
+    // dns_settings_v1 and the trusted resolvers (dns_servers_v1), made exactly `servers`.
+    Status write_dns_learning(const egressd_dns_settings& settings,
+                              const std::set<std::array<uint8_t, 16>>& servers) const;
     Status set_active_slot(uint32_t slot) const;
 
 #define EGRESSD_MAP_MEMBER(member, name, key, value) BpfMap<key, value> member;

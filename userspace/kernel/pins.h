@@ -15,9 +15,10 @@
 namespace egressd {
 
 // The programs egressd attaches to the cgroup, as named by their pinned links:
-// the four decision hooks (in egressd_hook order), then flow accounting.
-inline constexpr std::array<const char*, EGRESSD_HOOK_MAX + 1> kLinkNames = {"connect4", "connect6", "sendmsg4",
-                                                                             "sendmsg6", "sockops"};
+// the four decision hooks (in egressd_hook order), then flow accounting, then
+// the DNS queries going out and the answers coming in.
+inline constexpr std::array<const char*, EGRESSD_HOOK_MAX + 3> kLinkNames = {
+    "connect4", "connect6", "sendmsg4", "sendmsg6", "sockops", "dns_out", "dns_in"};
 
 std::filesystem::path links_dir(const std::filesystem::path& pin_dir);
 // Kubernetes mode: one directory of links per enforced pod, named by its key
