@@ -195,6 +195,7 @@ struct LearningEnv {
     HostRegistry hosts;
     std::vector<EgressPolicy> policies;
     uint32_t curl = 0, batch = 0;
+    MapImage image;
 
     explicit LearningEnv(uint32_t min_ttl) {
         // curl may reach api.example.com and *.cdn.example on port 80, and its
@@ -206,7 +207,7 @@ struct LearningEnv {
         };
         PolicyInputs in{&policies, nullptr, &identities, &numbers};
         in.host_numbers = &hosts;
-        enforcer.publish(test_agent(env.cg), mesh_with_egress(false), in);
+        image = enforcer.publish(test_agent(env.cg), mesh_with_egress(false), in);
         curl = identities.find({"app", "curl"}).value();
         batch = identities.find({"app", "batch"}).value();
         enforcer.set_identities(identities.names(), {{env.cg.id(), curl}, {other.id(), batch}});
@@ -246,9 +247,22 @@ TEST_CASE("dns learning: resolve and connect at once, 200 times, no false denial
     // The learned entry names the host, for the identity that asked.
     auto learned = t.enforcer.datapath().maps().dns_learned.read_all();
     REQUIRE(learned.ok());
-    bool found = false;
-    for (const auto& [key, entry] : *learned) found |= key.identity == t.curl && entry.host != 0;
-    CHECK(found);
+    uint32_t host = 0;
+    for (const auto& [key, entry] : *learned)
+        if (key.identity == t.curl && entry.host != 0) host = entry.host;
+    REQUIRE(host != 0);
+    // The reference model agrees: allowed as learned with the entry, denied without.
+    Query q{*IpAddress::parse(kLearnedAddress), 80, IPPROTO_TCP, 0, t.curl, host};
+    const Decision with = decide(&t.image, q);
+    CHECK(with.verdict == EGRESSD_VERDICT_ALLOW);
+    CHECK(with.reason == EGRESSD_REASON_POLICY);
+    CHECK(with.learned);
+    q.learned_host = 0;
+    CHECK(decide(&t.image, q).reason == EGRESSD_REASON_DENY);
+    q.learned_host = host;
+    q.port = 443;  // the host's policies grant 80 only
+    CHECK(decide(&t.image, q).reason == EGRESSD_REASON_DENY);
+    CHECK(run_in_cgroup(t.env.cg, &t.env.net, [] { return tcp_connect(kLearnedAddress, 443); }) == EPERM);
 }
 
 TEST_CASE("dns learning: another identity, another name, a wildcard's own domain: nothing learned") {

@@ -18,12 +18,16 @@ struct Query {
     uint8_t proto = 0;      // IPPROTO_TCP / IPPROTO_UDP (not used by rows 1-6, 8)
     uint32_t uid = 0;       // uid of the calling task
     uint32_t identity = 0;  // the caller's workload identity, 0 when unknown
+    // The host number of the caller's identity's live entry for dst learned
+    // from a DNS answer (dns_learned_v1), 0 when there is none.
+    uint32_t learned_host = 0;
 };
 
 struct Decision {
     egressd_verdict verdict = EGRESSD_VERDICT_DENY;
     egressd_reason reason = EGRESSD_REASON_NONE;
-    uint32_t rule = 0;  // index in the list that decided (exclusion, mesh CIDR, port)
+    uint32_t rule = 0;     // index in the list that decided (exclusion, mesh CIDR, port)
+    bool learned = false;  // row 7 allowed dst as learned from a DNS answer
 
     bool operator==(const Decision&) const = default;
 };
