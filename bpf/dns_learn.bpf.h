@@ -280,13 +280,13 @@ static __always_inline void egressd_dns_answer_in(struct __sk_buff *skb)
 	}
 	learning.identity = query->identity;
 	bpf_map_delete_elem(&EGRESSD_MAP_DNS_QUERIES, &key); /* one answer per query */
-	if (!cfg || !settings || !settings->sets || !learning.identity)
-		return;
-	learning.host = egressd_dns_policy_host(slot, learning.identity, &s->parsed.questions[0]);
+	if (cfg && settings && settings->sets && learning.identity)
+		learning.host = egressd_dns_policy_host(slot, learning.identity, &s->parsed.questions[0]);
 	if (!learning.host) {
 		egressd_dns_count(EGRESSD_DNS_STAT_NO_POLICY_HOST);
 		return;
 	}
+	egressd_dns_count(EGRESSD_DNS_STAT_ANSWERS_LEARNED);
 	learning.s = s;
 	learning.now = bpf_ktime_get_boot_ns();
 	learning.sets = settings->sets;

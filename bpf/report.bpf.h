@@ -91,8 +91,8 @@ static __always_inline void egressd_report(const struct egressd_decision *d, con
 	e->hook = hook;
 	e->kind = kind;
 	e->reason = d->reason;
-	e->_pad[0] = 0;
-	e->_pad[1] = 0;
+	e->flags = d->learned ? EGRESSD_EVENT_LEARNED : 0;
+	e->_pad = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, 0);
 	egressd_stat(EGRESSD_STAT_EVENTS_SENT);

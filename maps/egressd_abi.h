@@ -293,8 +293,13 @@ struct egressd_event {
 	__u8 hook;          /* enum egressd_hook */
 	__u8 kind;          /* enum egressd_event_kind */
 	__u8 reason;        /* enum egressd_reason */
-	__u8 _pad[2];
+	__u8 flags;         /* enum egressd_event_flag */
+	__u8 _pad;
 	char comm[16];      /* the caller's command name */
+};
+
+enum egressd_event_flag {
+	EGRESSD_EVENT_LEARNED = 1u << 0, /* row 7 allowed an address learned from a DNS answer */
 };
 
 /* ---- event_limits_v1: LRU_HASH, source -> token bucket ------------------- */
@@ -549,11 +554,12 @@ enum egressd_dns_stat {
 	EGRESSD_DNS_STAT_UNSOLICITED,      /* ignored: no query of that socket, id and name */
 	EGRESSD_DNS_STAT_MALFORMED,        /* ignored: malformed */
 	EGRESSD_DNS_STAT_UNSUPPORTED,      /* ignored: past the parser's limits */
-	EGRESSD_DNS_STAT_NO_POLICY_HOST,   /* parsed, the name is no policy host of the identity */
+	EGRESSD_DNS_STAT_NO_POLICY_HOST,   /* parsed, the name is no policy host of the identity (or no identity) */
 	EGRESSD_DNS_STAT_LEARNED,          /* addresses learned (or refreshed) */
 	EGRESSD_DNS_STAT_EVICTED,          /* live entries replaced by a new address of the same identity */
 	EGRESSD_DNS_STAT_EXPIRED,          /* entries found expired, by a connect() or by a new address */
 	EGRESSD_DNS_STAT_NO_ANSWER,        /* responses with an error rcode, or that are not responses */
+	EGRESSD_DNS_STAT_ANSWERS_LEARNED,  /* responses for a policy host: their addresses learned */
 	EGRESSD_DNS_STAT_MAX,
 };
 

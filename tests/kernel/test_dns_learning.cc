@@ -24,6 +24,7 @@
 
 #include "core/dns_hosts.h"
 #include "enforcer.h"
+#include "kernel/event_reader.h"
 
 using namespace egressd;
 using namespace egressd::ktest;
@@ -306,6 +307,30 @@ TEST_CASE("dns learning: untrusted and unsolicited answers teach nothing") {
               return err != 0 ? 100 + err : tcp_connect(kLearnedAddress, 80);
           }) == EPERM);
     CHECK(stat_total(t.enforcer, EGRESSD_DNS_STAT_UNTRUSTED) > untrusted);
+}
+
+TEST_CASE("dns learning: an allow by a learned address is reported as learned") {
+    EGRESSD_REQUIRE_KERNEL_ENV();
+    LearningEnv t(5);
+    Resolver resolver(t.env.net, 30);
+    AgentConfig agent = test_agent(t.env.cg);
+    agent.report_policy_allows = true;
+    PolicyInputs in{&t.policies, nullptr, &t.identities, &t.numbers};
+    in.host_numbers = &t.hosts;
+    t.enforcer.publish(agent, mesh_with_egress(false), in);
+    CHECK(run_in_cgroup(t.env.cg, &t.env.net, [] { return resolve_then_connect("api.example.com", 21); }) == 0);
+    std::vector<egressd_event> events;
+    auto reader = EventReader::open(t.enforcer.datapath().maps().events.get(),
+                                    [&](const egressd_event& e) { events.push_back(e); });
+    REQUIRE(reader.ok());
+    REQUIRE((*reader)->drain().ok());
+    int learned = 0, other = 0;
+    for (const egressd_event& e : events) {
+        if (e.kind != EGRESSD_EVENT_ALLOW || e.reason != EGRESSD_REASON_POLICY) continue;
+        (e.flags & EGRESSD_EVENT_LEARNED ? learned : other) += 1;
+    }
+    CHECK(learned == 1);  // the connect to the learned address
+    CHECK(other >= 1);    // the query to the resolver, allowed by its ipAddresses
 }
 
 TEST_CASE("dns learning: an address expires with its TTL (minTTL 0), and is denied after") {

@@ -66,6 +66,19 @@ Status KernelMetrics::register_families(observe::Registry& registry) {
         k.counter("egressd_identity_egress_bytes_total",
                   "Bytes of closed egress TCP connections by source identity (NAMESPACE/SERVICEACCOUNT, or unknown).",
                   {"identity", "direction"}));
+    dns_queries_ = r.take(k.counter("egressd_dns_queries_total",
+                                    "DNS queries from enforced workloads to a trusted resolver, recorded to match "
+                                    "their answers."));
+    dns_responses_ = r.take(k.counter(
+        "egressd_dns_responses_total",
+        "DNS responses arriving at enforced workloads, by outcome: learned (a policy host's answer), no-policy-host, "
+        "and the ignored ones: untrusted, unsolicited, malformed, unsupported (past the parser's limits), no-answer "
+        "(an error rcode).",
+        {"outcome"}));
+    dns_learned_ = r.take(k.counter("egressd_dns_learned_addresses_total",
+                                    "Addresses learned from DNS answers, by event: learned (or refreshed), evicted (a "
+                                    "live entry replaced by the same identity's), expired (found expired).",
+                                    {"event"}));
     return r.status();
 }
 
@@ -74,7 +87,33 @@ void KernelMetrics::scrape(std::vector<RenderedFamily>& families) {
     std::lock_guard lock(scrape_mutex_);
     scrape_decisions(families);
     scrape_event_stats(families);
+    scrape_dns_stats(families);
     scrape_traffic(families);
+}
+
+void KernelMetrics::scrape_dns_stats(std::vector<RenderedFamily>& families) {
+    auto stats = maps_->read_dns_stats();
+    if (!stats.ok()) return read_failed("DNS statistics", stats.error());
+    read_works("DNS statistics");
+    const auto& n = *stats;
+    set_total(dns_queries_, n[EGRESSD_DNS_STAT_QUERIES]);
+    const std::pair<const char*, uint64_t> outcomes[] = {
+        {"learned", n[EGRESSD_DNS_STAT_ANSWERS_LEARNED]},
+        {"no-policy-host", n[EGRESSD_DNS_STAT_NO_POLICY_HOST]},
+        {"untrusted", n[EGRESSD_DNS_STAT_UNTRUSTED]},
+        {"unsolicited", n[EGRESSD_DNS_STAT_UNSOLICITED]},
+        {"malformed", n[EGRESSD_DNS_STAT_MALFORMED]},
+        {"unsupported", n[EGRESSD_DNS_STAT_UNSUPPORTED]},
+        {"no-answer", n[EGRESSD_DNS_STAT_NO_ANSWER]},
+    };
+    for (const auto& [outcome, total] : outcomes) dns_responses_->labels({outcome}).set_total(double(total));
+    const std::pair<const char*, int> events[] = {{"learned", EGRESSD_DNS_STAT_LEARNED},
+                                                   {"evicted", EGRESSD_DNS_STAT_EVICTED},
+                                                   {"expired", EGRESSD_DNS_STAT_EXPIRED}};
+    for (const auto& [event, stat] : events) dns_learned_->labels({event}).set_total(double(n[stat]));
+    render(*dns_queries_, families);
+    render(*dns_responses_, families);
+    render(*dns_learned_, families);
 }
 
 void KernelMetrics::scrape_decisions(std::vector<RenderedFamily>& families) {

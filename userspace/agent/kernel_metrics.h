@@ -36,6 +36,7 @@ private:
     Status register_families(observe::Registry& registry);
     void scrape_decisions(std::vector<RenderedFamily>& families);
     void scrape_event_stats(std::vector<RenderedFamily>& families);
+    void scrape_dns_stats(std::vector<RenderedFamily>& families);
     void scrape_traffic(std::vector<RenderedFamily>& families);
     void read_failed(const std::string& what, const Error& error);
     void read_works(const std::string& what);
@@ -53,6 +54,9 @@ private:
     observe::CounterFamily* egress_connections_ = nullptr;
     observe::CounterFamily* egress_bytes_ = nullptr;
     observe::CounterFamily* identity_bytes_ = nullptr;
+    observe::CounterFamily* dns_responses_ = nullptr;
+    observe::CounterFamily* dns_queries_ = nullptr;
+    observe::CounterFamily* dns_learned_ = nullptr;
 
     std::mutex scrape_mutex_;
     std::set<std::string> failing_reads_;  // under scrape_mutex_

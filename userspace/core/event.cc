@@ -57,6 +57,7 @@ nlohmann::json event_to_json(const egressd_event& e, int64_t boottime_to_unix_ns
         {"identity", identity},
         {"identityNumber", e.identity},
         {"policy", policy},
+        {"learned", (e.flags & EGRESSD_EVENT_LEARNED) != 0},  // the address came from a DNS answer
         {"rule", e.rule},
         {"destination", dst.str()},
         {"port", e.port},

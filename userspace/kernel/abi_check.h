@@ -68,6 +68,7 @@ static_assert(offsetof(egressd_event, addr) == 40);
 static_assert(offsetof(egressd_event, port) == 56);
 static_assert(offsetof(egressd_event, kind) == 60);
 static_assert(offsetof(egressd_event, comm) == 64);
+static_assert(offsetof(egressd_event, flags) == 62);
 static_assert(sizeof(egressd_event_bucket) == 16);
 static_assert(sizeof(egressd_flow) == 64);
 static_assert(offsetof(egressd_flow, addr) == 24);

@@ -147,6 +147,16 @@ Result<std::array<uint64_t, EGRESSD_STAT_MAX>> MapSet::read_event_stats() const 
     return totals;
 }
 
+Result<std::array<uint64_t, EGRESSD_DNS_STAT_MAX>> MapSet::read_dns_stats() const {
+    std::array<uint64_t, EGRESSD_DNS_STAT_MAX> totals{};
+    for (uint32_t i = 0; i < EGRESSD_DNS_STAT_MAX; ++i) {
+        auto per_cpu = dns_stats.lookup_per_cpu(i);
+        if (!per_cpu) return per_cpu.error();
+        for (uint64_t v : *per_cpu) totals[i] += v;
+    }
+    return totals;
+}
+
 Result<std::vector<std::pair<uint64_t, egressd_flow>>> MapSet::read_flows() const {
     auto entries = flows.read_all();
     if (!entries) return entries.error();

@@ -87,6 +87,7 @@ public:
     // Events sent, suppressed by the rate limit and lost to a full ring
     // (enum egressd_event_stat), summed over CPUs.
     Result<std::array<uint64_t, EGRESSD_STAT_MAX>> read_event_stats() const;
+    Result<std::array<uint64_t, EGRESSD_DNS_STAT_MAX>> read_dns_stats() const;
 
     // Open egress TCP connections (socket cookie -> flow), and what closed
     // ones carried per (reason, rule) and per identity, summed over CPUs.
