@@ -165,7 +165,8 @@ TEST_CASE("FSM mtls source: accepted with a note; duplicate sources merged; a wi
               file.string() + ":13:7: document 1 (Egress edge/partner-tls): spec.sources[0].mtls: mtls ignored: "
                               "egressd decides at connect() time",
               file.string() + ":27:5: document 1 (Egress edge/partner-tls): spec.hosts[1]: wildcard host "
-                              "\"*.cdn.example.org\" is not enforceable by address: it allows nothing by itself",
+                              "\"*.cdn.example.org\" cannot be resolved by the agent: it allows only the "
+                              "addresses the workloads learn from DNS answers",
           }));
 }
 

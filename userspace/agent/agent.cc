@@ -368,6 +368,9 @@ void Agent::flush_status() {
         {"httpPort", telemetry_ ? telemetry_->http_port() : 0},
     };
     if (last_error_) status["lastError"] = {{"at", last_error_at_}, {"message", *last_error_}};
+    nlohmann::json host_names = nlohmann::json::object();  // for egressctl hosts: the kernel has only numbers
+    for (const auto& [number, name] : reconciler_->applied().dns_host_names) host_names[std::to_string(number)] = name;
+    status["dnsHostNames"] = std::move(host_names);
     if (kube_) {
         status["kubernetes"] = kube_->status();
         nlohmann::json enforced = nlohmann::json::array();

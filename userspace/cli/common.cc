@@ -1,5 +1,7 @@
 #include "cli/common.h"
 
+#include <time.h>
+
 #include <fmt/format.h>
 
 #include <iostream>
@@ -83,6 +85,12 @@ void print_counters(const std::vector<uint64_t>& counters) {
             std::cout << fmt::format("{:>10}", counter(counters, reason, hook));
         std::cout << "\n";
     }
+}
+
+uint64_t boot_time_ns() {
+    timespec boot{};
+    clock_gettime(CLOCK_BOOTTIME, &boot);
+    return static_cast<uint64_t>(boot.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(boot.tv_nsec);
 }
 
 }  // namespace egressd::cli

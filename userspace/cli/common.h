@@ -70,6 +70,7 @@ Command add_run_command(CLI::App& app, int& argc, char** argv);
 Command add_check_command(CLI::App& app);
 Command add_events_command(CLI::App& app);
 Command add_flows_command(CLI::App& app);
+Command add_hosts_command(CLI::App& app);
 Command add_dump_command(CLI::App& app);
 
 // ---- reading the pinned maps ------------------------------------------------
@@ -95,6 +96,8 @@ void print_json(const nlohmann::json& value);
 
 // An address as it is written before ":PORT": IPv6 in brackets.
 std::string address_for_port(std::string address);
+// CLOCK_BOOTTIME now, in ns: the kernel's bpf_ktime_get_boot_ns().
+uint64_t boot_time_ns();
 
 // Who made a connection: the identity's name, or the cgroup when it has none.
 std::string workload_name(const nlohmann::json& identity, uint64_t cgroup_id);

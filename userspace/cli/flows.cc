@@ -17,12 +17,6 @@ namespace {
 
 using nlohmann::json;
 
-uint64_t boot_time_ns() {
-    timespec boot{};
-    clock_gettime(CLOCK_BOOTTIME, &boot);
-    return static_cast<uint64_t>(boot.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(boot.tv_nsec);
-}
-
 // One JSON object per flow, as `flows --json` prints them.
 Result<json> read_flows(const AgentConfig& config) {
     const auto maps = open_pinned_maps(config);

@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
     // In the order of `egressctl --help` (a braced list runs left to right).
     const std::vector<Command> commands = {
         add_status_command(app), add_egress_command(app), add_run_command(app, argc, argv),
-        add_check_command(app),  add_events_command(app), add_flows_command(app),
+        add_check_command(app),  add_events_command(app), add_flows_command(app), add_hosts_command(app),
         add_dump_command(app),
     };
     CLI11_PARSE(app, argc, argv);

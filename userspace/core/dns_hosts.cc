@@ -93,6 +93,7 @@ void add_dns_hosts(MapImage& image, const PolicyInputs& in) {
     for (const auto& [identity, names] : hosts) {
         for (const auto& [text, host] : names) {
             image.dns_hosts.push_back(DnsHostRule{identity, host.name, host.number});
+            image.dns_host_names[host.number] = text;
             for (const auto& [other_text, other] : names) {
                 if (!covers(other_text, text)) continue;
                 for (const Grant& g : other.grants)

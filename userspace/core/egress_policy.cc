@@ -132,7 +132,9 @@ void read_host(const Field& field, EgressPolicy& policy, Document& doc) {
         field.fail(fmt::format("\"{}\" is not a valid host name: {}", written, why));
     if (wildcard) {
         doc.note(field,
-                 fmt::format("wildcard host \"{}\" is not enforceable by address: it allows nothing by itself", host));
+                 fmt::format("wildcard host \"{}\" cannot be resolved by the agent: it allows only the addresses "
+                             "the workloads learn from DNS answers",
+                             host));
         push_unique(policy.wildcard_hosts, host);
     } else {
         push_unique(policy.hosts, host);

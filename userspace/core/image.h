@@ -95,6 +95,9 @@ struct MapImage {
     std::vector<PolicyRule> policy_rules;    // sorted by (identity, proto, port, cidr), one entry per those
     std::map<uint32_t, PolicyRef> policies;  // policy number -> namespace/name
     std::vector<DnsHostRule> dns_hosts;      // sorted, one entry per (identity, host name)
+    // Host number -> the name as the policies write it ("*.example.com"):
+    // for people (status, egressctl hosts); the kernel has only hashes.
+    std::map<uint32_t, std::string> dns_host_names;
 
     bool operator==(const MapImage&) const = default;
 };
