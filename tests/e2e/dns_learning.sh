@@ -130,6 +130,18 @@ hosts_json=$(ctl hosts --json)
 check "  ...with the time they have left (TTLs of 1-5 s)" python3 -c "
 import json, sys; h = json.loads(sys.argv[1]); live = [e for e in h if not e['expired']]
 sys.exit(0 if live and all(e['expiresInSeconds'] <= 5.1 for e in live) else 1)" "$hosts_json"
+live=$(python3 -c "import json,sys; print(next(e['address'] for e in json.loads(sys.argv[1]) if not e['expired']))" "$hosts_json")
+check "egressctl check explains an allow by a learned address ($live)" \
+  bash -c "'$egressctl' --config '$work/egressd.yaml' check --from app/curl --to $live:8080 | grep -q '^ALLOW.*learned from a DNS answer'"
+check "egressctl check --to HOST:PORT names the policy host and the policy" \
+  bash -c "'$egressctl' --config '$work/egressd.yaml' check --from app/curl --to api.test.egressd:8080 | grep -q 'policy host \"api.test.egressd\": Egress app/hosts'"
+check "  ...a name below a wildcard matches the wildcard" \
+  bash -c "'$egressctl' --config '$work/egressd.yaml' check --from app/curl --to a.b.wild.test.egressd:8080 | grep -q 'policy host \"\*.wild.test.egressd\"'"
+ctl check --from app/curl --to api.test.egressd:443 > "$work/check-443.txt"
+check "  ...a port the policies do not grant is denied (exit 1), saying so" \
+  bash -c "test $? -eq 1 && grep -q 'no policy grants it 443/tcp' '$work/check-443.txt'"
+check "  ...the wildcard's own domain is no policy host" \
+  bash -c "'$egressctl' --config '$work/egressd.yaml' check --from app/curl --to wild.test.egressd:8080 | grep -q 'not a host of any Egress policy'"
 check "events say an allow came from a learned answer" grep -q '"learned":true' "$work/events.log"
 check "/metrics counts learned answers" test "$(metric 'egressd_dns_responses_total{outcome="learned"}')" -ge 1000
 check "/metrics counts the unsolicited answers (one per 7 queries)" \

@@ -1,6 +1,9 @@
 // egressctl check --from NS/SA --to ADDRESS:PORT: what the kernel decides now
-// for such a connection, and why: the live maps evaluated by the reference
-// model of the decision. Exits 0 when it is allowed, 1 when it is denied.
+// for such a connection, and why: the live maps (the addresses learned from
+// DNS answers included) evaluated by the reference model of the decision.
+// Exits 0 when it is allowed, 1 when it is denied. With --to HOST:PORT: which
+// policy host of the identity the name is, whether its policies grant the
+// port, and the addresses learned for it now.
 #include <netinet/in.h>
 
 #include <CLI/CLI.hpp>
@@ -13,6 +16,8 @@
 
 #include "cli/common.h"
 #include "core/decision.h"
+#include "core/dns_hosts.h"
+#include "core/dns_message.h"
 #include "core/net.h"
 
 namespace egressd::cli {
@@ -84,8 +89,9 @@ std::string explain(const Verdict& v, const MapImage& image) {
     const std::string who = v.identity.str();
     switch (v.decision.reason) {
         case EGRESSD_REASON_POLICY:
-            return v.policy ? fmt::format("Egress {}/{} allows {} to {}", v.policy->namespace_, v.policy->name, who,
-                                          v.target)
+            return v.policy ? fmt::format("Egress {}/{} allows {} to {}{}", v.policy->namespace_, v.policy->name, who,
+                                          v.target,
+                                          v.decision.learned ? " (the address was learned from a DNS answer)" : "")
                             : "an Egress policy allows it";
         case EGRESSD_REASON_DENY:
             if (!(image.flags & EGRESSD_CFG_POLICY_ACTIVE))
@@ -127,6 +133,115 @@ void print_verdict(const Verdict& v, bool as_json) {
                              v.number ? std::to_string(v.number) : std::string("unknown"), v.generation);
 }
 
+// The identity's live entries learned from DNS answers: address -> (host number, seconds left).
+struct Learned {
+    IpAddress address;
+    uint32_t host = 0;
+    double seconds_left = 0;
+};
+Result<std::vector<Learned>> live_learned(const MapSet& maps, uint32_t identity) {
+    std::vector<Learned> out;
+    const auto entries = maps.dns_learned.read_all();
+    if (!entries) return entries.error();
+    const uint64_t now = boot_time_ns();
+    for (const auto& [key, entry] : *entries) {
+        if (key.identity != identity || entry.expires_ns <= now) continue;
+        Learned l;
+        std::copy(std::begin(entry.addr), std::end(entry.addr), l.address.bytes.begin());
+        l.host = entry.host;
+        l.seconds_left = double(entry.expires_ns - now) / 1e9;
+        out.push_back(l);
+    }
+    return out;
+}
+
+// The policy host of `identity` that a name matches, as the kernel picks it:
+// the whole name, else the longest wildcard suffix. 0 when none.
+uint32_t policy_host_of(const MapImage& image, uint32_t identity, const std::vector<std::string>& labels) {
+    const std::vector<uint64_t> suffixes = dns::suffix_hashes(labels);
+    const auto find = [&](bool wildcard, uint64_t name) -> uint32_t {
+        for (const DnsHostRule& rule : image.dns_hosts)
+            if (rule.identity == identity && rule.host == DnsHostName{wildcard, name}) return rule.number;
+        return 0;
+    };
+    if (suffixes.empty()) return 0;
+    if (const uint32_t exact = find(false, suffixes.back())) return exact;
+    for (size_t k = suffixes.size() - 1; k-- > 0;)
+        if (const uint32_t wild = find(true, suffixes[k])) return wild;
+    return 0;
+}
+
+// check --to HOST:PORT: which policy host of the identity the name is, what
+// its policies grant on that port, and the addresses learned for it now.
+Exit check_host(const AgentConfig& config, const CheckOptions& options, const IdentityName& who,
+                const std::string& host, uint16_t port) {
+    auto name = dns::parse_host_name(host);
+    if (!name || name->wildcard) return Exit(make_error("--to: \"" + host + "\" is neither an address nor a host name"), 2);
+    const uint8_t proto = options.proto == "tcp" ? IPPROTO_TCP : IPPROTO_UDP;
+    const auto maps = open_pinned_maps(config);
+    if (!maps) return maps.error();
+    const auto active = read_active_image(*maps);
+    if (!active) return active.error();
+    const MapImage& image = active->image;
+    const auto names = maps->read_identity_names();
+    if (!names) return names.error();
+    uint32_t number = 0;
+    for (const auto& [n, identity] : *names)
+        if (identity == who) number = n;
+    const uint32_t matched = number ? policy_host_of(image, number, name->labels) : 0;
+    const PolicyRule* grant =
+        matched ? lookup_policy(image, number, proto, port, dns_host_address(matched)) : nullptr;
+    const std::string target = fmt::format("{}:{}/{}", host, port, options.proto);
+    json learned_json = json::array();
+    std::string lines;
+    if (matched) {
+        const auto learned = live_learned(*maps, number);
+        if (!learned) return learned.error();
+        for (const Learned& l : *learned) {
+            if (l.host != matched) continue;
+            const Decision d = decide(&image, Query{l.address, port, proto, options.uid, number, l.host});
+            learned_json.push_back({{"address", l.address.str()},
+                                    {"expiresInSeconds", l.seconds_left},
+                                    {"verdict", d.verdict == EGRESSD_VERDICT_ALLOW ? "allow" : "deny"},
+                                    {"reason", reason_name(d.reason)}});
+            lines += fmt::format("  learned {} ({:.0f} s left): {} (row {}: {})\n", l.address.str(), l.seconds_left,
+                                 d.verdict == EGRESSD_VERDICT_ALLOW ? "ALLOW" : "DENY", reason_row(d.reason),
+                                 reason_name(d.reason));
+        }
+    }
+    const auto host_names = dns_host_names(config);
+    const auto named = host_names.find(matched);
+    const std::string pattern = named != host_names.end() ? named->second : fmt::format("#{}", matched);
+    std::string why;
+    if (!number)
+        why = who.str() + " is not a known identity";
+    else if (!matched)
+        why = fmt::format("{} is not a host of any Egress policy of {}", host, who.str());
+    else if (!grant)
+        why = fmt::format("{} is policy host \"{}\" of {}, but no policy grants it {}/{}", host, pattern, who.str(),
+                          port, options.proto);
+    else
+        why = fmt::format("{} is policy host \"{}\": Egress {} allows its addresses (resolved by the agent or "
+                          "learned from {}'s DNS answers) on {}/{}",
+                          host, pattern, image.policies.contains(grant->policy) ? image.policies.at(grant->policy).str()
+                                                                                 : std::to_string(grant->policy),
+                          who.str(), port, options.proto);
+    if (options.as_json) {
+        print_json({{"host", host},
+                    {"policyHost", matched ? json(pattern) : json(nullptr)},
+                    {"granted", grant != nullptr},
+                    {"why", why},
+                    {"learned", learned_json},
+                    {"generation", image.generation}});
+    } else {
+        std::cout << fmt::format("{} {} -> {}: {}\n", grant ? "HOST" : "DENY", who.str(), target, why);
+        std::cout << (lines.empty() && grant ? "  no address learned now: a connect() is allowed once the workload "
+                                               "resolves it (or the agent does)\n"
+                                             : lines);
+    }
+    return grant ? 0 : 1;
+}
+
 Exit check_command(const AgentConfig& config, const CheckOptions& options) {
     Verdict v;
     auto identity = IdentityName::parse(options.from);
@@ -134,10 +249,15 @@ Exit check_command(const AgentConfig& config, const CheckOptions& options) {
     v.identity = *identity;
     const auto parts = split_destination(options.to);
     if (!parts) return Exit(parts.error(), 2);
+    if (options.proto != "tcp" && options.proto != "udp") return Exit::usage("--proto: expected tcp or udp");
+    if (!IpAddress::parse(parts->first)) {  // a host name
+        const auto port = parse_destination("::1", parts->second);
+        if (!port) return port.error();
+        return check_host(config, options, v.identity, parts->first, port->port);
+    }
     const auto dst = parse_destination(parts->first, parts->second);
     if (!dst) return dst.error();
     v.destination = *dst;
-    if (options.proto != "tcp" && options.proto != "udp") return Exit::usage("--proto: expected tcp or udp");
     v.protocol = options.proto;
     const uint8_t proto = options.proto == "tcp" ? IPPROTO_TCP : IPPROTO_UDP;
 
@@ -151,7 +271,14 @@ Exit check_command(const AgentConfig& config, const CheckOptions& options) {
     if (!names) return names.error();
     for (const auto& [n, name] : *names)
         if (name == v.identity) v.number = n;
-    v.decision = decide(&image, Query{dst->address, dst->port, proto, options.uid, v.number});
+    uint32_t learned_host = 0;  // as row 7 finds it: the identity's live entry for the address
+    if (v.number) {
+        const auto learned = live_learned(*maps, v.number);
+        if (!learned) return learned.error();
+        for (const Learned& l : *learned)
+            if (l.address == dst->address) learned_host = l.host;
+    }
+    v.decision = decide(&image, Query{dst->address, dst->port, proto, options.uid, v.number, learned_host});
     if (v.decision.reason == EGRESSD_REASON_POLICY && image.policies.contains(v.decision.rule))
         v.policy = image.policies.at(v.decision.rule);
     v.generation = image.generation;
@@ -167,7 +294,8 @@ Command add_check_command(CLI::App& app) {
     auto options = std::make_shared<CheckOptions>();
     auto* sub = app.add_subcommand("check", "explain what the kernel decides now for a connection");
     sub->add_option("--from", options->from, "source identity NAMESPACE/SERVICEACCOUNT")->required();
-    sub->add_option("--to", options->to, "destination ADDRESS:PORT ([IPV6]:PORT)")->required();
+    sub->add_option("--to", options->to, "destination ADDRESS:PORT ([IPV6]:PORT), or HOST:PORT for a policy host")
+        ->required();
     sub->add_option("--proto", options->proto, "tcp or udp")->capture_default_str();
     sub->add_option("--uid", options->uid, "uid of the caller (row 2)")->capture_default_str();
     sub->add_flag("--json", options->as_json, "machine-readable output");

@@ -6,6 +6,7 @@
 
 #include <iostream>
 
+#include "agent/agent_state.h"
 #include "common/json_text.h"
 #include "core/decision.h"
 
@@ -91,6 +92,15 @@ uint64_t boot_time_ns() {
     timespec boot{};
     clock_gettime(CLOCK_BOOTTIME, &boot);
     return static_cast<uint64_t>(boot.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(boot.tv_nsec);
+}
+
+std::map<uint32_t, std::string> dns_host_names(const AgentConfig& config) {
+    std::map<uint32_t, std::string> out;
+    auto status = read_status_file(config.run_dir);
+    if (!status || !status->contains("dnsHostNames") || !(*status)["dnsHostNames"].is_object()) return out;
+    for (const auto& [number, name] : (*status)["dnsHostNames"].items())
+        if (name.is_string()) out[static_cast<uint32_t>(std::stoul(number))] = name.get<std::string>();
+    return out;
 }
 
 }  // namespace egressd::cli

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -98,6 +99,9 @@ void print_json(const nlohmann::json& value);
 std::string address_for_port(std::string address);
 // CLOCK_BOOTTIME now, in ns: the kernel's bpf_ktime_get_boot_ns().
 uint64_t boot_time_ns();
+// Policy host numbers -> names, as the agent's status file gives them (the
+// kernel keeps only the numbers); empty without one.
+std::map<uint32_t, std::string> dns_host_names(const AgentConfig& config);
 
 // Who made a connection: the identity's name, or the cgroup when it has none.
 std::string workload_name(const nlohmann::json& identity, uint64_t cgroup_id);

@@ -17,16 +17,6 @@ namespace {
 
 using nlohmann::json;
 
-// Host number -> name, from the status file; empty when the agent wrote none.
-std::map<uint32_t, std::string> host_names(const AgentConfig& config) {
-    std::map<uint32_t, std::string> out;
-    auto status = read_status_file(config.run_dir);
-    if (!status || !status->contains("dnsHostNames") || !(*status)["dnsHostNames"].is_object()) return out;
-    for (const auto& [number, name] : (*status)["dnsHostNames"].items())
-        if (name.is_string()) out[static_cast<uint32_t>(std::stoul(number))] = name.get<std::string>();
-    return out;
-}
-
 Result<json> read_learned(const AgentConfig& config, const std::string& only_identity) {
     const auto maps = open_pinned_maps(config);
     if (!maps) return maps.error();
@@ -34,7 +24,7 @@ Result<json> read_learned(const AgentConfig& config, const std::string& only_ide
     if (!entries) return entries.error();
     const auto identities = maps->read_identity_names();
     if (!identities) return identities.error();
-    const auto names = host_names(config);
+    const auto names = dns_host_names(config);
     const uint64_t now_ns = boot_time_ns();
     json out = json::array();
     for (const auto& [key, entry] : *entries) {
