@@ -563,12 +563,20 @@ enum egressd_dns_stat {
 	EGRESSD_DNS_STAT_MAX,
 };
 
-/* The set of dns_learned_v1 an address goes to; `sets` is a power of 2. */
+/* The set of dns_learned_v1 an address goes to; `sets` is a power of 2. The
+ * words are as read from memory (network order bytes); every input bit must
+ * reach the low bits, since IPv4 addresses differ only in their last word's
+ * high bytes on a little-endian machine: a full 32-bit mix (lowbias32). */
 static inline __u32 egressd_dns_set_of(const __u32 addr[4], __u32 sets)
 {
-	__u32 h = (addr[0] ^ addr[1] ^ addr[2] ^ addr[3]) * 0x9e3779b1u;
+	__u32 h = addr[0] ^ addr[1] ^ addr[2] ^ addr[3];
 
-	return (h ^ (h >> 16)) & (sets - 1);
+	h ^= h >> 16;
+	h *= 0x7feb352du;
+	h ^= h >> 15;
+	h *= 0x846ca68bu;
+	h ^= h >> 16;
+	return h & (sets - 1);
 }
 
 #endif /* EGRESSD_MAPS_EGRESSD_ABI_H */

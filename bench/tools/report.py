@@ -204,7 +204,7 @@ def render(a):
 
     titles = dict(decision="1. Decision cost on the hot path", denial="2. Denial",
                   passthrough="3. Passthrough", control="4. Control plane", bpf="BPF program run time",
-                  k8s="5. Kubernetes mode (fake API server)")
+                  k8s="5. Kubernetes mode (fake API server)", dns="6. Hosts learned from DNS answers")
     md = ["# egressd benchmarks" + (" (--quick: few repetitions, not for comparison)" if a.quick else ""), ""]
     md.append("Medians over the repetitions; spread is p10–p90 (min–max in brackets); p99 interpolated (with few values, near the max). "
               "`ratio` and `added` compare the median with the baseline row named, measured in the same run. "

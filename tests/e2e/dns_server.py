@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The end-to-end DNS test's own resolver (tests/e2e/dns_learning.sh).
 
-  dns_server.py --loopback-port P --netns PATH --address A --ready FILE
+  dns_server.py --loopback-port P --netns PATH --address A --ready FILE [--log FILE]
 
 One process, two sockets sharing one pool of addresses: UDP 127.0.0.1:P in
 the caller's network namespace (for the agent's own lookups) and UDP A:53
@@ -17,10 +17,11 @@ with CDNs, geo-DNS and round-robin pools). TTLs are 1-5 s.
   anything else             NXDOMAIN
 
 Every 7th query is preceded by an unsolicited answer (another id) naming
-api.test.egressd. Writes FILE once both sockets are bound. Python's
-standard library only.
+api.test.egressd. Writes FILE once both sockets are bound. With --log, one
+line per answer sent in the namespace: "ADDRESS BOOTTIME_NS" (the
+benchmark's answer-to-kernel timing). Python's standard library only.
 """
-import argparse, ctypes, os, random, select, socket, struct, sys
+import argparse, ctypes, os, random, select, socket, struct, sys, time
 
 CLONE_NEWNET = 0x40000000
 rng = random.Random(7)
@@ -95,7 +96,9 @@ def main():
     p.add_argument("--netns", required=True)
     p.add_argument("--address", required=True)
     p.add_argument("--ready", required=True)
+    p.add_argument("--log")
     a = p.parse_args()
+    log = open(a.log, "a", buffering=1) if a.log else None
     loop = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     loop.bind(("127.0.0.1", a.loopback_port))
     libc = ctypes.CDLL(None, use_errno=True)
@@ -117,7 +120,11 @@ def main():
             try:
                 if s is sink and queries[0] % 7 == 0:
                     s.sendto(unsolicited(), peer)
-                s.sendto(respond(data), peer)
+                reply = respond(data)
+                sent_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+                s.sendto(reply, peer)
+                if log and s is sink and len(reply) >= 4 and reply[-6:-4] == b"\0\4":
+                    log.write("%s %d\n" % (socket.inet_ntoa(reply[-4:]), sent_ns))
             except (IndexError, UnicodeError):
                 pass
 

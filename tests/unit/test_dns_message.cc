@@ -3,6 +3,9 @@
 // parser itself is checked against the kernel's in tests/kernel/test_dns_parser.cc.
 #include <doctest/doctest.h>
 
+#include <cstring>
+#include <set>
+
 #include "core/dns_message.h"
 #include "test_support.h"
 
@@ -50,4 +53,27 @@ TEST_CASE("dns: policy host names, exact and wildcard; bad ones named") {
     }
     CHECK_FALSE(dns::parse_host_name(std::string(64, 'a') + ".com").ok());
     CHECK_FALSE(dns::parse_host_name(std::string(254, 'a')).ok());
+}
+
+TEST_CASE("dns: learned addresses spread over an identity's sets") {
+    // 1,000 consecutive IPv4 addresses (as a CDN pool hands them out) and
+    // 1,000 IPv6 ones, over 512 sets: a weak hash put them in 2 sets.
+    for (const bool v6 : {false, true}) {
+        CAPTURE(v6);
+        std::set<uint32_t> sets;
+        for (uint32_t i = 0; i < 1000; ++i) {
+            uint8_t bytes[16] = {};
+            if (v6) {
+                bytes[0] = 0x20, bytes[1] = 0x01, bytes[2] = 0x0d, bytes[3] = 0xb8;
+                bytes[14] = uint8_t(i >> 8), bytes[15] = uint8_t(i);
+            } else {
+                bytes[10] = 0xff, bytes[11] = 0xff, bytes[12] = 203, bytes[13] = uint8_t(i >> 8);
+                bytes[14] = uint8_t(i), bytes[15] = 7;
+            }
+            uint32_t words[4];
+            std::memcpy(words, bytes, sizeof words);
+            sets.insert(egressd_dns_set_of(words, 512));
+        }
+        CHECK(sets.size() > 400);  // a random spread fills about 440 of 512
+    }
 }
