@@ -557,7 +557,7 @@ enum egressd_dns_stat {
 	EGRESSD_DNS_STAT_NO_POLICY_HOST,   /* parsed, the name is no policy host of the identity (or no identity) */
 	EGRESSD_DNS_STAT_LEARNED,          /* addresses learned (or refreshed) */
 	EGRESSD_DNS_STAT_EVICTED,          /* live entries replaced by a new address of the same identity */
-	EGRESSD_DNS_STAT_EXPIRED,          /* entries found expired, by a connect() or by a new address */
+	EGRESSD_DNS_STAT_EXPIRED,          /* expired entries replaced by a new address */
 	EGRESSD_DNS_STAT_NO_ANSWER,        /* responses with an error rcode, or that are not responses */
 	EGRESSD_DNS_STAT_ANSWERS_LEARNED,  /* responses for a policy host: their addresses learned */
 	EGRESSD_DNS_STAT_MAX,

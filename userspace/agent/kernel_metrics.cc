@@ -77,7 +77,8 @@ Status KernelMetrics::register_families(observe::Registry& registry) {
         {"outcome"}));
     dns_learned_ = r.take(k.counter("egressd_dns_learned_addresses_total",
                                     "Addresses learned from DNS answers, by event: learned (or refreshed), evicted (a "
-                                    "live entry replaced by the same identity's), expired (found expired).",
+                                    "live entry replaced by the same identity's), expired (an expired entry replaced "
+                                    "by a new address).",
                                     {"event"}));
     return r.status();
 }
