@@ -54,32 +54,55 @@ Datagram wire_name(const std::string& dotted) {
     return out;
 }
 
-Datagram dns_query(uint16_t id, const std::string& name) {
+// A query for `name`, type A (1) or AAAA (28).
+Datagram dns_query(uint16_t id, const std::string& name, uint8_t type = 1) {
     Datagram q = {uint8_t(id >> 8), uint8_t(id), 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0};
     const Datagram n = wire_name(name);
     q.insert(q.end(), n.begin(), n.end());
-    q.insert(q.end(), {0, 1, 0, 1});
+    q.insert(q.end(), {0, type, 0, 1});
     return q;
 }
 
-// The answer to `q`: one A record, `address`, with `ttl`, for the question.
+// The answer to `q`: one A or AAAA record (as `address` is IPv4 or IPv6), with `ttl`.
 Datagram dns_answer(const Datagram& q, const char* address, uint32_t ttl) {
     Datagram a = q;
     a[2] = 0x81;
     a[3] = 0x80;
     a[7] = 1;  // ANCOUNT
-    in_addr addr{};
-    ::inet_pton(AF_INET, address, &addr);
-    const auto* b = reinterpret_cast<const uint8_t*>(&addr.s_addr);
-    a.insert(a.end(), {0xc0, 0x0c, 0, 1, 0, 1, uint8_t(ttl >> 24), uint8_t(ttl >> 16), uint8_t(ttl >> 8), uint8_t(ttl),
-                       0, 4, b[0], b[1], b[2], b[3]});
+    uint8_t bytes[16] = {};
+    const bool v6 = ::inet_pton(AF_INET6, address, bytes) == 1;
+    if (!v6) ::inet_pton(AF_INET, address, bytes);
+    const uint8_t length = v6 ? 16 : 4;
+    a.insert(a.end(), {0xc0, 0x0c, 0, uint8_t(v6 ? 28 : 1), 0, 1, uint8_t(ttl >> 24), uint8_t(ttl >> 16),
+                       uint8_t(ttl >> 8), uint8_t(ttl), 0, length});
+    a.insert(a.end(), bytes, bytes + length);
     return a;
+}
+
+// ADDRESS:port as a socket address of its family.
+sockaddr_storage endpoint(const char* address, uint16_t port, socklen_t& len) {
+    sockaddr_storage at{};
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&at);
+    if (::inet_pton(AF_INET6, address, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons(port);
+        len = sizeof *v6;
+        return at;
+    }
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&at);
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    ::inet_pton(AF_INET, address, &v4->sin_addr);
+    len = sizeof *v4;
+    return at;
 }
 
 // A forked DNS server in the sink namespace; killed when the test is done.
 class Resolver {
 public:
-    Resolver(const TestNetwork& net, uint32_t ttl) {
+    // On `address`:53 in the sink, answering every query with `answer`.
+    Resolver(const TestNetwork& net, uint32_t ttl, const char* address = kResolver,
+             const char* answer = kLearnedAddress) {
         int ready[2];
         REQUIRE(::pipe(ready) == 0);
         pid_ = ::fork();
@@ -88,22 +111,21 @@ public:
             ::close(ready[0]);
             const int ns = ::open(net.sink_netns_path().c_str(), O_RDONLY | O_CLOEXEC);
             if (ns < 0 || ::setns(ns, CLONE_NEWNET) != 0) ::_exit(2);
-            const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+            socklen_t at_len = 0;
+            sockaddr_storage at = endpoint(address, 53, at_len);
+            const int fd = ::socket(at.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
             const int one = 1;
             ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-            sockaddr_in at{};
-            at.sin_family = AF_INET;
-            at.sin_port = htons(53);
-            ::inet_pton(AF_INET, kResolver, &at.sin_addr);
-            if (::bind(fd, reinterpret_cast<sockaddr*>(&at), sizeof at) != 0) ::_exit(3);
+            if (at.ss_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+            if (::bind(fd, reinterpret_cast<sockaddr*>(&at), at_len) != 0) ::_exit(3);
             (void)!::write(ready[1], "r", 1);
             for (;;) {
                 uint8_t buf[512];
-                sockaddr_in peer{};
+                sockaddr_storage peer{};
                 socklen_t len = sizeof peer;
                 const ssize_t n = ::recvfrom(fd, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&peer), &len);
                 if (n < 12) continue;
-                const Datagram reply = dns_answer(Datagram(buf, buf + n), kLearnedAddress, ttl);
+                const Datagram reply = dns_answer(Datagram(buf, buf + n), answer, ttl);
                 ::sendto(fd, reply.data(), reply.size(), 0, reinterpret_cast<sockaddr*>(&peer), len);
             }
         }
@@ -126,12 +148,10 @@ private:
 
 // Run in the workload: 0 allowed, EPERM denied, another errno otherwise.
 int tcp_connect(const char* address, uint16_t port) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in to{};
-    to.sin_family = AF_INET;
-    to.sin_port = htons(port);
-    ::inet_pton(AF_INET, address, &to.sin_addr);
-    const int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to);
+    socklen_t len = 0;
+    const sockaddr_storage to = endpoint(address, port, len);
+    const int fd = ::socket(to.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&to), len);
     const int err = rc == 0 ? 0 : errno;
     ::close(fd);
     return err;
@@ -140,14 +160,12 @@ int tcp_connect(const char* address, uint16_t port) {
 // Run in the workload: sends `datagram` to server:53 and waits for the
 // reply; 0 when one came.
 int dns_exchange(const char* server, const Datagram& datagram) {
-    const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    socklen_t len = 0;
+    const sockaddr_storage to = endpoint(server, 53, len);
+    const int fd = ::socket(to.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     timeval wait{2, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
-    sockaddr_in to{};
-    to.sin_family = AF_INET;
-    to.sin_port = htons(53);
-    ::inet_pton(AF_INET, server, &to.sin_addr);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) return errno;
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&to), len) != 0) return errno;
     if (::send(fd, datagram.data(), datagram.size(), 0) < 0) return errno;
     uint8_t buf[512];
     const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
@@ -205,6 +223,7 @@ struct LearningEnv {
             policy_for("curl-api", "curl", {80, "http", IPPROTO_TCP}, {"api.example.com"}, {"*.cdn.example"}),
             policy_for("dns", "curl", {53, "udp", IPPROTO_UDP}, {}, {}, {cidr("203.0.113.12/32")}),
             policy_for("dns-batch", "batch", {53, "udp", IPPROTO_UDP}, {}, {}, {cidr("203.0.113.12/32")}),
+            policy_for("dns6", "curl", {53, "udp", IPPROTO_UDP}, {}, {}, {cidr("2001:db8:1::10/128")}),
         };
         PolicyInputs in{&policies, nullptr, &identities, &numbers};
         in.host_numbers = &hosts;
@@ -214,7 +233,10 @@ struct LearningEnv {
         enforcer.set_identities(identities.names(), {{env.cg.id(), curl}, {other.id(), batch}});
         auto trusted = IpAddress::parse(kResolver);
         auto echo = IpAddress::parse(TestNetwork::kExternal4);  // trusted too: it only ever echoes
-        REQUIRE(enforcer.datapath().set_dns_learning(DnsLearning{min_ttl, 3600, 256}, {*trusted, *echo}).ok());
+        auto trusted6 = IpAddress::parse(TestNetwork::kExternal6);
+        REQUIRE(enforcer.datapath()
+                    .set_dns_learning(DnsLearning{min_ttl, 3600, 256}, {*trusted, *echo, *trusted6})
+                    .ok());
         enforcer.attach();
     }
 };
@@ -331,6 +353,20 @@ TEST_CASE("dns learning: an allow by a learned address is reported as learned") 
     }
     CHECK(learned == 1);  // the connect to the learned address
     CHECK(other >= 1);    // the query to the resolver, allowed by its ipAddresses
+}
+
+TEST_CASE("dns learning: over IPv6, an AAAA answer from an IPv6 resolver") {
+    EGRESSD_REQUIRE_KERNEL_ENV();
+    LearningEnv t(5);
+    // The resolver at [2001:db8:1::10]:53 tells of 2001:db8:1::11.
+    Resolver resolver(t.env.net, 30, TestNetwork::kExternal6, TestNetwork::kExternal6b);
+    const auto resolve6 = [](uint16_t id) {
+        if (const int err = dns_exchange(TestNetwork::kExternal6, dns_query(id, "api.example.com", 28)); err != 0)
+            return 100 + err;
+        return tcp_connect(TestNetwork::kExternal6b, 80);
+    };
+    CHECK(run_in_cgroup(t.env.cg, &t.env.net, [] { return tcp_connect(TestNetwork::kExternal6b, 80); }) == EPERM);
+    CHECK(run_in_cgroup(t.env.cg, &t.env.net, [&] { return resolve6(31); }) == 0);
 }
 
 TEST_CASE("dns learning: an address expires with its TTL (minTTL 0), and is denied after") {
