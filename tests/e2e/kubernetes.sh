@@ -140,6 +140,23 @@ check "meshCIDRs from the node's spec.podCIDR" grep -q "meshCIDRs from the clust
 # No route leads there: the hook allowed it (row 5) when the network answers unreachable.
 check "  ...a pod address is not denied (row 5)" test "$(verdict_in "$(pod_dir "$uid_curl")" 10.244.1.7)" = ENETUNREACH
 check "  ...another address is" test "$(verdict_in "$(pod_dir "$uid_curl")" 10.245.1.7)" = denied
+
+# The cluster DNS (no dnsServer in the settings): its Service IP and ready
+# endpoints become trusted resolvers, an unready endpoint does not.
+control objects '{"op": "upsert", "object": {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", "namespace": "kube-system"}, "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ports": [{"port": 53, "protocol": "UDP"}]}}}'
+control objects '{"op": "upsert", "object": {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "kube-dns-abcde", "namespace": "kube-system", "labels": {"kubernetes.io/service-name": "kube-dns"}}, "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.0.3"], "conditions": {"ready": true}}, {"addresses": ["10.244.0.4"], "conditions": {"ready": false}}]}}'
+trusted() { bpftool -j map dump pinned "$pins/dns_servers_v1" | python3 -c '
+import json, sys
+for e in json.load(sys.stdin):
+    a = e["formatted"]["key"]["addr"]
+    b = bytes(int(x, 16) if isinstance(x, str) else x for x in a)
+    print(".".join(map(str, b[12:])))'; }
+for _ in $(seq 50); do trusted 2>/dev/null | grep -q 10.244.0.3 && break; sleep 0.1; done
+trusted 2>/dev/null > "$work/trusted.txt"
+check "the cluster DNS's Service IP is a trusted resolver" grep -qx 10.96.0.10 "$work/trusted.txt"
+check "  ...its ready endpoint too" grep -qx 10.244.0.3 "$work/trusted.txt"
+check "  ...not its unready one" bash -c "! grep -qx 10.244.0.4 '$work/trusted.txt'"
+check "  ...and the agent says so" grep -q "DNS answers are learned from the cluster DNS: 10.96.0.10, 10.244.0.3" "$work/agent.log"
 check "status names the API server and the enforced pod" \
   test "$(status_field "s['kubernetes']['enforcedPods'][0]['uid']")" = "$uid_curl"
 

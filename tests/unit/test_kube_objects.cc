@@ -248,3 +248,34 @@ TEST_CASE("kube: what the reflectors keep gives the same answers as the whole ob
                                                   {}, problems)) ==
           egressd::test::cidr_texts(cluster_cidrs(nodes, {}, problems)));
 }
+
+TEST_CASE("kube: the cluster DNS's addresses: the Service's cluster IPs and its ready endpoints") {
+    const Objects services{
+        {"kube-system/kube-dns",
+         {{"metadata", {{"name", "kube-dns"}, {"namespace", "kube-system"}}},
+          {"spec", {{"clusterIP", "10.96.0.10"}, {"clusterIPs", {"10.96.0.10", "fd00:10:96::a"}}, {"ports", {}}}}}}};
+    const Objects slices{
+        {"kube-system/kube-dns-x7k2p",
+         {{"metadata", {{"name", "kube-dns-x7k2p"}, {"namespace", "kube-system"}}},
+          {"addressType", "IPv4"},
+          {"endpoints",
+           {{{"addresses", {"10.244.0.3"}}, {"conditions", {{"ready", true}}}},
+            {{"addresses", {"10.244.1.4"}}, {"conditions", {{"ready", false}}}},  // not serving: left out
+            {{"addresses", {"10.244.2.5", "bogus"}}}}}}}};                        // no conditions: ready
+    std::vector<std::string> texts;
+    const auto kept_services = [&] {
+        Objects out;
+        for (const auto& [k, v] : services) out[k] = kept_service(json(v));
+        return out;
+    }();
+    const auto kept_slices = [&] {
+        Objects out;
+        for (const auto& [k, v] : slices) out[k] = kept_endpoint_slice(json(v));
+        return out;
+    }();
+    for (const auto& address : cluster_dns_addresses(kept_services, kept_slices)) texts.push_back(address.str());
+    CHECK(texts == std::vector<std::string>{"10.96.0.10", "10.244.0.3", "10.244.2.5", "fd00:10:96::a"});
+    CHECK(cluster_dns_addresses({}, {}).empty());
+    const Objects headless{{"kube-system/kube-dns", {{"spec", {{"clusterIP", "None"}}}}}};
+    CHECK(cluster_dns_addresses(headless, {}).empty());
+}

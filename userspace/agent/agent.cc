@@ -102,10 +102,11 @@ Status Agent::load_and_adopt() {
     reconciler_ = std::make_unique<Reconciler>(config_, *datapath_, cgroup_, cgroup_level_);
     // The resolvers whose answers the kernel learns from; the settings are read once, at start.
     const auto resolv_conf = read_file("/etc/resolv.conf");
-    const std::vector<IpAddress> resolvers =
+    resolvers_ =
         trusted_resolvers(config_.dns_servers, resolv_conf ? std::string_view(*resolv_conf) : std::string_view());
+    const std::vector<IpAddress>& resolvers = resolvers_;
     if (auto set = datapath_->set_dns_learning(config_.dns_learning, resolvers); !set) return set;
-    if (resolvers.empty())
+    if (resolvers.empty() && !kube_)
         log::info("no resolver to learn DNS answers from: dnsServer is not set and /etc/resolv.conf names none");
     if (datapath_->active_image()) {
         reconciler_->continue_pinned();
@@ -288,6 +289,7 @@ void Agent::on_inputs_changed(unsigned inputs, bool force) {
     if (inputs & kWorkloads) changed |= reload_workloads();
     if (inputs & kHosts) changed |= reload_hosts();
     if (inputs & kMeshCidrs) changed |= reload_mesh_cidrs();
+    if (inputs & kDnsServers) reload_dns_servers();  // not a generation: the trusted resolvers
     if ((changed || force) && (!kube_ || first_sync_applied_)) apply_inputs(started);
     publish_telemetry();
     write_status();

@@ -55,7 +55,8 @@ private:
         kWorkloads = FileSources::kWorkloads,
         kHosts = 8,
         kMeshCidrs = KubeSource::kMeshCidrs,
-        kAll = FileSources::kAll | kHosts | kMeshCidrs
+        kDnsServers = KubeSource::kDnsServers,
+        kAll = FileSources::kAll | kHosts | kMeshCidrs | kDnsServers
     };
 
     explicit Agent(const AgentConfig& config) : config_(config) {}
@@ -85,6 +86,7 @@ private:
     bool reload_workloads();
     bool reload_hosts();
     bool reload_mesh_cidrs();
+    void reload_dns_servers();
     // True when the generation was applied.
     bool apply_inputs(std::chrono::steady_clock::time_point started);
     // Decision events from the kernel: named, logged, kept for /events.
@@ -122,6 +124,10 @@ private:
     std::vector<Workload> workloads_;
     std::map<std::string, HostState> hosts_;
     std::optional<std::vector<Cidr>> cluster_cidrs_;  // Kubernetes mode without meshCIDRs in the settings
+    // Whose DNS answers are learned from: the settings', else /etc/resolv.conf's
+    // (and, on Kubernetes, the cluster DNS's as found: cluster_dns_).
+    std::vector<IpAddress> resolvers_;
+    std::vector<IpAddress> cluster_dns_;
 
     UniqueFd memory_release_;  // timerfd: malloc_trim a second after the last change
     UniqueFd stale_check_;     // Kubernetes mode, timerfd: when a failing watch becomes stale

@@ -4,6 +4,7 @@
 // earlier agent pinned keeps enforcing: nothing is flushed, nothing opens.
 #include <sys/timerfd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -114,6 +115,7 @@ void Agent::apply_first_sync() {
     reload_hosts();
     reload_workloads();
     reload_mesh_cidrs();
+    reload_dns_servers();
     if (config_.mesh_cidrs.empty() && (!cluster_cidrs_ || cluster_cidrs_->empty())) {
         // In-mesh traffic would be denied: enforce nothing rather than that.
         record_error(
@@ -137,6 +139,25 @@ void Agent::apply_first_sync() {
               reconciler_->waiting().size());
     publish_telemetry();
     write_status();
+}
+
+// The cluster DNS (kube-system/kube-dns), trusted beside the settings' or
+// resolv.conf's resolvers when the settings name none.
+void Agent::reload_dns_servers() {
+    if (!kube_) return;
+    auto found = kube_->read_dns_servers();
+    if (!found || *found == cluster_dns_) return;
+    cluster_dns_ = std::move(*found);
+    std::vector<IpAddress> trusted = resolvers_;
+    for (const IpAddress& address : cluster_dns_)
+        if (std::find(trusted.begin(), trusted.end(), address) == trusted.end()) trusted.push_back(address);
+    if (auto set = datapath_->set_dns_learning(config_.dns_learning, trusted); !set) {
+        record_error("trusting the cluster DNS's answers: " + set.error().describe());
+        return;
+    }
+    std::string list;
+    for (const IpAddress& address : cluster_dns_) list += (list.empty() ? "" : ", ") + address.str();
+    log::info("DNS answers are learned from the cluster DNS: {}", list.empty() ? "(none found)" : list);
 }
 
 // The cluster's ranges as meshCIDRs (without meshCIDRs in the settings). An

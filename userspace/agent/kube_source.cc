@@ -72,6 +72,8 @@ KubeSource::KubeSource(const AgentConfig& config, std::filesystem::path cgroup_m
 
 KubeSource::~KubeSource() {
     // The reflectors' threads call notify(): stop them before the eventfd goes.
+    dns_slices_.reset();
+    dns_services_.reset();
     service_cidrs_.reset();
     nodes_.reset();
     pods_.reset();
@@ -123,6 +125,22 @@ Status KubeSource::start_reflectors() {
         if (!started) return started.error().with_context("watching " + resource.describe());
         *reflector = std::move(*started);
     }
+    if (config_.dns_servers.empty()) {
+        // The cluster DNS (the conventional kube-system/kube-dns, CoreDNS's too).
+        const std::tuple<std::unique_ptr<k8s::Reflector>*, k8s::Resource, k8s::ObjectTransform> dns[] = {
+            {&dns_services_,
+             {"", "v1", "services", "kube-system", "metadata.name=kube-dns", ""},
+             [](nlohmann::json&& o) { return kube::kept_service(std::move(o)); }},
+            {&dns_slices_,
+             {"discovery.k8s.io", "v1", "endpointslices", "kube-system", "", "kubernetes.io/service-name=kube-dns"},
+             [](nlohmann::json&& o) { return kube::kept_endpoint_slice(std::move(o)); }},
+        };
+        for (const auto& [reflector, resource, transform] : dns) {
+            auto started = k8s::Reflector::start(client_, watch_of(resource, transform), wake);
+            if (!started) return started.error().with_context("watching " + resource.describe());
+            *reflector = std::move(*started);
+        }
+    }
     if (!config_.mesh_cidrs.empty()) return {};
     const std::tuple<std::unique_ptr<k8s::Reflector>*, k8s::Resource, k8s::ObjectTransform> ranges[] = {
         {&nodes_, {"", "v1", "nodes", "", "", ""}, [](nlohmann::json&& o) { return kube::kept_node(std::move(o)); }},
@@ -166,6 +184,7 @@ unsigned KubeSource::pending() {
     if (egresses_->revision() != seen_egresses_) inputs |= kPolicies;
     if (namespaces_->revision() != seen_namespaces_ || pods_->revision() != seen_pods_) inputs |= kWorkloads;
     if (nodes_ && nodes_->revision() + service_cidrs_->revision() != seen_ranges_) inputs |= kMeshCidrs;
+    if (dns_services_ && dns_services_->revision() + dns_slices_->revision() != seen_dns_) inputs |= kDnsServers;
     return inputs;
 }
 
@@ -235,6 +254,12 @@ std::optional<std::vector<Cidr>> KubeSource::read_mesh_cidrs(std::vector<std::st
     return kube::cluster_cidrs(*nodes_->objects(), *service_cidrs_->objects(), problems);
 }
 
+std::optional<std::vector<IpAddress>> KubeSource::read_dns_servers() {
+    if (!dns_services_) return std::nullopt;
+    seen_dns_ = dns_services_->revision() + dns_slices_->revision();
+    return kube::cluster_dns_addresses(*dns_services_->objects(), *dns_slices_->objects());
+}
+
 PolicySet KubeSource::read_policies() {
     seen_egresses_ = egresses_->revision();
     return kube::policies_from_objects(*egresses_->objects());
@@ -294,7 +319,9 @@ std::vector<Telemetry::WatchedResource> KubeSource::watched_resources() const {
                                                                         {namespaces_.get(), "namespaces"},
                                                                         {pods_.get(), "pods"},
                                                                         {nodes_.get(), "nodes"},
-                                                                        {service_cidrs_.get(), "servicecidrs"}};
+                                                                        {service_cidrs_.get(), "servicecidrs"},
+                                                                        {dns_services_.get(), "services"},
+                                                                        {dns_slices_.get(), "endpointslices"}};
     for (const auto& [reflector, name] : reflectors) {
         if (!reflector) continue;
         const k8s::ReflectorStats s = reflector->stats();
@@ -317,6 +344,10 @@ nlohmann::json KubeSource::status() const {
     if (nodes_) {
         resources.push_back(stats_json(*nodes_, "nodes"));
         resources.push_back(stats_json(*service_cidrs_, "servicecidrs"));
+    }
+    if (dns_services_) {
+        resources.push_back(stats_json(*dns_services_, "services"));
+        resources.push_back(stats_json(*dns_slices_, "endpointslices"));
     }
     return {{"source", "api-server"},
             {"server", client_->config().server},

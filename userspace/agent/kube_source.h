@@ -35,7 +35,14 @@ namespace egressd {
 
 class KubeSource {
 public:
-    enum Input : unsigned { kMesh = 1, kPolicies = 2, kWorkloads = 4, kMeshCidrs = 16, kAll = 7 | 16 };
+    enum Input : unsigned {
+        kMesh = 1,
+        kPolicies = 2,
+        kWorkloads = 4,
+        kMeshCidrs = 16,
+        kDnsServers = 32,
+        kAll = 7 | 16 | 32
+    };
 
     // Connects with the settings' credentials (kubeconfig or in-cluster) and
     // starts the reflectors. `pods_root` is where the node's pod cgroups are.
@@ -72,6 +79,9 @@ public:
     // meshCIDRs found in the cluster (nodes' pod ranges, ServiceCIDRs), when
     // the settings give none; nullopt when the settings give them.
     std::optional<std::vector<Cidr>> read_mesh_cidrs(std::vector<std::string>& problems);
+    // The cluster DNS's addresses (kube-system/kube-dns: its cluster IPs and
+    // endpoints), when the settings name no resolver; nullopt when they do.
+    std::optional<std::vector<IpAddress>> read_dns_servers();
     // The meshed pods of this node whose cgroup exists, as workloads with
     // attach keys; those whose cgroup is missing are counted in status().
     std::vector<Workload> read_workloads();
@@ -100,6 +110,9 @@ private:
     std::unique_ptr<k8s::Reflector> mesh_configs_, egresses_, namespaces_, pods_;
     // Only without meshCIDRs in the settings: where the cluster's ranges are.
     std::unique_ptr<k8s::Reflector> nodes_, service_cidrs_;
+    // Only without dnsServer in the settings: the cluster DNS, whose answers are trusted.
+    std::unique_ptr<k8s::Reflector> dns_services_, dns_slices_;
+    uint64_t seen_dns_ = 0;
     uint64_t seen_mesh_ = 0, seen_egresses_ = 0, seen_namespaces_ = 0, seen_pods_ = 0, seen_ranges_ = 0;
     std::optional<std::string> mesh_json_;  // the MeshConfig object last read, as JSON text
     kube::PodSelection selection_;

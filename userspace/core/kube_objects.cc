@@ -207,6 +207,41 @@ nlohmann::json kept_pod(nlohmann::json&& pod, const MeshConventions& mesh) {
                                  {"status", "qosClass"}});
 }
 
+nlohmann::json kept_service(nlohmann::json&& service) {
+    return kept(std::move(service),
+                {{"metadata", "name"}, {"metadata", "namespace"}, {"spec", "clusterIP"}, {"spec", "clusterIPs"}});
+}
+
+nlohmann::json kept_endpoint_slice(nlohmann::json&& slice) {
+    return kept(std::move(slice), {{"metadata", "name"}, {"metadata", "namespace"}, {"endpoints"}});
+}
+
+std::vector<IpAddress> cluster_dns_addresses(const Objects& services, const Objects& endpoint_slices) {
+    std::vector<IpAddress> out;
+    const auto add = [&out](const nlohmann::json& text) {
+        if (!text.is_string()) return;
+        if (auto address = IpAddress::parse(text.get<std::string>())) out.push_back(*address);  // "None" is not one
+    };
+    for (const auto& [key, service] : services) {
+        const auto& spec = at(service, "spec");
+        add(at(spec, "clusterIP"));
+        if (const auto& ips = at(spec, "clusterIPs"); ips.is_array())
+            for (const auto& ip : ips) add(ip);
+    }
+    for (const auto& [key, slice] : endpoint_slices) {
+        const auto& endpoints = at(slice, "endpoints");
+        if (!endpoints.is_array()) continue;
+        for (const auto& endpoint : endpoints) {
+            if (at(at(endpoint, "conditions"), "ready") == false) continue;
+            if (const auto& addresses = at(endpoint, "addresses"); addresses.is_array())
+                for (const auto& address : addresses) add(address);
+        }
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
+}
+
 nlohmann::json kept_node(nlohmann::json&& node) {
     return kept(std::move(node), {{"metadata", "name"}, {"spec", "podCIDR"}, {"spec", "podCIDRs"}});
 }

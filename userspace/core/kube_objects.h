@@ -67,6 +67,14 @@ PodSelection meshed_pods(const Objects& pods, const Objects& namespaces, const M
 // range that does not parse is named in `problems` and left out.
 std::vector<Cidr> cluster_cidrs(const Objects& nodes, const Objects& service_cidrs, std::vector<std::string>& problems);
 
+// The cluster DNS's addresses, whose answers to the workloads are trusted
+// (learning from DNS answers) when the settings name no resolver: the
+// Service's cluster IPs (both families) and the addresses of its endpoints
+// that are not known to be unready (answers come from them where a socket
+// load balancer translates the Service). Sorted, unique; what does not
+// parse is left out.
+std::vector<IpAddress> cluster_dns_addresses(const Objects& services, const Objects& endpoint_slices);
+
 // What the reflectors keep of each kind (their transforms): the fields that
 // the functions above read, and nothing else, so that a stored pod costs a few
 // hundred bytes rather than its whole object (managedFields, containers,
@@ -77,7 +85,11 @@ std::vector<Cidr> cluster_cidrs(const Objects& nodes, const Objects& service_cid
 //   Pod: metadata.{name,namespace,uid}, the proxy label, the mirror annotation,
 //        spec.{serviceAccountName,hostNetwork}, status.{phase,qosClass}.
 //   Node: metadata.name, spec.{podCIDR,podCIDRs}.
+//   Service: metadata.{name,namespace}, spec.{clusterIP,clusterIPs}.
+//   EndpointSlice: metadata.{name,namespace}, endpoints.
 nlohmann::json kept_spec_object(nlohmann::json&& object);
+nlohmann::json kept_service(nlohmann::json&& service);
+nlohmann::json kept_endpoint_slice(nlohmann::json&& slice);
 nlohmann::json kept_namespace(nlohmann::json&& ns, const MeshConventions& mesh);
 nlohmann::json kept_pod(nlohmann::json&& pod, const MeshConventions& mesh);
 nlohmann::json kept_node(nlohmann::json&& node);
