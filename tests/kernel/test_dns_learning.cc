@@ -369,6 +369,17 @@ TEST_CASE("dns learning: over IPv6, an AAAA answer from an IPv6 resolver") {
     CHECK(run_in_cgroup(t.env.cg, &t.env.net, [&] { return resolve6(31); }) == 0);
 }
 
+TEST_CASE("dns learning: a TTL of 0 is clamped to minTTL, so the connect right after is allowed") {
+    EGRESSD_REQUIRE_KERNEL_ENV();
+    LearningEnv t(5);                 // minTTL 5 s
+    Resolver resolver(t.env.net, 0);  // "do not cache"
+    CHECK(run_in_cgroup(t.env.cg, &t.env.net, [] { return resolve_then_connect("api.example.com", 41); }) == 0);
+    auto learned = t.enforcer.datapath().maps().dns_learned.read_all();
+    REQUIRE(learned.ok());
+    REQUIRE_FALSE(learned->empty());
+    for (const auto& [key, entry] : *learned) CHECK(entry.expires_ns - entry.learned_ns == 5'000'000'000ull);
+}
+
 TEST_CASE("dns learning: an address expires with its TTL (minTTL 0), and is denied after") {
     EGRESSD_REQUIRE_KERNEL_ENV();
     LearningEnv t(0);
