@@ -167,6 +167,9 @@ try: s.connect((\"$address\", 8080))
 except PermissionError: sys.exit(0)
 sys.exit(1)'"
 
+check "/metrics shows the learned entries whose TTL ran out" \
+  test "$(metric 'egressd_dns_learned_addresses{state="expired"}')" -ge 1
+
 # ---- the agent's own lookups alone: the same loop is denied ---------------------
 stop_agent
 write_settings "[127.0.0.1:$dns_port]"   # the workloads' resolver is not trusted: nothing is learned

@@ -1,5 +1,7 @@
 #include "agent/kernel_metrics.h"
 
+#include <time.h>
+
 #include <algorithm>
 #include <map>
 
@@ -80,6 +82,10 @@ Status KernelMetrics::register_families(observe::Registry& registry) {
                                     "live entry replaced by the same identity's), expired (an expired entry replaced "
                                     "by a new address).",
                                     {"event"}));
+    dns_entries_ = r.take(k.gauge("egressd_dns_learned_addresses",
+                                  "Entries of dns_learned_v1 now, by state: live, or expired (its TTL ran out; the "
+                                  "entry stays until a new address of the same identity takes its place).",
+                                  {"state"}));
     return r.status();
 }
 
@@ -115,6 +121,17 @@ void KernelMetrics::scrape_dns_stats(std::vector<RenderedFamily>& families) {
     render(*dns_queries_, families);
     render(*dns_responses_, families);
     render(*dns_learned_, families);
+    // What the entries are now: a batch read of the map (a few ms at 100k).
+    auto entries = maps_->dns_learned.read_all();
+    if (!entries.ok()) return read_failed("learned DNS addresses", entries.error());
+    timespec boot{};
+    ::clock_gettime(CLOCK_BOOTTIME, &boot);
+    const uint64_t now = uint64_t(boot.tv_sec) * 1'000'000'000ull + uint64_t(boot.tv_nsec);
+    uint64_t live = 0;
+    for (const auto& [key, entry] : *entries) live += entry.expires_ns > now;
+    dns_entries_->labels({"live"}).set(double(live));
+    dns_entries_->labels({"expired"}).set(double(entries->size() - live));
+    render(*dns_entries_, families);
 }
 
 void KernelMetrics::scrape_decisions(std::vector<RenderedFamily>& families) {

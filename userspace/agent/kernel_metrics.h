@@ -57,6 +57,7 @@ private:
     observe::CounterFamily* dns_responses_ = nullptr;
     observe::CounterFamily* dns_queries_ = nullptr;
     observe::CounterFamily* dns_learned_ = nullptr;
+    observe::GaugeFamily* dns_entries_ = nullptr;
 
     std::mutex scrape_mutex_;
     std::set<std::string> failing_reads_;  // under scrape_mutex_
