@@ -52,11 +52,7 @@ Result<std::pair<std::string, std::string>> split_destination(const std::string&
     return std::pair{text.substr(0, colon), text.substr(colon + 1)};
 }
 
-Result<Destination> parse_destination(const std::string& address, const std::string& port) {
-    Destination d;
-    auto ip = IpAddress::parse(address);
-    if (!ip) return ip.error().with_context("--to");
-    d.address = *ip;
+Result<uint16_t> parse_port(const std::string& port) {
     // A whole decimal number, as std::stoll reads one (leading blanks and a
     // sign allowed), else -1: validate_port says what is wrong with it.
     errno = 0;
@@ -65,8 +61,15 @@ Result<Destination> parse_destination(const std::string& address, const std::str
     const bool whole = end != port.c_str() && errno != ERANGE && static_cast<size_t>(end - port.c_str()) == port.size();
     auto number = validate_port(whole ? value : -1);
     if (!number) return number.error().with_context("--to");
-    d.port = *number;
-    return d;
+    return *number;
+}
+
+Result<Destination> parse_destination(const std::string& address, const std::string& port) {
+    auto ip = IpAddress::parse(address);
+    if (!ip) return ip.error().with_context("--to");
+    auto number = parse_port(port);
+    if (!number) return number.error();
+    return Destination{*ip, *number};
 }
 
 // The question and its answer, as check prints them.
@@ -133,6 +136,26 @@ void print_verdict(const Verdict& v, bool as_json) {
                              v.number ? std::to_string(v.number) : std::string("unknown"), v.generation);
 }
 
+// What the kernel decides with, now: the pinned maps, the active generation,
+// and the identity's number there (0 when the kernel does not know it).
+struct LiveState {
+    MapSet maps;
+    MapImage image;
+    uint32_t identity = 0;
+};
+Result<LiveState> read_live_state(const AgentConfig& config, const IdentityName& who) {
+    auto maps = open_pinned_maps(config);
+    if (!maps) return maps.error();
+    auto active = read_active_image(*maps);
+    if (!active) return active.error();
+    const auto names = maps->read_identity_names();
+    if (!names) return names.error();
+    uint32_t identity = 0;
+    for (const auto& [n, name] : *names)
+        if (name == who) identity = n;
+    return LiveState{std::move(*maps), std::move(active->image), identity};
+}
+
 // The identity's live entries learned from DNS answers: address -> (host number, seconds left).
 struct Learned {
     IpAddress address;
@@ -178,16 +201,10 @@ Exit check_host(const AgentConfig& config, const CheckOptions& options, const Id
     auto name = dns::parse_host_name(host);
     if (!name || name->wildcard) return Exit(make_error("--to: \"" + host + "\" is neither an address nor a host name"), 2);
     const uint8_t proto = options.proto == "tcp" ? IPPROTO_TCP : IPPROTO_UDP;
-    const auto maps = open_pinned_maps(config);
-    if (!maps) return maps.error();
-    const auto active = read_active_image(*maps);
-    if (!active) return active.error();
-    const MapImage& image = active->image;
-    const auto names = maps->read_identity_names();
-    if (!names) return names.error();
-    uint32_t number = 0;
-    for (const auto& [n, identity] : *names)
-        if (identity == who) number = n;
+    const auto live = read_live_state(config, who);
+    if (!live) return live.error();
+    const MapImage& image = live->image;
+    const uint32_t number = live->identity;
     const uint32_t matched = number ? policy_host_of(image, number, name->labels) : 0;
     const PolicyRule* grant =
         matched ? lookup_policy(image, number, proto, port, dns_host_address(matched)) : nullptr;
@@ -195,7 +212,7 @@ Exit check_host(const AgentConfig& config, const CheckOptions& options, const Id
     json learned_json = json::array();
     std::string lines;
     if (matched) {
-        const auto learned = live_learned(*maps, number);
+        const auto learned = live_learned(live->maps, number);
         if (!learned) return learned.error();
         for (const Learned& l : *learned) {
             if (l.host != matched) continue;
@@ -251,9 +268,9 @@ Exit check_command(const AgentConfig& config, const CheckOptions& options) {
     if (!parts) return Exit(parts.error(), 2);
     if (options.proto != "tcp" && options.proto != "udp") return Exit::usage("--proto: expected tcp or udp");
     if (!IpAddress::parse(parts->first)) {  // a host name
-        const auto port = parse_destination("::1", parts->second);
+        const auto port = parse_port(parts->second);
         if (!port) return port.error();
-        return check_host(config, options, v.identity, parts->first, port->port);
+        return check_host(config, options, v.identity, parts->first, *port);
     }
     const auto dst = parse_destination(parts->first, parts->second);
     if (!dst) return dst.error();
@@ -262,18 +279,13 @@ Exit check_command(const AgentConfig& config, const CheckOptions& options) {
     const uint8_t proto = options.proto == "tcp" ? IPPROTO_TCP : IPPROTO_UDP;
 
     // The live kernel maps, evaluated by the reference model: what the kernel does now.
-    const auto maps = open_pinned_maps(config);
-    if (!maps) return maps.error();
-    const auto active = read_active_image(*maps);
-    if (!active) return active.error();
-    const MapImage& image = active->image;
-    const auto names = maps->read_identity_names();
-    if (!names) return names.error();
-    for (const auto& [n, name] : *names)
-        if (name == v.identity) v.number = n;
+    const auto live = read_live_state(config, v.identity);
+    if (!live) return live.error();
+    const MapImage& image = live->image;
+    v.number = live->identity;
     uint32_t learned_host = 0;  // as row 7 finds it: the identity's live entry for the address
     if (v.number) {
-        const auto learned = live_learned(*maps, v.number);
+        const auto learned = live_learned(live->maps, v.number);
         if (!learned) return learned.error();
         for (const Learned& l : *learned)
             if (l.address == dst->address) learned_host = l.host;
