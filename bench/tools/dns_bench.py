@@ -20,37 +20,9 @@ bench/README.md.
 import argparse, ctypes, json, os, random, socket, struct, subprocess, sys, time
 
 
-def encode(name):
-    out = b""
-    for label in name.split("."):
-        out += bytes([len(label)]) + label.encode()
-    return out + b"\0"
-
-
-def last_a(data):
-    qd, an = struct.unpack("!HH", data[4:8])
-    offset = 12
-
-    def skip(o):
-        while True:
-            n = data[o]
-            if n == 0:
-                return o + 1
-            if n & 0xC0 == 0xC0:
-                return o + 2
-            o += 1 + n
-
-    for _ in range(qd):
-        offset = skip(offset) + 4
-    address = None
-    for _ in range(an):
-        offset = skip(offset)
-        rtype, _, _, length = struct.unpack("!HHIH", data[offset:offset + 10])
-        offset += 10
-        if rtype == 1 and length == 4:
-            address = socket.inet_ntoa(data[offset:offset + 4])
-        offset += length
-    return address
+# The DNS wire format as the end-to-end test's workload writes and reads it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "e2e"))
+from dns_client import encode, last_a  # noqa: E402
 
 
 def cmd_resolve(a):

@@ -5,7 +5,8 @@ a resolver, then at once connects to the address it was told, COUNT times.
   dns_client.py --resolver A --names N1,N2 --port P --count C
 
 A stub resolver of its own (one UDP socket per query, a random id, answers
-with another id skipped), so that it asks exactly the resolver given. Prints
+with another id skipped), so that it asks exactly the resolver given; the
+benchmark's bench/tools/dns_bench.py uses its encode() and last_a(). Prints
 JSON: loops, connects allowed, denied (EPERM), failed (anything else, with
 the first few reasons).
 """
@@ -29,7 +30,7 @@ def skip_name(data, offset):
         offset += 1 + n
 
 
-def first_a(data):
+def last_a(data):
     """The last A record's address of the answer section (the end of a CNAME chain)."""
     qd, an = struct.unpack("!HH", data[4:8])
     offset = 12
@@ -56,7 +57,7 @@ def resolve(resolver, name, rng):
         while True:
             data = s.recv(2048)
             if len(data) >= 12 and struct.unpack("!H", data[:2])[0] == qid:
-                return first_a(data)
+                return last_a(data)
 
 
 def main():
