@@ -246,7 +246,7 @@ static __always_inline void egressd_decide(struct egressd_decision *d, const str
 		d->identity_known = 1;
 		if (d->identity) {
 			policy = egressd_policy_lookup(slot, cfg->flags, d->identity, proto, port, dst);
-			if (!policy) {
+			if (!policy && (cfg->flags & EGRESSD_CFG_DNS_HOSTS)) {
 				policy = egressd_learned_policy(slot, cfg->flags, d->identity, proto, port, dst);
 				d->learned = policy != NULL;
 			}

@@ -134,6 +134,7 @@ enum egressd_config_flag {
 	EGRESSD_CFG_EVENTS_POLICY = 1u << 6,  /* also report allow-by-policy decisions */
 	EGRESSD_CFG_EVENTS_PASSTHROUGH = 1u << 7, /* also report passthrough decisions */
 	EGRESSD_CFG_POLICY_PREFIXES = 1u << 8,  /* policies_v1 has entries in this slot (else only hosts) */
+	EGRESSD_CFG_DNS_HOSTS = 1u << 9,        /* dns_hosts_v1 has entries in this slot: row 7 reads dns_learned_v1 */
 };
 
 enum egressd_mode {

@@ -79,6 +79,14 @@ TEST_CASE("dns hosts: each host name of a policy gets a number, an entry per sou
     const uint32_t wild = hosts.find(dns_host_name("*.example.com")).value();
     CHECK(api != 0);
     CHECK(wild != api);
+    CHECK((image->flags & EGRESSD_CFG_DNS_HOSTS) != 0);  // row 7 reads learned addresses
+    IdentityRegistry other_ids;
+    PolicyRegistry other_numbers;
+    auto without_learning = build_image(agent, policies_in_force(), 1,
+                                        PolicyInputs{&policies, nullptr, &other_ids, &other_numbers});
+    REQUIRE(without_learning.ok());
+    CHECK((without_learning->flags & EGRESSD_CFG_DNS_HOSTS) == 0);  // nothing to learn: row 7 does not look
+    CHECK(without_learning->dns_hosts.empty());
     std::vector<DnsHostRule> expected = {{curl, dns_host_name("api.example.com"), api},
                                          {curl, dns_host_name("*.example.com"), wild},
                                          {batch, dns_host_name("api.example.com"), api}};

@@ -80,6 +80,7 @@ std::string flag_names(uint32_t flags) {
         {EGRESSD_CFG_EVENTS_POLICY, "events-policy"},
         {EGRESSD_CFG_EVENTS_PASSTHROUGH, "events-passthrough"},
         {EGRESSD_CFG_POLICY_PREFIXES, "policy-prefixes"},
+        {EGRESSD_CFG_DNS_HOSTS, "dns-hosts"},
     };
     std::string out;
     for (const auto& [bit, name] : names)

@@ -74,7 +74,7 @@ Decision decide(const MapImage* image, const Query& query) {
         if (const PolicyRule* rule = lookup_policy(*image, query.identity, query.proto, query.port, query.dst))
             return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_POLICY, rule->policy);
         // Learned from an answer: what the policies grant the host, at its address 100::N.
-        if (query.learned_host != 0) {
+        if (query.learned_host != 0 && (image->flags & EGRESSD_CFG_DNS_HOSTS)) {
             if (const PolicyRule* rule = lookup_policy(*image, query.identity, query.proto, query.port,
                                                        dns_host_address(query.learned_host))) {
                 Decision learned = verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_POLICY, rule->policy);

@@ -185,6 +185,8 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
     add_dns_hosts(image, policy);
     if (std::ranges::any_of(image.policy_rules, [](const PolicyRule& rule) { return !is_host_rule(rule); }))
         image.flags |= EGRESSD_CFG_POLICY_PREFIXES;
+    // Without policy host names nothing is learned: row 7 need not look.
+    if (!image.dns_hosts.empty()) image.flags |= EGRESSD_CFG_DNS_HOSTS;
     const Status rules_fit = check_capacity(kPoliciesMap, image.policy_rules.size(), agent.capacities.policy_rules,
                                             "capacities.policyRules");
     if (!rules_fit) return rules_fit.error();
