@@ -306,11 +306,11 @@ TEST_CASE("dns learning: another identity, another name, a wildcard's own domain
 TEST_CASE("dns learning: untrusted and unsolicited answers teach nothing") {
     EGRESSD_REQUIRE_KERNEL_ENV();
     LearningEnv t(5);
+    // A forged answer, bounced off the sink's echo service on port 53 (the workload
+    // needs a policy to send there, as anywhere).
     const Datagram forged = dns_answer(dns_query(77, "api.example.com"), kLearnedAddress, 300);
-    // Bounced off the sink's echo service on another address, 203.0.113.11:53: not a trusted resolver.
-    // (The workload needs a policy to send there; the echo is trusted at 203.0.113.10 only.)
     const uint64_t unsolicited = stat_total(t.enforcer, EGRESSD_DNS_STAT_UNSOLICITED);
-    // Bounced off the trusted echo (203.0.113.10): a response went out, no query: unsolicited.
+    // Off the trusted echo (203.0.113.10): a response went out, no query was recorded: unsolicited.
     t.policies.push_back(policy_for("echo", "curl", {53, "udp", IPPROTO_UDP}, {}, {}, {cidr("203.0.113.10/32")}));
     PolicyInputs in{&t.policies, nullptr, &t.identities, &t.numbers};
     in.host_numbers = &t.hosts;
@@ -320,7 +320,7 @@ TEST_CASE("dns learning: untrusted and unsolicited answers teach nothing") {
               return err != 0 ? 100 + err : tcp_connect(kLearnedAddress, 80);
           }) == EPERM);
     CHECK(stat_total(t.enforcer, EGRESSD_DNS_STAT_UNSOLICITED) > unsolicited);
-    // A query that looks like one bounced back is still no answer to learn from.
+    // Off the echo at 203.0.113.11, which is no trusted resolver: untrusted.
     const uint64_t untrusted = stat_total(t.enforcer, EGRESSD_DNS_STAT_UNTRUSTED);
     t.policies.push_back(policy_for("echo-b", "curl", {53, "udp", IPPROTO_UDP}, {}, {}, {cidr("203.0.113.11/32")}));
     t.enforcer.publish(test_agent(t.env.cg), mesh_with_egress(false), in);

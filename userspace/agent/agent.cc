@@ -104,9 +104,8 @@ Status Agent::load_and_adopt() {
     const auto resolv_conf = read_file("/etc/resolv.conf");
     resolvers_ =
         trusted_resolvers(config_.dns_servers, resolv_conf ? std::string_view(*resolv_conf) : std::string_view());
-    const std::vector<IpAddress>& resolvers = resolvers_;
-    if (auto set = datapath_->set_dns_learning(config_.dns_learning, resolvers); !set) return set;
-    if (resolvers.empty() && !kube_)
+    if (auto set = datapath_->set_dns_learning(config_.dns_learning, resolvers_); !set) return set;
+    if (resolvers_.empty() && !kube_)
         log::info("no resolver to learn DNS answers from: dnsServer is not set and /etc/resolv.conf names none");
     if (datapath_->active_image()) {
         reconciler_->continue_pinned();
