@@ -10,9 +10,16 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <linux/in.h>
+#include <linux/in6.h>
 
 #include "egressd_abi.h"
 #include "maps.bpf.h"
+
+/* Socket types (include/linux/net.h; no UAPI header a BPF program can use defines them). */
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define SOCK_RAW 3
 
 /* A destination in the one 16-byte address space, network byte order. */
 struct egressd_addr {
@@ -165,7 +172,6 @@ egressd_policy_lookup(__u8 slot, __u32 flags, __u32 identity, __u8 proto, __u16 
 	return bpf_map_lookup_elem(&EGRESSD_MAP_POLICIES, &key);
 }
 
-/* The decision, rows 1-8 of docs/decision.md, first match wins. `d` starts zeroed. */
 /* Row 7 for a destination learned from a DNS answer (ABI: learning from
  * answers): the identity's live entry for the address gives the host's
  * number, and the policy is looked up under the host's own address 100::N. */
@@ -196,27 +202,78 @@ egressd_learned_policy(__u8 slot, __u32 flags, __u32 identity, __u8 proto, __u16
 	return NULL;
 }
 
-static __always_inline void egressd_decide(struct egressd_decision *d, const struct egressd_addr *dst, __u16 port,
-					   __u8 proto, __u32 uid)
+/* The protocol a socket's calls are decided under: ICMP echo of either
+ * family as EGRESSD_PROTO_ICMP (with port 0), MPTCP as TCP. */
+static __always_inline __u8 egressd_decision_proto(__u32 protocol)
 {
-	const struct egressd_policy_value *policy;
-	const struct egressd_cidr_value *cidr;
-	const struct egressd_port_value *pv;
-	const struct egressd_config *cfg;
-	struct egressd_port_key pkey = {};
-	__u32 slot;
+	if (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6)
+		return EGRESSD_PROTO_ICMP;
+	if (protocol == IPPROTO_MPTCP)
+		return IPPROTO_TCP;
+	return (__u8)protocol;
+}
 
-	if (egressd_addr_is_local(dst))
-		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL, 0);
+/* The active generation's fields reporting needs; 0 when there is none. */
+static __always_inline const struct egressd_config *egressd_decision_config(struct egressd_decision *d, __u32 *slot)
+{
+	const struct egressd_config *cfg = egressd_active_config(slot);
 
-	/* One read of the active slot: everything below is one generation. */
-	cfg = egressd_active_config(&slot);
 	if (!cfg)
-		return egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG, 0);
+		return NULL;
 	d->generation = cfg->generation;
 	d->flags = cfg->flags;
 	d->mode = cfg->mode;
 	d->cgroup_level = cfg->cgroup_level;
+	return cfg;
+}
+
+/* Row 0 (socket creation, docs/decision.md): the socket kinds a later hook
+ * decides are let through here, with no counting: TCP and MPTCP (connect),
+ * UDP (connect, sendmsg), ping (connect, and each packet), raw (each packet).
+ * Any other kind (UDP-Lite, whose connected sends no hook sees; SCTP; DCCP)
+ * is refused. */
+static __always_inline void egressd_decide_socket(struct egressd_decision *d, __u32 type, __u32 protocol)
+{
+	__u32 slot;
+
+	if ((type == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP)) ||
+	    (type == SOCK_DGRAM && (protocol == 0 || protocol == IPPROTO_UDP || protocol == IPPROTO_ICMP ||
+				    protocol == IPPROTO_ICMPV6)) ||
+	    type == SOCK_RAW)
+		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_NONE, 0);
+	if (!egressd_decision_config(d, &slot))
+		return egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG, 0);
+	egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_PROTOCOL, 0);
+}
+
+/* The decision, rows 0-8 of docs/decision.md, first match wins. `d` starts
+ * zeroed. `raw`: a packet of a raw socket, refused outright (loopback too:
+ * a forged DNS answer would come that way) unless rawSockets is allow. */
+static __always_inline void egressd_decide(struct egressd_decision *d, const struct egressd_addr *dst, __u16 port,
+					   __u8 proto, __u32 uid, __u32 raw)
+{
+	const struct egressd_policy_value *policy;
+	const struct egressd_cidr_value *cidr;
+	const struct egressd_port_value *pv;
+	const struct egressd_config *cfg = NULL;
+	struct egressd_port_key pkey = {};
+	__u32 slot;
+
+	/* One read of the active slot: everything below is one generation. */
+	if (raw) {
+		cfg = egressd_decision_config(d, &slot);
+		if (!cfg)
+			return egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG, 0);
+		if (!(cfg->flags & EGRESSD_CFG_RAW_SOCKETS))
+			return egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_RAW_SOCKET, 0);
+	}
+	if (egressd_addr_is_local(dst))
+		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL, 0);
+	if (!raw) {
+		cfg = egressd_decision_config(d, &slot);
+		if (!cfg)
+			return egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG, 0);
+	}
 
 	if ((cfg->flags & EGRESSD_CFG_SIDECAR_UID) && uid == cfg->sidecar_uid)
 		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_SIDECAR_UID, 0);

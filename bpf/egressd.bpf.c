@@ -1,15 +1,39 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * egressd cgroup socket hooks, in the order of enum egressd_hook, then
- * sockops. Each sock_addr hook only normalises the destination into the one
- * address space and calls the shared entry below.
+ * egressd cgroup hooks, in the order of enum egressd_hook, then sockops and
+ * the DNS answers. Each hook only normalises what it sees (a destination into
+ * the one address space, a socket's kind, a packet's header) and calls the
+ * one decision (decision.bpf.h) and egressd_enforce() below.
  */
 #include "decision.bpf.h"
 #include "report.bpf.h"
 #include "flows.bpf.h"
 #include "dns_learn.bpf.h"
+#include "packet.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Counts and reports a decision taken for `hook`, and says whether the call
+ * proceeds. Audit mode reports what rows 0 and 8 would deny and lets it
+ * pass; a missing generation stays closed. */
+static __always_inline int egressd_enforce(const struct egressd_decision *d, const struct egressd_addr *dst, __u16 port,
+					   __u8 proto, __u32 hook, __u32 uid)
+{
+	if (d->verdict != EGRESSD_VERDICT_ALLOW) {
+		__u32 audit = d->mode == EGRESSD_MODE_AUDIT && d->reason != EGRESSD_REASON_NO_CONFIG;
+
+		egressd_count(d->reason, hook);
+		egressd_report(d, dst, port, proto, hook, audit ? EGRESSD_EVENT_AUDIT : EGRESSD_EVENT_DENY, uid);
+		return audit;
+	}
+	if (d->reason == EGRESSD_REASON_NONE)
+		return 1; /* a socket kind decided later: not counted */
+	egressd_count(d->reason, hook);
+	if ((d->reason == EGRESSD_REASON_POLICY && (d->flags & EGRESSD_CFG_EVENTS_POLICY)) ||
+	    (d->reason == EGRESSD_REASON_PASSTHROUGH && (d->flags & EGRESSD_CFG_EVENTS_PASSTHROUGH)))
+		egressd_report(d, dst, port, proto, hook, EGRESSD_EVENT_ALLOW, uid);
+	return 1;
+}
 
 /* Entry for every sock_addr hook: 1 lets the call proceed, 0 fails it with
  * EPERM before anything leaves the host. It lives here, beside the hooks, and
@@ -17,31 +41,17 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * and flow tracking, so each of those headers stays about one concern. */
 static __always_inline int egressd_sock_addr(struct bpf_sock_addr *ctx, const struct egressd_addr *dst, __u32 hook)
 {
-	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	__u8 proto = egressd_decision_proto(ctx->protocol);
+	__u16 port = proto == EGRESSD_PROTO_ICMP ? 0 : bpf_ntohs((__u16)ctx->user_port);
 	__u32 uid = (__u32)bpf_get_current_uid_gid();
-	__u8 proto = (__u8)ctx->protocol;
 	struct egressd_decision d = {};
-	int allow;
+	int proceed;
 
-	egressd_decide(&d, dst, port, proto, uid);
-	egressd_count(d.reason, hook);
-	allow = d.verdict == EGRESSD_VERDICT_ALLOW;
-	if (!allow) {
-		/* Audit mode reports what row 8 would deny and lets it pass; a
-		 * missing generation stays closed. */
-		__u32 audit = d.mode == EGRESSD_MODE_AUDIT && d.reason == EGRESSD_REASON_DENY;
-
-		egressd_report(&d, dst, port, proto, hook, audit ? EGRESSD_EVENT_AUDIT : EGRESSD_EVENT_DENY, uid);
-		if (audit && (hook == EGRESSD_HOOK_CONNECT4 || hook == EGRESSD_HOOK_CONNECT6))
-			egressd_track_flow(ctx, &d, dst, port);
-		return audit ? 1 : 0;
-	}
-	if (hook == EGRESSD_HOOK_CONNECT4 || hook == EGRESSD_HOOK_CONNECT6)
+	egressd_decide(&d, dst, port, proto, uid, 0);
+	proceed = egressd_enforce(&d, dst, port, proto, hook, uid);
+	if (proceed && (hook == EGRESSD_HOOK_CONNECT4 || hook == EGRESSD_HOOK_CONNECT6))
 		egressd_track_flow(ctx, &d, dst, port);
-	if ((d.reason == EGRESSD_REASON_POLICY && (d.flags & EGRESSD_CFG_EVENTS_POLICY)) ||
-	    (d.reason == EGRESSD_REASON_PASSTHROUGH && (d.flags & EGRESSD_CFG_EVENTS_PASSTHROUGH)))
-		egressd_report(&d, dst, port, proto, hook, EGRESSD_EVENT_ALLOW, uid);
-	return 1;
+	return proceed;
 }
 
 SEC("cgroup/connect4")
@@ -80,22 +90,46 @@ int egressd_send6(struct bpf_sock_addr *ctx)
 	return egressd_sock_addr(ctx, &dst, EGRESSD_HOOK_SENDMSG6);
 }
 
+/* Sockets no sock_addr hook decides: the kinds left undecided are refused
+ * at creation, and raw and ping sockets' packets are decided one by one. */
+SEC("cgroup/sock_create")
+int egressd_sock_create(struct bpf_sock *sk)
+{
+	struct egressd_decision d = {};
+	struct egressd_addr none = {};
+	__u8 proto = (__u8)sk->protocol;
+
+	egressd_decide_socket(&d, sk->type, sk->protocol);
+	return egressd_enforce(&d, &none, 0, proto, EGRESSD_HOOK_SOCK_CREATE, (__u32)bpf_get_current_uid_gid());
+}
+
+/* Every packet leaving an enforced cgroup: DNS queries are recorded for
+ * learning (bpf/dns_learn.bpf.h), raw and ping sockets' packets decided
+ * (bpf/packet.bpf.h). Raw and ping sockets send in the caller's own
+ * sendmsg(), so the current task is the sender; a drop fails it with EPERM. */
+SEC("cgroup_skb/egress")
+int egressd_packet_out(struct __sk_buff *skb)
+{
+	struct egressd_decision d = {};
+	struct egressd_packet pkt;
+	__u32 uid;
+
+	egressd_dns_query_out(skb);
+	if (egressd_packet_of(skb, &pkt))
+		return 1;
+	uid = bpf_get_socket_uid(skb);
+	egressd_decide(&d, &pkt.dst, pkt.port, pkt.proto, uid, pkt.raw);
+	return egressd_enforce(&d, &pkt.dst, pkt.port, pkt.proto, EGRESSD_HOOK_PACKET, uid);
+}
+
 SEC("sockops")
 int egressd_sockops(struct bpf_sock_ops *skops)
 {
 	return egressd_sockops_flow(skops);
 }
 
-/* DNS, for the policies' host names (bpf/dns_learn.bpf.h): queries on their
- * way out are recorded, the answers to them learned. Never a drop: these two
- * only observe. */
-SEC("cgroup_skb/egress")
-int egressd_dns_out(struct __sk_buff *skb)
-{
-	egressd_dns_query_out(skb);
-	return 1;
-}
-
+/* DNS answers, for the policies' host names (bpf/dns_learn.bpf.h): learned
+ * when they answer a recorded query. Never a drop: this one only observes. */
 SEC("cgroup_skb/ingress")
 int egressd_dns_in(struct __sk_buff *skb)
 {

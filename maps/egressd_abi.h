@@ -40,7 +40,7 @@
 #define EGRESSD_MAP_CONFIG config_v1
 #define EGRESSD_MAP_CIDRS cidrs_v1
 #define EGRESSD_MAP_PORTS ports_v1
-#define EGRESSD_MAP_COUNTERS counters_v1
+#define EGRESSD_MAP_COUNTERS counters_v2 /* v2: the socket-creation and packet hooks */
 /* Workload cgroup -> identity number, and identity number -> name. The pin
  * names are older than these macros' and change only with a version bump. */
 #define EGRESSD_MAP_WORKLOAD_IDENTITIES identities_v1
@@ -92,7 +92,7 @@ enum egressd_verdict {
 };
 
 /* Why a decision was taken: one value per row of the decision order
- * (docs/decision.md). Also the index into counters_v1. */
+ * (docs/decision.md). Also the index into counters_v2. */
 enum egressd_reason {
 	EGRESSD_REASON_NONE = 0,
 	EGRESSD_REASON_LOCAL = 1,         /* row 1: loopback or unspecified address */
@@ -105,17 +105,26 @@ enum egressd_reason {
 	EGRESSD_REASON_POLICY = 8,        /* row 7: an Egress policy allows it */
 	EGRESSD_REASON_DENY = 9,          /* row 8: egress disabled */
 	EGRESSD_REASON_NO_CONFIG = 10,    /* fail closed: no valid generation */
-	EGRESSD_REASON_MAX = 11,
+	EGRESSD_REASON_RAW_SOCKET = 11,   /* a raw socket's packet while rawSockets is deny */
+	EGRESSD_REASON_PROTOCOL = 12,     /* a socket kind no hook decides (UDP-Lite, SCTP, DCCP...) */
+	EGRESSD_REASON_MAX = 13,
 };
 
-/* The hook that asked; part of counters and (later) events. */
+/* The hook that asked; part of counters and events. */
 enum egressd_hook {
 	EGRESSD_HOOK_CONNECT4 = 0,
 	EGRESSD_HOOK_CONNECT6 = 1,
 	EGRESSD_HOOK_SENDMSG4 = 2,
 	EGRESSD_HOOK_SENDMSG6 = 3,
-	EGRESSD_HOOK_MAX = 4,
+	EGRESSD_HOOK_SOCK_CREATE = 4, /* cgroup/sock_create: socket kinds no later hook decides */
+	EGRESSD_HOOK_PACKET = 5,      /* cgroup_skb/egress: packets of raw and ping sockets */
+	EGRESSD_HOOK_MAX = 6,
 };
+
+/* The protocol under which ICMP echo (ping sockets, and raw ICMP or ICMPv6
+ * packets) is decided, with port 0: an Egress port `protocol: icmp`. MPTCP
+ * is decided as TCP. */
+#define EGRESSD_PROTO_ICMP 1
 
 /* ---- control_v1: ARRAY, 1 entry, key __u32 0 ------------------------------ */
 struct egressd_control {
@@ -135,6 +144,7 @@ enum egressd_config_flag {
 	EGRESSD_CFG_EVENTS_PASSTHROUGH = 1u << 7, /* also report passthrough decisions */
 	EGRESSD_CFG_POLICY_PREFIXES = 1u << 8,  /* policies_v1 has entries in this slot (else only hosts) */
 	EGRESSD_CFG_DNS_HOSTS = 1u << 9,        /* dns_hosts_v1 has entries in this slot: row 7 reads dns_learned_v1 */
+	EGRESSD_CFG_RAW_SOCKETS = 1u << 10,     /* rawSockets: allow (raw packets decided by rows 1-8); clear: dropped */
 };
 
 enum egressd_mode {
@@ -363,7 +373,7 @@ struct egressd_traffic {
 	__u64 bytes_received;
 };
 
-/* ---- counters_v1: PERCPU_ARRAY, key __u32 reason * EGRESSD_HOOK_MAX + hook */
+/* ---- counters_v2: PERCPU_ARRAY, key __u32 reason * EGRESSD_HOOK_MAX + hook */
 #define EGRESSD_COUNTER_SLOTS ((int)EGRESSD_REASON_MAX * (int)EGRESSD_HOOK_MAX)
 
 struct egressd_counter {

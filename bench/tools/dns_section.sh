@@ -75,18 +75,18 @@ EOF
   sysctl -qw kernel.bpf_stats_enabled=1
   local o0 q0 o1 q1
   read -r c0 r0 < <(prog_stats "$(prog_id egressd_dns_in)")
-  read -r o0 q0 < <(prog_stats "$(prog_id egressd_dns_out)")
+  read -r o0 q0 < <(prog_stats "$(prog_id egressd_packet_out)")
   in_cg "$wl" $dns_tool resolve --resolver "$dns_resolver" --names "$names" --count "$dns_exchanges" > "$dw/client.json" \
     || fail "the DNS exchanges failed"
   read -r c1 r1 < <(prog_stats "$(prog_id egressd_dns_in)")
-  read -r o1 q1 < <(prog_stats "$(prog_id egressd_dns_out)")
+  read -r o1 q1 < <(prog_stats "$(prog_id egressd_packet_out)")
   sysctl -qw kernel.bpf_stats_enabled=0
   [ "$r1" -gt "$r0" ] || fail "bpf_stats: egressd_dns_in did not run"
   add --section dns --metric "egressd_dns_in run time per packet received (bpf_stats)" --config "$dns_exchanges answers" \
     --unit ns/run --values "$(( (c1 - c0) / (r1 - r0) ))" \
     --note "$((r1 - r0)) runs: the answers (parsed, matched, learned) and one unsolicited answer per 7 queries"
-  [ "$q1" -gt "$q0" ] || fail "bpf_stats: egressd_dns_out did not run"
-  add --section dns --metric "egressd_dns_out run time per packet sent (bpf_stats)" --config "$dns_exchanges queries" \
+  [ "$q1" -gt "$q0" ] || fail "bpf_stats: egressd_packet_out did not run"
+  add --section dns --metric "egressd_packet_out run time per packet sent (bpf_stats)" --config "$dns_exchanges queries" \
     --unit ns/run --values "$(( (o1 - o0) / (q1 - q0) ))" --note "$((q1 - q0)) runs: the queries, recorded"
 
   $dns_tool learned --map "$dns_pins/dns_learned_v1" > "$dw/learned.json" || fail "reading dns_learned_v1 failed"

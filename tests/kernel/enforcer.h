@@ -79,7 +79,7 @@ inline bool allows(egressd_reason reason) {
 // The reference model's query for a probe made by a process of `identity`.
 Query query_of(const testenv::Probe& p, uint32_t identity = 0);
 
-// Counter index of (reason, hook) in counters_v1.
+// Counter index of (reason, hook) in counters_v2.
 inline uint32_t counter_index(egressd_reason reason, egressd_hook hook) {
     return static_cast<uint32_t>(reason) * EGRESSD_HOOK_MAX + static_cast<uint32_t>(hook);
 }

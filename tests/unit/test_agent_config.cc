@@ -94,8 +94,10 @@ TEST_CASE("bad agent settings: file, line, column, key path and reason") {
         {"top level is a list", "- cgroup: x\n", "1:1: expected a mapping at the top level, got a list"},
         {"a typo in a key", with_required("sidecarUid: 1500\n"),
          "3:1: sidecarUid: unknown key; expected one of cgroup, cgroupMount, bpffs, meshConfig, meshCIDRs, "
-         "sidecarUID, runDir, egressPolicySemantics, policyDir, workloads, dnsServer, dnsLearning, mode, events, "
-         "httpAddress, capacities, kubernetes"},
+         "sidecarUID, runDir, egressPolicySemantics, policyDir, workloads, dnsServer, dnsLearning, mode, rawSockets, "
+         "revokeOnTighten, events, httpAddress, capacities, kubernetes"},
+        {"rawSockets neither deny nor allow", with_required("rawSockets: audit\n"),
+         "3:13: rawSockets: expected deny or allow, got \"audit\""},
         {"a typo under capacities", with_required("capacities:\n  cidr: 10\n"),
          "4:3: capacities.cidr: unknown key; expected one of cidrs, ports, policyRules, policies, identities, "
          "workloads, dnsLearned"},
@@ -226,4 +228,15 @@ TEST_CASE("Kubernetes mode: the files' keys are refused, with the reason") {
         REQUIRE_FALSE(config.ok());
         CHECK_MESSAGE(config.error().message.find(message) != std::string::npos, config.error().message);
     }
+}
+
+TEST_CASE("rawSockets is deny and revokeOnTighten true unless set") {
+    const auto defaults = parse_agent_config(with_required(""), "egressd.yaml");
+    REQUIRE(defaults);
+    CHECK_FALSE(defaults->allow_raw_sockets);
+    CHECK(defaults->revoke_on_tighten);
+    const auto set = parse_agent_config(with_required("rawSockets: allow\nrevokeOnTighten: false\n"), "egressd.yaml");
+    REQUIRE(set);
+    CHECK(set->allow_raw_sockets);
+    CHECK_FALSE(set->revoke_on_tighten);
 }

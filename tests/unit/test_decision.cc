@@ -1,5 +1,8 @@
 #include <doctest/doctest.h>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -201,6 +204,8 @@ TEST_CASE("reason names and rows, hook names") {
         {EGRESSD_REASON_POLICY, "policy", 7},
         {EGRESSD_REASON_DENY, "deny", 8},
         {EGRESSD_REASON_NO_CONFIG, "no-config", 0},
+        {EGRESSD_REASON_RAW_SOCKET, "raw-socket", 0},
+        {EGRESSD_REASON_PROTOCOL, "protocol", 0},
         {EGRESSD_REASON_MAX, "unknown", 0},
         {static_cast<egressd_reason>(42), "unknown", 0},
     };
@@ -213,5 +218,51 @@ TEST_CASE("reason names and rows, hook names") {
     CHECK(hook_name(EGRESSD_HOOK_CONNECT6) == "connect6");
     CHECK(hook_name(EGRESSD_HOOK_SENDMSG4) == "sendmsg4");
     CHECK(hook_name(EGRESSD_HOOK_SENDMSG6) == "sendmsg6");
+    CHECK(hook_name(EGRESSD_HOOK_SOCK_CREATE) == "sock_create");
+    CHECK(hook_name(EGRESSD_HOOK_PACKET) == "packet");
     CHECK(hook_name(EGRESSD_HOOK_MAX) == "unknown");
+}
+
+TEST_CASE("row 0: socket kinds no later hook decides are refused at creation") {
+    const MeshConfig mesh;
+    const MapImage image = image_of(AgentConfig{}, mesh);
+    struct Kind {
+        int type, protocol;
+        const char* expected;
+    };
+    const Kind kinds[] = {
+        {SOCK_STREAM, 0, "allow none 0"},           {SOCK_STREAM, IPPROTO_TCP, "allow none 0"},
+        {SOCK_STREAM, IPPROTO_MPTCP, "allow none 0"}, {SOCK_DGRAM, 0, "allow none 0"},
+        {SOCK_DGRAM, IPPROTO_UDP, "allow none 0"},  {SOCK_DGRAM, IPPROTO_ICMP, "allow none 0"},
+        {SOCK_DGRAM, IPPROTO_ICMPV6, "allow none 0"}, {SOCK_RAW, IPPROTO_RAW, "allow none 0"},
+        {SOCK_DGRAM, IPPROTO_UDPLITE, "deny protocol 0"}, {SOCK_STREAM, IPPROTO_SCTP, "deny protocol 0"},
+        {SOCK_SEQPACKET, IPPROTO_SCTP, "deny protocol 0"}, {6 /* SOCK_DCCP */, IPPROTO_DCCP, "deny protocol 0"},
+    };
+    for (const Kind& k : kinds) {
+        CAPTURE(k.type);
+        CAPTURE(k.protocol);
+        CHECK(text(decide_socket(&image, k.type, k.protocol)) == k.expected);
+    }
+    CHECK(text(decide_socket(nullptr, SOCK_DGRAM, IPPROTO_UDPLITE)) == "deny no-config 0");
+    CHECK(text(decide_socket(nullptr, SOCK_STREAM, IPPROTO_TCP)) == "allow none 0");
+}
+
+TEST_CASE("row 0: a raw socket's packets are dropped, loopback too, unless rawSockets is allow") {
+    MeshConfig mesh;
+    mesh.enable_egress = true;
+    AgentConfig agent;
+    const MapImage denying = image_of(agent, mesh);
+    agent.allow_raw_sockets = true;
+    const MapImage allowing = image_of(agent, mesh);
+    for (const char* dst : {"127.0.0.1", "203.0.113.10", "2001:db8::1"}) {
+        CAPTURE(dst);
+        Query raw{*IpAddress::parse(dst), 0, EGRESSD_PROTO_ICMP, 0, 0};
+        raw.raw_packet = true;
+        CHECK(text(decide(&denying, raw)) == "deny raw-socket 0");
+        CHECK(text(decide(nullptr, raw)) == "deny no-config 0");
+        CHECK(decide(&allowing, raw).verdict == EGRESSD_VERDICT_ALLOW);
+    }
+    CHECK(decision_proto(IPPROTO_ICMPV6) == EGRESSD_PROTO_ICMP);
+    CHECK(decision_proto(IPPROTO_MPTCP) == IPPROTO_TCP);
+    CHECK(decision_proto(IPPROTO_UDP) == IPPROTO_UDP);
 }

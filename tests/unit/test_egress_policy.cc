@@ -194,6 +194,20 @@ TEST_CASE("protocols are case-insensitive; udp is UDP, the others TCP") {
     }
 }
 
+TEST_CASE("protocol icmp is ICMP echo: no port, or port 0; any other number is an error") {
+    for (const char* port : {"{protocol: icmp}", "{number: 0, protocol: ICMP}"}) {
+        INFO(port);
+        const PolicySet set = parse_policy_documents(egress(kSources + "  ports: [" + port + "]\n"), "p.yaml");
+        REQUIRE(set.errors.empty());
+        REQUIRE(set.policies.size() == 1);
+        CHECK(set.policies[0].ports == std::vector<PolicyPort>{{0, "icmp", EGRESSD_PROTO_ICMP}});
+    }
+    const PolicySet bad = parse_policy_documents(egress(kSources + "  ports: [{number: 8, protocol: icmp}]\n"), "p.yaml");
+    CHECK(bad.policies.empty());
+    REQUIRE(bad.errors.size() == 1);
+    CHECK(bad.errors[0].find("spec.ports[0].number: must be 0 or absent with protocol icmp") != std::string::npos);
+}
+
 TEST_CASE("hosts are lower-cased with one trailing dot removed, and merged") {
     const PolicySet set = parse_policy_documents(
         egress(kSources + kPorts + "  hosts: [Example.COM., example.com, a-1.b2.example.org, xn--bcher-kva.example]\n"),
@@ -289,14 +303,14 @@ TEST_CASE("bad Egress documents: file, line, column, document, policy, field pat
          egress(kSources + "  ports:\n  - {number: 443, protocol: https}\n  - {number: 50051, protocol: GRPC}\n"),
          "10:31: " + kWebOut +
              "spec.ports[1].protocol: \"GRPC\" is not supported; expected one of tcp, tcp-server-first, http, https, "
-             "udp"},
+             "udp, icmp"},
         {"protocol tls", egress(kSources + "  ports:\n  - {number: 443, protocol: tls}\n"),
          "9:29: " + kWebOut +
              "spec.ports[0].protocol: \"tls\" is not supported; expected one of tcp, tcp-server-first, http, https, "
-             "udp"},
+             "udp, icmp"},
         {"empty protocol", egress(kSources + "  ports:\n  - {number: 443, protocol: \"\"}\n"),
          "9:29: " + kWebOut +
-             "spec.ports[0].protocol: \"\" is not supported; expected one of tcp, tcp-server-first, http, https, udp"},
+             "spec.ports[0].protocol: \"\" is not supported; expected one of tcp, tcp-server-first, http, https, udp, icmp"},
         {"protocol a list", egress(kSources + "  ports:\n  - {number: 443, protocol: [tcp]}\n"),
          "9:29: " + kWebOut + "spec.ports[0].protocol: expected a string, got a list"},
         // spec.ipAddresses.
@@ -378,7 +392,7 @@ TEST_CASE("one bad document does not block the others in the same file") {
     CHECK(set.policies[0].document == 2);
     CHECK(lines(set.errors) ==
           lines({"p.yaml:17:35: document 2 (Egress shop/bad-out): spec.ports[0].protocol: \"grpc\" is not "
-                 "supported; expected one of tcp, tcp-server-first, http, https, udp"}));
+                 "supported; expected one of tcp, tcp-server-first, http, https, udp, icmp"}));
 }
 
 TEST_CASE("the same namespace/name twice in one text: the first is kept") {
@@ -450,7 +464,7 @@ TEST_CASE("a directory with bad documents, a duplicate, a broken file: the good 
         lines(set.errors) ==
         lines({
             first + ":16:15: document 2 (Egress shop/broken): spec.ports[0].protocol: \"grpc\" is not supported; "
-                    "expected one of tcp, tcp-server-first, http, https, udp",
+                    "expected one of tcp, tcp-server-first, http, https, udp, icmp",
             first + ":26:1: document 4: expected a mapping at the top level, got a list",
             second + ":5:18: document 1 (Egress shop/alpha): metadata.name: Egress shop/alpha is already defined in " +
                 first + " document 1; the first one is kept",

@@ -169,7 +169,7 @@ void print_dump(const DumpView& v) {
     for (const auto& [n, name] : v.names) std::cout << fmt::format("  {:<5} {}\n", n, name.str());
     std::cout << fmt::format("{}/identities_v1: {} workload cgroups\n", dir, v.workloads.size());
     for (const auto& [cg, n] : v.workloads) std::cout << fmt::format("  cgroup id {:<10} identity {}\n", cg, n);
-    std::cout << dir << "/counters_v1:\n";
+    std::cout << dir << "/counters_v2:\n";
     print_counters(v.counters);
     std::cout << "\nThe same with bpftool (field names come from the maps' BTF):\n";
     for (const auto& line : v.bpftool) std::cout << "  " << line << "\n";

@@ -165,7 +165,7 @@ void read_sources(const Field& root, const fs::path& directory, AgentConfig& con
 AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
     root.reject_unknown_keys({"cgroup", "cgroupMount", "bpffs", "meshConfig", "meshCIDRs", "sidecarUID", "runDir",
                               "egressPolicySemantics", "policyDir", "workloads", "dnsServer", "dnsLearning", "mode",
-                              "events", "httpAddress", "capacities", "kubernetes"});
+                              "rawSockets", "revokeOnTighten", "events", "httpAddress", "capacities", "kubernetes"});
     AgentConfig config;
     config.source_file = source_file;
     const fs::path directory = source_file.parent_path();
@@ -195,6 +195,12 @@ AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
         if (name != "enforce" && name != "audit") mode.fail(fmt::format("expected enforce or audit, got \"{}\"", name));
         config.audit = name == "audit";
     }
+    if (const Field raw = root.child("rawSockets"); raw.present()) {
+        const std::string name = raw.string();
+        if (name != "deny" && name != "allow") raw.fail(fmt::format("expected deny or allow, got \"{}\"", name));
+        config.allow_raw_sockets = name == "allow";
+    }
+    if (const Field revoke = root.child("revokeOnTighten"); revoke.present()) config.revoke_on_tighten = revoke.boolean();
     read_events(root.child("events"), directory, config);
     if (const Field http = root.child("httpAddress"); http.is_null()) {
         config.http_address.clear();

@@ -87,7 +87,13 @@ struct AgentConfig {
     // learned from (on port 53). Empty: the system's (/etc/resolv.conf).
     std::vector<std::string> dns_servers;
     DnsLearning dns_learning;
-    bool audit = false;                           // mode: audit: report what row 8 would deny, allow it
+    bool audit = false;                           // mode: audit: report what rows 0 and 8 would deny, allow it
+    // rawSockets: deny (the default): every packet a raw socket sends is
+    // dropped, loopback included. allow: decided by rows 1-8 like any other.
+    bool allow_raw_sockets = false;
+    // revokeOnTighten: a generation that denies what an open connection of an
+    // enforced workload does tears that connection down.
+    bool revoke_on_tighten = true;
     bool report_policy_allows = false;            // events.allowedByPolicy
     bool report_passthrough = false;              // events.passthrough
     std::filesystem::path event_log;              // events.log: JSON lines; empty = stderr
@@ -103,7 +109,7 @@ struct AgentConfig {
 // sidecarUID (integer 0..4294967294 or null), runDir,
 // egressPolicySemantics (fsm|osm), policyDir, workloads, dnsServer (one or a list),
 // dnsLearning: {minTTL, maxTTL, perIdentity},
-// mode (enforce|audit), events: {allowedByPolicy, passthrough, log, buffer},
+// mode (enforce|audit), rawSockets (deny|allow), revokeOnTighten (bool), events: {allowedByPolicy, passthrough, log, buffer},
 // httpAddress (HOST:PORT, [IPV6]:PORT, or "" for none),
 // capacities: {cidrs, ports, policyRules, policies, identities, workloads, dnsLearned},
 // kubernetes: {kubeconfig, nodeName, mesh (fsm|osm), meshName,

@@ -1,5 +1,8 @@
 #include "core/decision.h"
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <tuple>
 
@@ -49,8 +52,13 @@ const PolicyRule* lookup_policy(const MapImage& image, uint32_t identity, uint8_
 // Rows 1-8 of docs/decision.md in the order of egressd_decide() in
 // bpf/decision.bpf.h, first match wins.
 Decision decide(const MapImage* image, const Query& query) {
+    const bool valid = image && (image->flags & EGRESSD_CFG_VALID);
+    if (query.raw_packet) {
+        if (!valid) return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG);
+        if (!(image->flags & EGRESSD_CFG_RAW_SOCKETS)) return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_RAW_SOCKET);
+    }
     if (is_local(query.dst)) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL);
-    if (!image || !(image->flags & EGRESSD_CFG_VALID)) return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG);
+    if (!valid) return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG);
 
     if ((image->flags & EGRESSD_CFG_SIDECAR_UID) && query.uid == image->sidecar_uid)
         return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_SIDECAR_UID);
@@ -86,6 +94,24 @@ Decision decide(const MapImage* image, const Query& query) {
     return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_DENY);
 }
 
+uint8_t decision_proto(int protocol) {
+    if (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6) return EGRESSD_PROTO_ICMP;
+    if (protocol == IPPROTO_MPTCP) return IPPROTO_TCP;
+    return static_cast<uint8_t>(protocol);
+}
+
+// As egressd_decide_socket() in bpf/decision.bpf.h.
+Decision decide_socket(const MapImage* image, int type, int protocol) {
+    const bool decided_later =
+        (type == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP)) ||
+        (type == SOCK_DGRAM &&
+         (protocol == 0 || protocol == IPPROTO_UDP || protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6)) ||
+        type == SOCK_RAW;
+    if (decided_later) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_NONE);
+    if (!image || !(image->flags & EGRESSD_CFG_VALID)) return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG);
+    return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_PROTOCOL);
+}
+
 std::string_view reason_name(egressd_reason reason) {
     switch (reason) {
         case EGRESSD_REASON_NONE: return "none";
@@ -99,6 +125,8 @@ std::string_view reason_name(egressd_reason reason) {
         case EGRESSD_REASON_POLICY: return "policy";
         case EGRESSD_REASON_DENY: return "deny";
         case EGRESSD_REASON_NO_CONFIG: return "no-config";
+        case EGRESSD_REASON_RAW_SOCKET: return "raw-socket";
+        case EGRESSD_REASON_PROTOCOL: return "protocol";
         case EGRESSD_REASON_MAX: break;
     }
     return "unknown";  // a value read from a map, out of the enum's range
@@ -115,7 +143,7 @@ int reason_row(egressd_reason reason) {
         case EGRESSD_REASON_PASSTHROUGH: return 6;
         case EGRESSD_REASON_POLICY: return 7;
         case EGRESSD_REASON_DENY: return 8;
-        default: return 0;  // none, no-config: not a row of the order
+        default: return 0;  // row 0 (raw-socket, protocol), none, no-config
     }
 }
 
@@ -125,6 +153,8 @@ std::string_view hook_name(egressd_hook hook) {
         case EGRESSD_HOOK_CONNECT6: return "connect6";
         case EGRESSD_HOOK_SENDMSG4: return "sendmsg4";
         case EGRESSD_HOOK_SENDMSG6: return "sendmsg6";
+        case EGRESSD_HOOK_SOCK_CREATE: return "sock_create";
+        case EGRESSD_HOOK_PACKET: return "packet";
         case EGRESSD_HOOK_MAX: break;
     }
     return "unknown";

@@ -15,12 +15,15 @@ namespace egressd {
 struct Query {
     IpAddress dst;          // IPv4 as ::ffff:a.b.c.d
     uint16_t port = 0;      // host order
-    uint8_t proto = 0;      // IPPROTO_TCP / IPPROTO_UDP (not used by rows 1-6, 8)
+    uint8_t proto = 0;      // IPPROTO_TCP / IPPROTO_UDP / EGRESSD_PROTO_ICMP (not used by rows 1-6, 8)
     uint32_t uid = 0;       // uid of the calling task
     uint32_t identity = 0;  // the caller's workload identity, 0 when unknown
     // The host number of the caller's identity's live entry for dst learned
     // from a DNS answer (dns_learned_v1), 0 when there is none.
     uint32_t learned_host = 0;
+    // A raw socket's packet (the packet hook): refused before row 1 unless
+    // the generation allows raw sockets.
+    bool raw_packet = false;
 };
 
 struct Decision {
@@ -35,6 +38,12 @@ struct Decision {
 // `image` null means no valid generation: deny (EGRESSD_REASON_NO_CONFIG)
 // except row 1.
 Decision decide(const MapImage* image, const Query& query);
+// Row 0, at socket creation: kinds that a later hook decides are allowed
+// with reason none; any other kind is denied (`protocol`, or `no-config`).
+Decision decide_socket(const MapImage* image, int type, int protocol);
+// The protocol a socket's calls are decided under: ICMP and ICMPv6 echo as
+// EGRESSD_PROTO_ICMP, MPTCP as TCP, others as they are.
+uint8_t decision_proto(int protocol);
 
 // Longest-prefix match within one table, as the LPM trie does; nullptr if none.
 const CidrRule* lookup_cidr(const MapImage& image, uint8_t table, const IpAddress& addr);

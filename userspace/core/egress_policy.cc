@@ -1,5 +1,7 @@
 #include "core/egress_policy.h"
 
+#include "egressd_abi.h"
+
 #include <netinet/in.h>
 
 #include <algorithm>
@@ -27,7 +29,9 @@ using yaml_input::ParseError;
 
 constexpr std::array<std::string_view, 2> kEgressApiVersions = {"policy.flomesh.io/v1alpha1",
                                                           "policy.openservicemesh.io/v1alpha1"};
-constexpr std::array<std::string_view, 5> kProtocols = {"tcp", "tcp-server-first", "http", "https", "udp"};
+// udp and icmp are egressd extensions (FSM's sidecar proxies TCP only). icmp
+// is ICMP echo (ping) of either family and has no port.
+constexpr std::array<std::string_view, 6> kProtocols = {"tcp", "tcp-server-first", "http", "https", "udp", "icmp"};
 constexpr std::array<std::string_view, 2> kMatchKinds = {"HTTPRouteGroup", "UpstreamTrafficSetting"};
 
 // What spec.matches may refer to: namespace, kind, name.
@@ -151,6 +155,11 @@ PolicySource read_source(const Field& source, Document& doc) {
 }
 
 PolicyPort read_port(const Field& port) {
+    if (const Field protocol = port.child("protocol"); protocol.present() && lower(protocol.string()) == "icmp") {
+        if (const Field number = port.child("number"); number.present() && number.integer() != 0)
+            number.fail("must be 0 or absent with protocol icmp: ICMP echo has no port");
+        return PolicyPort{0, "icmp", EGRESSD_PROTO_ICMP};
+    }
     const Field number = port.required("number");
     const auto value = validate_port(number.integer());
     if (!value) number.fail(value.error().message);

@@ -23,9 +23,9 @@ struct PolicySource {
 };
 
 struct PolicyPort {
-    uint16_t number = 0;   // 1..65535
-    std::string protocol;  // as written, lower-cased: tcp, tcp-server-first, http, https, udp
-    uint8_t l4 = 0;        // IPPROTO_TCP (6) or IPPROTO_UDP (17)
+    uint16_t number = 0;   // 1..65535; 0 for icmp
+    std::string protocol;  // as written, lower-cased: tcp, tcp-server-first, http, https, udp, icmp
+    uint8_t l4 = 0;        // IPPROTO_TCP (6), IPPROTO_UDP (17) or EGRESSD_PROTO_ICMP (1)
     bool operator==(const PolicyPort&) const = default;
 };
 

@@ -79,6 +79,7 @@ uint32_t config_flags(const AgentConfig& agent, const MeshConfig& mesh) {
     if (agent.sidecar_uid) flags |= EGRESSD_CFG_SIDECAR_UID;
     if (agent.report_policy_allows) flags |= EGRESSD_CFG_EVENTS_POLICY;
     if (agent.report_passthrough) flags |= EGRESSD_CFG_EVENTS_PASSTHROUGH;
+    if (agent.allow_raw_sockets) flags |= EGRESSD_CFG_RAW_SOCKETS;
     return flags;
 }
 

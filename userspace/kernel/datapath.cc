@@ -239,9 +239,9 @@ Result<PinnedLink> Datapath::attach_hook(size_t hook, const fs::path& link_dir, 
 }
 
 std::array<bpf_program*, kLinkNames.size()> Datapath::programs() const {
-    return {skel_->progs.egressd_conn4,   skel_->progs.egressd_conn6,   skel_->progs.egressd_send4,
-            skel_->progs.egressd_send6,   skel_->progs.egressd_sockops, skel_->progs.egressd_dns_out,
-            skel_->progs.egressd_dns_in};
+    return {skel_->progs.egressd_conn4,       skel_->progs.egressd_conn6,      skel_->progs.egressd_send4,
+            skel_->progs.egressd_send6,       skel_->progs.egressd_sock_create, skel_->progs.egressd_packet_out,
+            skel_->progs.egressd_sockops,     skel_->progs.egressd_dns_in};
 }
 
 Result<std::vector<AttachReport>> Datapath::attach_all(const fs::path& link_dir, const CgroupTarget& cgroup,
@@ -259,6 +259,11 @@ Result<std::vector<AttachReport>> Datapath::attach_all(const fs::path& link_dir,
         links.push_back(std::move(*link));
         reports.push_back(AttachReport{kLinkNames[hook], action});
     }
+    // Only now, with every hook of this build in place, an older build's
+    // links whose hooks this one replaces go.
+    std::vector<std::string> retired;
+    if (auto status = remove_retired_links(link_dir, retired); !status) return status.error();
+    for (const std::string& path : retired) reports.push_back(AttachReport{fs::path(path).filename().string(), "retired"});
     return reports;
 }
 

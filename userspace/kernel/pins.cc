@@ -83,18 +83,44 @@ std::vector<std::string> pinned_workload_keys(const fs::path& pin_dir) {
     return keys;
 }
 
+namespace {
+
+Status remove_pinned_link(const fs::path& path, std::vector<std::string>& removed) {
+    if (auto fd = open_pinned_object(path, false)) {
+        // EINVAL: already detached, e.g. its cgroup was removed with the pod.
+        if (bpf_link_detach(fd->get()) != 0 && errno != EINVAL) return system_error("detaching link " + path.string());
+    }
+    if (::unlink(path.c_str()) != 0) return system_error("removing " + path.string());
+    removed.push_back(path.string());
+    return {};
+}
+
+bool is_current_link_name(const std::string& name) {
+    return std::find(kLinkNames.begin(), kLinkNames.end(), name) != kLinkNames.end();
+}
+
+}  // namespace
+
+Status remove_retired_links(const fs::path& dir, std::vector<std::string>& removed) {
+    std::error_code ec;
+    std::vector<fs::path> retired;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        if (!it->is_directory(ec) && !is_current_link_name(it->path().filename().string()))
+            retired.push_back(it->path());
+    }
+    for (const fs::path& path : retired) {
+        if (auto status = remove_pinned_link(path, removed); !status) return status;
+    }
+    return {};
+}
+
 Status remove_pinned_links(const fs::path& dir, std::vector<std::string>& removed) {
     for (const char* hook : kLinkNames) {
         const fs::path path = dir / hook;
         if (!path_present(path)) continue;
-        if (auto fd = open_pinned_object(path, false)) {
-            // EINVAL: already detached, e.g. its cgroup was removed with the pod.
-            if (bpf_link_detach(fd->get()) != 0 && errno != EINVAL)
-                return system_error("detaching link " + path.string());
-        }
-        if (::unlink(path.c_str()) != 0) return system_error("removing " + path.string());
-        removed.push_back(path.string());
+        if (auto status = remove_pinned_link(path, removed); !status) return status;
     }
+    if (auto status = remove_retired_links(dir, removed); !status) return status;
     // Something else left inside is reported when the pin directory cannot go.
     if (::rmdir(dir.c_str()) != 0 && errno != ENOENT && errno != ENOTEMPTY)
         return system_error("removing " + dir.string());

@@ -15,10 +15,11 @@
 namespace egressd {
 
 // The programs egressd attaches to the cgroup, as named by their pinned links:
-// the four decision hooks (in egressd_hook order), then flow accounting, then
-// the DNS queries going out and the answers coming in.
-inline constexpr std::array<const char*, EGRESSD_HOOK_MAX + 3> kLinkNames = {
-    "connect4", "connect6", "sendmsg4", "sendmsg6", "sockops", "dns_out", "dns_in"};
+// the decision hooks (in egressd_hook order: the four sock_addr hooks, socket
+// creation, the packets going out), then flow accounting, then the DNS
+// answers coming in.
+inline constexpr std::array<const char*, EGRESSD_HOOK_MAX + 2> kLinkNames = {
+    "connect4", "connect6", "sendmsg4", "sendmsg6", "sock_create", "packet_out", "sockops", "dns_in"};
 
 std::filesystem::path links_dir(const std::filesystem::path& pin_dir);
 // Kubernetes mode: one directory of links per enforced pod, named by its key
@@ -29,6 +30,9 @@ std::filesystem::path workload_links_dir(const std::filesystem::path& pin_dir, c
 std::vector<std::string> pinned_workload_keys(const std::filesystem::path& pin_dir);
 // Detaches and unpins the links in `dir` (one per hook) and removes it.
 Status remove_pinned_links(const std::filesystem::path& dir, std::vector<std::string>& removed);
+// Detaches and unpins the links in `dir` that no hook of this build is named
+// after: an older build's, once this build's links are in place.
+Status remove_retired_links(const std::filesystem::path& dir, std::vector<std::string>& removed);
 // A pinned map, link or program; read-only where the kernel allows it (maps).
 Result<UniqueFd> open_pinned_object(const std::filesystem::path& path, bool read_only);
 bool path_present(const std::filesystem::path& path);  // without following a symlink
