@@ -288,6 +288,7 @@ enum egressd_event_kind {
 	EGRESSD_EVENT_DENY = 0,  /* the call failed with EPERM */
 	EGRESSD_EVENT_AUDIT = 1, /* would be denied; allowed because of audit mode */
 	EGRESSD_EVENT_ALLOW = 2, /* allowed (by policy or passthrough), when asked for */
+	EGRESSD_EVENT_REVOKED = 3, /* an open connection a new generation denies, torn down (the agent reports it) */
 };
 
 struct egressd_event {
@@ -371,6 +372,26 @@ struct egressd_traffic {
 	 * count sequence space: SYN and FIN add one each to the side that sent them. */
 	__u64 bytes_sent;
 	__u64 bytes_received;
+};
+
+/* ---- revocation (bpf/revoke.bpf.c, not pinned) ----------------------------
+ * Socket iterators list a network namespace's sockets as records, one
+ * struct egressd_socket_record each, for the agent to decide against a new
+ * generation; then destroy the cookies it puts in revoke_cookies (at most
+ * EGRESSD_REVOKE_BATCH per pass). */
+#define EGRESSD_REVOKE_BATCH 65536
+
+struct egressd_socket_record {
+	__u64 cookie;
+	__u64 cgroup_id;   /* the socket's cgroup (where it was created) */
+	__u8 addr[16];     /* the peer, IPv4 as ::ffff:a.b.c.d */
+	__u32 uid;         /* the socket's owner */
+	__u16 port;        /* the peer's port, host byte order */
+	__u16 local_port;  /* host byte order */
+	__u8 family;       /* AF_INET / AF_INET6 */
+	__u8 proto;        /* IPPROTO_TCP / IPPROTO_UDP / IPPROTO_UDPLITE */
+	__u8 state;        /* TCP state; 1 (established) for a UDP socket with a peer */
+	__u8 _pad[5];
 };
 
 /* ---- counters_v2: PERCPU_ARRAY, key __u32 reason * EGRESSD_HOOK_MAX + hook */

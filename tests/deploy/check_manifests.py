@@ -50,12 +50,13 @@ TOGGLE_RULES = {
     ("config.flomesh.io", "meshconfigs"): {"get", "patch"},
     ("config.openservicemesh.io", "meshconfigs"): {"get", "patch"},
 }
-AGENT_CAPABILITIES = {"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "PERFMON"}
+AGENT_CAPABILITIES = {"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "PERFMON", "SYS_PTRACE"}
 # hostPath volumes the pod may have, and nothing else of the host.
 HOST_PATHS = {"/sys/fs/bpf", "/sys/fs/cgroup", "/run/egressd"}
 # The agent settings a Kubernetes-mode file may have (userspace/core/agent_config.cc
 # reads them); the file-mode sources are refused there, the API server replaces them.
 SETTINGS_KEYS = {"cgroup", "cgroupMount", "bpffs", "runDir", "httpAddress", "mode", "kubernetes", "meshCIDRs",
+                 "rawSockets", "revokeOnTighten",
                  "sidecarUID", "egressPolicySemantics", "dnsServer", "events", "capacities"}
 FILE_MODE_KEYS = {"meshConfig", "policyDir", "workloads"}
 SETTINGS_REQUIRED = {"cgroupMount", "bpffs", "runDir", "httpAddress", "mode", "kubernetes"}
@@ -269,8 +270,9 @@ def check_daemonset(c, docs, version):
     c.expect(pod.get("hostNetwork") is True, "DaemonSet: hostNetwork must be true")
     c.expect(pod.get("dnsPolicy") == "ClusterFirstWithHostNet",
              f"DaemonSet: dnsPolicy is {pod.get('dnsPolicy')}, expected ClusterFirstWithHostNet (hostNetwork)")
-    for field in ("hostPID", "hostIPC"):
-        c.expect(not pod.get(field), f"DaemonSet: {field} is set; the agent needs neither")
+    # hostPID: revocation enters pods' network namespaces through their processes.
+    c.expect(pod.get("hostPID") is True, "DaemonSet: hostPID must be true (revocation enters pods' namespaces)")
+    c.expect(not pod.get("hostIPC"), "DaemonSet: hostIPC is set; the agent does not need it")
     c.expect(pod.get("priorityClassName") == "system-node-critical",
              f"DaemonSet: priorityClassName is {pod.get('priorityClassName')}, expected system-node-critical")
     c.expect({"operator": "Exists"} in (pod.get("tolerations") or []),
@@ -538,7 +540,8 @@ FAULTS = [
     ("no bpffs propagation", lambda d: mount(d, "/sys/fs/bpf").pop("mountPropagation"), None, "HostToContainer"),
     ("an unprivileged init container", lambda d: pod(d)["initContainers"][0]["securityContext"].update(
         {"privileged": False}), None, "privileged"),
-    ("a sixth capability", lambda d: agent(d)["securityContext"]["capabilities"]["add"].append("NET_RAW"), None,
+    ("no hostPID", lambda d: pod(d).pop("hostPID"), None, "hostPID"),
+    ("a seventh capability", lambda d: agent(d)["securityContext"]["capabilities"]["add"].append("NET_RAW"), None,
      "NET_RAW"),
     ("capabilities not dropped", lambda d: agent(d)["securityContext"]["capabilities"].pop("drop"), None, "drop"),
     ("a privileged agent", lambda d: agent(d)["securityContext"].update({"privileged": True}), None, "privileged"),

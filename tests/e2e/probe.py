@@ -6,6 +6,9 @@ verdict to change, stamping the moment it did.
   probe.py once  HOST PORT [--udp]          prints allowed|denied|<errno name>
   probe.py until allowed|denied HOST PORT --ready FILE --out FILE [--timeout S]
   probe.py watch HOST PORT --seconds S      counts verdicts while S seconds pass
+  probe.py hold  HOST PORT --ready FILE [--timeout S]
+                                            connects, says so in FILE, then prints how the
+                                            connection ended (the errno name, or open)
 """
 import argparse, errno, json, os, socket, sys, time
 
@@ -31,7 +34,7 @@ def attempt(host, port, udp):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["once", "until", "watch"])
+    ap.add_argument("mode", choices=["once", "until", "watch", "hold"])
     ap.add_argument("args", nargs="+")
     ap.add_argument("--udp", action="store_true")
     ap.add_argument("--ready")
@@ -56,6 +59,21 @@ def main():
                 return 0
             time.sleep(0.0005)
         return 1
+    if a.mode == "hold":
+        host, port = a.args[0], int(a.args[1])
+        s = socket.create_connection((host, port), timeout=2)
+        with open(a.ready, "w") as f:
+            f.write("open\n")
+        s.settimeout(a.timeout)
+        try:
+            while s.recv(65536):
+                pass
+            print("closed")
+        except socket.timeout:
+            print("open")
+        except OSError as e:
+            print(errno.errorcode.get(e.errno, str(e.errno)))
+        return 0
     host, port = a.args[0], int(a.args[1])
     counts = {}
     deadline = time.monotonic() + a.seconds

@@ -258,6 +258,20 @@ received=$(metric egressd_egress_bytes_total reason=policy rule=web/web-by-name 
 check "its bytes reach the per-rule totals (sent ${sent}, received ${received})" test "$sent" -gt 20 -a "$received" -gt 100
 check "and the per-identity totals" test "$(metric egressd_identity_egress_bytes_total identity=web/client direction=received)" -gt 100
 
+# ---- revocation: a tightening tears down what is already open --------------------
+ctl egress enable >/dev/null
+rm -f "$work/held"
+in_workload python3 "$probe" hold 203.0.113.10 80 --ready "$work/held" --timeout 5 > "$work/hold.out" &
+holder=$!
+for _ in $(seq 300); do [ -s "$work/held" ] && break; sleep 0.01; done
+check "a connection is open under passthrough" test -s "$work/held"
+ctl egress disable >/dev/null
+wait "$holder"
+check "egress disable tears it down: the application sees $(cat "$work/hold.out")" grep -qx ECONNABORTED "$work/hold.out"
+check "the revocation is an event" bash -c "'$egressctl' --config '$work/egressd.yaml' events --verdict revoked | grep -q 'revoked .*203.0.113.10:80/tcp deny (row 8)'"
+check "and counted in /metrics" test "$(metric egressd_revoked_connections_total)" -ge 1
+check "status says revocation is on" bash -c "'$egressctl' --config '$work/egressd.yaml' status | grep -q '^revocation: *on'"
+
 # ---- kill -9: enforcement continues; restart adopts without a gap --------------
 kill -9 "$agent_pid"; wait "$agent_pid" 2>/dev/null; agent_pid=
 check "after kill -9, connects are still denied" test "$(verdict)" = denied

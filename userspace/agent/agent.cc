@@ -83,6 +83,7 @@ Status Agent::prepare_cgroup_and_lock() {
     auto cgroup_path = resolve_cgroup_path(config_.cgroup, *mount);
     if (!cgroup_path) return cgroup_path.error().with_context(config_.source_file.string() + ": cgroup");
     cgroup_level_ = cgroup_level(*cgroup_path, *mount);
+    cgroup_mount_ = *mount;
     if (auto ok = ensure_bpffs_dir(config_.bpffs); !ok) return ok.error();
     auto lock = AgentLock::acquire(config_.bpffs);
     if (!lock) return lock.error();
@@ -114,7 +115,82 @@ Status Agent::load_and_adopt() {
     }
     memory_release_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
     if (!memory_release_.valid()) return system_error("timerfd_create");
+    load_revoker();
     return {};
+}
+
+// Not loading is not fatal: enforcement of new connections does not depend
+// on it. The status file and the log say which it is.
+void Agent::load_revoker() {
+    if (!config_.revoke_on_tighten) {
+        revocation_ = "off (revokeOnTighten: false)";
+        return;
+    }
+    auto revoker = Revoker::load();
+    if (!revoker) {
+        revocation_ = "unavailable: " + revoker.error().describe();
+        log::error("revocation is unavailable ({}): a tightening applies to new connections only",
+                   revoker.error().describe());
+        return;
+    }
+    revoker_ = std::move(*revoker);
+    revocation_ = "on";
+}
+
+Agent::Enforced Agent::enforced_now() const {
+    return {reconciler_->applied_shared(), datapath_->workload_identities(), reconciler_->attached()};
+}
+
+namespace {
+
+// A workload cgroup that lost its identity or got another one.
+bool identities_withdrawn(const std::map<uint64_t, uint32_t>& before, const std::map<uint64_t, uint32_t>& after) {
+    for (const auto& [cgroup, identity] : before) {
+        auto it = after.find(cgroup);
+        if (it == after.end() || it->second != identity) return true;
+    }
+    return false;
+}
+
+}  // namespace
+
+// Everything enforced is swept when the change may deny what was allowed;
+// otherwise only cgroups whose enforcement begins now (their sockets were
+// opened unenforced).
+void Agent::revoke_tightened(const Enforced& before, std::chrono::steady_clock::time_point flipped) {
+    if (!revoker_) return;
+    const MapImage& image = reconciler_->applied();
+    std::vector<CgroupTarget> roots;
+    if (kube_) {
+        for (const auto& [key, target] : reconciler_->attached())
+            if (target.id != 0) roots.push_back(target);
+    } else {
+        roots.push_back(cgroup_);
+    }
+    const bool everything =
+        may_tighten(*before.image, image) || identities_withdrawn(before.workloads, datapath_->workload_identities());
+    if (!everything) {
+        std::vector<CgroupTarget> begun;
+        for (const auto& [key, target] : reconciler_->attached()) {
+            auto it = before.attached.find(key);
+            if (target.id != 0 && (it == before.attached.end() || it->second.id != target.id)) begun.push_back(target);
+        }
+        if (begun.empty()) return;
+        roots = std::move(begun);
+    }
+    std::vector<std::pair<egressd_dns_learned_key, egressd_dns_learned>> learned;
+    if (image.flags & EGRESSD_CFG_DNS_HOSTS) {
+        if (auto entries = datapath_->maps().dns_learned.read_all()) learned = std::move(*entries);
+    }
+    const Revoker::Pass pass = revoker_->revoke(image, roots, cgroup_mount_, datapath_->workload_identities(), learned);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - flipped).count();
+    for (const std::string& problem : pass.problems) log::error("revocation: {}", problem);
+    const uint64_t now = boottime_now_ns();
+    for (const Revocation& revoked : pass.revoked) on_kernel_event(revocation_event(revoked, image.generation, now));
+    if (!pass.revoked.empty())
+        log::info("revoked {} of {} open connections in {} network namespace(s), {:.1f} ms after generation {}",
+                  pass.revoked.size(), pass.sockets, pass.namespaces, seconds * 1000, image.generation);
+    telemetry_->record_revocation(pass.revoked.size(), seconds);
 }
 
 // Fills the maps before any program can read them: a fresh attach then
@@ -161,6 +237,8 @@ Status Agent::attach_and_report() {
     log::info("applied generation {} from {}: {}; policies={} workloads={}", reconciler_->applied().generation,
               config_.mesh_config.string(), summarize(mesh_, config_), reconciler_->applied_policies(),
               workloads_.size());
+    // Enforcement begins: connections opened before it are decided now.
+    revoke_tightened(Enforced{std::make_shared<const MapImage>(), {}, {}}, std::chrono::steady_clock::now());
     telemetry_->set_ready(true, "");
     write_status();
     if (!config_.http_address.empty())
@@ -304,12 +382,15 @@ bool Agent::apply_inputs(std::chrono::steady_clock::time_point started) {
     for (const auto& [host, state] : hosts_) addresses[host] = state.addresses;
     reconciler_->set_host_addresses(std::move(addresses));
     std::vector<std::string> problems;
+    const Enforced before = enforced_now();
     const Status applied = reconciler_->apply(problems);
+    const auto flipped = std::chrono::steady_clock::now();
     for (const auto& problem : problems) record_error(problem);
     if (!applied) {
         record_error("applying the change: " + applied.error().describe());
         return false;
     }
+    revoke_tightened(before, flipped);
     const uint64_t generation = reconciler_->applied().generation;
     last_apply_ms_ = millis_since(started);
     last_error_.reset();
@@ -365,6 +446,7 @@ void Agent::flush_status() {
         {"hosts", hosts},
         {"workloads", workloads_.size()},
         {"mode", config_.audit ? "audit" : "enforce"},
+        {"revocation", revocation_},
         {"httpAddress", config_.http_address},
         {"httpPort", telemetry_ ? telemetry_->http_port() : 0},
     };

@@ -26,6 +26,7 @@
 #include "agent/telemetry.h"
 #include "dns/host_resolver.h"
 #include "kernel/datapath.h"
+#include "kernel/revoker.h"
 #include "kernel/event_reader.h"
 #include "kernel/cgroup.h"
 #include "agent/agent_state.h"
@@ -92,6 +93,16 @@ private:
     // Decision events from the kernel: named, logged, kept for /events.
     void on_kernel_events();
     void on_kernel_event(const egressd_event& event);
+    // Revocation (docs/decision.md): what is enforced before a change, and
+    // after it the teardown of the open connections it now denies.
+    struct Enforced {
+        std::shared_ptr<const MapImage> image;
+        std::map<uint64_t, uint32_t> workloads;
+        std::map<std::string, CgroupTarget> attached;
+    };
+    Enforced enforced_now() const;
+    void revoke_tightened(const Enforced& before, std::chrono::steady_clock::time_point flipped);
+    void load_revoker();
     void publish_telemetry();
     void schedule_memory_release();
     void record_error(const std::string& message);
@@ -116,6 +127,9 @@ private:
     std::unique_ptr<Reconciler> reconciler_;
     std::unique_ptr<Telemetry> telemetry_;
     std::unique_ptr<EventReader> events_;
+    std::unique_ptr<Revoker> revoker_;  // null: revokeOnTighten off, or unavailable (revocation_ says why)
+    std::string revocation_ = "off";
+    std::filesystem::path cgroup_mount_;
     int64_t boottime_offset_ns_ = 0;
 
     // Inputs as last read and accepted (the reconciler has their values).

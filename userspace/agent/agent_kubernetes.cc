@@ -36,6 +36,7 @@ Status Agent::prepare_kubernetes() {
     if (!pods_root) return pods_root.error();
     cgroup_ = *pods_root;
     cgroup_level_ = cgroup_level(cgroup_.path, mount);
+    cgroup_mount_ = mount;
     if (auto ok = ensure_bpffs_dir(config_.bpffs); !ok) return ok.error();
     auto lock = AgentLock::acquire(config_.bpffs);
     if (!lock) return lock.error();

@@ -13,7 +13,7 @@ namespace egressd {
 
 namespace {
 
-const char* const kVerdicts[] = {"deny", "audit", "allow"};
+const char* const kVerdicts[] = {"deny", "audit", "allow", "revoked"};
 
 std::optional<uint64_t> parse_u64(const std::string& text) {
     uint64_t value = 0;

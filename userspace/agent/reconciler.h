@@ -52,6 +52,7 @@ public:
     Status apply(std::vector<std::string>& problems);
 
     const MapImage& applied() const { return *applied_image_; }
+    std::shared_ptr<const MapImage> applied_shared() const { return applied_image_; }
     size_t applied_policies() const { return applied_policies_.size(); }
     size_t workloads() const { return workloads_.size(); }
     // What the last apply() changed, for the log and the status file.

@@ -135,6 +135,11 @@ public:
 
     void record_config_error() override { config_errors_->inc(); }
 
+    void record_revocation(size_t connections, double seconds) override {
+        revoked_->inc(static_cast<double>(connections));
+        revocation_duration_->observe(seconds);
+    }
+
     void record_resolution_failure(const std::string& host) override { resolution_failures_->labels({host}).inc(); }
 
     void set_map_entries(const std::string& map, uint64_t entries) override {
@@ -220,6 +225,11 @@ private:
                                     "Time from an input change to its generation being enforced.", kApplyBuckets));
         config_errors_ =
             r.take_only(g.counter("egressd_config_errors_total", "Configuration changes that could not be applied."));
+        revoked_ = r.take_only(g.counter("egressd_revoked_connections_total",
+                                         "Open connections torn down because a new generation denies them."));
+        revocation_duration_ = r.take_only(
+            g.histogram("egressd_revocation_duration_seconds",
+                        "Time from a tightening generation's flip to the end of its revocation pass.", kApplyBuckets));
         resolution_failures_ = r.take(g.counter("egressd_host_resolution_failures_total",
                                                 "Failed resolutions of policy host names, by host.", {"host"}));
         policies_ = r.take_only(g.gauge("egressd_policies", "Egress policies loaded."));
@@ -314,6 +324,8 @@ private:
     observe::Gauge* generation_ = nullptr;
     observe::Histogram* apply_duration_ = nullptr;
     observe::Counter* config_errors_ = nullptr;
+    observe::Counter* revoked_ = nullptr;
+    observe::Histogram* revocation_duration_ = nullptr;
     observe::CounterFamily* resolution_failures_ = nullptr;
     observe::Gauge* policies_ = nullptr;
     observe::Gauge* policy_errors_ = nullptr;

@@ -43,6 +43,9 @@ public:
     // applying failed (a configuration error).
     virtual void record_apply(uint64_t generation, double millis) = 0;
     virtual void record_config_error() = 0;
+    // A revocation pass: the connections it tore down, and how long it took
+    // from the generation's flip.
+    virtual void record_revocation(size_t connections, double seconds) = 0;
     // Kubernetes mode (after watch_resources): a generation enforced what the
     // API server changed `seconds` ago, as the agent received it.
     virtual void record_kubernetes_apply_lag(double seconds) = 0;

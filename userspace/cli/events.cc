@@ -56,8 +56,8 @@ Exit events_command(const AgentConfig& config, const EventsOptions& options) {
     if (config.http_address.empty())
         return make_error("events come from the agent's HTTP endpoint; httpAddress is off");
     const std::string& verdict = options.verdict;
-    if (!verdict.empty() && verdict != "deny" && verdict != "audit" && verdict != "allow")
-        return Exit::usage("--verdict: expected deny, audit or allow");
+    if (!verdict.empty() && verdict != "deny" && verdict != "audit" && verdict != "allow" && verdict != "revoked")
+        return Exit::usage("--verdict: expected deny, audit, allow or revoked");
     if (!options.identity.empty()) {
         if (auto identity = IdentityName::parse(options.identity); !identity)
             return identity.error().with_context("--identity");
@@ -86,7 +86,7 @@ Command add_events_command(CLI::App& app) {
     sub->add_flag("-f,--follow", options->follow, "keep printing new events");
     sub->add_flag("--json", options->as_json, "one JSON object per line");
     sub->add_option("--identity", options->identity, "only events of NAMESPACE/SERVICEACCOUNT");
-    sub->add_option("--verdict", options->verdict, "only deny, audit or allow");
+    sub->add_option("--verdict", options->verdict, "only deny, audit, allow or revoked");
     return {sub, false, [options](const AgentConfig& config) { return events_command(config, *options); }};
 }
 

@@ -81,7 +81,8 @@ json agent_json(const AgentConfig& config, const StatusView& view) {
         const json& s = *view.agent_status;
         for (const char* key : {"pid", "startedAt", "lastChange", "appliedAt", "lastApplyMillis", "lastError"})
             agent[key] = s.contains(key) ? s[key] : json(nullptr);
-        for (const char* key : {"policies", "policyErrors", "policyNotes", "hosts", "workloads", "kubernetes"})
+        for (const char* key :
+             {"policies", "policyErrors", "policyNotes", "hosts", "workloads", "kubernetes", "revocation"})
             if (s.contains(key)) agent[key] = s[key];
     }
     if (view.running && !config.http_address.empty()) {
@@ -203,6 +204,7 @@ void print_status(const AgentConfig& config, const StatusView& view, const json&
                                  out["events"]["sent"].get<uint64_t>(), out["events"]["suppressed"].get<uint64_t>(),
                                  out["events"]["lost"].get<uint64_t>());
     if (view.running && view.agent_status) print_agent_report(*view.agent_status);
+    if (agent.contains("revocation")) std::cout << "revocation:  " << agent["revocation"].get<std::string>() << "\n";
     if (view.pinned) print_counters(view.counters);
 }
 

@@ -11,6 +11,7 @@
 
 #include "core/identity.h"
 #include "core/image.h"
+#include "core/revocation.h"
 #include "egressd_abi.h"
 
 namespace egressd {
@@ -22,13 +23,20 @@ struct EventNames {
 };
 
 // `boottime_to_unix_ns` = CLOCK_REALTIME - CLOCK_BOOTTIME now, in ns.
-// Fields: time (RFC 3339, UTC, ms), verdict (deny|audit|allow), reason, row,
+// Fields: time (RFC 3339, UTC, ms), verdict (deny|audit|allow|revoked), reason, row,
 // identity ("NS/SA" or null), identityNumber, policy ("NS/NAME" or null, for
-// reason policy), rule, destination, port, protocol (tcp|udp|<number>), hook,
+// reason policy), rule, destination, port, protocol (tcp|udp|icmp|<number>), hook,
 // pid, uid, comm, cgroupId, generation.
 nlohmann::json event_to_json(const egressd_event& event, int64_t boottime_to_unix_ns, const EventNames& names);
 
 // CLOCK_REALTIME - CLOCK_BOOTTIME, now.
 int64_t boottime_to_unix_offset_ns();
+// CLOCK_BOOTTIME now, the clock of the kernel's events.
+uint64_t boottime_now_ns();
+
+// The event of a connection torn down by revocation (verdict revoked), as
+// the kernel reports a decision: the socket's cgroup, owner and peer, the
+// row that denies it now, the generation.
+egressd_event revocation_event(const Revocation& revoked, uint64_t generation, uint64_t boottime_ns);
 
 }  // namespace egressd

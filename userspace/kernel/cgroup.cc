@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
+#include <set>
 
 #include "kernel/mounts.h"
 
@@ -65,6 +67,33 @@ uint32_t cgroup_level(const std::filesystem::path& cgroup, const std::filesystem
     for (const auto& part : cgroup.lexically_relative(mount))
         if (!part.empty() && part != ".") ++level;
     return level;
+}
+
+EnforcedTree walk_enforced(const std::vector<CgroupTarget>& roots, const fs::path& mount) {
+    EnforcedTree tree;
+    std::set<ino_t> namespaces;
+    auto visit = [&](const fs::path& dir, uint64_t id, uint64_t parent) {
+        tree.ancestry.parent[id] = parent;
+        tree.ancestry.level[id] = cgroup_level(dir, mount);
+        std::ifstream procs(dir / "cgroup.procs");
+        for (pid_t pid; procs >> pid;) {
+            const fs::path ns = fs::path("/proc") / std::to_string(pid) / "ns" / "net";
+            struct stat st {};
+            if (::stat(ns.c_str(), &st) == 0 && namespaces.insert(st.st_ino).second) tree.namespaces.push_back(ns);
+        }
+    };
+    for (const CgroupTarget& root : roots) {
+        visit(root.path, root.id, 0);
+        std::error_code ec;
+        for (fs::recursive_directory_iterator it(root.path, ec), end; !ec && it != end; it.increment(ec)) {
+            if (!it->is_directory(ec)) continue;
+            struct stat st {}, parent {};
+            if (::stat(it->path().c_str(), &st) != 0 || ::stat(it->path().parent_path().c_str(), &parent) != 0)
+                continue;
+            visit(it->path(), st.st_ino, parent.st_ino);
+        }
+    }
+    return tree;
 }
 
 }  // namespace egressd

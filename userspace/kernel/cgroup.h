@@ -4,9 +4,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "common/fd.h"
 #include "common/result.h"
+#include "core/revocation.h"
 
 namespace egressd {
 
@@ -33,6 +35,15 @@ Result<CgroupTarget> ensure_cgroup(const std::filesystem::path& path);
 Result<CgroupTarget> open_existing_cgroup(const std::filesystem::path& path);
 
 Result<UniqueFd> open_cgroup_dir(const std::filesystem::path& path);
+
+// The cgroups at and below the enforced ones (`roots`), and one member
+// process per network namespace found in them. Cgroups and processes that
+// come and go during the walk are skipped.
+struct EnforcedTree {
+    CgroupAncestry ancestry;
+    std::vector<std::filesystem::path> namespaces;  // /proc/PID/ns/net, one per namespace
+};
+EnforcedTree walk_enforced(const std::vector<CgroupTarget>& roots, const std::filesystem::path& mount);
 
 // Moves the calling process into the cgroup.
 Status join_cgroup(const std::filesystem::path& path);

@@ -9,6 +9,7 @@
 #include <bpf/libbpf.h>
 
 #include "egressd.skel.h"
+#include "revoke.skel.h"
 
 namespace egressd {
 
@@ -16,6 +17,17 @@ struct SkeletonDeleter {
     void operator()(egressd_bpf* skeleton) const { egressd_bpf__destroy(skeleton); }
 };
 using Skeleton = std::unique_ptr<egressd_bpf, SkeletonDeleter>;
+
+struct RevokeSkeletonDeleter {
+    void operator()(revoke_bpf* skeleton) const { revoke_bpf__destroy(skeleton); }
+};
+using RevokeSkeleton = std::unique_ptr<revoke_bpf, RevokeSkeletonDeleter>;
+
+// A link owned by this process alone (an iterator's): destroying it detaches it.
+struct LinkDeleter {
+    void operator()(bpf_link* link) const { bpf_link__destroy(link); }
+};
+using OwnedLink = std::unique_ptr<bpf_link, LinkDeleter>;
 
 // A link egressd keeps pinned: closing our handle never detaches it, so
 // enforcement outlives the agent. Detaching is explicit (bpf_link_detach).
