@@ -108,6 +108,9 @@ Status Agent::load_and_adopt() {
     if (auto set = datapath_->set_dns_learning(config_.dns_learning, resolvers_); !set) return set;
     if (resolvers_.empty() && !kube_)
         log::info("no resolver to learn DNS answers from: dnsServer is not set and /etc/resolv.conf names none");
+    if (!datapath_->not_adopted_why().empty())
+        log::error("not adopting the pinned maps in {}: {}; a fresh set replaces them once the programs use it",
+                   config_.bpffs.string(), datapath_->not_adopted_why());
     if (datapath_->active_image()) {
         reconciler_->continue_pinned();
         log::info("adopted the pinned maps in {} (generation {} in force)", config_.bpffs.string(),
@@ -115,8 +118,59 @@ Status Agent::load_and_adopt() {
     }
     memory_release_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
     if (!memory_release_.valid()) return system_error("timerfd_create");
+    health_check_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    const itimerspec every_second{{1, 0}, {1, 0}};
+    if (!health_check_.valid() || ::timerfd_settime(health_check_.get(), 0, &every_second, nullptr) != 0)
+        return system_error("timerfd for the enforcement check");
     load_revoker();
     return {};
+}
+
+// What keeps the kernel from enforcing what the inputs say after trying to
+// repair it, or "".
+std::string Agent::repair_enforcement() {
+    if (!datapath_->pins_intact()) {
+        if (auto pinned = datapath_->repin(); !pinned)
+            return fmt::format("the pins in {} are gone and cannot be made again ({}); enforcement goes on through "
+                               "this agent's own references, but an agent started now would find nothing",
+                               config_.bpffs.string(), pinned.error().describe());
+        log::error("the pins in {} were gone (bpffs unmounted, or removed): pinned again from this agent's references",
+                   config_.bpffs.string());
+        if (auto lock = AgentLock::acquire(config_.bpffs)) lock_.emplace(std::move(*lock));
+    }
+    if (kube_) return "";  // pods' cgroups come and go with the pods: the reconciler follows them
+    auto now = open_existing_cgroup(cgroup_.path);
+    if (!now)
+        return fmt::format("the enforced cgroup {} was removed: nothing is enforced there until it is created again",
+                           cgroup_.path.string());
+    bool attached = now->id == cgroup_.id;
+    for (const LinkInfo& link : read_pinned_links(config_.bpffs)) attached &= link.pinned && link.cgroup_id == now->id;
+    if (attached) return "";
+    auto reports = datapath_->attach(*now);
+    if (!reports)
+        return fmt::format("the enforced cgroup {} (id {}) is not enforced and attaching failed: {}",
+                           cgroup_.path.string(), now->id, reports.error().describe());
+    log::error("the enforced cgroup {} was {} (id {} -> {}): attached again", cgroup_.path.string(),
+               now->id == cgroup_.id ? "detached" : "made anew", cgroup_.id, now->id);
+    cgroup_ = *now;
+    reconciler_->set_cgroup(cgroup_);
+    // Workload cgroups below it are new too, and its processes joined it unenforced.
+    apply_inputs(std::chrono::steady_clock::now());
+    revoke_tightened(Enforced{std::make_shared<const MapImage>(), {}, {}}, std::chrono::steady_clock::now());
+    write_status();
+    return "";
+}
+
+void Agent::check_enforcement() {
+    std::string problem = repair_enforcement();
+    if (problem == enforcement_problem_) return;
+    if (!problem.empty())
+        log::error("not enforcing what the inputs say: {}", problem);
+    else
+        log::info("enforcing again what the inputs say");
+    enforcement_problem_ = std::move(problem);
+    telemetry_->set_enforcement_problem(enforcement_problem_);
+    write_status();
 }
 
 // Not loading is not fatal: enforcement of new connections does not depend
@@ -447,6 +501,7 @@ void Agent::flush_status() {
         {"workloads", workloads_.size()},
         {"mode", config_.audit ? "audit" : "enforce"},
         {"revocation", revocation_},
+        {"enforcementProblem", enforcement_problem_.empty() ? nlohmann::json(nullptr) : nlohmann::json(enforcement_problem_)},
         {"httpAddress", config_.http_address},
         {"httpPort", telemetry_ ? telemetry_->http_port() : 0},
     };
@@ -509,6 +564,10 @@ std::optional<int> Agent::on_ready(int fd, int signal_fd) {
     } else if (fd == memory_release_.get()) {
         uint64_t expirations = 0;
         if (::read(fd, &expirations, sizeof(expirations)) == sizeof(expirations)) ::malloc_trim(0);
+    } else if (fd == health_check_.get()) {
+        uint64_t expirations = 0;
+        (void)::read(fd, &expirations, sizeof(expirations));
+        check_enforcement();
     } else if (resolver_ && fd == resolver_->notify_fd()) {
         on_inputs_changed(kHosts, false);
     } else if (kube_ && (fd == kube_->fd() || fd == kube_->cgroup_fd() || fd == stale_check_.get())) {
@@ -534,7 +593,7 @@ int Agent::run() {
     }
     for (int fd :
          {signal_fd.get(), sources_ ? sources_->fd() : -1, kube_ ? kube_->fd() : -1, kube_ ? kube_->cgroup_fd() : -1,
-          resolver_ ? resolver_->notify_fd() : -1, events_->epoll_fd(), memory_release_.get(),
+          resolver_ ? resolver_->notify_fd() : -1, events_->epoll_fd(), memory_release_.get(), health_check_.get(),
           kube_ ? stale_check_.get() : -1}) {
         if (fd < 0) continue;
         epoll_event ev{};

@@ -103,6 +103,11 @@ private:
     Enforced enforced_now() const;
     void revoke_tightened(const Enforced& before, std::chrono::steady_clock::time_point flipped);
     void load_revoker();
+    // Every second: is the kernel still enforcing what the inputs say? Pins
+    // lost are pinned again; in file mode, a cgroup made anew is attached
+    // again. What cannot be repaired makes /readyz fail, with the reason.
+    void check_enforcement();
+    std::string repair_enforcement();
     void publish_telemetry();
     void schedule_memory_release();
     void record_error(const std::string& message);
@@ -144,6 +149,8 @@ private:
     std::vector<IpAddress> cluster_dns_;
 
     UniqueFd memory_release_;  // timerfd: malloc_trim a second after the last change
+    UniqueFd health_check_;    // timerfd: check_enforcement() every second
+    std::string enforcement_problem_;
     UniqueFd stale_check_;     // Kubernetes mode, timerfd: when a failing watch becomes stale
     std::string started_at_;
     double last_apply_ms_ = 0;

@@ -45,6 +45,8 @@ public:
     // meshCIDRs found in the cluster, in place of the settings' (which are empty then).
     void set_mesh_cidrs(std::vector<Cidr> cidrs) { mesh_cidrs_ = std::move(cidrs); }
     const MeshConfig& mesh() const { return mesh_; }
+    // The enforced cgroup, made anew at the same path (file mode).
+    void set_cgroup(CgroupTarget cgroup) { cgroup_ = std::move(cgroup); }
 
     // Builds the next generation from the inputs and publishes it. A
     // workload whose cgroup cannot be made is left out and named in

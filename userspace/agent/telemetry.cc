@@ -147,12 +147,16 @@ public:
     }
 
     void set_ready(bool ready, const std::string& reason) override {
-        {
-            std::lock_guard lock(state_mutex_);
-            ready_ = ready;
-            not_ready_reason_ = reason;
-        }
-        ready_gauge_->set(ready ? 1 : 0);
+        std::lock_guard lock(state_mutex_);
+        ready_ = ready;
+        not_ready_reason_ = reason;
+        ready_gauge_->set(ready_ && enforcement_problem_.empty() ? 1 : 0);
+    }
+
+    void set_enforcement_problem(const std::string& problem) override {
+        std::lock_guard lock(state_mutex_);
+        enforcement_problem_ = problem;
+        ready_gauge_->set(ready_ && enforcement_problem_.empty() ? 1 : 0);
     }
 
     void set_state(const std::string& mode, size_t policies, size_t policy_errors) override {
@@ -254,6 +258,7 @@ private:
 
     observe::Response readyz() const {
         std::lock_guard lock(state_mutex_);
+        if (!enforcement_problem_.empty()) return {503, kTextPlain, enforcement_problem_ + "\n"};
         if (ready_) return {200, kTextPlain, "ready\n"};
         return {503, kTextPlain, not_ready_reason_ + "\n"};
     }
@@ -349,6 +354,7 @@ private:
     mutable std::mutex state_mutex_;
     bool ready_ = false;
     std::string not_ready_reason_ = "starting";
+    std::string enforcement_problem_;
     std::set<std::string> modes_;
 
     std::unique_ptr<observe::HttpServer> server_;  // last: stopped first

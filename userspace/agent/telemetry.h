@@ -56,6 +56,10 @@ public:
     virtual void set_map_entries(const std::string& map, uint64_t entries) = 0;
     // /readyz: 200 "ready" when ready, 503 with the reason otherwise.
     virtual void set_ready(bool ready, const std::string& reason) = 0;
+    // What keeps the kernel from enforcing what the inputs say (the enforced
+    // cgroup removed, the pins gone), or "" when nothing does. While set,
+    // /readyz answers 503 with it, whatever set_ready() said.
+    virtual void set_enforcement_problem(const std::string& problem) = 0;
     // Mode ("enforce" or "audit") and policy counts for /metrics.
     virtual void set_state(const std::string& mode, size_t policies, size_t policy_errors) = 0;
 

@@ -52,18 +52,28 @@ Exit egress_command(const AgentConfig& config, bool enable, bool wait, const std
         return wait_until_applied(config, enable);
     }
     const std::filesystem::path file = config.mesh_config;
-    const auto text = read_file(file);
-    if (!text) return text.error();
-    const auto edit = set_enable_egress(*text, enable, file.string());
-    if (!edit) return edit.error();
-    if (!edit->changed) {
-        std::cout << fmt::format("{}: spec.traffic.enableEgress is already {}\n", file.string(), enable);
-        return 0;
+    // Read, edit, and replace only if no one wrote the file meanwhile (an
+    // editor saving): otherwise their change would be lost. Then again.
+    Result<BoolEdit> edit = make_error("");
+    for (int attempt = 0;; ++attempt) {
+        const auto version = file_version(file);
+        if (!version) return version.error();
+        const auto text = read_file(file);
+        if (!text) return text.error();
+        edit = set_enable_egress(*text, enable, file.string());
+        if (!edit) return edit.error();
+        if (!edit->changed) {
+            std::cout << fmt::format("{}: spec.traffic.enableEgress is already {}\n", file.string(), enable);
+            return 0;
+        }
+        // Never write a file the agent would reject.
+        if (auto valid = parse_meshconfig(edit->text, file.string()); !valid)
+            return valid.error().with_context("refusing to write " + file.string());
+        auto replaced = replace_file_if_unchanged(file, edit->text, *version);
+        if (!replaced) return replaced.error();
+        if (*replaced) break;
+        if (attempt == 100) return make_error(file.string() + " keeps changing under egressctl; not written");
     }
-    // Never write a file the agent would reject.
-    if (auto valid = parse_meshconfig(edit->text, file.string()); !valid)
-        return valid.error().with_context("refusing to write " + file.string());
-    if (auto written = write_file_atomically(file, edit->text); !written) return written.error();
     std::cout << fmt::format("{}: spec.traffic.enableEgress: {} -> {}\n", file.string(),
                              edit->had_value ? (edit->old_value ? "true" : "false") : "(unset)", enable);
     if (!wait) return 0;

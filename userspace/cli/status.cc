@@ -82,7 +82,8 @@ json agent_json(const AgentConfig& config, const StatusView& view) {
         for (const char* key : {"pid", "startedAt", "lastChange", "appliedAt", "lastApplyMillis", "lastError"})
             agent[key] = s.contains(key) ? s[key] : json(nullptr);
         for (const char* key :
-             {"policies", "policyErrors", "policyNotes", "hosts", "workloads", "kubernetes", "revocation"})
+             {"policies", "policyErrors", "policyNotes", "hosts", "workloads", "kubernetes", "revocation",
+              "enforcementProblem"})
             if (s.contains(key)) agent[key] = s[key];
     }
     if (view.running && !config.http_address.empty()) {
@@ -205,6 +206,8 @@ void print_status(const AgentConfig& config, const StatusView& view, const json&
                                  out["events"]["lost"].get<uint64_t>());
     if (view.running && view.agent_status) print_agent_report(*view.agent_status);
     if (agent.contains("revocation")) std::cout << "revocation:  " << agent["revocation"].get<std::string>() << "\n";
+    if (agent.contains("enforcementProblem") && agent["enforcementProblem"].is_string())
+        std::cout << "PROBLEM:     " << agent["enforcementProblem"].get<std::string>() << "\n";
     if (view.pinned) print_counters(view.counters);
 }
 

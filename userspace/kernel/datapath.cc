@@ -1,13 +1,20 @@
 #include "kernel/datapath.h"
 
+#include <linux/magic.h>
+#include <sys/statfs.h>
+
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 
 #include <array>
+#include <string_view>
+
+#include <fmt/format.h>
 #include <set>
 #include <unistd.h>
 
+#include "kernel/mounts.h"
 #include "kernel/pins.h"
 
 namespace egressd {
@@ -50,20 +57,38 @@ Status size_maps(bpf_object* object, const Capacities& capacities) {
 
 // Makes the object use the pinned maps if all of them exist and match its
 // definitions; a partial or incompatible set is replaced as a whole, so no
-// program ever pairs a new map with an old one. True when adopted.
-Result<bool> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir) {
+// program ever pairs a new map with an old one. True when adopted; false
+// with `why` set when something pinned was not.
+Result<bool> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir, std::string& why) {
     std::vector<std::pair<bpf_map*, UniqueFd>> pinned;
     bpf_map* map = nullptr;
     bpf_object__for_each_map(map, object) {
-        auto fd = open_pinned_object(pin_dir / bpf_map__name(map), false);
-        if (!fd) return false;
+        const fs::path path = pin_dir / bpf_map__name(map);
+        auto fd = open_pinned_object(path, false);
+        if (!fd) {
+            if (!pinned.empty() || errno != ENOENT) why = path.string() + " is missing or not a map";
+            return false;
+        }
         bpf_map_info info{};
         uint32_t length = sizeof(info);
+        // The shape, and the name and BTF the kernel recorded when the map was
+        // made: a map of the wrong shape, or crafted without egressd's types,
+        // is never used by the programs.
         const bool compatible =
             bpf_obj_get_info_by_fd(fd->get(), &info, &length) == 0 && info.type == bpf_map__type(map) &&
             info.key_size == bpf_map__key_size(map) && info.value_size == bpf_map__value_size(map) &&
-            info.max_entries == bpf_map__max_entries(map) && info.map_flags == bpf_map__map_flags(map);
-        if (!compatible) return false;
+            info.max_entries == bpf_map__max_entries(map) && info.map_flags == bpf_map__map_flags(map) &&
+            std::string_view(info.name) == std::string_view(bpf_map__name(map)).substr(0, BPF_OBJ_NAME_LEN - 1) &&
+            info.btf_id != 0;
+        if (!compatible) {
+            why = fmt::format("{} does not match this build (type {} key {} value {} entries {} flags {:#x}{}; "
+                              "expected type {} key {} value {} entries {} flags {:#x} with BTF)",
+                              path.string(), info.type, info.key_size, info.value_size, info.max_entries,
+                              info.map_flags, info.btf_id ? "" : ", no BTF", int(bpf_map__type(map)),
+                              bpf_map__key_size(map), bpf_map__value_size(map), bpf_map__max_entries(map),
+                              bpf_map__map_flags(map));
+            return false;
+        }
         pinned.emplace_back(map, std::move(*fd));
     }
     for (auto& [m, fd] : pinned) {
@@ -88,7 +113,7 @@ Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
     if (!dp->skel_) return system_error("opening the BPF object");
     bpf_object* object = dp->skel_->obj;
     if (auto sized = size_maps(object, options.capacities); !sized) return sized.error();
-    auto adopted = reuse_pinned_maps(object, options.pin_dir);
+    auto adopted = reuse_pinned_maps(object, options.pin_dir, dp->not_adopted_why_);
     if (!adopted) return adopted.error();
     dp->adopted_maps_ = *adopted;
 
@@ -268,8 +293,11 @@ Result<std::vector<AttachReport>> Datapath::attach_all(const fs::path& link_dir,
 }
 
 Result<std::vector<AttachReport>> Datapath::attach(const CgroupTarget& cgroup) {
-    auto reports = attach_all(links_dir(options_.pin_dir), cgroup, links_);
+    // Again after the cgroup was made anew: the links replace those on the old one.
+    std::vector<PinnedLink> links;
+    auto reports = attach_all(links_dir(options_.pin_dir), cgroup, links);
     if (!reports) return reports.error();
+    links_ = std::move(links);
     if (auto pinned = pin_maps_once(); !pinned) return pinned.error();
     return reports;
 }
@@ -299,6 +327,55 @@ Status Datapath::detach_workload(const std::string& key) {
     workload_links_.erase(key);
     std::vector<std::string> removed;
     return remove_pinned_links(workload_links_dir(options_.pin_dir, key), removed);
+}
+
+namespace {
+
+// Every link of `links` (hook order) pinned in `dir`, or only checked.
+Status pin_links(const std::vector<PinnedLink>& links, const fs::path& dir, bool pin) {
+    for (size_t hook = 0; hook < links.size() && hook < kLinkNames.size(); ++hook) {
+        const fs::path path = dir / kLinkNames[hook];
+        if (path_present(path)) continue;
+        if (!pin) return make_error(path.string() + " is missing");
+        std::error_code ec;
+        fs::create_directories(dir, ec);
+        if (ec) return Error{ec.value(), "creating " + dir.string()};
+        if (bpf_obj_pin(bpf_link__fd(links[hook].get()), path.c_str()) != 0)
+            return system_error("pinning " + path.string());
+    }
+    return {};
+}
+
+}  // namespace
+
+bool Datapath::pins_intact() const {
+    struct statfs fs_info {};
+    if (::statfs(options_.pin_dir.c_str(), &fs_info) != 0 || fs_info.f_type != BPF_FS_MAGIC) return false;
+    bpf_map* map = nullptr;
+    bpf_object__for_each_map(map, skel_->obj) {
+        if (maps_pinned_ && !path_present(options_.pin_dir / bpf_map__name(map))) return false;
+    }
+    if (!pin_links(links_, links_dir(options_.pin_dir), false)) return false;
+    for (const auto& [key, links] : workload_links_)
+        if (!pin_links(links, workload_links_dir(options_.pin_dir, key), false)) return false;
+    return true;
+}
+
+Status Datapath::repin() {
+    if (auto ok = ensure_bpffs_dir(options_.pin_dir); !ok) return ok;
+    if (maps_pinned_) {
+        bpf_map* map = nullptr;
+        bpf_object__for_each_map(map, skel_->obj) {
+            const fs::path path = options_.pin_dir / bpf_map__name(map);
+            if (!path_present(path) && bpf_obj_pin(bpf_map__fd(map), path.c_str()) != 0)
+                return system_error("pinning " + path.string());
+        }
+    }
+    if (auto ok = pin_links(links_, links_dir(options_.pin_dir), true); !ok) return ok;
+    for (const auto& [key, links] : workload_links_) {
+        if (auto ok = pin_links(links, workload_links_dir(options_.pin_dir, key), true); !ok) return ok;
+    }
+    return {};
 }
 
 Status Datapath::pin_maps() {

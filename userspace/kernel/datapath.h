@@ -46,6 +46,8 @@ public:
     Datapath& operator=(const Datapath&) = delete;
 
     bool adopted_maps() const { return adopted_maps_; }
+    // Why pinned maps were found but not adopted (a fresh set replaces them), or "".
+    const std::string& not_adopted_why() const { return not_adopted_why_; }
     // The generation the kernel enforces now (adopted maps), if any.
     std::optional<MapImage> active_image() const;
 
@@ -77,6 +79,14 @@ public:
     Result<std::vector<AttachReport>> attach_workload(const std::string& key, const CgroupTarget& cgroup);
     // Detaches and unpins a workload's links (gone already if its cgroup was removed).
     Status detach_workload(const std::string& key);
+    // True when every map and every link of this agent is pinned where it
+    // belongs, on a bpf filesystem.
+    bool pins_intact() const;
+    // Pins again what is missing from the pin directory (it was removed, or
+    // its bpffs unmounted): the maps and this agent's links, from the
+    // agent's own references, which kept enforcing meanwhile.
+    Status repin();
+
     // Pins the maps if they are new (attach() does it): in Kubernetes mode,
     // after the first publish, whether or not a pod is enforced yet.
     Status pin_maps_once();
@@ -124,6 +134,7 @@ private:
     };
     std::optional<LastDiff> last_diff_;
     bool adopted_maps_ = false;
+    std::string not_adopted_why_;
     uint32_t active_slot_ = 0;
     // What each slot holds in the kernel. Images are immutable and shared:
     // after converge() both slots point at the same one.
