@@ -39,7 +39,13 @@
 #define EGRESSD_MAP_CONTROL control_v1
 #define EGRESSD_MAP_CONFIG config_v1
 #define EGRESSD_MAP_CIDRS cidrs_v1
+/* EGRESSD_TEST_MAP_BUMP: a build for the upgrade test only (cmake/upgrade_test.cmake),
+ * as if ports_v1 had changed layout. Never in a release. */
+#ifdef EGRESSD_TEST_MAP_BUMP
+#define EGRESSD_MAP_PORTS ports_v2
+#else
 #define EGRESSD_MAP_PORTS ports_v1
+#endif
 #define EGRESSD_MAP_COUNTERS counters_v2 /* v2: the socket-creation and packet hooks */
 /* Workload cgroup -> identity number, and identity number -> name. The pin
  * names are older than these macros' and change only with a version bump. */

@@ -288,6 +288,8 @@ Status Agent::attach_and_report() {
     for (const auto& r : *reports) hooks += fmt::format("{}{} {}", hooks.empty() ? "" : ", ", r.hook, r.action);
     log::info("enforcing on cgroup {} (id {}): {}; pins in {}", cgroup_.path.string(), cgroup_.id, hooks,
               config_.bpffs.string());
+    if (!datapath_->retired_maps().empty())
+        log::info("unpinned maps of another build's layout: {}", fmt::join(datapath_->retired_maps(), ", "));
     log::info("applied generation {} from {}: {}; policies={} workloads={}", reconciler_->applied().generation,
               config_.mesh_config.string(), summarize(mesh_, config_), reconciler_->applied_policies(),
               workloads_.size());

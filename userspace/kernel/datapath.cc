@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include <fmt/format.h>
+#include <regex>
 #include <set>
 #include <unistd.h>
 
@@ -307,10 +308,30 @@ Status Datapath::pin_maps_once() {
         if (auto pinned = pin_maps(); !pinned) return pinned.error();
     }
     maps_pinned_ = true;
-    // The programs in force no longer use what earlier versions pinned.
-    for (const char* name : kRetiredMapNames) {
-        const fs::path path = options_.pin_dir / name;
-        if (path_present(path) && ::unlink(path.c_str()) != 0) return system_error("removing " + path.string());
+    return remove_retired_maps();
+}
+
+// The programs in force use only this build's maps: a versioned map pinned
+// by another build (an older layout, or a newer one after a downgrade) is
+// unpinned. Only maps named as egressd names them (NAME_vN) are touched.
+Status Datapath::remove_retired_maps() {
+    std::set<std::string> ours;
+    bpf_map* map = nullptr;
+    bpf_object__for_each_map(map, skel_->obj) ours.insert(bpf_map__name(map));
+    static const std::regex versioned("[a-z][a-z0-9_]*_v[0-9]+");
+    std::error_code ec;
+    std::vector<fs::path> retired;
+    for (fs::directory_iterator it(options_.pin_dir, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (it->is_directory(ec) || ours.count(name) || !std::regex_match(name, versioned)) continue;
+        auto fd = open_pinned_object(it->path(), true);
+        bpf_map_info info{};
+        uint32_t length = sizeof(info);
+        if (fd && bpf_obj_get_info_by_fd(fd->get(), &info, &length) == 0) retired.push_back(it->path());
+    }
+    for (const fs::path& path : retired) {
+        if (::unlink(path.c_str()) != 0) return system_error("removing " + path.string());
+        retired_maps_.push_back(path.filename().string());
     }
     return {};
 }

@@ -48,6 +48,8 @@ public:
     bool adopted_maps() const { return adopted_maps_; }
     // Why pinned maps were found but not adopted (a fresh set replaces them), or "".
     const std::string& not_adopted_why() const { return not_adopted_why_; }
+    // Maps another build pinned, unpinned once this build's were in place.
+    const std::vector<std::string>& retired_maps() const { return retired_maps_; }
     // The generation the kernel enforces now (adopted maps), if any.
     std::optional<MapImage> active_image() const;
 
@@ -116,6 +118,7 @@ private:
     Result<std::vector<AttachReport>> attach_all(const std::filesystem::path& link_dir, const CgroupTarget& cgroup,
                                                  std::vector<PinnedLink>& links);
     Status pin_maps();
+    Status remove_retired_maps();
     // Waits, once after each flip, until no program can still be reading the
     // slot that was active before it. Every write to the inactive slot calls it.
     Status settle();
@@ -135,6 +138,7 @@ private:
     std::optional<LastDiff> last_diff_;
     bool adopted_maps_ = false;
     std::string not_adopted_why_;
+    std::vector<std::string> retired_maps_;
     uint32_t active_slot_ = 0;
     // What each slot holds in the kernel. Images are immutable and shared:
     // after converge() both slots point at the same one.
