@@ -13,7 +13,8 @@ namespace egressd {
 namespace {
 
 bool is_deny_reason(egressd_reason reason) {
-    return reason == EGRESSD_REASON_DENY || reason == EGRESSD_REASON_NO_CONFIG;
+    return reason == EGRESSD_REASON_DENY || reason == EGRESSD_REASON_NO_CONFIG ||
+           reason == EGRESSD_REASON_RAW_SOCKET || reason == EGRESSD_REASON_PROTOCOL;
 }
 
 void render(const observe::FamilyBase& family, std::vector<RenderedFamily>& families) {
@@ -40,11 +41,12 @@ Status KernelMetrics::register_families(observe::Registry& registry) {
                                                 "scrape time (the metrics read are then left out)."));
     decisions_ = r.take(k.counter(
         "egressd_decisions_total",
-        "Decisions of the BPF programs, by reason and hook (kernel counters). verdict is deny for the reasons deny "
-        "and no-config (in audit mode these calls were allowed; see egressd_audit_events_total), allow otherwise.",
+        "Decisions of the BPF programs, by reason and hook (kernel counters). verdict is deny for the reasons deny, "
+        "no-config, raw-socket and protocol (in audit mode these calls were allowed; see egressd_audit_events_total), "
+        "allow otherwise.",
         {"verdict", "reason", "hook"}));
     denied_ = r.take(k.counter("egressd_denied_connections_total",
-                               "Calls decided deny (reasons deny and no-config, every hook; kernel counters)."));
+                               "Calls decided deny (reasons deny, no-config, raw-socket and protocol, every hook; kernel counters)."));
     events_sent_ = r.take(k.counter("egressd_events_sent_total", "Decision events the kernel put in the ring buffer."));
     events_suppressed_ = r.take(k.counter("egressd_events_suppressed_total",
                                           "Decision events the kernel dropped by the per-source rate limit."));
