@@ -3,6 +3,7 @@
 #  - the enforced cgroup removed, then made again at the same path: /readyz
 #    says why it fails meanwhile, the agent attaches to the new cgroup by
 #    itself, and what runs in it is decided again;
+#  - a link detached by hand: attached again;
 #  - the pin directory's bpffs unmounted underfoot: enforcement never stops
 #    (the agent's own references hold the links), the pins are made again;
 #  - a crafted map of the wrong shape pinned in place of one of egressd's:
@@ -102,6 +103,11 @@ check "the agent attaches to the new cgroup by itself" wait_for 3 log_has "was m
 check "/readyz is ready again" wait_for 3 readyz_is 200
 check "egressctl status says enforcing" bash -c "'$egressctl' --config '$work/egressd.yaml' status | grep -q '^enforcing: *yes'"
 check "a connect from the new cgroup is denied" test "$(verdict)" = denied
+
+# ---- a link detached by hand (bpftool, as a CAP_SYS_ADMIN process could) ----------
+bpftool link detach pinned "$pins/links/connect4"
+check "a detached hook is attached again by the agent" wait_for 3 log_has "was detached .*attached again"
+check "and connects are denied again" test "$(verdict)" = denied
 
 # ---- the pins' bpffs unmounted underfoot -------------------------------------------
 in_workload python3 "$probe" watch 203.0.113.10 80 --seconds 3 > "$work/watch.json" &
