@@ -80,7 +80,7 @@ Result<bool> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir, std:
             info.key_size == bpf_map__key_size(map) && info.value_size == bpf_map__value_size(map) &&
             info.max_entries == bpf_map__max_entries(map) && info.map_flags == bpf_map__map_flags(map) &&
             std::string_view(info.name) == std::string_view(bpf_map__name(map)).substr(0, BPF_OBJ_NAME_LEN - 1) &&
-            info.btf_id != 0;
+            (info.btf_id != 0 || bpf_map__type(map) == BPF_MAP_TYPE_RINGBUF);  // a ring buffer has no key or value type
         if (!compatible) {
             why = fmt::format("{} does not match this build (type {} key {} value {} entries {} flags {:#x}{}; "
                               "expected type {} key {} value {} entries {} flags {:#x} with BTF)",
