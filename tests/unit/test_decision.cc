@@ -207,7 +207,7 @@ TEST_CASE("reason names and rows, hook names") {
         {EGRESSD_REASON_RAW_SOCKET, "raw-socket", 0},
         {EGRESSD_REASON_PROTOCOL, "protocol", 0},
         {EGRESSD_REASON_MAX, "unknown", 0},
-        {static_cast<egressd_reason>(42), "unknown", 0},
+        {reason_from(42), "unknown", 0},
     };
     for (const Reason& r : reasons) {
         CAPTURE(int(r.reason));
@@ -221,6 +221,9 @@ TEST_CASE("reason names and rows, hook names") {
     CHECK(hook_name(EGRESSD_HOOK_SOCK_CREATE) == "sock_create");
     CHECK(hook_name(EGRESSD_HOOK_PACKET) == "packet");
     CHECK(hook_name(EGRESSD_HOOK_MAX) == "unknown");
+    CHECK(hook_from(EGRESSD_HOOK_PACKET) == EGRESSD_HOOK_PACKET);
+    CHECK(hook_from(99) == EGRESSD_HOOK_MAX);
+    CHECK(reason_from(EGRESSD_REASON_PROTOCOL) == EGRESSD_REASON_PROTOCOL);
 }
 
 TEST_CASE("row 0: socket kinds no later hook decides are refused at creation") {

@@ -189,7 +189,7 @@ void KernelMetrics::scrape_traffic(std::vector<RenderedFamily>& families) {
     if (auto names_in_force = maps_->read_policy_names(control->active_slot & 1); names_in_force.ok())
         policies = std::move(*names_in_force);
     for (const auto& [key, t] : *rules) {
-        const auto reason = static_cast<egressd_reason>(key.first);
+        const auto reason = reason_from(key.first);
         std::string rule = std::to_string(key.second);
         if (reason == EGRESSD_REASON_POLICY && policies.contains(key.second)) rule = policies.at(key.second).str();
         const std::string why(reason_name(reason));

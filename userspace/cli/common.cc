@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
 #include <iostream>
 
 #include "agent/agent_state.h"
@@ -98,8 +99,14 @@ std::map<uint32_t, std::string> dns_host_names(const AgentConfig& config) {
     std::map<uint32_t, std::string> out;
     auto status = read_status_file(config.run_dir);
     if (!status || !status->contains("dnsHostNames") || !(*status)["dnsHostNames"].is_object()) return out;
-    for (const auto& [number, name] : (*status)["dnsHostNames"].items())
-        if (name.is_string()) out[static_cast<uint32_t>(std::stoul(number))] = name.get<std::string>();
+    for (const auto& [number, name] : (*status)["dnsHostNames"].items()) {
+        // The agent writes decimal numbers; another key names no host (and std::stoul would throw).
+        uint32_t host = 0;
+        const char* end = number.data() + number.size();
+        if (const auto parsed = std::from_chars(number.data(), end, host); parsed.ec != std::errc() || parsed.ptr != end)
+            continue;
+        if (name.is_string()) out[host] = name.get<std::string>();
+    }
     return out;
 }
 

@@ -35,7 +35,7 @@ Result<json> read_flows(const AgentConfig& config) {
     for (const auto& [cookie, f] : *flows) {
         IpAddress dst;
         std::copy(std::begin(f.addr), std::end(f.addr), dst.bytes.begin());
-        const auto reason = static_cast<egressd_reason>(f.reason);
+        const auto reason = reason_from(f.reason);
         json identity = nullptr, policy = nullptr;
         if (auto it = names->find(f.identity); f.identity && it != names->end()) identity = it->second.str();
         if (reason == EGRESSD_REASON_POLICY && policies->contains(f.rule)) policy = policies->at(f.rule).str();

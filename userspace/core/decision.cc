@@ -112,6 +112,14 @@ Decision decide_socket(const MapImage* image, int type, int protocol) {
     return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_PROTOCOL);
 }
 
+egressd_reason reason_from(uint32_t value) {
+    return value < EGRESSD_REASON_MAX ? static_cast<egressd_reason>(value) : EGRESSD_REASON_MAX;
+}
+
+egressd_hook hook_from(uint32_t value) {
+    return value < EGRESSD_HOOK_MAX ? static_cast<egressd_hook>(value) : EGRESSD_HOOK_MAX;
+}
+
 std::string_view reason_name(egressd_reason reason) {
     switch (reason) {
         case EGRESSD_REASON_NONE: return "none";

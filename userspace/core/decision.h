@@ -51,6 +51,10 @@ const CidrRule* lookup_cidr(const MapImage& image, uint8_t table, const IpAddres
 const PolicyRule* lookup_policy(const MapImage& image, uint32_t identity, uint8_t proto, uint16_t port,
                                 const IpAddress& addr);
 
+// A reason or hook read from a map, as the enum: EGRESSD_REASON_MAX /
+// EGRESSD_HOOK_MAX for a value out of its range (a cast would be undefined).
+egressd_reason reason_from(uint32_t value);
+egressd_hook hook_from(uint32_t value);
 std::string_view reason_name(egressd_reason reason);  // "local", "sidecar-uid", "excluded-cidr", ...
 int reason_row(egressd_reason reason);                // row of docs/decision.md, 0 for none
 std::string_view hook_name(egressd_hook hook);        // "connect4", ...

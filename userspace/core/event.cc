@@ -60,7 +60,7 @@ int64_t boottime_to_unix_offset_ns() {
 nlohmann::json event_to_json(const egressd_event& e, int64_t boottime_to_unix_ns, const EventNames& names) {
     IpAddress dst;
     std::copy(std::begin(e.addr), std::end(e.addr), dst.bytes.begin());
-    const auto reason = static_cast<egressd_reason>(e.reason);
+    const auto reason = reason_from(e.reason);
     const std::string comm(e.comm, strnlen(e.comm, sizeof(e.comm)));
 
     nlohmann::json identity = nullptr, policy = nullptr;
@@ -87,7 +87,7 @@ nlohmann::json event_to_json(const egressd_event& e, int64_t boottime_to_unix_ns
         {"destination", dst.str()},
         {"port", e.port},
         {"protocol", protocol},
-        {"hook", std::string(hook_name(static_cast<egressd_hook>(e.hook)))},
+        {"hook", std::string(hook_name(hook_from(e.hook)))},
         {"pid", e.pid},
         {"uid", e.uid},
         {"comm", comm},

@@ -30,6 +30,22 @@ std::string name_field(const Field& field) {
     return text;
 }
 
+// `text` as a YAML double-quoted scalar that reads back as the same bytes:
+// names may hold quotes, backslashes and control characters.
+std::string yaml_double_quoted(std::string_view text) {
+    std::string out = "\"";
+    for (const char c : text) {
+        const auto byte = static_cast<unsigned char>(c);
+        if (c == '"' || c == '\\')
+            out += {'\\', c};
+        else if (byte < 0x20 || byte == 0x7f)
+            out += fmt::format("\\x{:02x}", byte);
+        else
+            out += c;  // UTF-8 as it is: a \x escape would name a code point, not a byte
+    }
+    return out + "\"";
+}
+
 }  // namespace
 
 Result<std::vector<Workload>> parse_workloads(std::string_view yaml_text, const std::string& file_name) {
@@ -68,8 +84,8 @@ std::string render_workloads(const std::vector<Workload>& workloads) {
         "# egressctl run --as NAMESPACE/SERVICEACCOUNT adds entries.\nworkloads:\n";
     if (workloads.empty()) return out.substr(0, out.size() - 1) + " []\n";
     for (const auto& w : workloads)
-        out += fmt::format("  - cgroup: \"{}\"\n    namespace: \"{}\"\n    serviceAccount: \"{}\"\n", w.cgroup,
-                           w.identity.namespace_, w.identity.service_account);
+        out += fmt::format("  - cgroup: {}\n    namespace: {}\n    serviceAccount: {}\n", yaml_double_quoted(w.cgroup),
+                           yaml_double_quoted(w.identity.namespace_), yaml_double_quoted(w.identity.service_account));
     return out;
 }
 

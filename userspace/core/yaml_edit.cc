@@ -76,6 +76,15 @@ private:
     size_t base_;
 };
 
+// yaml-cpp also reads UTF-16 and UTF-32 (told by a byte order mark or by NUL
+// bytes), and its marks then count bytes of the text converted to UTF-8: not
+// offsets in this text. Such text, or any with a NUL (never in YAML), is refused.
+void expect_utf8_text(std::string_view text, const std::string& file_name) {
+    if (text.starts_with("\xFE\xFF") || text.starts_with("\xFF\xFE") || text.find('\0') != std::string_view::npos)
+        throw ParseError{fmt::format("{}:1:1: not UTF-8 text (UTF-16, UTF-32 or a NUL byte): cannot be edited in place",
+                                     file_name)};
+}
+
 void expect_block_mapping(const Field& field) {
     if (!field.node().IsMap()) field.fail_expected("a mapping");
     if (field.node().Style() == YAML::EmitterStyle::Flow)
@@ -140,6 +149,7 @@ void check_reads_back(const std::string& edited, const std::string& file_name) {
 }
 
 BoolEdit edit_enable_egress(std::string_view text, bool value, const std::string& file_name) {
+    expect_utf8_text(text, file_name);
     const Field spec = Field::load(text, file_name).required("spec");
     expect_block_mapping(spec);
     const Field traffic = spec.child("traffic");

@@ -5,7 +5,10 @@
 #include <cerrno>
 #include <charconv>
 
+#include <sstream>
+
 #include <fmt/format.h>
+#include <yaml-cpp/eventhandler.h>
 
 namespace egressd {
 
@@ -41,6 +44,41 @@ bool is_plain_or_tagged(const YAML::Node& node, std::string_view type) {
     return node.IsScalar() && (node.Tag() == "?" || node.Tag() == fmt::format("tag:yaml.org,2002:{}", type));
 }
 
+// yaml-cpp 0.7 (Debian 12's) takes a token that starts no node, such as a
+// "," at the top level, for an empty document without consuming it: LoadAll
+// then adds null documents until memory runs out (jbeder/yaml-cpp#1040, fixed
+// in 0.8). A first pass over the events stops where a document starts where
+// the previous one did: every other document starts further on.
+class DocumentProgress final : public YAML::EventHandler {
+public:
+    void OnDocumentStart(const YAML::Mark& mark) override {
+        if (started_ && mark.pos <= last_start_)
+            throw YAML::ParserException(mark, "unexpected token: no YAML value starts here");
+        started_ = true;
+        last_start_ = mark.pos;
+    }
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+    void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+    void OnMapEnd() override {}
+
+private:
+    bool started_ = false;
+    int last_start_ = 0;
+};
+
+void check_documents_progress(const std::string& text) {
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    DocumentProgress progress;
+    while (parser.HandleNextDocument(progress)) {
+    }
+}
+
 }  // namespace
 
 std::optional<bool> bool_word(std::string_view text) {
@@ -52,7 +90,9 @@ std::optional<bool> bool_word(std::string_view text) {
 std::vector<Field> Field::load_all(std::string_view text, const std::string& file_name) {
     std::vector<YAML::Node> nodes;
     try {
-        nodes = YAML::LoadAll(std::string(text));
+        const std::string input(text);
+        check_documents_progress(input);
+        nodes = YAML::LoadAll(input);
     } catch (const YAML::Exception& e) {
         throw ParseError{fmt::format("{}: {}", position(file_name, e.mark), e.msg)};
     }
