@@ -60,6 +60,12 @@ static_assert(offsetof(egressd_policy_name_key, policy) == 4);
 static_assert(sizeof(egressd_policy_name) == EGRESSD_NAMESPACE_LEN + EGRESSD_NAME_LEN);
 
 static_assert(sizeof(egressd_event) == 80);
+// Written by bpf/revoke.bpf.c with bpf_seq_write, read back whole by kernel/revoker.cc.
+static_assert(sizeof(egressd_socket_record) == 48);
+static_assert(offsetof(egressd_socket_record, addr) == 16);
+static_assert(offsetof(egressd_socket_record, uid) == 32);
+static_assert(offsetof(egressd_socket_record, port) == 36);
+static_assert(offsetof(egressd_socket_record, family) == 40);
 static_assert(offsetof(egressd_event, cgroup_id) == 8);
 static_assert(offsetof(egressd_event, generation) == 16);
 static_assert(offsetof(egressd_event, pid) == 24);
