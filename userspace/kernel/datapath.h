@@ -81,8 +81,8 @@ public:
     Result<std::vector<AttachReport>> attach_workload(const std::string& key, const CgroupTarget& cgroup);
     // Detaches and unpins a workload's links (gone already if its cgroup was removed).
     Status detach_workload(const std::string& key);
-    // True when every map and every link of this agent is pinned where it
-    // belongs, on a bpf filesystem.
+    // True when every map and every cgroup link of this agent is pinned where
+    // it belongs, on a bpf filesystem, and the pods' links directory exists.
     bool pins_intact() const;
     // Pins again what is missing from the pin directory (it was removed, or
     // its bpffs unmounted): the maps and this agent's links, from the
