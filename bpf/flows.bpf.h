@@ -2,6 +2,8 @@
 /*
  * Flow tracking for allowed egress TCP: the connect hooks record a flow,
  * the sockops program follows it to close and adds its bytes to the totals.
+ * Nothing here runs while bytes flow (no RTT or data callbacks): an open
+ * flow's bytes so far are read from its socket when asked.
  */
 #ifndef EGRESSD_BPF_FLOWS_BPF_H
 #define EGRESSD_BPF_FLOWS_BPF_H
@@ -15,6 +17,11 @@
 #include "decision.bpf.h"
 #include "report.bpf.h"
 
+/* The agent's `flows` setting, fixed when the programs are loaded: with 0,
+ * the verifier drops flow tracking from the connect hooks, and the sockops
+ * program returns at once. */
+const volatile __u32 egressd_flows_enabled = 1;
+
 /* Records an outgoing TCP socket as a connecting flow, with why it was
  * allowed (see flows_v1 in the ABI). Local and mesh traffic is not egress. */
 static __always_inline void egressd_track_flow(struct bpf_sock_addr *ctx, const struct egressd_decision *d,
@@ -23,7 +30,8 @@ static __always_inline void egressd_track_flow(struct bpf_sock_addr *ctx, const 
 	struct egressd_flow flow = {};
 	__u64 cookie;
 
-	if (ctx->protocol != IPPROTO_TCP || d->reason == EGRESSD_REASON_LOCAL || d->reason == EGRESSD_REASON_MESH)
+	if (!egressd_flows_enabled || ctx->protocol != IPPROTO_TCP || d->reason == EGRESSD_REASON_LOCAL ||
+	    d->reason == EGRESSD_REASON_MESH)
 		return;
 	flow.cgroup_id = bpf_get_current_cgroup_id();
 	flow.identity = d->identity_known ? d->identity : egressd_current_identity(d->cgroup_level);
@@ -61,14 +69,14 @@ static __always_inline void egressd_add_traffic(void *map, const void *key, __u6
 	t->bytes_received += received;
 }
 
-/* The sockops program: stamps a recorded flow established, keeps its byte
- * counts current, and at close adds its bytes to the totals and removes it. */
+/* The sockops program: stamps a recorded flow established, and at close
+ * adds its bytes to the totals and removes it. */
 static __always_inline int egressd_sockops_flow(struct bpf_sock_ops *skops)
 {
 	struct egressd_flow *flow;
 	__u64 cookie;
 
-	if (!skops->sk)
+	if (!egressd_flows_enabled || !skops->sk)
 		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
@@ -85,17 +93,6 @@ static __always_inline int egressd_sockops_flow(struct bpf_sock_ops *skops)
 		if (!flow)
 			return 1; /* not egress egressd tracks */
 		flow->started_ns = bpf_ktime_get_boot_ns();
-		/* RTT samples keep the byte counts current for egressctl flows. */
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
-						     BPF_SOCK_OPS_RTT_CB_FLAG);
-		return 1;
-	case BPF_SOCK_OPS_RTT_CB:
-		cookie = bpf_get_socket_cookie(skops);
-		flow = bpf_map_lookup_elem(&EGRESSD_MAP_FLOWS, &cookie);
-		if (flow) {
-			flow->bytes_sent = skops->bytes_acked;
-			flow->bytes_received = skops->bytes_received;
-		}
 		return 1;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] != BPF_TCP_CLOSE)

@@ -54,7 +54,11 @@ struct sock {
 } __attribute__((preserve_access_index));
 
 struct udp_sock;
-struct tcp_sock;
+
+struct tcp_sock {
+	__u64 bytes_received;
+	__u64 bytes_acked;
+} __attribute__((preserve_access_index));
 struct seq_file;
 
 struct bpf_iter_meta {
@@ -92,8 +96,11 @@ struct {
 /* One record per socket a revocation may concern: open TCP connections
  * (established, connecting, or half-closed by the peer), listeners (so the
  * agent can tell accepted connections from its own), and UDP sockets with a
- * peer. Time-wait and request sockets carry no process's traffic. */
-static __always_inline void egressd_list(struct seq_file *seq, struct sock *sk, __u8 proto, __u8 state)
+ * peer. Time-wait and request sockets carry no process's traffic. A TCP
+ * socket's byte counters are read here, when the agent asks: egressctl
+ * flows and /metrics show open connections' bytes from them. */
+static __always_inline void egressd_list(struct seq_file *seq, struct sock *sk, struct tcp_sock *tp, __u8 proto,
+					 __u8 state)
 {
 	struct egressd_socket_record r = {};
 
@@ -105,6 +112,10 @@ static __always_inline void egressd_list(struct seq_file *seq, struct sock *sk, 
 	r.state = state;
 	r.port = bpf_ntohs(sk->__sk_common.skc_dport);
 	r.local_port = sk->__sk_common.skc_num;
+	if (tp) {
+		r.bytes_sent = tp->bytes_acked;
+		r.bytes_received = tp->bytes_received;
+	}
 	if (r.family == AF_INET) {
 		r.addr[10] = 0xff;
 		r.addr[11] = 0xff;
@@ -135,7 +146,7 @@ int egressd_list_tcp(struct bpf_iter__tcp *ctx)
 	tp = bpf_skc_to_tcp_sock(skc); /* NULL for what is not a full socket: time-wait, request */
 	if (!tp)
 		return 0;
-	egressd_list(ctx->meta->seq, (struct sock *)tp, IPPROTO_TCP, state);
+	egressd_list(ctx->meta->seq, (struct sock *)tp, tp, IPPROTO_TCP, state);
 	return 0;
 }
 
@@ -146,7 +157,7 @@ int egressd_list_udp(struct bpf_iter__udp *ctx)
 
 	if (!sk || !sk->__sk_common.skc_dport)
 		return 0; /* unconnected: each datagram is decided at sendmsg() */
-	egressd_list(ctx->meta->seq, sk, (__u8)sk->sk_protocol, TCP_ESTABLISHED);
+	egressd_list(ctx->meta->seq, sk, NULL, (__u8)sk->sk_protocol, TCP_ESTABLISHED);
 	return 0;
 }
 

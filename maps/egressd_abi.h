@@ -57,7 +57,7 @@
 #define EGRESSD_MAP_EVENTS events_v1
 #define EGRESSD_MAP_EVENT_LIMITS event_limits_v1 /* per-source token buckets */
 #define EGRESSD_MAP_EVENT_STATS event_stats_v1
-#define EGRESSD_MAP_FLOWS flows_v1
+#define EGRESSD_MAP_FLOWS flows_v2 /* v2: no byte counts (read from the socket when asked) */
 #define EGRESSD_MAP_RULE_TRAFFIC rule_traffic_v1
 #define EGRESSD_MAP_ID_TRAFFIC id_traffic_v1
 #define EGRESSD_MAP_DNS_SCRATCH dns_scratch_v1 /* per-CPU: a DNS response and what it says */
@@ -338,13 +338,17 @@ enum egressd_event_stat {
 
 /* ---- flows -------------------------------------------------------------------
  * The connect hook records a TCP socket it allowed for a reason other than
- * local or mesh in flows_v1 (LRU by socket cookie), as connecting
+ * local or mesh in flows_v2 (LRU by socket cookie), as connecting
  * (started_ns 0). The sockops program asks for state callbacks on it when
  * the SYN goes out, stamps it established, and, when it closes, adds its
  * bytes to the totals per rule (rule_traffic_v1) and per identity
  * (id_traffic_v1) and removes it; a connection that never got established
- * is removed without totals. (An LRU update costs a fraction of creating
- * socket-local storage on every connect.) */
+ * is removed without totals. Nothing runs while bytes flow: an open flow's
+ * bytes so far are read from the socket itself when asked (the socket
+ * iterators of bpf/revoke.bpf.c). With the agent's `flows: off`, nothing is
+ * recorded and the sockops program returns at once (egressd_flows_enabled,
+ * set at load). (An LRU update costs a fraction of creating socket-local
+ * storage on every connect.) */
 #define EGRESSD_FLOW_CAPACITY 65536
 #define EGRESSD_TRAFFIC_RULES 16384
 #define EGRESSD_TRAFFIC_IDENTITIES 16384
@@ -358,10 +362,6 @@ struct egressd_flow {
 	__u16 port;
 	__u8 reason;
 	__u8 _pad[5];
-	/* So far, as of the last RTT sample (an ACK of new data); received bytes
-	 * may lag until close, when the totals get the exact counts. */
-	__u64 bytes_sent;
-	__u64 bytes_received;
 };
 
 struct egressd_traffic_key {
@@ -398,6 +398,10 @@ struct egressd_socket_record {
 	__u8 proto;        /* IPPROTO_TCP / IPPROTO_UDP / IPPROTO_UDPLITE */
 	__u8 state;        /* TCP state; 1 (established) for a UDP socket with a peer */
 	__u8 _pad[5];
+	/* TCP: the socket's own counters so far (bytes_acked, bytes_received),
+	 * counted like egressd_traffic's; 0 for UDP. */
+	__u64 bytes_sent;
+	__u64 bytes_received;
 };
 
 /* ---- counters_v2: PERCPU_ARRAY, key __u32 reason * EGRESSD_HOOK_MAX + hook */

@@ -248,9 +248,11 @@ while s.recv(65536): pass
 s.close()" &
 client_pid=$!
 sleep 0.7
-check "egressctl flows shows the open connection" bash -c "'$egressctl' --config '$work/egressd.yaml' flows --json | python3 -c '
+check "egressctl flows shows the open connection and its bytes so far" bash -c "'$egressctl' --config '$work/egressd.yaml' flows --json | python3 -c '
 import json,sys; f=json.load(sys.stdin)
-exit(0 if any(x[\"identity\"]==\"web/client\" and x[\"destination\"]==\"203.0.113.10\" and x[\"port\"]==80 and x[\"policy\"]==\"web/web-by-name\" for x in f) else 1)'"
+exit(0 if any(x[\"identity\"]==\"web/client\" and x[\"destination\"]==\"203.0.113.10\" and x[\"port\"]==80 and x[\"policy\"]==\"web/web-by-name\" and x[\"bytesSent\"] > 18 and x[\"bytesReceived\"] > 100 for x in f) else 1)'"
+open_received=$(metric egressd_open_egress_bytes reason=policy rule=web/web-by-name direction=received)
+check "/metrics has its bytes so far, read from the socket (received ${open_received})" test "${open_received%.*}" -gt 100
 wait "$client_pid"
 sleep 0.3
 sent=$(metric egressd_egress_bytes_total reason=policy rule=web/web-by-name direction=sent)

@@ -50,13 +50,13 @@ void sweep_stale_pins() noexcept {
 
 }  // namespace
 
-Enforcer::Enforcer(const TestCgroup& cgroup, const Capacities& capacities)
+Enforcer::Enforcer(const TestCgroup& cgroup, const Capacities& capacities, bool track_flows)
     : pin_dir_(fmt::format("/sys/fs/bpf/{}{}", kPinPrefix, ::getpid())) {
     sweep_stale_pins();
     std::vector<std::string> ignored;
     (void)cleanup_pins(pin_dir_, ignored);
     REQUIRE_MESSAGE(ensure_bpffs_dir(pin_dir_).ok(), "bpffs unavailable for " << pin_dir_);
-    auto dp = Datapath::load({pin_dir_, capacities});
+    auto dp = Datapath::load({pin_dir_, capacities, track_flows});
     REQUIRE_MESSAGE(dp.ok(), (dp.ok() ? "" : dp.error().describe()));
     datapath_ = std::move(*dp);
     target_ = CgroupTarget{cgroup.path(), cgroup.id()};

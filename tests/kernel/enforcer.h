@@ -31,7 +31,8 @@ Cidr cidr(const char* text);
 // fails. Generation numbers increase with every publish.
 class Enforcer {
 public:
-    explicit Enforcer(const testenv::TestCgroup& cgroup, const Capacities& capacities = Capacities{});
+    explicit Enforcer(const testenv::TestCgroup& cgroup, const Capacities& capacities = Capacities{},
+                      bool track_flows = true);
     ~Enforcer();
     Enforcer(const Enforcer&) = delete;
     Enforcer& operator=(const Enforcer&) = delete;

@@ -11,6 +11,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "kernel/datapath.h"
 #include "kernel/event_reader.h"
 #include "kernel/pins.h"
+#include "kernel/revoker.h"
 #include "testenv.h"
 
 using namespace egressd;
@@ -72,6 +74,20 @@ IpAddress address_of(const egressd_event& e) {
     IpAddress a;
     std::copy(std::begin(e.addr), std::end(e.addr), a.bytes.begin());
     return a;
+}
+
+
+// A TCP connection to the sink's external address on port 80: its descriptor,
+// or -1 when connect() fails.
+int connect_external_tcp() {
+    sockaddr_in dst{};
+    dst.sin_family = AF_INET;
+    dst.sin_port = htons(80);
+    inet_pton(AF_INET, Net::kExternal4, &dst.sin_addr);
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) == 0) return fd;
+    ::close(fd);
+    return -1;
 }
 
 }  // namespace
@@ -213,14 +229,12 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
     REQUIRE(::pipe(release) == 0);
     std::thread child([&] {
         const int rc = run_in_cgroup(env.cg, &env.net, [&] {
-            sockaddr_in dst{};
-            dst.sin_family = AF_INET;
-            dst.sin_port = htons(80);
-            inet_pton(AF_INET, Net::kExternal4, &dst.sin_addr);
-            const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-            if (::connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) != 0) return 2;
+            const int fd = connect_external_tcp();
+            if (fd < 0) return 2;
             // A mesh connection is not egress: it must not become a flow.
-            sockaddr_in mesh = dst;
+            sockaddr_in mesh{};
+            mesh.sin_family = AF_INET;
+            mesh.sin_port = htons(80);
             inet_pton(AF_INET, Net::kMesh4, &mesh.sin_addr);
             const int mesh_fd = ::socket(AF_INET, SOCK_STREAM, 0);
             if (::connect(mesh_fd, reinterpret_cast<sockaddr*>(&mesh), sizeof(mesh)) != 0) return 3;
@@ -245,18 +259,30 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
     auto flows = maps.read_flows();
     REQUIRE(flows.ok());
     std::vector<egressd_flow> ours;
-    for (const auto& [cookie, flow] : *flows)
-        if (flow.cgroup_id == env.cg.id()) ours.push_back(flow);
+    uint64_t our_cookie = 0;
+    for (const auto& [cookie, flow] : *flows) {
+        if (flow.cgroup_id != env.cg.id()) continue;
+        ours.push_back(flow);
+        our_cookie = cookie;
+    }
     REQUIRE(ours.size() == 1);  // the egress connection, not the mesh one
     IpAddress flow_dst;
     std::copy(std::begin(ours[0].addr), std::end(ours[0].addr), flow_dst.bytes.begin());
     CHECK(flow_dst == IpAddress::parse(Net::kExternal4).value());
     CHECK(ours[0].port == 80);
     CHECK(ours[0].reason == EGRESSD_REASON_PASSTHROUGH);
-    // While open, counts are as of the last RTT sample: an ACK of our data,
-    // taken before the data riding on the same segment is counted. So sent
-    // is current here; received may lag until close.
-    CHECK(ours[0].bytes_sent >= 3000);
+    // While open, nothing in the kernel counts its bytes: they are read from
+    // the socket when asked, as egressctl flows does. Our 3000 bytes and the
+    // SYN are acknowledged (the echo came back), the echo received.
+    auto iterators = Revoker::load();
+    REQUIRE(iterators.ok());
+    const Revoker::Listing listing = (*iterators)->list({{env.cg.path(), env.cg.id()}}, cgroup2_mount());
+    CHECK(listing.problems.empty());
+    const auto open = std::find_if(listing.sockets.begin(), listing.sockets.end(),
+                                   [&](const OpenSocket& s) { return s.cookie == our_cookie; });
+    REQUIRE(open != listing.sockets.end());
+    CHECK(open->bytes_sent == 3000 + 1);
+    CHECK(open->bytes_received == 3000);
 
     c = 'x';
     REQUIRE(::write(release[1], &c, 1) == 1);
@@ -282,6 +308,47 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
     auto identities = maps.read_identity_traffic();
     REQUIRE(identities.ok());
     CHECK(identities->count(0) == 1);  // unknown identity: the enforced cgroup is not a workload
+}
+
+TEST_CASE("kernel: flows: off: connections are decided and counted, and leave no flow and no totals") {
+    EGRESSD_REQUIRE_KERNEL_ENV();
+    EnforcedEnv env;
+    Enforcer enforcer(env.cg, Capacities{}, /*track_flows=*/false);
+    enforcer.publish(test_agent(env.cg), mesh_with_egress(true));  // passthrough
+    enforcer.attach();
+    const MapSet& maps = enforcer.datapath().maps();
+    const Traffic before = passthrough_traffic(maps);
+    const uint64_t decided_before =
+        enforcer.counters()[EGRESSD_REASON_PASSTHROUGH * EGRESSD_HOOK_MAX + EGRESSD_HOOK_CONNECT4];
+
+    const int rc = run_in_cgroup(env.cg, &env.net, [] {
+        const int fd = connect_external_tcp();
+        if (fd < 0) return 2;
+        char buf[100] = {};
+        if (::send(fd, buf, sizeof(buf), 0) != static_cast<ssize_t>(sizeof(buf))) return 3;
+        ::close(fd);
+        return 0;
+    });
+    CHECK(rc == 0);
+    CHECK(enforcer.counters()[EGRESSD_REASON_PASSTHROUGH * EGRESSD_HOOK_MAX + EGRESSD_HOOK_CONNECT4] ==
+          decided_before + 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // what a close would have counted
+    int ours = 0;
+    uint64_t cookie = 0, next = 0;
+    for (bool first = true; bpf_map_get_next_key(maps.flows.fd(), first ? nullptr : &cookie, &next) == 0;
+         first = false) {
+        cookie = next;
+        egressd_flow flow{};
+        if (bpf_map_lookup_elem(maps.flows.fd(), &cookie, &flow) == 0 && flow.cgroup_id == env.cg.id()) ++ours;
+    }
+    CHECK(ours == 0);
+    CHECK(passthrough_traffic(maps).connections == before.connections);
+
+    // The setting is the programs' own (.rodata): an agent started with flows
+    // on adopts the maps pinned by one with flows off, and the other way.
+    auto restarted = Datapath::load({enforcer.pin_dir(), Capacities{}, true});
+    REQUIRE(restarted.ok());
+    CHECK((*restarted)->adopted_maps());
 }
 
 TEST_CASE("kernel: flows: a connection that is refused leaves no flow, no totals and no loss behind") {

@@ -282,10 +282,11 @@ TEST_CASE("Telemetry: failing kernel reads leave the kernel families out and cou
     CHECK(first.family("egressd_events_lost_total") == nullptr);
     CHECK(first.family("egressd_egress_bytes_total") == nullptr);
     CHECK(first.family("egressd_dns_responses_total") == nullptr);
+    CHECK(first.family("egressd_open_egress_bytes") == nullptr);
     const double errors = value_of(first, "egressd_kernel_read_errors_total");
-    CHECK(errors == 4);  // decision counters, event statistics, DNS statistics, traffic totals
+    CHECK(errors == 5);  // decision counters, event statistics, DNS statistics, traffic totals, open flows
     const prom::Exposition second = scrape(port);
-    CHECK(value_of(second, "egressd_kernel_read_errors_total") == errors + 4);
+    CHECK(value_of(second, "egressd_kernel_read_errors_total") == errors + 5);
     CHECK(value_of(second, "egressd_ready") == 0);  // the rest is still there
 }
 

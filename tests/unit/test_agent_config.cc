@@ -95,9 +95,10 @@ TEST_CASE("bad agent settings: file, line, column, key path and reason") {
         {"a typo in a key", with_required("sidecarUid: 1500\n"),
          "3:1: sidecarUid: unknown key; expected one of cgroup, cgroupMount, bpffs, meshConfig, meshCIDRs, "
          "sidecarUID, runDir, egressPolicySemantics, policyDir, workloads, dnsServer, dnsLearning, mode, rawSockets, "
-         "revokeOnTighten, events, httpAddress, capacities, kubernetes"},
+         "revokeOnTighten, flows, events, httpAddress, capacities, kubernetes"},
         {"rawSockets neither deny nor allow", with_required("rawSockets: audit\n"),
          "3:13: rawSockets: expected deny or allow, got \"audit\""},
+        {"flows neither on nor off", with_required("flows: false\n"), "3:8: flows: expected on or off, got \"false\""},
         {"a typo under capacities", with_required("capacities:\n  cidr: 10\n"),
          "4:3: capacities.cidr: unknown key; expected one of cidrs, ports, policyRules, policies, identities, "
          "workloads, dnsLearned"},
@@ -239,4 +240,16 @@ TEST_CASE("rawSockets is deny and revokeOnTighten true unless set") {
     REQUIRE(set);
     CHECK(set->allow_raw_sockets);
     CHECK_FALSE(set->revoke_on_tighten);
+}
+
+TEST_CASE("flows is on unless set off") {
+    const auto defaults = parse_agent_config(with_required(""), "egressd.yaml");
+    REQUIRE(defaults);
+    CHECK(defaults->track_flows);
+    const auto off = parse_agent_config(with_required("flows: off\n"), "egressd.yaml");
+    REQUIRE(off);
+    CHECK_FALSE(off->track_flows);
+    const auto on = parse_agent_config(with_required("flows: on\n"), "egressd.yaml");
+    REQUIRE(on);
+    CHECK(on->track_flows);
 }

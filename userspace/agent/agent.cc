@@ -97,7 +97,7 @@ Status Agent::prepare_cgroup_and_lock() {
 // Loads the programs, adopting the pinned maps and the generation they hold
 // (enforcement goes on meanwhile), and the reconciler on top of them.
 Status Agent::load_and_adopt() {
-    auto datapath = Datapath::load({config_.bpffs, config_.capacities});
+    auto datapath = Datapath::load({config_.bpffs, config_.capacities, config_.track_flows});
     if (!datapath) return datapath.error();
     datapath_ = std::move(*datapath);
     reconciler_ = std::make_unique<Reconciler>(config_, *datapath_, cgroup_, cgroup_level_);
@@ -272,6 +272,22 @@ Status Agent::start_telemetry_and_events() {
     auto started = Telemetry::start(telemetry, &datapath_->maps());
     if (!started) return started.error().with_context(config_.source_file.string() + ": httpAddress");
     telemetry_ = std::move(*started);
+    // Open connections' bytes, read at scrape time by iterators of their own
+    // (the HTTP threads never share the revoker), loaded on first use.
+    telemetry_->read_open_sockets(
+        [root = cgroup_, mount = cgroup_mount_,
+         iterators = std::shared_ptr<Revoker>()]() mutable -> Result<std::map<uint64_t, std::pair<uint64_t, uint64_t>>> {
+            if (!iterators) {
+                auto loaded = Revoker::load();
+                if (!loaded) return loaded.error().with_context("socket iterators");
+                iterators = std::move(*loaded);
+            }
+            const Revoker::Listing listing = iterators->list({root}, mount);
+            if (!listing.problems.empty()) return make_error(listing.problems.front());
+            std::map<uint64_t, std::pair<uint64_t, uint64_t>> bytes;
+            for (const OpenSocket& s : listing.sockets) bytes[s.cookie] = {s.bytes_sent, s.bytes_received};
+            return bytes;
+        });
     boottime_offset_ns_ = boottime_to_unix_offset_ns();
     auto reader =
         EventReader::open(datapath_->maps().events.get(), [this](const egressd_event& e) { on_kernel_event(e); });

@@ -70,6 +70,13 @@ Status KernelMetrics::register_families(observe::Registry& registry) {
         k.counter("egressd_identity_egress_bytes_total",
                   "Bytes of closed egress TCP connections by source identity (NAMESPACE/SERVICEACCOUNT, or unknown).",
                   {"identity", "direction"}));
+    open_connections_ = r.take(k.gauge("egressd_open_egress_connections",
+                                       "Open egress TCP connections (tracked flows), by the rule that allowed them.",
+                                       {"reason", "rule"}));
+    open_bytes_ = r.take(k.gauge("egressd_open_egress_bytes",
+                                 "Bytes of open egress TCP connections so far, by rule and direction, read from the "
+                                 "sockets at scrape time; at close they move to egressd_egress_bytes_total.",
+                                 {"reason", "rule", "direction"}));
     dns_queries_ = r.take(k.counter("egressd_dns_queries_total",
                                     "DNS queries from enforced workloads to a trusted resolver, recorded to match "
                                     "their answers."));
@@ -98,6 +105,7 @@ void KernelMetrics::scrape(std::vector<RenderedFamily>& families) {
     scrape_event_stats(families);
     scrape_dns_stats(families);
     scrape_traffic(families);
+    scrape_open_flows(families);
 }
 
 void KernelMetrics::scrape_dns_stats(std::vector<RenderedFamily>& families) {
@@ -206,6 +214,37 @@ void KernelMetrics::scrape_traffic(std::vector<RenderedFamily>& families) {
     render(*egress_connections_, families);
     render(*egress_bytes_, families);
     render(*identity_bytes_, families);
+}
+
+// The connections flows_v2 tracks, with their sockets' bytes so far.
+void KernelMetrics::scrape_open_flows(std::vector<RenderedFamily>& families) {
+    auto flows = maps_->read_flows();
+    auto control = maps_->read_control();
+    if (!flows.ok()) return read_failed("open flows", flows.error());
+    if (!control.ok()) return read_failed("open flows", control.error());
+    Result<std::map<uint64_t, std::pair<uint64_t, uint64_t>>> bytes = std::map<uint64_t, std::pair<uint64_t, uint64_t>>{};
+    if (!flows->empty() && read_open_sockets_) bytes = read_open_sockets_();
+    if (!bytes.ok()) return read_failed("open sockets", bytes.error());
+    read_works("open flows");
+    std::map<uint32_t, PolicyRef> policies;
+    if (!flows->empty()) {
+        if (auto names_in_force = maps_->read_policy_names(control->active_slot & 1); names_in_force.ok())
+            policies = std::move(*names_in_force);
+    }
+    open_connections_->clear();
+    open_bytes_->clear();
+    for (const auto& [cookie, flow] : *flows) {
+        const auto reason = reason_from(flow.reason);
+        std::string rule = std::to_string(flow.rule);
+        if (reason == EGRESSD_REASON_POLICY && policies.contains(flow.rule)) rule = policies.at(flow.rule).str();
+        const std::string why(reason_name(reason));
+        open_connections_->labels({why, rule}).inc();
+        const auto socket = bytes->find(cookie);
+        open_bytes_->labels({why, rule, "sent"}).inc(socket == bytes->end() ? 0.0 : double(socket->second.first));
+        open_bytes_->labels({why, rule, "received"}).inc(socket == bytes->end() ? 0.0 : double(socket->second.second));
+    }
+    render(*open_connections_, families);
+    render(*open_bytes_, families);
 }
 
 // Logs a failing read once, until it succeeds again.

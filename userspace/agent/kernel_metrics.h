@@ -1,9 +1,12 @@
 // The families of /metrics that the kernel counts: decisions by reason and
-// hook, event statistics, and the traffic of closed egress connections by rule
-// and by identity. They are read from the maps at scrape time; a family whose
+// hook, event statistics, the traffic of closed egress connections by rule
+// and by identity, and the bytes of open ones so far (read from their sockets
+// at scrape time: nothing in the kernel counts them while they flow). They are read from the maps at scrape time; a family whose
 // read fails is left out of that scrape (and counted), never shown stale.
 #pragma once
 
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -31,6 +34,14 @@ public:
     // a restart of the kernel's counters).
     void scrape(std::vector<RenderedFamily>& families);
 
+    // The enforced processes' TCP sockets' counters (sent, received) by
+    // cookie, read now; called from the HTTP threads while a flow is open.
+    using OpenSocketBytes = std::function<Result<std::map<uint64_t, std::pair<uint64_t, uint64_t>>>()>;
+    void read_open_sockets(OpenSocketBytes read) {
+        std::lock_guard lock(scrape_mutex_);
+        read_open_sockets_ = std::move(read);
+    }
+
 private:
     explicit KernelMetrics(const MapSet* maps) : maps_(maps) {}
     Status register_families(observe::Registry& registry);
@@ -38,6 +49,7 @@ private:
     void scrape_event_stats(std::vector<RenderedFamily>& families);
     void scrape_dns_stats(std::vector<RenderedFamily>& families);
     void scrape_traffic(std::vector<RenderedFamily>& families);
+    void scrape_open_flows(std::vector<RenderedFamily>& families);
     void read_failed(const std::string& what, const Error& error);
     void read_works(const std::string& what);
 
@@ -54,6 +66,9 @@ private:
     observe::CounterFamily* egress_connections_ = nullptr;
     observe::CounterFamily* egress_bytes_ = nullptr;
     observe::CounterFamily* identity_bytes_ = nullptr;
+    observe::GaugeFamily* open_connections_ = nullptr;
+    observe::GaugeFamily* open_bytes_ = nullptr;
+    OpenSocketBytes read_open_sockets_;
     observe::CounterFamily* dns_responses_ = nullptr;
     observe::CounterFamily* dns_queries_ = nullptr;
     observe::CounterFamily* dns_learned_ = nullptr;

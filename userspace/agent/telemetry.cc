@@ -171,6 +171,10 @@ public:
 
     uint16_t http_port() const override { return server_ ? server_->port() : 0; }
 
+    void read_open_sockets(KernelMetrics::OpenSocketBytes read) override {
+        if (kernel_) kernel_->read_open_sockets(std::move(read));
+    }
+
     Status watch_resources(std::function<std::vector<WatchedResource>()> read) override {
         observe::Registrations r;
         auto& g = registry_;

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
+#include "agent/kernel_metrics.h"
 #include "kernel/map_set.h"
 
 namespace egressd {
@@ -74,6 +75,9 @@ public:
         double last_sync_unix_seconds = 0;  // 0: never
     };
     virtual Status watch_resources(std::function<std::vector<WatchedResource>()> read) = 0;
+
+    // How /metrics reads open connections' bytes (KernelMetrics::OpenSocketBytes).
+    virtual void read_open_sockets(KernelMetrics::OpenSocketBytes read) = 0;
 
     // The bound HTTP port (0 when disabled).
     virtual uint16_t http_port() const = 0;

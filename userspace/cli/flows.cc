@@ -1,5 +1,8 @@
 // egressctl flows: the open egress TCP connections the kernel tracks, with
-// who opened them, where to, why they were allowed, their age and bytes.
+// who opened them, where to, why they were allowed, their age and bytes. The
+// bytes are read from the sockets themselves, now (socket iterators in each
+// enforced network namespace): nothing in the kernel counts them while they
+// flow.
 #include <time.h>
 
 #include <CLI/CLI.hpp>
@@ -10,12 +13,41 @@
 
 #include "cli/common.h"
 #include "core/decision.h"
+#include "kernel/cgroup.h"
+#include "kernel/mounts.h"
+#include "kernel/revoker.h"
 
 namespace egressd::cli {
 
 namespace {
 
 using nlohmann::json;
+
+struct LiveBytes {
+    uint64_t sent = 0, received = 0;
+};
+
+// The counters of the enforced processes' TCP sockets, by cookie; nullopt
+// (with why on stderr) when they cannot be read here.
+std::optional<std::map<uint64_t, LiveBytes>> read_live_bytes(const AgentConfig& config) {
+    auto fail = [](const std::string& why) -> std::optional<std::map<uint64_t, LiveBytes>> {
+        std::cerr << "egressctl: bytes not shown: " << why << "\n";
+        return std::nullopt;
+    };
+    auto mount = find_cgroup2_mount();
+    if (!mount) return fail(mount.error().describe());
+    auto path = resolve_cgroup_path(config.cgroup, *mount);
+    if (!path) return fail(path.error().describe());
+    auto cgroup = open_existing_cgroup(*path);
+    if (!cgroup) return fail(cgroup.error().describe());
+    auto iterators = Revoker::load();
+    if (!iterators) return fail(iterators.error().describe());
+    const Revoker::Listing listing = (*iterators)->list({*cgroup}, *mount);
+    for (const std::string& problem : listing.problems) std::cerr << "egressctl: " << problem << "\n";
+    std::map<uint64_t, LiveBytes> bytes;
+    for (const OpenSocket& s : listing.sockets) bytes[s.cookie] = {s.bytes_sent, s.bytes_received};
+    return bytes;
+}
 
 // One JSON object per flow, as `flows --json` prints them.
 Result<json> read_flows(const AgentConfig& config) {
@@ -30,13 +62,21 @@ Result<json> read_flows(const AgentConfig& config) {
     const auto policies = maps->read_policy_names(control->active_slot & 1);
     if (!policies) return policies.error();
     const uint64_t now_ns = boot_time_ns();
+    const auto live = flows->empty() ? std::map<uint64_t, LiveBytes>{} : read_live_bytes(config);
 
     json out = json::array();
     for (const auto& [cookie, f] : *flows) {
         IpAddress dst;
         std::copy(std::begin(f.addr), std::end(f.addr), dst.bytes.begin());
         const auto reason = reason_from(f.reason);
-        json identity = nullptr, policy = nullptr;
+        json identity = nullptr, policy = nullptr, sent = nullptr, received = nullptr;
+        if (live) {
+            // Not listed: closed or reset since the map was read.
+            const auto it = live->find(cookie);
+            if (it == live->end()) continue;
+            sent = it->second.sent;
+            received = it->second.received;
+        }
         if (auto it = names->find(f.identity); f.identity && it != names->end()) identity = it->second.str();
         if (reason == EGRESSD_REASON_POLICY && policies->contains(f.rule)) policy = policies->at(f.rule).str();
         out.push_back({{"cookie", cookie},
@@ -47,8 +87,8 @@ Result<json> read_flows(const AgentConfig& config) {
                        {"reason", std::string(reason_name(reason))},
                        {"policy", policy},
                        {"ageSeconds", now_ns > f.started_ns ? static_cast<double>(now_ns - f.started_ns) / 1e9 : 0.0},
-                       {"bytesSent", f.bytes_sent},
-                       {"bytesReceived", f.bytes_received}});
+                       {"bytesSent", sent},
+                       {"bytesReceived", received}});
     }
     return out;
 }
@@ -61,9 +101,10 @@ void print_flows(const json& flows) {
         const std::string dst = address_for_port(f["destination"].get<std::string>());
         const std::string why =
             f["policy"].is_null() ? f["reason"].get<std::string>() : "policy " + f["policy"].get<std::string>();
+        auto bytes = [](const json& n) { return n.is_null() ? std::string("-") : std::to_string(n.get<uint64_t>()); };
         std::cout << fmt::format("{:<22} {:<40} {:<14} {:>8.1f}s {:>12} {:>12}\n", who,
                                  dst + ":" + std::to_string(f["port"].get<int>()), why, f["ageSeconds"].get<double>(),
-                                 f["bytesSent"].get<uint64_t>(), f["bytesReceived"].get<uint64_t>());
+                                 bytes(f["bytesSent"]), bytes(f["bytesReceived"]));
     }
     std::cout << fmt::format("{} open egress connections\n", flows.size());
 }

@@ -165,7 +165,7 @@ void read_sources(const Field& root, const fs::path& directory, AgentConfig& con
 AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
     root.reject_unknown_keys({"cgroup", "cgroupMount", "bpffs", "meshConfig", "meshCIDRs", "sidecarUID", "runDir",
                               "egressPolicySemantics", "policyDir", "workloads", "dnsServer", "dnsLearning", "mode",
-                              "rawSockets", "revokeOnTighten", "events", "httpAddress", "capacities", "kubernetes"});
+                              "rawSockets", "revokeOnTighten", "flows", "events", "httpAddress", "capacities", "kubernetes"});
     AgentConfig config;
     config.source_file = source_file;
     const fs::path directory = source_file.parent_path();
@@ -201,6 +201,11 @@ AgentConfig read_agent_config(const Field& root, const fs::path& source_file) {
         config.allow_raw_sockets = name == "allow";
     }
     if (const Field revoke = root.child("revokeOnTighten"); revoke.present()) config.revoke_on_tighten = revoke.boolean();
+    if (const Field flows = root.child("flows"); flows.present()) {
+        const std::string name = flows.string();
+        if (name != "on" && name != "off") flows.fail(fmt::format("expected on or off, got \"{}\"", name));
+        config.track_flows = name == "on";
+    }
     read_events(root.child("events"), directory, config);
     if (const Field http = root.child("httpAddress"); http.is_null()) {
         config.http_address.clear();

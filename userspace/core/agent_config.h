@@ -94,6 +94,10 @@ struct AgentConfig {
     // revokeOnTighten: a generation that denies what an open connection of an
     // enforced workload does tears that connection down.
     bool revoke_on_tighten = true;
+    // flows: on (the default) tracks allowed egress TCP connections for
+    // egressctl flows and the traffic totals; off leaves the decision alone
+    // on the connect path. Fixed when the programs load (an agent restart).
+    bool track_flows = true;
     bool report_policy_allows = false;            // events.allowedByPolicy
     bool report_passthrough = false;              // events.passthrough
     std::filesystem::path event_log;              // events.log: JSON lines; empty = stderr

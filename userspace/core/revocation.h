@@ -26,6 +26,7 @@ struct OpenSocket {
     uint8_t proto = 0;  // IPPROTO_TCP / IPPROTO_UDP / IPPROTO_UDPLITE
     uint32_t uid = 0;
     bool listening = false;  // a TCP listener: its port marks accepted connections
+    uint64_t bytes_sent = 0, bytes_received = 0;  // TCP: the socket's counters when listed
 };
 
 // Enforced cgroups by id: their parent (0 for an enforced root) and level

@@ -61,11 +61,12 @@ static_assert(sizeof(egressd_policy_name) == EGRESSD_NAMESPACE_LEN + EGRESSD_NAM
 
 static_assert(sizeof(egressd_event) == 80);
 // Written by bpf/revoke.bpf.c with bpf_seq_write, read back whole by kernel/revoker.cc.
-static_assert(sizeof(egressd_socket_record) == 48);
+static_assert(sizeof(egressd_socket_record) == 64);
 static_assert(offsetof(egressd_socket_record, addr) == 16);
 static_assert(offsetof(egressd_socket_record, uid) == 32);
 static_assert(offsetof(egressd_socket_record, port) == 36);
 static_assert(offsetof(egressd_socket_record, family) == 40);
+static_assert(offsetof(egressd_socket_record, bytes_sent) == 48);
 static_assert(offsetof(egressd_event, cgroup_id) == 8);
 static_assert(offsetof(egressd_event, generation) == 16);
 static_assert(offsetof(egressd_event, pid) == 24);
@@ -76,9 +77,9 @@ static_assert(offsetof(egressd_event, kind) == 60);
 static_assert(offsetof(egressd_event, comm) == 64);
 static_assert(offsetof(egressd_event, flags) == 62);
 static_assert(sizeof(egressd_event_bucket) == 16);
-static_assert(sizeof(egressd_flow) == 64);
+static_assert(sizeof(egressd_flow) == 48);
 static_assert(offsetof(egressd_flow, addr) == 24);
-static_assert(offsetof(egressd_flow, bytes_sent) == 48);
+static_assert(offsetof(egressd_flow, port) == 40);
 static_assert(sizeof(egressd_traffic_key) == 8);
 static_assert(sizeof(egressd_traffic) == 24);
 

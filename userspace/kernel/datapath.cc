@@ -56,14 +56,25 @@ Status size_maps(bpf_object* object, const Capacities& capacities) {
     return {};
 }
 
+// The maps egressd pins and adopts by name: all but the object's internal
+// .rodata, which holds load-time settings (egressd_flows_enabled) and
+// belongs to this load's programs alone.
+std::vector<bpf_map*> shared_maps(const bpf_object* object) {
+    std::vector<bpf_map*> maps;
+    bpf_map* map = nullptr;
+    bpf_object__for_each_map(map, object) {
+        if (!bpf_map__is_internal(map)) maps.push_back(map);
+    }
+    return maps;
+}
+
 // Makes the object use the pinned maps if all of them exist and match its
 // definitions; a partial or incompatible set is replaced as a whole, so no
 // program ever pairs a new map with an old one. True when adopted; false
 // with `why` set when something pinned was not.
 Result<bool> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir, std::string& why) {
     std::vector<std::pair<bpf_map*, UniqueFd>> pinned;
-    bpf_map* map = nullptr;
-    bpf_object__for_each_map(map, object) {
+    for (bpf_map* map : shared_maps(object)) {
         const fs::path path = pin_dir / bpf_map__name(map);
         auto fd = open_pinned_object(path, false);
         if (!fd) {
@@ -114,6 +125,7 @@ Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
     if (!dp->skel_) return system_error("opening the BPF object");
     bpf_object* object = dp->skel_->obj;
     if (auto sized = size_maps(object, options.capacities); !sized) return sized.error();
+    dp->skel_->rodata->egressd_flows_enabled = options.track_flows ? 1 : 0;
     auto adopted = reuse_pinned_maps(object, options.pin_dir, dp->not_adopted_why_);
     if (!adopted) return adopted.error();
     dp->adopted_maps_ = *adopted;
@@ -372,8 +384,7 @@ Status pin_links(const std::vector<PinnedLink>& links, const fs::path& dir, bool
 bool Datapath::pins_intact() const {
     struct statfs fs_info {};
     if (::statfs(options_.pin_dir.c_str(), &fs_info) != 0 || fs_info.f_type != BPF_FS_MAGIC) return false;
-    bpf_map* map = nullptr;
-    bpf_object__for_each_map(map, skel_->obj) {
+    for (bpf_map* map : shared_maps(skel_->obj)) {
         if (maps_pinned_ && !path_present(options_.pin_dir / bpf_map__name(map))) return false;
     }
     if (!pin_links(links_, links_dir(options_.pin_dir), false)) return false;
@@ -385,8 +396,7 @@ bool Datapath::pins_intact() const {
 Status Datapath::repin() {
     if (auto ok = ensure_bpffs_dir(options_.pin_dir); !ok) return ok;
     if (maps_pinned_) {
-        bpf_map* map = nullptr;
-        bpf_object__for_each_map(map, skel_->obj) {
+        for (bpf_map* map : shared_maps(skel_->obj)) {
             const fs::path path = options_.pin_dir / bpf_map__name(map);
             if (!path_present(path) && bpf_obj_pin(bpf_map__fd(map), path.c_str()) != 0)
                 return system_error("pinning " + path.string());
@@ -400,8 +410,7 @@ Status Datapath::repin() {
 }
 
 Status Datapath::pin_maps() {
-    bpf_map* map = nullptr;
-    bpf_object__for_each_map(map, skel_->obj) {
+    for (bpf_map* map : shared_maps(skel_->obj)) {
         const fs::path path = options_.pin_dir / bpf_map__name(map);
         // The links use these maps already; an old pin only keeps an unused map alive.
         if (path_present(path) && ::unlink(path.c_str()) != 0) return system_error("replacing " + path.string());

@@ -35,6 +35,7 @@ public:
     struct Options {
         std::filesystem::path pin_dir;
         Capacities capacities;
+        bool track_flows = true;  // off: no flow tracking (flows.bpf.h, egressd_flows_enabled)
     };
 
     // Opens and loads the BPF object. When every pinned map is compatible the

@@ -47,6 +47,8 @@ OpenSocket socket_of(const egressd_socket_record& r) {
     s.proto = r.proto;
     s.uid = r.uid;
     s.listening = r.proto == IPPROTO_TCP && r.state == TCP_LISTEN;
+    s.bytes_sent = r.bytes_sent;
+    s.bytes_received = r.bytes_received;
     return s;
 }
 
@@ -136,6 +138,19 @@ Result<Revoker::Sweep> Revoker::sweep_here(const Chooser& choose) {
     for (size_t i = 0; i < named; ++i) bpf_map_delete_elem(cookies, &doomed[i]);
     if (!status) return status.error();
     return sweep;
+}
+
+Revoker::Listing Revoker::list(const std::vector<CgroupTarget>& roots, const std::filesystem::path& mount) {
+    Listing listing;
+    for (const std::filesystem::path& netns : walk_enforced(roots, mount).namespaces) {
+        auto swept = sweep(netns, [&](const std::vector<OpenSocket>& sockets) {
+            listing.sockets.insert(listing.sockets.end(), sockets.begin(), sockets.end());
+            return std::vector<uint64_t>{};
+        });
+        // The process may have exited between the walk and the sweep.
+        if (!swept && swept.error().errnum != ENOENT) listing.problems.push_back(swept.error().describe());
+    }
+    return listing;
 }
 
 Revoker::Pass Revoker::revoke(const MapImage& image, const std::vector<CgroupTarget>& roots,

@@ -40,6 +40,16 @@ public:
     // process's own namespace). Lists, asks `choose`, destroys.
     Result<Sweep> sweep(const std::filesystem::path& netns, const Chooser& choose);
 
+    // Every open socket of the processes in and below `roots`, namespace by
+    // namespace, with its counters as of now: what egressctl flows and
+    // /metrics show of open connections. Namespaces that could not be read
+    // are named in `problems`.
+    struct Listing {
+        std::vector<OpenSocket> sockets;
+        std::vector<std::string> problems;
+    };
+    Listing list(const std::vector<CgroupTarget>& roots, const std::filesystem::path& mount);
+
     struct Pass {
         std::vector<Revocation> revoked;  // destroyed
         size_t sockets = 0;               // looked at, in every namespace
