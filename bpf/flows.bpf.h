@@ -18,8 +18,8 @@
 #include "report.bpf.h"
 
 /* The agent's `flows` setting, fixed when the programs are loaded: with 0,
- * the verifier drops flow tracking from the connect hooks, and the sockops
- * program returns at once. */
+ * the verifier drops flow tracking from the connect hooks (and the agent
+ * does not attach the sockops program; if attached, it returns at once). */
 const volatile __u32 egressd_flows_enabled = 1;
 
 /* Records an outgoing TCP socket as a connecting flow, with why it was

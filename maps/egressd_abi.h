@@ -346,8 +346,8 @@ enum egressd_event_stat {
  * is removed without totals. Nothing runs while bytes flow: an open flow's
  * bytes so far are read from the socket itself when asked (the socket
  * iterators of bpf/revoke.bpf.c). With the agent's `flows: off`, nothing is
- * recorded and the sockops program returns at once (egressd_flows_enabled,
- * set at load). (An LRU update costs a fraction of creating socket-local
+ * recorded (egressd_flows_enabled, set at load) and the sockops program is
+ * not attached. (An LRU update costs a fraction of creating socket-local
  * storage on every connect.) */
 #define EGRESSD_FLOW_CAPACITY 65536
 #define EGRESSD_TRAFFIC_RULES 16384

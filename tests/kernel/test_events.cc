@@ -310,7 +310,7 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
     CHECK(identities->count(0) == 1);  // unknown identity: the enforced cgroup is not a workload
 }
 
-TEST_CASE("kernel: flows: off: connections are decided and counted, and leave no flow and no totals") {
+TEST_CASE("kernel: flows: off: connections are decided and counted, leave no flow and no totals, no sockops") {
     EGRESSD_REQUIRE_KERNEL_ENV();
     EnforcedEnv env;
     Enforcer enforcer(env.cg, Capacities{}, /*track_flows=*/false);
@@ -343,6 +343,11 @@ TEST_CASE("kernel: flows: off: connections are decided and counted, and leave no
     }
     CHECK(ours == 0);
     CHECK(passthrough_traffic(maps).connections == before.connections);
+    // The sockops program, with nothing to do, is not attached at all.
+    const auto in_use = read_pinned_links(enforcer.pin_dir(), false);
+    CHECK(in_use.size() == kLinkNames.size() - 1);
+    for (const LinkInfo& link : in_use) CHECK_MESSAGE(link.pinned, link.hook);
+    CHECK_FALSE(path_present(links_dir(enforcer.pin_dir()) / "sockops"));
 
     // The setting is the programs' own (.rodata): an agent started with flows
     // on adopts the maps pinned by one with flows off, and the other way.

@@ -144,7 +144,8 @@ std::string Agent::repair_enforcement() {
         return fmt::format("the enforced cgroup {} was removed: nothing is enforced there until it is created again",
                            cgroup_.path.string());
     bool attached = now->id == cgroup_.id;
-    for (const LinkInfo& link : read_pinned_links(config_.bpffs)) attached &= link.pinned && link.cgroup_id == now->id;
+    for (const LinkInfo& link : read_pinned_links(config_.bpffs, config_.track_flows))
+        attached &= link.pinned && link.cgroup_id == now->id;
     if (attached) return "";
     auto reports = datapath_->attach(*now);
     if (!reports)

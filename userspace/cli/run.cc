@@ -101,11 +101,12 @@ Result<fs::path> enforced_cgroup(const AgentConfig& config) {
     const auto cgroup = open_existing_cgroup(*enforced);
     if (!cgroup) return cgroup.error().with_context("is egressd running? (scripts/run)");
     int attached = 0;
-    for (const auto& l : read_pinned_links(config.bpffs)) attached += l.pinned && l.cgroup_id == cgroup->id;
-    if (attached != static_cast<int>(kLinkNames.size()))
+    const auto links = read_pinned_links(config.bpffs, config.track_flows);
+    for (const auto& l : links) attached += l.pinned && l.cgroup_id == cgroup->id;
+    if (attached != static_cast<int>(links.size()))
         return make_error(
             fmt::format("egressd is not enforcing on {} ({} of {} programs attached); start it with scripts/run",
-                        enforced->string(), attached, kLinkNames.size()));
+                        enforced->string(), attached, links.size()));
     return enforced;
 }
 

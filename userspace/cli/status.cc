@@ -36,7 +36,7 @@ struct StatusView {
 
 Result<StatusView> read_status(const AgentConfig& config) {
     StatusView view;
-    view.links = read_pinned_links(config.bpffs);
+    view.links = read_pinned_links(config.bpffs, config.track_flows);
     if (auto maps = MapSet::open_pinned(config.bpffs, true)) {
         view.pinned = true;
         auto active = read_active_config(*maps);
@@ -63,7 +63,7 @@ Result<StatusView> read_status(const AgentConfig& config) {
     int attached = 0;
     for (const auto& l : view.links) attached += view.attached(l);
     view.enforcing =
-        view.pinned && attached == static_cast<int>(kLinkNames.size()) && (view.active.flags & EGRESSD_CFG_VALID);
+        view.pinned && attached == static_cast<int>(view.links.size()) && (view.active.flags & EGRESSD_CFG_VALID);
     return view;
 }
 

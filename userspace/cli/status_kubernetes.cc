@@ -16,15 +16,15 @@ json pod_links_json(const AgentConfig& config, bool& all_attached) {
     json pods = json::array();
     all_attached = true;
     for (const auto& uid : pinned_workload_keys(config.bpffs)) {
-        const auto links = read_pinned_links_in(workload_links_dir(config.bpffs, uid));
+        const auto links = read_pinned_links_in(workload_links_dir(config.bpffs, uid), config.track_flows);
         uint64_t cgroup_id = 0;
         size_t pinned = 0;
         for (const auto& l : links) {
             pinned += l.pinned;
             if (l.pinned) cgroup_id = l.cgroup_id;
         }
-        all_attached &= pinned == kLinkNames.size();
-        pods.push_back({{"uid", uid}, {"cgroupId", cgroup_id}, {"linksPinned", pinned}});
+        all_attached &= pinned == links.size();
+        pods.push_back({{"uid", uid}, {"cgroupId", cgroup_id}, {"linksPinned", pinned}, {"linksInUse", links.size()}});
     }
     return pods;
 }
@@ -57,7 +57,7 @@ void print_kubernetes_report(const json& pods, const json& agent_status) {
         std::cout << fmt::format(
             "  {} {} cgroup {}{}\n", uid, identity_by_uid.contains(uid) ? identity_by_uid[uid] : "(unknown pod)",
             cgroup_by_uid.contains(uid) ? cgroup_by_uid[uid] : std::to_string(p.value("cgroupId", 0ull)),
-            p.value("linksPinned", 0u) == kLinkNames.size() ? "" : " (links missing)");
+            p.value("linksPinned", 0u) == p.value("linksInUse", 0u) ? "" : " (links missing)");
     }
     if (k8s.is_object())
         for (const auto& waiting : k8s.value("podsWaitingForCgroup", json::array()))

@@ -292,6 +292,17 @@ Result<std::vector<AttachReport>> Datapath::attach_all(const fs::path& link_dir,
     std::vector<AttachReport> reports;
     for (size_t hook = 0; hook < kLinkNames.size(); ++hook) {
         std::string action;
+        if (!link_in_use(hook, options_.track_flows)) {
+            // An agent with flows on left it: its program would still run.
+            std::vector<std::string> removed;
+            const fs::path pin = link_dir / kLinkNames[hook];
+            if (path_present(pin)) {
+                if (auto status = remove_pinned_link(pin, removed); !status) return status.error();
+                reports.push_back(AttachReport{kLinkNames[hook], "removed (flows: off)"});
+            }
+            links.emplace_back(nullptr);  // links stay indexed by hook
+            continue;
+        }
         auto link = attach_hook(hook, link_dir, cgroup, cgroup_fd->get(), action);
         if (!link) return link.error();
         links.push_back(std::move(*link));
@@ -368,7 +379,7 @@ namespace {
 Status pin_links(const std::vector<PinnedLink>& links, const fs::path& dir, bool pin) {
     for (size_t hook = 0; hook < links.size() && hook < kLinkNames.size(); ++hook) {
         const fs::path path = dir / kLinkNames[hook];
-        if (path_present(path)) continue;
+        if (!links[hook] || path_present(path)) continue;  // not in use (flows: off), or in place
         if (!pin) return make_error(path.string() + " is missing");
         std::error_code ec;
         fs::create_directories(dir, ec);

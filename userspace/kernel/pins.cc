@@ -51,11 +51,15 @@ bool path_present(const fs::path& path) {
     return ::lstat(path.c_str(), &st) == 0;
 }
 
-std::vector<LinkInfo> read_pinned_links(const fs::path& pin_dir) { return read_pinned_links_in(links_dir(pin_dir)); }
+std::vector<LinkInfo> read_pinned_links(const fs::path& pin_dir, bool track_flows) {
+    return read_pinned_links_in(links_dir(pin_dir), track_flows);
+}
 
-std::vector<LinkInfo> read_pinned_links_in(const fs::path& dir) {
+std::vector<LinkInfo> read_pinned_links_in(const fs::path& dir, bool track_flows) {
     std::vector<LinkInfo> links;
-    for (const char* hook : kLinkNames) {
+    for (size_t index = 0; index < kLinkNames.size(); ++index) {
+        if (!link_in_use(index, track_flows)) continue;
+        const char* hook = kLinkNames[index];
         LinkInfo link;
         link.hook = hook;
         // Links cannot be opened read-only (the kernel refuses BPF_F_RDONLY for them).
@@ -83,8 +87,6 @@ std::vector<std::string> pinned_workload_keys(const fs::path& pin_dir) {
     return keys;
 }
 
-namespace {
-
 Status remove_pinned_link(const fs::path& path, std::vector<std::string>& removed) {
     if (auto fd = open_pinned_object(path, false)) {
         // EINVAL: already detached, e.g. its cgroup was removed with the pod.
@@ -94,6 +96,8 @@ Status remove_pinned_link(const fs::path& path, std::vector<std::string>& remove
     removed.push_back(path.string());
     return {};
 }
+
+namespace {
 
 bool is_current_link_name(const std::string& name) {
     return std::find(kLinkNames.begin(), kLinkNames.end(), name) != kLinkNames.end();
