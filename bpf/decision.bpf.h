@@ -259,41 +259,44 @@ static __always_inline void egressd_decide(struct egressd_decision *d, const str
 	struct egressd_port_key pkey = {};
 	__u32 slot;
 
+	if (!raw && egressd_addr_is_local(dst))
+		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL, 0);
 	/* One read of the active slot: everything below is one generation. */
+	cfg = egressd_decision_config(d, &slot);
+	if (!cfg)
+		return egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG, 0);
 	if (raw) {
-		cfg = egressd_decision_config(d, &slot);
-		if (!cfg)
-			return egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG, 0);
 		if (!(cfg->flags & EGRESSD_CFG_RAW_SOCKETS))
 			return egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_RAW_SOCKET, 0);
-	}
-	if (egressd_addr_is_local(dst))
-		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL, 0);
-	if (!raw) {
-		cfg = egressd_decision_config(d, &slot);
-		if (!cfg)
-			return egressd_verdict(d, EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG, 0);
+		if (egressd_addr_is_local(dst))
+			return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL, 0);
 	}
 
 	if ((cfg->flags & EGRESSD_CFG_SIDECAR_UID) && uid == cfg->sidecar_uid)
 		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_SIDECAR_UID, 0);
 
-	cidr = egressd_cidr_lookup(slot, EGRESSD_TABLE_EXCLUDE, dst);
-	if (cidr)
-		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_CIDR, cidr->rule);
-	pkey.slot = slot;
-	pkey.table = EGRESSD_PORTS_EXCLUDE;
-	pkey.port = port;
-	pv = bpf_map_lookup_elem(&EGRESSD_MAP_PORTS, &pkey);
-	if (pv)
-		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_PORT, pv->rule);
+	if (cfg->flags & EGRESSD_CFG_HAS_EXCLUDED_CIDRS) {
+		cidr = egressd_cidr_lookup(slot, EGRESSD_TABLE_EXCLUDE, dst);
+		if (cidr)
+			return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_CIDR, cidr->rule);
+	}
+	if (cfg->flags & EGRESSD_CFG_HAS_EXCLUDED_PORTS) {
+		pkey.slot = slot;
+		pkey.table = EGRESSD_PORTS_EXCLUDE;
+		pkey.port = port;
+		pv = bpf_map_lookup_elem(&EGRESSD_MAP_PORTS, &pkey);
+		if (pv)
+			return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_PORT, pv->rule);
+	}
 
 	if ((cfg->flags & EGRESSD_CFG_HAS_INCLUSION) && !egressd_cidr_lookup(slot, EGRESSD_TABLE_INCLUDE, dst))
 		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_NOT_INCLUDED, 0);
 
-	cidr = egressd_cidr_lookup(slot, EGRESSD_TABLE_MESH, dst);
-	if (cidr)
-		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_MESH, cidr->rule);
+	if (cfg->flags & EGRESSD_CFG_HAS_MESH_CIDRS) {
+		cidr = egressd_cidr_lookup(slot, EGRESSD_TABLE_MESH, dst);
+		if (cidr)
+			return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_MESH, cidr->rule);
+	}
 
 	if (cfg->flags & EGRESSD_CFG_ENABLE_EGRESS)
 		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_PASSTHROUGH, 0);

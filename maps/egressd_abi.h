@@ -151,6 +151,10 @@ enum egressd_config_flag {
 	EGRESSD_CFG_POLICY_PREFIXES = 1u << 8,  /* policies_v1 has entries in this slot (else only hosts) */
 	EGRESSD_CFG_DNS_HOSTS = 1u << 9,        /* dns_hosts_v1 has entries in this slot: row 7 reads dns_learned_v1 */
 	EGRESSD_CFG_RAW_SOCKETS = 1u << 10,     /* rawSockets: allow (raw packets decided by rows 1-8); clear: dropped */
+	/* The slot has entries in that table: without, rows 3a, 3b and 5 skip their lookup. */
+	EGRESSD_CFG_HAS_EXCLUDED_CIDRS = 1u << 11,
+	EGRESSD_CFG_HAS_EXCLUDED_PORTS = 1u << 12,
+	EGRESSD_CFG_HAS_MESH_CIDRS = 1u << 13,
 };
 
 enum egressd_mode {

@@ -123,6 +123,25 @@ TEST_CASE("build_image: inclusion and sidecar flags") {
     }
 }
 
+TEST_CASE("build_image: the flags of the tables the kernel may skip say whether they have entries") {
+    AgentConfig agent;
+    MeshConfig mesh;
+    constexpr uint32_t kTables =
+        EGRESSD_CFG_HAS_EXCLUDED_CIDRS | EGRESSD_CFG_HAS_EXCLUDED_PORTS | EGRESSD_CFG_HAS_MESH_CIDRS;
+    auto empty = build_image(agent, mesh, 1);
+    REQUIRE(empty.ok());
+    CHECK((empty->flags & kTables) == 0);
+    agent.mesh_cidrs = cidrs({"10.244.0.0/16"});
+    auto with_mesh = build_image(agent, mesh, 1);
+    REQUIRE(with_mesh.ok());
+    CHECK((with_mesh->flags & kTables) == EGRESSD_CFG_HAS_MESH_CIDRS);
+    mesh.outbound_ip_range_exclusion = cidrs({"192.0.2.0/24"});
+    mesh.outbound_port_exclusion = {5432};
+    auto all = build_image(agent, mesh, 1);
+    REQUIRE(all.ok());
+    CHECK((all->flags & kTables) == kTables);
+}
+
 TEST_CASE("build_image: one table per list, sorted, the first of duplicates kept") {
     auto image = build_image(agent_with_mesh_cidrs(), mesh_with_lists(), 3);
     REQUIRE(image.ok());

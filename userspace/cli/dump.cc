@@ -81,6 +81,10 @@ std::string flag_names(uint32_t flags) {
         {EGRESSD_CFG_EVENTS_PASSTHROUGH, "events-passthrough"},
         {EGRESSD_CFG_POLICY_PREFIXES, "policy-prefixes"},
         {EGRESSD_CFG_DNS_HOSTS, "dns-hosts"},
+        {EGRESSD_CFG_RAW_SOCKETS, "raw-sockets"},
+        {EGRESSD_CFG_HAS_EXCLUDED_CIDRS, "has-excluded-cidrs"},
+        {EGRESSD_CFG_HAS_EXCLUDED_PORTS, "has-excluded-ports"},
+        {EGRESSD_CFG_HAS_MESH_CIDRS, "has-mesh-cidrs"},
     };
     std::string out;
     for (const auto& [bit, name] : names)

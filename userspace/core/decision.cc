@@ -53,28 +53,35 @@ const PolicyRule* lookup_policy(const MapImage& image, uint32_t identity, uint8_
 // bpf/decision.bpf.h, first match wins.
 Decision decide(const MapImage* image, const Query& query) {
     const bool valid = image && (image->flags & EGRESSD_CFG_VALID);
-    if (query.raw_packet) {
-        if (!valid) return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG);
-        if (!(image->flags & EGRESSD_CFG_RAW_SOCKETS)) return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_RAW_SOCKET);
-    }
-    if (is_local(query.dst)) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL);
+    if (!query.raw_packet && is_local(query.dst)) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL);
     if (!valid) return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_NO_CONFIG);
+    if (query.raw_packet) {
+        if (!(image->flags & EGRESSD_CFG_RAW_SOCKETS)) return verdict(EGRESSD_VERDICT_DENY, EGRESSD_REASON_RAW_SOCKET);
+        if (is_local(query.dst)) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL);
+    }
 
     if ((image->flags & EGRESSD_CFG_SIDECAR_UID) && query.uid == image->sidecar_uid)
         return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_SIDECAR_UID);
 
-    if (const CidrRule* excluded = lookup_cidr(*image, EGRESSD_TABLE_EXCLUDE, query.dst))
-        return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_CIDR, excluded->rule);
-    auto port = std::find_if(image->ports.begin(), image->ports.end(), [&](const PortRule& rule) {
-        return rule.table == EGRESSD_PORTS_EXCLUDE && rule.port == query.port;
-    });
-    if (port != image->ports.end()) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_PORT, port->rule);
+    // Tables the slot says are empty are not looked at, as in the kernel.
+    const CidrRule* excluded = (image->flags & EGRESSD_CFG_HAS_EXCLUDED_CIDRS)
+                                   ? lookup_cidr(*image, EGRESSD_TABLE_EXCLUDE, query.dst)
+                                   : nullptr;
+    if (excluded) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_CIDR, excluded->rule);
+    if (image->flags & EGRESSD_CFG_HAS_EXCLUDED_PORTS) {
+        auto port = std::find_if(image->ports.begin(), image->ports.end(), [&](const PortRule& rule) {
+            return rule.table == EGRESSD_PORTS_EXCLUDE && rule.port == query.port;
+        });
+        if (port != image->ports.end())
+            return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_PORT, port->rule);
+    }
 
     if ((image->flags & EGRESSD_CFG_HAS_INCLUSION) && !lookup_cidr(*image, EGRESSD_TABLE_INCLUDE, query.dst))
         return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_NOT_INCLUDED);
 
-    if (const CidrRule* mesh = lookup_cidr(*image, EGRESSD_TABLE_MESH, query.dst))
-        return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_MESH, mesh->rule);
+    const CidrRule* mesh =
+        (image->flags & EGRESSD_CFG_HAS_MESH_CIDRS) ? lookup_cidr(*image, EGRESSD_TABLE_MESH, query.dst) : nullptr;
+    if (mesh) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_MESH, mesh->rule);
 
     if (image->flags & EGRESSD_CFG_ENABLE_EGRESS) return verdict(EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_PASSTHROUGH);
 

@@ -182,6 +182,14 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
     if (!cidrs_fit) return cidrs_fit.error();
     const Status ports_fit = check_capacity(kPortsMap, image.ports.size(), agent.capacities.ports, "capacities.ports");
     if (!ports_fit) return ports_fit.error();
+    // Rows 3a, 3b and 5 look only where there is something to find.
+    auto has_cidrs = [&](uint8_t table) {
+        return std::ranges::any_of(image.cidrs, [table](const CidrRule& rule) { return rule.table == table; });
+    };
+    if (has_cidrs(EGRESSD_TABLE_EXCLUDE)) image.flags |= EGRESSD_CFG_HAS_EXCLUDED_CIDRS;
+    if (has_cidrs(EGRESSD_TABLE_MESH)) image.flags |= EGRESSD_CFG_HAS_MESH_CIDRS;
+    if (std::ranges::any_of(image.ports, [](const PortRule& rule) { return rule.table == EGRESSD_PORTS_EXCLUDE; }))
+        image.flags |= EGRESSD_CFG_HAS_EXCLUDED_PORTS;
     add_policy_rules(image, policy);
     add_dns_hosts(image, policy);
     if (std::ranges::any_of(image.policy_rules, [](const PolicyRule& rule) { return !is_host_rule(rule); }))
