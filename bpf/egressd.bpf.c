@@ -106,16 +106,22 @@ int egressd_sock_create(struct bpf_sock *sk)
 /* Every packet leaving an enforced cgroup: DNS queries are recorded for
  * learning (bpf/dns_learn.bpf.h), raw and ping sockets' packets decided
  * (bpf/packet.bpf.h). Raw and ping sockets send in the caller's own
- * sendmsg(), so the current task is the sender; a drop fails it with EPERM. */
+ * sendmsg(), so the current task is the sender; a drop fails it with EPERM.
+ * A stream socket's packets (TCP, MPTCP: decided at connect(), and no DNS
+ * query learned from) return after one look at the socket: the bulk of the
+ * traffic costs no header read. */
 SEC("cgroup_skb/egress")
 int egressd_packet_out(struct __sk_buff *skb)
 {
+	struct bpf_sock *sk = egressd_packet_socket(skb);
 	struct egressd_decision d = {};
 	struct egressd_packet pkt;
 	__u32 uid;
 
+	if (sk && sk->type == SOCK_STREAM)
+		return 1;
 	egressd_dns_query_out(skb);
-	if (egressd_packet_of(skb, &pkt))
+	if (egressd_packet_of(skb, sk, &pkt))
 		return 1;
 	uid = bpf_get_socket_uid(skb);
 	egressd_decide(&d, &pkt.dst, pkt.port, pkt.proto, uid, pkt.raw);

@@ -27,17 +27,23 @@ struct egressd_packet {
 	__u8 raw;   /* sent by a raw socket (else by a ping socket) */
 };
 
-/* 0 and `pkt` filled for a packet the backstop decides; -1 for every other
- * packet (TCP, UDP and non-IP sockets: decided at connect()/sendmsg()). */
-static __always_inline int egressd_packet_of(struct __sk_buff *skb, struct egressd_packet *pkt)
+/* The full socket a packet leaves from, or NULL (none, or a request or
+ * time-wait socket's reply). */
+static __always_inline struct bpf_sock *egressd_packet_socket(struct __sk_buff *skb)
 {
 	struct bpf_sock *sk = skb->sk;
+
+	return sk ? bpf_sk_fullsock(sk) : NULL;
+}
+
+/* 0 and `pkt` filled for a packet of `sk` the backstop decides; -1 for every
+ * other packet (TCP, UDP and non-IP sockets: decided at connect()/sendmsg()). */
+static __always_inline int egressd_packet_of(struct __sk_buff *skb, const struct bpf_sock *sk,
+					     struct egressd_packet *pkt)
+{
 	__u32 l4 = 0, protocol;
 	__u16 ports[2];
 
-	if (!sk)
-		return -1;
-	sk = bpf_sk_fullsock(sk);
 	if (!sk)
 		return -1;
 	pkt->raw = sk->type == SOCK_RAW;
