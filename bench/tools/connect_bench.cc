@@ -4,14 +4,18 @@
 // namespace (setns) first, then runs one mode and prints one JSON object on
 // stdout. Used by scripts/bench; see bench/README.md.
 //
-//   connect_bench [--cgroup DIR] [--alt-cgroup DIR] [--netns PATH] MODE ARGS...
+//   connect_bench [--cgroup DIR] [--alt-cgroup DIR [--alt-cgroup DIR2]] [--netns PATH] MODE ARGS...
 //
 // With --alt-cgroup, every repetition of a loop runs twice, first in the
 // alternative cgroup and then in --cgroup (the process moves between them;
 // sockets are created after the move and belong to the cgroup it is in):
 // the two series are interleaved in time, so drift over the run lands in both
-// alike. The alternative's figures are "alt_ns_per_op".
+// alike. The alternative's figures are "alt_ns_per_op". A second
+// --alt-cgroup runs in turn: alt, alt2, --cgroup, repetition by
+// repetition; its figures are "alt2_ns_per_op".
 //     udp    HOST PORT N REPS   UDP connect() loop on one socket            -> ns/op per rep
+//     udpdeny HOST PORT N REPS  the same loop where connect() must fail with EPERM in
+//                               --cgroup (and succeed in the alternatives: no enforcer there)
 //     tcp    HOST PORT N REPS   socket + non-blocking connect + close         -> ns/op per rep
 //     deny   HOST PORT N REPS   socket + connect (must fail EPERM) + close    -> ns/op per rep
 //     reject HOST PORT N REPS   socket + blocking connect + recv until EOF/RST + close -> ns/op
@@ -119,34 +123,43 @@ void print_series(const char* name, const std::vector<double>& values) {
 }
 
 void print_reps(const char* mode, const std::vector<double>& reps, const std::vector<double>& connect_only,
-                const std::vector<double>& alt, long n, long errors) {
+                const std::vector<double>& alt, const std::vector<double>& alt2, long n, long errors) {
     std::printf("{\"mode\":\"%s\",\"n\":%ld,\"errors\":%ld", mode, n, errors);
     print_series("ns_per_op", reps);
     print_series("connect_ns_per_op", connect_only);
     print_series("alt_ns_per_op", alt);
+    if (!alt2.empty()) print_series("alt2_ns_per_op", alt2);
     std::printf("}\n");
 }
 
-std::string g_cgroup, g_alt_cgroup;
+std::string g_cgroup;
+std::vector<std::string> g_alt_cgroups;  // at most two
 
 int run_loop(const std::string& mode, const Addr& a, long n, int reps) {
-    std::vector<double> out, connect_only, alt;
-    const bool interleave = !g_alt_cgroup.empty();
+    std::vector<double> out, connect_only, alt, alt2;
+    // Each repetition is `turns` runs: the alternatives in order, then --cgroup.
+    const int turns = 1 + int(g_alt_cgroups.size());
     long errors = 0;
     // One warm-up repetition (not reported) so that caches, the neighbour entry
     // and the maps' pages are hot.
-    for (int step = interleave ? -2 : -1; step < (interleave ? 2 * reps : reps); ++step) {
-        const bool in_alt = interleave && (step & 1) == 0;  // -2, 0, 2, ...: the alternative
-        const int r = interleave ? (step < 0 ? -1 : step / 2) : step;
-        if (interleave) join_cgroup(in_alt ? g_alt_cgroup : g_cgroup);
+    for (int step = -turns; step < turns * reps; ++step) {
+        const int turn = (step + turns) % turns;  // 0 .. turns-2: an alternative; turns-1: --cgroup
+        const int in_alt = turn < turns - 1 ? turn + 1 : 0;  // 1: alt, 2: alt2, 0: --cgroup
+        const int r = step < 0 ? -1 : step / turns;
+        if (turns > 1) join_cgroup(in_alt ? g_alt_cgroups[size_t(in_alt - 1)] : g_cgroup);
         long bad = 0;
         uint64_t t0 = 0, t1 = 0, in_connect = 0;
-        if (mode == "udp") {
+        if (mode == "udp" || mode == "udpdeny") {
+            // udpdeny: EPERM expected from the enforcer in --cgroup; the
+            // alternatives have none, so there connect() must succeed.
+            const bool want_deny = mode == "udpdeny" && !in_alt;
             const int s = socket(a.family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
             if (s < 0) die("socket");
             t0 = now_ns();
-            for (long i = 0; i < n; ++i)
-                if (connect(s, sa(a), a.len) != 0) ++bad;
+            for (long i = 0; i < n; ++i) {
+                const int rc = connect(s, sa(a), a.len);
+                if (want_deny ? !(rc != 0 && errno == EPERM) : rc != 0) ++bad;
+            }
             t1 = now_ns();
             close(s);
         } else if (mode == "tcp" || mode == "deny") {
@@ -197,7 +210,7 @@ int run_loop(const std::string& mode, const Addr& a, long n, int reps) {
             return 2;
         }
         if (r >= 0 && in_alt) {
-            alt.push_back(double(t1 - t0) / double(n));
+            (in_alt == 1 ? alt : alt2).push_back(double(t1 - t0) / double(n));
             errors += bad;
         } else if (r >= 0) {
             out.push_back(double(t1 - t0) / double(n));
@@ -205,7 +218,7 @@ int run_loop(const std::string& mode, const Addr& a, long n, int reps) {
             errors += bad;
         }
     }
-    print_reps(mode.c_str(), out, connect_only, alt, n, errors);
+    print_reps(mode.c_str(), out, connect_only, alt, alt2, n, errors);
     return errors == 0 ? 0 : 1;
 }
 
@@ -264,22 +277,22 @@ int main(int argc, char** argv) {
     while (i + 1 < args.size() && args[i].rfind("--", 0) == 0) {
         if (args[i] == "--cgroup")
             g_cgroup = args[i + 1];
-        else if (args[i] == "--alt-cgroup")
-            g_alt_cgroup = args[i + 1];
+        else if (args[i] == "--alt-cgroup" && g_alt_cgroups.size() < 2)
+            g_alt_cgroups.push_back(args[i + 1]);
         else if (args[i] == "--netns")
             netns = args[i + 1];
         else
             break;
         i += 2;
     }
-    if (!g_alt_cgroup.empty() && g_cgroup.empty()) {
+    if (!g_alt_cgroups.empty() && g_cgroup.empty()) {
         std::fprintf(stderr, "connect_bench: --alt-cgroup needs --cgroup\n");
         return 2;
     }
     if (!g_cgroup.empty()) join_cgroup(g_cgroup);
     if (!netns.empty()) join_netns(netns);
     if (i >= args.size()) {
-        std::fprintf(stderr, "usage: connect_bench [--cgroup DIR] [--alt-cgroup DIR] [--netns PATH] MODE ARGS...\n");
+        std::fprintf(stderr, "usage: connect_bench [--cgroup DIR] [--alt-cgroup DIR [--alt-cgroup DIR2]] [--netns PATH] MODE ARGS...\n");
         return 2;
     }
     const std::string mode = args[i++];
