@@ -101,12 +101,7 @@ events: {allowedByPolicy: true, log: $work/events.log}
 EOF
 }
 ctl() { "$egressctl" --config "$work/egressd.yaml" "$@"; }
-start_agent() {
-  "$egressd" --config "$work/egressd.yaml" >>"$work/agent.log" 2>&1 &
-  agent_pid=$!
-  for _ in $(seq 200); do grep -q "watching" "$work/agent.log" 2>/dev/null && return 0; sleep 0.05; done
-  return 1
-}
+start_agent() { start_egressd "$work/agent.log" "$work/egressd.yaml"; }
 stop_agent() { kill "$agent_pid"; wait "$agent_pid" 2>/dev/null; agent_pid=; }
 # The workload's loop: resolve, then connect at once; prints its JSON summary.
 workload_loop() { # workload_loop COUNT

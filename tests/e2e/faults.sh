@@ -70,13 +70,7 @@ EOF
 ctl() { "$egressctl" --config "$work/egressd.yaml" "$@"; }
 in_workload() { ctl run -- ip netns exec "$client" "$@"; }
 verdict() { in_workload python3 "$probe" once 203.0.113.10 80 "$@"; }
-start_agent() { # waits for this start's own "watching" line
-  local before; before=$(grep -c "watching" "$work/agent.log" 2>/dev/null)
-  "$egressd" --config "$work/egressd.yaml" >>"$work/agent.log" 2>&1 &
-  agent_pid=$!
-  for _ in $(seq 200); do [ "$(grep -c "watching" "$work/agent.log")" -gt "${before:-0}" ] && return 0; sleep 0.05; done
-  return 1
-}
+start_agent() { start_egressd "$work/agent.log" "$work/egressd.yaml"; }
 readyz() { curl -s -m 2 -o /dev/null -w '%{http_code}' "http://$http/readyz"; }
 readyz_is() { test "$(readyz)" = "$1"; }
 verdict_is() { test "$(verdict)" = "$1"; }

@@ -72,10 +72,7 @@ layout() {
 # start_agent [ARGS...]: egressd on $settings, logging to the layout's agent.log.
 start_agent() {
   log=$(dirname "$(dirname "$settings")")/agent.log
-  "$egressd" --config "$settings" "$@" >>"$log" 2>&1 &
-  agent_pid=$!
-  for _ in $(seq 200); do grep -q "watching" "$log" 2>/dev/null && return 0; sleep 0.05; done
-  return 1
+  start_egressd "$log" "$settings" "$@"
 }
 ctl() { "$egressctl" --config "$settings" "$@"; }
 applied_count() { grep -c "applied generation" "$log"; }

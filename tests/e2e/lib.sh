@@ -19,6 +19,23 @@ finish() {
   [ "$failed" -eq 0 ]
 }
 
+# start_egressd LOG SETTINGS [ARGS...]: starts "$egressd", appending to LOG,
+# and waits (10 s at most) for this start's own "watching" line: LOG holds
+# the earlier agents' lines too. Sets agent_pid; fails if the agent exits.
+start_egressd() {
+  local log=$1 settings=$2 before
+  shift 2
+  before=$(grep -c "watching" "$log" 2>/dev/null || true)
+  "$egressd" --config "$settings" "$@" >>"$log" 2>&1 &
+  agent_pid=$!
+  for _ in $(seq 400); do
+    [ "$(grep -c "watching" "$log" 2>/dev/null || true)" -gt "${before:-0}" ] && return 0
+    kill -0 "$agent_pid" 2>/dev/null || return 1
+    sleep 0.025
+  done
+  return 1
+}
+
 # Nanoseconds of CPU that process PID has used so far, all its threads
 # (the first field of each task's schedstat).
 cpu_ns() {

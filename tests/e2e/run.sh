@@ -81,12 +81,7 @@ in_workload() {
   else ctl run -- ip netns exec "$client" "$@"; fi
 }
 verdict() { in_workload python3 "$probe" once 203.0.113.10 80 "$@"; }
-start_agent() {
-  "$egressd" --config "$work/egressd.yaml" >>"$work/agent.log" 2>&1 &
-  agent_pid=$!
-  for _ in $(seq 200); do grep -q "watching" "$work/agent.log" 2>/dev/null && return 0; sleep 0.05; done
-  return 1
-}
+start_agent() { start_egressd "$work/agent.log" "$work/egressd.yaml"; }
 log_has() { grep -q -- "$1" "$work/agent.log"; }
 # Milliseconds from running "$@" to the moment a looping probe in the
 # workload sees the verdict $1 (the probe starts, and waits, before "$@" runs).

@@ -81,13 +81,7 @@ EOF
 }
 policies A 1
 policies B 3
-start_agent() {
-  local before; before=$(grep -c "watching" "$work/agent.log" 2>/dev/null)
-  "$egressd" --config "$work/egressd.yaml" >>"$work/agent.log" 2>&1 &
-  agent_pid=$!
-  for _ in $(seq 600); do [ "$(grep -c "watching" "$work/agent.log")" -gt "${before:-0}" ] && return 0; sleep 0.025; done
-  return 1
-}
+start_agent() { start_egressd "$work/agent.log" "$work/egressd.yaml"; }
 # Which generation the kernel decides by: connects of torn/app to 40 of A's
 # addresses and 40 of B's (unrouted: ENETUNREACH when allowed, EPERM when
 # denied). Prints A, B, or what it saw.
