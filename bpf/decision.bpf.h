@@ -143,33 +143,58 @@ static __always_inline __u32 egressd_current_identity(__u32 cgroup_level)
 	return 0;
 }
 
-/* The policy entry for (identity, proto, port, destination): the exact
- * address in policy_hosts_v1 if there is one (no prefix in the trie is
- * longer), else the longest prefix in policies_v1 when the slot has any. */
+/* `a` masked to its first `len` bits (network byte order). */
+static __always_inline void egressd_addr_masked(struct egressd_addr *out, const struct egressd_addr *a, __u32 len)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u32 bits = len > 32 * i ? len - 32 * i : 0;
+		__u32 mask = bits >= 32 ? 0xffffffffu : bits == 0 ? 0 : ~0u << (32 - bits);
+
+		out->w[i] = a->w[i] & bpf_htonl(mask);
+	}
+}
+
+/* The policy entry for (identity, proto, port, destination): the longest
+ * prefix of policy_rules_v1 that holds the destination. The address itself
+ * first; then, when the slot has other prefixes, each length the identity's
+ * rules use, longest first (policy_lengths_v1). */
 static __always_inline const struct egressd_policy_value *
 egressd_policy_lookup(__u8 slot, __u32 flags, __u32 identity, __u8 proto, __u16 port, const struct egressd_addr *a)
 {
+	const struct egressd_policy_lengths *lengths;
 	const struct egressd_policy_value *value;
-	struct egressd_policy_host_key host = {
+	struct egressd_policy_lengths_key lengths_key = {.slot = slot, .identity = identity};
+	struct egressd_policy_rule_key key = {
 	    .slot = slot,
 	    .proto = proto,
 	    .port = port,
 	    .identity = identity,
+	    .prefix = 128,
 	};
-	struct egressd_policy_key key = {
-	    .prefixlen = EGRESSD_POLICY_KEY_FIXED_BITS + 128,
-	    .slot = slot,
-	    .proto = proto,
-	    .port = port,
-	    .identity = identity,
-	};
+	struct egressd_addr masked;
 
-	__builtin_memcpy(host.addr, a->w, sizeof(host.addr));
-	value = bpf_map_lookup_elem(&EGRESSD_MAP_POLICY_HOSTS, &host);
+	__builtin_memcpy(key.addr, a->w, sizeof(key.addr));
+	value = bpf_map_lookup_elem(&EGRESSD_MAP_POLICY_RULES, &key);
 	if (value || !(flags & EGRESSD_CFG_POLICY_PREFIXES))
 		return value;
-	__builtin_memcpy(key.addr, a->w, sizeof(key.addr));
-	return bpf_map_lookup_elem(&EGRESSD_MAP_POLICIES, &key);
+	lengths = bpf_map_lookup_elem(&EGRESSD_MAP_POLICY_LENGTHS, &lengths_key);
+	if (!lengths)
+		return NULL;
+	for (__u32 i = 0; i < EGRESSD_POLICY_MAX_LENGTHS; i++) {
+		__u32 len;
+
+		if (i >= lengths->count)
+			break;
+		len = lengths->lengths[i];
+		egressd_addr_masked(&masked, a, len);
+		key.prefix = (__u8)len;
+		__builtin_memcpy(key.addr, masked.w, sizeof(key.addr));
+		value = bpf_map_lookup_elem(&EGRESSD_MAP_POLICY_RULES, &key);
+		if (value)
+			return value;
+	}
+	return NULL;
 }
 
 /* Row 7 for a destination learned from a DNS answer (ABI: learning from

@@ -62,20 +62,20 @@ struct {
 } EGRESSD_MAP_IDENTITY_NAMES SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, EGRESSD_SLOTS *EGRESSD_DEFAULT_POLICY_RULE_CAPACITY);
-	__type(key, struct egressd_policy_key);
+	__type(key, struct egressd_policy_rule_key);
 	__type(value, struct egressd_policy_value);
-} EGRESSD_MAP_POLICIES SEC(".maps");
+} EGRESSD_MAP_POLICY_RULES SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, EGRESSD_SLOTS *EGRESSD_DEFAULT_POLICY_RULE_CAPACITY);
-	__type(key, struct egressd_policy_host_key);
-	__type(value, struct egressd_policy_value);
-} EGRESSD_MAP_POLICY_HOSTS SEC(".maps");
+	__uint(max_entries, EGRESSD_SLOTS *EGRESSD_DEFAULT_IDENTITY_CAPACITY);
+	__type(key, struct egressd_policy_lengths_key);
+	__type(value, struct egressd_policy_lengths);
+} EGRESSD_MAP_POLICY_LENGTHS SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

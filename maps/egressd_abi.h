@@ -51,9 +51,9 @@
  * names are older than these macros' and change only with a version bump. */
 #define EGRESSD_MAP_WORKLOAD_IDENTITIES identities_v1
 #define EGRESSD_MAP_IDENTITY_NAMES id_names_v1
-#define EGRESSD_MAP_POLICIES policies_v1
 #define EGRESSD_MAP_POLICY_NAMES policy_names_v1
-#define EGRESSD_MAP_POLICY_HOSTS policy_hosts_v1
+#define EGRESSD_MAP_POLICY_RULES policy_rules_v1     /* row 7: every rule, a hash probed per prefix length */
+#define EGRESSD_MAP_POLICY_LENGTHS policy_lengths_v1 /* row 7: the prefix lengths each identity's rules use */
 #define EGRESSD_MAP_EVENTS events_v1
 #define EGRESSD_MAP_EVENT_LIMITS event_limits_v1 /* per-source token buckets */
 #define EGRESSD_MAP_EVENT_STATS event_stats_v1
@@ -148,7 +148,7 @@ enum egressd_config_flag {
 	EGRESSD_CFG_SIDECAR_UID = 1u << 5,    /* sidecar_uid is set (row 2 active) */
 	EGRESSD_CFG_EVENTS_POLICY = 1u << 6,  /* also report allow-by-policy decisions */
 	EGRESSD_CFG_EVENTS_PASSTHROUGH = 1u << 7, /* also report passthrough decisions */
-	EGRESSD_CFG_POLICY_PREFIXES = 1u << 8,  /* policies_v1 has entries in this slot (else only hosts) */
+	EGRESSD_CFG_POLICY_PREFIXES = 1u << 8,  /* the slot has rules other than single addresses (policy_lengths_v1) */
 	EGRESSD_CFG_DNS_HOSTS = 1u << 9,        /* dns_hosts_v1 has entries in this slot: row 7 reads dns_learned_v1 */
 	EGRESSD_CFG_RAW_SOCKETS = 1u << 10,     /* rawSockets: allow (raw packets decided by rows 1-8); clear: dropped */
 	/* The slot has entries in that table: without, rows 3a, 3b and 5 skip their lookup. */
@@ -234,35 +234,42 @@ struct egressd_identity_name {
 	char service_account[EGRESSD_NAME_LEN];
 };
 
-/* ---- policies_v1: LPM_TRIE (BPF_F_NO_PREALLOC) ----------------------------
+/* ---- policy_rules_v1: HASH (BPF_F_NO_PREALLOC), value egressd_policy_value -
  * Row 7. One entry per (source identity, protocol, port, destination prefix)
- * of the valid Egress policies. Slot, protocol, port and identity lead the
- * key and are always matched in full, so prefixlen is
- * EGRESSD_POLICY_KEY_FIXED_BITS + the address prefix length. A policy with
- * neither ipAddresses nor hosts is one /0 entry (any destination).
- * Single addresses (/32, /128: every host's resolved address, and most
- * ipAddresses) go to policy_hosts_v1 instead, an exact-match hash: looked up
- * first, it gives what the trie would (the longest prefix), in one hash
- * instead of a walk down a trie of 100k entries. The trie is consulted only
- * when the slot has other prefixes (EGRESSD_CFG_POLICY_PREFIXES). */
-#define EGRESSD_POLICY_KEY_FIXED_BITS 64
-
-struct egressd_policy_key {
-	__u32 prefixlen;
+ * of the valid Egress policies, the address masked to its prefix. A policy
+ * with neither ipAddresses nor hosts is one ::/0 entry (any destination).
+ * Looked up as a longest-prefix match: first the destination itself (prefix
+ * 128: every host's resolved address and most ipAddresses), then, when the
+ * slot has other prefixes (EGRESSD_CFG_POLICY_PREFIXES), once per prefix
+ * length the identity's rules use (policy_lengths_v1), longest first, the
+ * destination masked to it; the first entry found is the longest prefix.
+ * One hash probe per length an identity uses, instead of a walk down one
+ * trie shared by every identity's entries. */
+struct egressd_policy_rule_key {
 	__u8 slot;
-	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 proto; /* IPPROTO_TCP, IPPROTO_UDP or EGRESSD_PROTO_ICMP */
 	__u16 port; /* host byte order */
 	__u32 identity;
-	__u8 addr[16];
+	__u8 prefix; /* 0-128, of the one 16-byte address space */
+	__u8 _pad[3];
+	__u8 addr[16]; /* masked to prefix */
 };
 
-/* ---- policy_hosts_v1: HASH (BPF_F_NO_PREALLOC), value egressd_policy_value */
-struct egressd_policy_host_key {
+/* ---- policy_lengths_v1: HASH (BPF_F_NO_PREALLOC) --------------------------
+ * Per slot and identity with rules other than single addresses: the prefix
+ * lengths below 128 those rules use, longest first. */
+#define EGRESSD_POLICY_MAX_LENGTHS 128
+
+struct egressd_policy_lengths_key {
 	__u8 slot;
-	__u8 proto;
-	__u16 port;
+	__u8 _pad[3];
 	__u32 identity;
-	__u8 addr[16];
+};
+
+struct egressd_policy_lengths {
+	__u8 count;
+	__u8 lengths[EGRESSD_POLICY_MAX_LENGTHS]; /* descending, each < 128 */
+	__u8 _pad[3];
 };
 
 struct egressd_policy_value {
@@ -527,7 +534,7 @@ struct egressd_dns_scratch {
  * as for a resolved host, under the host's own address
  * (100::N below): the ports and protocols of the policies naming that host. Anything else teaches nothing and is counted (dns_stats_v1). */
 
-/* The address under which policy_hosts_v1 holds a host's entries: 100::N,
+/* The address under which policy_rules_v1 holds a host's entries: 100::N,
  * in 100::/64, the discard-only prefix (RFC 6666) that no connect() is
  * meant to reach; N, the host's number, in the last 4 bytes (big endian).
  * The first 4 bytes are 01 00 00 00: this, read as a host-order __u32. */
@@ -571,7 +578,7 @@ struct egressd_dns_host_key {
 };
 
 struct egressd_dns_host {
-	__u32 host; /* the host's number: policy_hosts_v1 holds its ports under 100::host */
+	__u32 host; /* the host's number: policy_rules_v1 holds its ports under 100::host */
 	__u32 _pad;
 };
 

@@ -1270,7 +1270,7 @@ TEST_CASE("kernel: policy: a policy set beyond the capacities is refused whole, 
     };
     check_still_last("publishing two full generations");
 
-    SUBCASE("one policy rule too many: build_image refuses, naming policies_v1 and the numbers") {
+    SUBCASE("one policy rule too many: build_image refuses, naming policy_rules_v1 and the numbers") {
         std::vector<EgressPolicy> over = low;
         over.push_back(
             make_policy("cap", "one-more", {web_name}, {cidr("203.0.113.200/32")}, {}, {port_of(53, Proto::udp)}));
@@ -1280,7 +1280,7 @@ TEST_CASE("kernel: policy: a policy set beyond the capacities is refused whole, 
         REQUIRE_FALSE(refused.ok());
         const std::string message = refused.error().describe();
         MESSAGE("refused: " << message);
-        CHECK(message.find("policies_v1") != std::string::npos);
+        CHECK(message.find("policy_rules_v1") != std::string::npos);
         CHECK(message.find("65") != std::string::npos);
         CHECK(message.find("64") != std::string::npos);
         CHECK(message.find("capacities.policyRules") != std::string::npos);
@@ -1320,8 +1320,8 @@ TEST_CASE("kernel: policy: a policy set beyond the capacities is refused whole, 
         const auto failed = enforcer.datapath().publish(*built);
         REQUIRE_FALSE(failed.ok());
         MESSAGE("publish refused: " << failed.error().describe());
-        // Single addresses live in policy_hosts_v1: that map is the one that is full.
-        CHECK(failed.error().describe().find("policy_hosts_v1") != std::string::npos);
+        // Every rule lives in policy_rules_v1: that map is the one that is full.
+        CHECK(failed.error().describe().find("policy_rules_v1") != std::string::npos);
         check_still_last("a failed publish");
         SUBCASE("converge() repairs the half-written inactive slot") {
             const Status brought = enforcer.datapath().converge();

@@ -193,7 +193,7 @@ TEST_CASE("Telemetry: /metrics parses strictly and counters move by what was rec
     CHECK(value_of(before, "egressd_kernel_read_errors_total") == 0);
 
     const std::map<std::string, double> capacities = {{"cidrs_v1", 111},    {"ports_v1", 222},
-                                                      {"policies_v1", 333}, {"policy_names_v1", 444},
+                                                      {"policy_rules_v1", 333}, {"policy_names_v1", 444},
                                                       {"id_names_v1", 555}, {"identities_v1", 666}};
     for (const auto& [map, capacity] : capacities) {
         CAPTURE(map);
@@ -220,7 +220,7 @@ TEST_CASE("Telemetry: /metrics parses strictly and counters move by what was rec
     telemetry->record_resolution_failure("api.example.com");
     telemetry->record_resolution_failure("api.example.com");
     telemetry->record_resolution_failure("db.example.com");
-    telemetry->set_map_entries("policies_v1", 1234);
+    telemetry->set_map_entries("policy_rules_v1", 1234);
     telemetry->set_map_entries("cidrs_v1", 5);
     telemetry->set_state("audit", 12, 1);
 
@@ -240,7 +240,7 @@ TEST_CASE("Telemetry: /metrics parses strictly and counters move by what was rec
     CHECK(value_of(after, "egressd_config_errors_total") == 1);
     CHECK(value_of(after, "egressd_host_resolution_failures_total", {{"host", "api.example.com"}}) == 2);
     CHECK(value_of(after, "egressd_host_resolution_failures_total", {{"host", "db.example.com"}}) == 1);
-    CHECK(value_of(after, "egressd_map_entries", {{"map", "policies_v1"}}) == 1234);
+    CHECK(value_of(after, "egressd_map_entries", {{"map", "policy_rules_v1"}}) == 1234);
     CHECK(value_of(after, "egressd_map_entries", {{"map", "cidrs_v1"}}) == 5);
     CHECK(value_of(after, "egressd_policies") == 12);
     CHECK(value_of(after, "egressd_policy_errors") == 1);

@@ -232,13 +232,16 @@ TEST_CASE("row 7 in the reference decision: identity, protocol, port, destinatio
 
 TEST_CASE("policy rules and names round-trip through the kernel encoding") {
     const PolicyRule rule{42, IPPROTO_UDP, 5353, cidr("2001:db8:1::/48"), 7};
-    const egressd_policy_key key = encode_policy_key(1, rule);
-    CHECK(key.prefixlen == EGRESSD_POLICY_KEY_FIXED_BITS + 48);
+    const egressd_policy_rule_key key = encode_policy_rule_key(1, rule);
+    CHECK(key.prefix == 48);
     CHECK(key.slot == 1);
-    CHECK(decode_policy(key, encode_policy_value(rule)).value() == rule);
-    egressd_policy_key torn = key;
-    torn.prefixlen = 10;
-    CHECK_FALSE(decode_policy(torn, encode_policy_value(rule)).ok());
+    CHECK(decode_policy_rule(key, encode_policy_value(rule)).value() == rule);
+    egressd_policy_rule_key torn = key;
+    torn.prefix = 129;
+    CHECK_FALSE(decode_policy_rule(torn, encode_policy_value(rule)).ok());
+    torn = key;
+    torn.prefix = 16;  // 2001:db8:1:: has bits past /16 set
+    CHECK_FALSE(decode_policy_rule(torn, encode_policy_value(rule)).ok());
 
     const PolicyRef ref{"namespace", std::string(253, 'n')};
     CHECK(decode_policy_name(encode_policy_name(ref)) == ref);
@@ -246,17 +249,24 @@ TEST_CASE("policy rules and names round-trip through the kernel encoding") {
     CHECK(decode_identity_name(encode_identity_name(name)) == name);
 }
 
-TEST_CASE("single addresses go to the exact-match map; the trie is flagged only when it has prefixes") {
+TEST_CASE("the prefix lengths an identity's rules use, longest first; flagged only when there are prefixes") {
     for (const char* address : {"203.0.113.7/32", "2001:db8::7/128"}) {
         CAPTURE(address);
         const PolicyRule host{42, IPPROTO_TCP, 443, cidr(address), 7};
         CHECK(is_host_rule(host));
-        const egressd_policy_host_key key = encode_policy_host_key(1, host);
-        CHECK(key.slot == 1);
-        CHECK(decode_policy_host(key, encode_policy_value(host)) == host);
+        CHECK(decode_policy_rule(encode_policy_rule_key(1, host), encode_policy_value(host)).value() == host);
+        CHECK_FALSE(encode_policy_lengths(std::vector{host}).has_value());
     }
     CHECK_FALSE(is_host_rule(PolicyRule{42, IPPROTO_TCP, 443, cidr("203.0.113.0/31"), 7}));
     CHECK_FALSE(is_host_rule(PolicyRule{42, IPPROTO_TCP, 443, Cidr{}, 7}));  // ::/0, any destination
+    const std::vector<PolicyRule> mixed = {
+        {42, IPPROTO_TCP, 443, cidr("203.0.113.7/32"), 7},  {42, IPPROTO_TCP, 443, cidr("10.0.0.0/8"), 7},
+        {42, IPPROTO_UDP, 53, cidr("10.1.0.0/16"), 8},      {42, IPPROTO_UDP, 53, cidr("192.168.0.0/16"), 8},
+        {42, IPPROTO_TCP, 80, Cidr{}, 9},                   {42, IPPROTO_TCP, 81, cidr("2001:db8::/127"), 9}};
+    const auto lengths = encode_policy_lengths(mixed);
+    REQUIRE(lengths.has_value());
+    // v4-mapped: /8 is 104, /16 is 112; ::/0 is 0.
+    CHECK(std::vector<int>(lengths->lengths, lengths->lengths + lengths->count) == std::vector<int>{127, 112, 104, 0});
 
     AgentConfig agent;
     IdentityRegistry identities;
@@ -301,7 +311,7 @@ TEST_CASE("a policy set that does not fit is refused whole, naming the map and t
     auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     REQUIRE_FALSE(image.ok());
     CHECK(image.error().message ==
-          "policies_v1 needs 4 entries per generation, capacity is 3 (capacities.policyRules)");
+          "policy_rules_v1 needs 4 entries per generation, capacity is 3 (capacities.policyRules)");
 }
 
 // The agent builds with a PolicyRuleCache; every other build (egressctl,

@@ -355,9 +355,7 @@ void Agent::publish_telemetry() {
     const MapImage& image = reconciler_->applied();
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS), image.cidrs.size());
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS), image.ports.size());
-    const auto host_rules = std::ranges::count_if(image.policy_rules, is_host_rule);
-    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES), image.policy_rules.size() - host_rules);
-    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_HOSTS), host_rules);
+    telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_RULES), image.policy_rules.size());
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES), image.policies.size());
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITY_NAMES), datapath_->identity_names().size());
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_WORKLOAD_IDENTITIES),

@@ -249,8 +249,7 @@ private:
         const std::pair<const char*, uint32_t> capacities[] = {
             {EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS), options_.capacities.cidrs},
             {EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS), options_.capacities.ports},
-            {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES), options_.capacities.policy_rules},
-            {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_HOSTS), options_.capacities.policy_rules},
+            {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_RULES), options_.capacities.policy_rules},
             {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES), options_.capacities.policies},
             {EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITY_NAMES), options_.capacities.identities},
             {EGRESSD_STRINGIFY(EGRESSD_MAP_WORKLOAD_IDENTITIES), options_.capacities.workloads},

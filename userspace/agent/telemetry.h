@@ -53,7 +53,7 @@ public:
     // A host's resolution failed (one count per failure the agent sees).
     virtual void record_resolution_failure(const std::string& host) = 0;
 
-    // Entries currently in each map by name (e.g. "policies_v1" -> 1234).
+    // Entries currently in each map by name (e.g. "policy_rules_v1" -> 1234).
     virtual void set_map_entries(const std::string& map, uint64_t entries) = 0;
     // /readyz: 200 "ready" when ready, 503 with the reason otherwise.
     virtual void set_ready(bool ready, const std::string& reason) = 0;

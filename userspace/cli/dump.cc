@@ -36,8 +36,8 @@ std::vector<std::string> bpftool_commands(const std::string& dir) {
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS),
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS),
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_COUNTERS),
-        "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES),
-        "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_HOSTS),
+        "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_RULES),
+        "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_LENGTHS),
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES),
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_IDENTITY_NAMES),
         "bpftool map dump pinned " + dir + "/" EGRESSD_STRINGIFY(EGRESSD_MAP_WORKLOAD_IDENTITIES),
@@ -154,8 +154,8 @@ void print_image(const DumpView& v) {
     for (const auto& [n, p] : image.policies) std::cout << fmt::format("  {:<5} {}\n", n, p.str());
     const size_t rules = image.policy_rules.size();
     const auto host_rules = std::ranges::count_if(image.policy_rules, is_host_rule);
-    std::cout << fmt::format("{}/policies_v1 and policy_hosts_v1 (slot {}): {} entries ({} prefixes, {} addresses)\n",
-                             dir, v.slot, rules, rules - host_rules, host_rules);
+    std::cout << fmt::format("{}/{} (slot {}): {} entries ({} prefixes, {} addresses)\n", dir,
+                             EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_RULES), v.slot, rules, rules - host_rules, host_rules);
     constexpr size_t kShown = 50;
     for (size_t i = 0; i < rules && i < kShown; ++i) {
         const auto& r = image.policy_rules[i];

@@ -18,7 +18,7 @@ namespace {
 
 constexpr std::string_view kCidrsMap = EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS);
 constexpr std::string_view kPortsMap = EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS);
-constexpr std::string_view kPoliciesMap = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES);
+constexpr std::string_view kPoliciesMap = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_RULES);
 constexpr std::string_view kPolicyNamesMap = EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES);
 constexpr std::string_view kDnsHostsMap = EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_HOSTS);
 

@@ -134,8 +134,8 @@ struct PolicyInputs {
 Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, uint64_t generation,
                              const PolicyInputs& policy = {});
 
-// A rule for a single address (prefix 128 in the one address space) lives in
-// policy_hosts_v1, every other one in policies_v1.
+// A rule for a single address (prefix 128 in the one address space): found
+// by the kernel's first probe, before any prefix length (policy_rules_v1).
 inline bool is_host_rule(const PolicyRule& rule) { return rule.cidr.prefix == 128; }
 
 // What turns one slot's content into another: delete what is gone, upsert what

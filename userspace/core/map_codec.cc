@@ -1,6 +1,7 @@
 #include "core/map_codec.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -97,29 +98,39 @@ void decode_config(const egressd_config& config, MapImage& image) {
     image.cgroup_level = config.cgroup_level;
 }
 
-namespace {
-// The fields both policy keys share (the trie's key adds a prefix length).
-template <typename Key>
-Key policy_key_fields(uint8_t slot, const PolicyRule& rule) {
-    Key key{};
+egressd_policy_rule_key encode_policy_rule_key(uint8_t slot, const PolicyRule& rule) {
+    egressd_policy_rule_key key{};
     key.slot = slot;
     key.proto = rule.proto;
     key.port = rule.port;
     key.identity = rule.identity;
+    key.prefix = rule.cidr.prefix;
     std::copy(rule.cidr.addr.bytes.begin(), rule.cidr.addr.bytes.end(), key.addr);
     return key;
 }
-}  // namespace
 
-egressd_policy_host_key encode_policy_host_key(uint8_t slot, const PolicyRule& rule) {
-    return policy_key_fields<egressd_policy_host_key>(slot, rule);
-}
-
-PolicyRule decode_policy_host(const egressd_policy_host_key& key, const egressd_policy_value& value) {
+Result<PolicyRule> decode_policy_rule(const egressd_policy_rule_key& key, const egressd_policy_value& value) {
+    if (key.prefix > 128)
+        return make_error(
+            fmt::format("{} key has prefix length {}", EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_RULES), key.prefix));
     PolicyRule rule{key.identity, key.proto, key.port, Cidr{}, value.policy};
     std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
-    rule.cidr.prefix = 128;
+    rule.cidr.prefix = key.prefix;
+    if (!rule.cidr.contains(rule.cidr.addr))
+        return make_error(
+            fmt::format("{} key {} has host bits set", EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_RULES), rule.cidr.str()));
     return rule;
+}
+
+std::optional<egressd_policy_lengths> encode_policy_lengths(std::span<const PolicyRule> rules) {
+    std::array<bool, EGRESSD_POLICY_MAX_LENGTHS> used{};
+    for (const PolicyRule& rule : rules)
+        if (rule.cidr.prefix < EGRESSD_POLICY_MAX_LENGTHS) used[rule.cidr.prefix] = true;
+    egressd_policy_lengths value{};
+    for (int length = EGRESSD_POLICY_MAX_LENGTHS - 1; length >= 0; --length)
+        if (used[static_cast<size_t>(length)]) value.lengths[value.count++] = static_cast<uint8_t>(length);
+    if (value.count == 0) return std::nullopt;
+    return value;
 }
 
 egressd_dns_host_key encode_dns_host_key(uint8_t slot, const DnsHostRule& rule) {
@@ -137,30 +148,10 @@ DnsHostRule decode_dns_host(const egressd_dns_host_key& key, const egressd_dns_h
     return DnsHostRule{key.identity, DnsHostName{key.wildcard != 0, key.name}, value.host};
 }
 
-egressd_policy_key encode_policy_key(uint8_t slot, const PolicyRule& rule) {
-    auto key = policy_key_fields<egressd_policy_key>(slot, rule);
-    key.prefixlen = EGRESSD_POLICY_KEY_FIXED_BITS + rule.cidr.prefix;
-    return key;
-}
-
 egressd_policy_value encode_policy_value(const PolicyRule& rule) {
     egressd_policy_value value{};
     value.policy = rule.policy;
     return value;
-}
-
-Result<PolicyRule> decode_policy(const egressd_policy_key& key, const egressd_policy_value& value) {
-    constexpr uint32_t kMaxPrefixLen = EGRESSD_POLICY_KEY_FIXED_BITS + 128;
-    if (key.prefixlen < EGRESSD_POLICY_KEY_FIXED_BITS || key.prefixlen > kMaxPrefixLen)
-        return make_error(
-            fmt::format("{} key has prefix length {}", EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES), key.prefixlen));
-    PolicyRule rule{key.identity, key.proto, key.port, Cidr{}, value.policy};
-    std::copy(std::begin(key.addr), std::end(key.addr), rule.cidr.addr.bytes.begin());
-    rule.cidr.prefix = static_cast<uint8_t>(key.prefixlen - EGRESSD_POLICY_KEY_FIXED_BITS);
-    if (!rule.cidr.contains(rule.cidr.addr))
-        return make_error(
-            fmt::format("{} key {} has host bits set", EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES), rule.cidr.str()));
-    return rule;
 }
 
 egressd_identity_name encode_identity_name(const IdentityName& name) {

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <span>
 
 #include "common/result.h"
 #include "core/identity.h"
@@ -20,11 +22,12 @@ egressd_port_value encode_port_value(const PortRule& rule);
 PortRule decode_port(const egressd_port_key& key, const egressd_port_value& value);
 egressd_config encode_config(const MapImage& image);
 void decode_config(const egressd_config& config, MapImage& image);
-egressd_policy_host_key encode_policy_host_key(uint8_t slot, const PolicyRule& rule);
-PolicyRule decode_policy_host(const egressd_policy_host_key& key, const egressd_policy_value& value);
-egressd_policy_key encode_policy_key(uint8_t slot, const PolicyRule& rule);
+egressd_policy_rule_key encode_policy_rule_key(uint8_t slot, const PolicyRule& rule);
 egressd_policy_value encode_policy_value(const PolicyRule& rule);
-Result<PolicyRule> decode_policy(const egressd_policy_key& key, const egressd_policy_value& value);
+Result<PolicyRule> decode_policy_rule(const egressd_policy_rule_key& key, const egressd_policy_value& value);
+// policy_lengths_v1: the prefix lengths below 128 that `rules` (one
+// identity's) use, longest first; nullopt when every rule is a single address.
+std::optional<egressd_policy_lengths> encode_policy_lengths(std::span<const PolicyRule> rules);
 egressd_dns_host_key encode_dns_host_key(uint8_t slot, const DnsHostRule& rule);
 egressd_dns_host encode_dns_host(const DnsHostRule& rule);
 DnsHostRule decode_dns_host(const egressd_dns_host_key& key, const egressd_dns_host& value);

@@ -43,17 +43,15 @@ static_assert(sizeof(egressd_identity_value) == 8);
 static_assert(sizeof(egressd_identity_name) == EGRESSD_NAMESPACE_LEN + EGRESSD_NAME_LEN);
 static_assert(offsetof(egressd_identity_name, service_account) == EGRESSD_NAMESPACE_LEN);
 
-static_assert(sizeof(egressd_policy_host_key) == 8 + 16);
-static_assert(offsetof(egressd_policy_host_key, identity) == 4);
-static_assert(offsetof(egressd_policy_host_key, addr) == 8);
-static_assert(sizeof(egressd_policy_key) == 4 + 8 + 16);
-static_assert(offsetof(egressd_policy_key, slot) == 4);
-static_assert(offsetof(egressd_policy_key, proto) == 5);
-static_assert(offsetof(egressd_policy_key, port) == 6);
-static_assert(offsetof(egressd_policy_key, identity) == 8);
-static_assert(offsetof(egressd_policy_key, addr) == 12);
-static_assert((offsetof(egressd_policy_key, addr) - offsetof(egressd_policy_key, slot)) * 8 ==
-              EGRESSD_POLICY_KEY_FIXED_BITS);
+static_assert(sizeof(egressd_policy_rule_key) == 12 + 16);
+static_assert(offsetof(egressd_policy_rule_key, port) == 2);
+static_assert(offsetof(egressd_policy_rule_key, identity) == 4);
+static_assert(offsetof(egressd_policy_rule_key, prefix) == 8);
+static_assert(offsetof(egressd_policy_rule_key, addr) == 12);
+static_assert(sizeof(egressd_policy_lengths_key) == 8);
+static_assert(offsetof(egressd_policy_lengths_key, identity) == 4);
+static_assert(sizeof(egressd_policy_lengths) == 1 + EGRESSD_POLICY_MAX_LENGTHS + 3);
+static_assert(EGRESSD_POLICY_MAX_LENGTHS <= 255);  // count is a __u8
 static_assert(sizeof(egressd_policy_value) == 8);
 static_assert(sizeof(egressd_policy_name_key) == 8);
 static_assert(offsetof(egressd_policy_name_key, policy) == 4);

@@ -38,8 +38,8 @@ Status size_maps(bpf_object* object, const Capacities& capacities) {
     const std::map<std::string, uint32_t> capacity = {
         {EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS), EGRESSD_SLOTS * capacities.cidrs},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS), EGRESSD_SLOTS * capacities.ports},
-        {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICIES), EGRESSD_SLOTS * capacities.policy_rules},
-        {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_HOSTS), EGRESSD_SLOTS * capacities.policy_rules},
+        {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_RULES), EGRESSD_SLOTS * capacities.policy_rules},
+        {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_LENGTHS), EGRESSD_SLOTS * capacities.identities},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_HOSTS), EGRESSD_SLOTS * capacities.policy_rules},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_LEARNED), capacities.dns_learned},
         {EGRESSD_STRINGIFY(EGRESSD_MAP_POLICY_NAMES), EGRESSD_SLOTS * capacities.policies},

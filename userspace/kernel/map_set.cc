@@ -3,6 +3,7 @@
 #include <bpf/bpf.h>
 
 #include <algorithm>
+#include <set>
 
 #include "core/map_codec.h"
 #include "kernel/abi_check.h"
@@ -58,6 +59,12 @@ Status sync_entries(const BpfMap<Key, Value>& map, const std::map<K, V>& from, c
     return map.apply(deletes, upserts);
 }
 
+// Orders policy rules by identity alone, against an identity.
+struct IdentityOrder {
+    bool operator()(const PolicyRule& rule, uint32_t identity) const { return rule.identity < identity; }
+    bool operator()(uint32_t identity, const PolicyRule& rule) const { return identity < rule.identity; }
+};
+
 // Keys and entries of one map's part of a diff.
 template <typename Key, typename Value>
 struct MapChanges {
@@ -106,12 +113,8 @@ Result<MapImage> MapSet::read_slot(uint32_t slot) const {
             ports, slot, [&](const auto& k, const auto& v) { return always(decode_port(k, v)); }, image->ports);
         !read)
         return read.error();
-    if (auto read = append_slot(policies, slot, decode_policy, image->policy_rules); !read) return read.error();
-    if (auto read = append_slot(
-            policy_hosts, slot, [&](const auto& k, const auto& v) { return always(decode_policy_host(k, v)); },
-            image->policy_rules);
-        !read)
-        return read.error();
+    // policy_lengths_v1 follows from the rules: nothing to read there.
+    if (auto read = append_slot(policy_rules, slot, decode_policy_rule, image->policy_rules); !read) return read.error();
     if (auto read = append_slot(
             dns_hosts, slot, [&](const auto& k, const auto& v) { return always(decode_dns_host(k, v)); },
             image->dns_hosts);
@@ -223,20 +226,26 @@ Status MapSet::write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& 
     for (const auto& rule : diff.port_deletes) port_changes.deletes.push_back(encode_port_key(s, rule));
     for (const auto& rule : diff.port_upserts)
         port_changes.upserts.emplace_back(encode_port_key(s, rule), encode_port_value(rule));
-    // Single addresses go to the exact-match hash, prefixes to the LPM trie.
-    MapChanges<egressd_policy_key, egressd_policy_value> policy_changes;
-    MapChanges<egressd_policy_host_key, egressd_policy_value> host_changes;
+    MapChanges<egressd_policy_rule_key, egressd_policy_value> policy_changes;
+    std::set<uint32_t> identities_changed;
     for (const auto& rule : diff.policy_deletes) {
-        if (is_host_rule(rule))
-            host_changes.deletes.push_back(encode_policy_host_key(s, rule));
-        else
-            policy_changes.deletes.push_back(encode_policy_key(s, rule));
+        policy_changes.deletes.push_back(encode_policy_rule_key(s, rule));
+        identities_changed.insert(rule.identity);
     }
     for (const auto& rule : diff.policy_upserts) {
-        if (is_host_rule(rule))
-            host_changes.upserts.emplace_back(encode_policy_host_key(s, rule), encode_policy_value(rule));
+        policy_changes.upserts.emplace_back(encode_policy_rule_key(s, rule), encode_policy_value(rule));
+        identities_changed.insert(rule.identity);
+    }
+    // The prefix lengths of each identity whose rules changed, from what the
+    // slot will hold (`to`'s rules are sorted by identity first).
+    MapChanges<egressd_policy_lengths_key, egressd_policy_lengths> length_changes;
+    for (uint32_t identity : identities_changed) {
+        const auto range = std::equal_range(to.policy_rules.begin(), to.policy_rules.end(), identity, IdentityOrder{});
+        const egressd_policy_lengths_key key{s, {}, identity};
+        if (auto lengths = encode_policy_lengths({range.first, range.second}))
+            length_changes.upserts.emplace_back(key, *lengths);
         else
-            policy_changes.upserts.emplace_back(encode_policy_key(s, rule), encode_policy_value(rule));
+            length_changes.deletes.push_back(key);
     }
     MapChanges<egressd_dns_host_key, egressd_dns_host> dns_host_changes;
     for (const auto& rule : diff.dns_host_deletes) dns_host_changes.deletes.push_back(encode_dns_host_key(s, rule));
@@ -251,8 +260,9 @@ Status MapSet::write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& 
     // Deletes before writes in each map, so that a full map makes room first.
     if (auto applied = cidr_changes.apply_to(cidrs); !applied) return applied;
     if (auto applied = port_changes.apply_to(ports); !applied) return applied;
-    if (auto applied = policy_changes.apply_to(policies); !applied) return applied;
-    if (auto applied = host_changes.apply_to(policy_hosts); !applied) return applied;
+    // Lengths after the rules: a probe for a new length finds its entries.
+    if (auto applied = policy_changes.apply_to(policy_rules); !applied) return applied;
+    if (auto applied = length_changes.apply_to(policy_lengths); !applied) return applied;
     if (auto applied = name_changes.apply_to(policy_names); !applied) return applied;
     if (auto applied = dns_host_changes.apply_to(dns_hosts); !applied) return applied;
     return config.update(slot, encode_config(to));

@@ -30,8 +30,8 @@ namespace egressd {
     X(counters, EGRESSD_MAP_COUNTERS, uint32_t, egressd_counter)                                          \
     X(workload_identities, EGRESSD_MAP_WORKLOAD_IDENTITIES, egressd_identity_key, egressd_identity_value) \
     X(identity_names, EGRESSD_MAP_IDENTITY_NAMES, uint32_t, egressd_identity_name)                        \
-    X(policies, EGRESSD_MAP_POLICIES, egressd_policy_key, egressd_policy_value)                           \
-    X(policy_hosts, EGRESSD_MAP_POLICY_HOSTS, egressd_policy_host_key, egressd_policy_value)              \
+    X(policy_rules, EGRESSD_MAP_POLICY_RULES, egressd_policy_rule_key, egressd_policy_value)              \
+    X(policy_lengths, EGRESSD_MAP_POLICY_LENGTHS, egressd_policy_lengths_key, egressd_policy_lengths)     \
     X(policy_names, EGRESSD_MAP_POLICY_NAMES, egressd_policy_name_key, egressd_policy_name)               \
     X(event_limits, EGRESSD_MAP_EVENT_LIMITS, uint64_t, egressd_event_bucket)                             \
     X(event_stats, EGRESSD_MAP_EVENT_STATS, uint32_t, uint64_t)                                           \
