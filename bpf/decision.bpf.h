@@ -143,16 +143,67 @@ static __always_inline __u32 egressd_current_identity(__u32 cgroup_level)
 	return 0;
 }
 
+/* The first `len` bits' share of 32-bit word `word`, as a mask (host
+ * order). Without a branch: BPF has no conditional move, and a branch per
+ * word would multiply the verifier's paths by every probe length. */
+static __always_inline __u32 egressd_word_mask(__u32 len, __u32 word)
+{
+	__s64 bits = (__s64)len - 32 * (__s64)word; /* < 0 or > 32 too */
+
+	bits &= ~(bits >> 63);                            /* max(bits, 0) */
+	bits = 32 + ((bits - 32) & ((bits - 32) >> 63)); /* min(bits, 32) */
+	return (__u32)(0xffffffff00000000ULL >> bits);
+}
+
 /* `a` masked to its first `len` bits (network byte order). */
 static __always_inline void egressd_addr_masked(struct egressd_addr *out, const struct egressd_addr *a, __u32 len)
 {
 #pragma unroll
-	for (int i = 0; i < 4; i++) {
-		__u32 bits = len > 32 * i ? len - 32 * i : 0;
-		__u32 mask = bits >= 32 ? 0xffffffffu : bits == 0 ? 0 : ~0u << (32 - bits);
+	for (int i = 0; i < 4; i++)
+		out->w[i] = a->w[i] & bpf_htonl(egressd_word_mask(len, i));
+}
 
-		out->w[i] = a->w[i] & bpf_htonl(mask);
-	}
+/* The rule for exactly this address (prefix 128), or NULL. */
+static __always_inline const struct egressd_policy_value *egressd_policy_exact(__u8 slot, __u32 identity, __u8 proto,
+									      __u16 port,
+									      const struct egressd_addr *a)
+{
+	struct egressd_policy_rule_key key = {
+	    .slot = slot,
+	    .proto = proto,
+	    .port = port,
+	    .identity = identity,
+	    .prefix = 128,
+	};
+
+	__builtin_memcpy(key.addr, a->w, sizeof(key.addr));
+	return bpf_map_lookup_elem(&EGRESSD_MAP_POLICY_RULES, &key);
+}
+
+/* One bpf_loop() step of egressd_policy_lookup(): the destination masked to
+ * the index-th length the identity uses. A callback, verified once, where a
+ * loop of 128 probes would be walked probe by probe by the verifier. */
+struct egressd_prefix_probe {
+	const struct egressd_policy_lengths *lengths;
+	const struct egressd_addr *dst;
+	const struct egressd_policy_value *found;
+	struct egressd_policy_rule_key key;
+};
+
+static long egressd_probe_length(__u64 index, void *ctx)
+{
+	struct egressd_prefix_probe *probe = ctx;
+	struct egressd_addr masked;
+	__u32 len;
+
+	if (index >= EGRESSD_POLICY_MAX_LENGTHS || index >= probe->lengths->count)
+		return 1;
+	len = probe->lengths->lengths[index];
+	egressd_addr_masked(&masked, probe->dst, len);
+	probe->key.prefix = (__u8)len;
+	__builtin_memcpy(probe->key.addr, masked.w, sizeof(probe->key.addr));
+	probe->found = bpf_map_lookup_elem(&EGRESSD_MAP_POLICY_RULES, &probe->key);
+	return probe->found ? 1 : 0; /* the longest first: the first found wins */
 }
 
 /* The policy entry for (identity, proto, port, destination): the longest
@@ -162,39 +213,21 @@ static __always_inline void egressd_addr_masked(struct egressd_addr *out, const 
 static __always_inline const struct egressd_policy_value *
 egressd_policy_lookup(__u8 slot, __u32 flags, __u32 identity, __u8 proto, __u16 port, const struct egressd_addr *a)
 {
-	const struct egressd_policy_lengths *lengths;
-	const struct egressd_policy_value *value;
 	struct egressd_policy_lengths_key lengths_key = {.slot = slot, .identity = identity};
-	struct egressd_policy_rule_key key = {
-	    .slot = slot,
-	    .proto = proto,
-	    .port = port,
-	    .identity = identity,
-	    .prefix = 128,
+	struct egressd_prefix_probe probe = {
+	    .dst = a,
+	    .key = {.slot = slot, .proto = proto, .port = port, .identity = identity},
 	};
-	struct egressd_addr masked;
+	const struct egressd_policy_value *value;
 
-	__builtin_memcpy(key.addr, a->w, sizeof(key.addr));
-	value = bpf_map_lookup_elem(&EGRESSD_MAP_POLICY_RULES, &key);
+	value = egressd_policy_exact(slot, identity, proto, port, a);
 	if (value || !(flags & EGRESSD_CFG_POLICY_PREFIXES))
 		return value;
-	lengths = bpf_map_lookup_elem(&EGRESSD_MAP_POLICY_LENGTHS, &lengths_key);
-	if (!lengths)
+	probe.lengths = bpf_map_lookup_elem(&EGRESSD_MAP_POLICY_LENGTHS, &lengths_key);
+	if (!probe.lengths)
 		return NULL;
-	for (__u32 i = 0; i < EGRESSD_POLICY_MAX_LENGTHS; i++) {
-		__u32 len;
-
-		if (i >= lengths->count)
-			break;
-		len = lengths->lengths[i];
-		egressd_addr_masked(&masked, a, len);
-		key.prefix = (__u8)len;
-		__builtin_memcpy(key.addr, masked.w, sizeof(key.addr));
-		value = bpf_map_lookup_elem(&EGRESSD_MAP_POLICY_RULES, &key);
-		if (value)
-			return value;
-	}
-	return NULL;
+	bpf_loop(probe.lengths->count, egressd_probe_length, &probe, 0);
+	return probe.found;
 }
 
 /* Row 7 for a destination learned from a DNS answer (ABI: learning from
@@ -222,7 +255,7 @@ egressd_learned_policy(__u8 slot, __u32 flags, __u32 identity, __u8 proto, __u16
 			return NULL; /* expired: the next answer learns it again */
 		host.w[0] = bpf_htonl(EGRESSD_DNS_HOST_ADDRESS_WORD0);
 		host.w[3] = bpf_htonl(entry->host);
-		return egressd_policy_lookup(slot, flags, identity, proto, port, &host);
+		return egressd_policy_exact(slot, identity, proto, port, &host); /* 100::N is a /128 rule */
 	}
 	return NULL;
 }
