@@ -1,6 +1,8 @@
 #include "agent/reconciler.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <iterator>
 #include <set>
 
 #include <fmt/format.h>
@@ -31,6 +33,16 @@ std::string describe_policy_changes(const std::vector<EgressPolicy>& before, con
 }
 
 }  // namespace
+
+void Reconciler::set_policies(const std::vector<EgressPolicy>& policies) {
+    if (*policies_ == policies) return;
+    policies_ = std::make_shared<const std::vector<EgressPolicy>>(policies);
+}
+
+void Reconciler::set_policies(std::vector<EgressPolicy>&& policies) {
+    if (*policies_ == policies) return;
+    policies_ = std::make_shared<const std::vector<EgressPolicy>>(std::move(policies));
+}
 
 Reconciler::Reconciler(const AgentConfig& config, Datapath& datapath, CgroupTarget cgroup, uint32_t cgroup_level)
     : config_(config), datapath_(datapath), cgroup_(std::move(cgroup)), cgroup_level_(cgroup_level) {
@@ -150,10 +162,9 @@ Status Reconciler::apply(std::vector<std::string>& problems) {
     std::map<std::string, CgroupTarget> to_attach;
     auto workload_ids = workload_cgroups(problems, to_attach);
     if (!workload_ids) return workload_ids.error();
-    std::set<uint32_t> used;
-    for (const auto& [cgroup_id, number] : *workload_ids) used.insert(number);
-    PolicyInputs policy_inputs{&policies_,       &host_addresses_, &identities_,         &policy_numbers_,
-                               cgroup_level_,    &policy_rule_cache_, &host_numbers_};
+    policy_rule_cache_.set_policies(policies_);  // the same list as last time: its policies are not compared again
+    PolicyInputs policy_inputs{policies_.get(), &host_addresses_,    &identities_,  &policy_numbers_,
+                               cgroup_level_,   &policy_rule_cache_, &host_numbers_};
     AgentConfig with_cluster_ranges;
     const AgentConfig* settings = &config_;
     if (mesh_cidrs_) {
@@ -165,9 +176,23 @@ Status Reconciler::apply(std::vector<std::string>& problems) {
     if (!built) return built.error();
     // Shared with the datapath's record of the slot: 100k entries are not copied.
     const auto image = std::make_shared<const MapImage>(std::move(*built));
-    // Rules are sorted by identity first: one insert per identity, not per rule.
+    // The identities in use, sorted: the rules' (sorted by identity first, so
+    // one entry per identity) and the workloads'.
+    std::vector<uint32_t> used;
     for (uint32_t last = 0; const auto& rule : image->policy_rules)
-        if (rule.identity != last) used.insert(last = rule.identity);
+        if (rule.identity != last) used.push_back(last = rule.identity);
+    if (!workload_ids->empty()) {
+        std::vector<uint32_t> workload_numbers;
+        workload_numbers.reserve(workload_ids->size());
+        for (const auto& [cgroup_id, number] : *workload_ids) workload_numbers.push_back(number);
+        std::sort(workload_numbers.begin(), workload_numbers.end());
+        std::vector<uint32_t> both;
+        both.reserve(used.size() + workload_numbers.size());
+        std::set_union(used.begin(), used.end(), workload_numbers.begin(), workload_numbers.end(),
+                       std::back_inserter(both));
+        both.erase(std::unique(both.begin(), both.end()), both.end());
+        used = std::move(both);
+    }
     if (auto fits = check_identity_capacity(workload_ids->size()); !fits) return fits;
 
     const std::map<uint64_t, uint32_t> previous_workloads = datapath_.workload_identities();
@@ -175,7 +200,8 @@ Status Reconciler::apply(std::vector<std::string>& problems) {
     // then forget the names nothing uses any more.
     if (auto named = push_identities(*workload_ids); !named) return named;
     if (auto published = datapath_.publish(image); !published) return published;
-    if (used.size() != identities_.size()) identities_.retain(used);  // used is a subset of the numbered
+    if (used.size() != identities_.size())  // used is a subset of the numbered
+        identities_.retain(std::set<uint32_t>(used.begin(), used.end()));
     std::set<uint32_t> policies_in_use;
     for (const auto& [number, ref] : image->policies) policies_in_use.insert(number);
     policy_numbers_.retain(policies_in_use);
@@ -200,7 +226,8 @@ std::string Reconciler::describe(const MapImage& image, const std::map<uint64_t,
     if (!(applied_image_->flags & EGRESSD_CFG_VALID)) return "";  // the first generation: the agent says it all
     std::vector<std::string> changes;
     if (!(mesh_ == applied_mesh_)) changes.push_back(describe_changes(applied_mesh_, mesh_));
-    if (auto p = describe_policy_changes(applied_policies_, policies_); !p.empty()) changes.push_back(p);
+    if (applied_policies_ != policies_)
+        if (auto p = describe_policy_changes(*applied_policies_, *policies_); !p.empty()) changes.push_back(p);
     if (changes.empty() && image.policy_rules != applied_image_->policy_rules)
         changes.push_back(
             fmt::format("policy entries {} -> {}", applied_image_->policy_rules.size(), image.policy_rules.size()));

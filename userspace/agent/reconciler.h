@@ -37,7 +37,11 @@ public:
 
     // The inputs. Each replaces the previous value of its kind.
     void set_mesh(MeshConfig mesh) { mesh_ = std::move(mesh); }
-    void set_policies(std::vector<EgressPolicy> policies) { policies_ = std::move(policies); }
+    // The policies are kept as one immutable list, shared with the applied
+    // generation's record: an unchanged list (the agent hands over its whole
+    // list on every change) is neither copied nor rebuilt.
+    void set_policies(const std::vector<EgressPolicy>& policies);
+    void set_policies(std::vector<EgressPolicy>&& policies);
     void set_workloads(std::vector<Workload> workloads) { workloads_ = std::move(workloads); }
     void set_host_addresses(std::map<std::string, std::vector<IpAddress>> addresses) {
         host_addresses_ = std::move(addresses);
@@ -55,7 +59,7 @@ public:
 
     const MapImage& applied() const { return *applied_image_; }
     std::shared_ptr<const MapImage> applied_shared() const { return applied_image_; }
-    size_t applied_policies() const { return applied_policies_.size(); }
+    size_t applied_policies() const { return applied_policies_->size(); }
     size_t workloads() const { return workloads_.size(); }
     // What the last apply() changed, for the log and the status file.
     const std::string& last_change() const { return last_change_; }
@@ -90,7 +94,7 @@ private:
     uint32_t cgroup_level_ = 0;
 
     MeshConfig mesh_;
-    std::vector<EgressPolicy> policies_;
+    std::shared_ptr<const std::vector<EgressPolicy>> policies_ = std::make_shared<const std::vector<EgressPolicy>>();
     std::vector<Workload> workloads_;
     std::map<std::string, std::vector<IpAddress>> host_addresses_;
     std::optional<std::vector<Cidr>> mesh_cidrs_;
@@ -109,7 +113,7 @@ private:
     // What the kernel enforces.
     MeshConfig applied_mesh_;
     std::shared_ptr<const MapImage> applied_image_ = std::make_shared<const MapImage>();
-    std::vector<EgressPolicy> applied_policies_;
+    std::shared_ptr<const std::vector<EgressPolicy>> applied_policies_ = policies_;
     std::string last_change_;
     std::string applied_at_;
 };

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cstring>
+#include <iterator>
 #include <set>
 #include <tuple>
 
@@ -50,6 +51,19 @@ template <>
 bool rule_less(const PolicyRule& a, const PolicyRule& b) {
     const auto order = policy_key_order(a, b);
     return order != 0 ? order < 0 : a.policy < b.policy;
+}
+
+// a == b; for policy rules without a call to memcmp per address, as the
+// defaulted comparison makes: a change's diff compares 100k of them.
+template <typename Rule>
+bool same_rule(const Rule& a, const Rule& b) {
+    return a == b;
+}
+template <>
+bool same_rule(const PolicyRule& a, const PolicyRule& b) {
+    return a.identity == b.identity && a.proto == b.proto && a.port == b.port && a.policy == b.policy &&
+           a.cidr.prefix == b.cidr.prefix && PolicyKeyWords(a).high == PolicyKeyWords(b).high &&
+           PolicyKeyWords(a).low == PolicyKeyWords(b).low;
 }
 
 // Sorted by key, one entry per key: the first occurrence in its list (the
@@ -113,7 +127,13 @@ void diff_rules(const std::vector<Rule>& from_in, const std::vector<Rule>& to_in
     const std::vector<Rule>& from = sorted(from_in, from_sorted);
     const std::vector<Rule>& to = sorted(to_in, to_sorted);
     auto old_rule = from.begin();
-    for (const Rule& rule : to) {
+    for (auto next = to.begin(); next != to.end(); ++next) {
+        // Runs of equal rules (all but a change's few) cost one comparison each.
+        if (old_rule != from.end() && same_rule(*old_rule, *next)) {
+            ++old_rule;
+            continue;
+        }
+        const Rule& rule = *next;
         for (; old_rule != from.end() && key_less(*old_rule, rule); ++old_rule) deletes.push_back(*old_rule);
         if (old_rule != from.end() && !key_less(rule, *old_rule)) {
             if (map_value(*old_rule) != map_value(rule)) upserts.push_back(rule);
@@ -159,6 +179,26 @@ void add_policy_rules(MapImage& image, const PolicyInputs& in) {
     for (PolicyRule& rule : image.policy_rules) rule.policy = numbers[rule.policy];
 }
 
+// add_dns_hosts for the policies that name hosts: the others give it nothing
+// (their identities are numbered already, by their rules), and at 10k
+// identities looking each of them up costs more than the rest of a change.
+void add_host_names(MapImage& image, const PolicyInputs& in) {
+    if (!in.policies || !in.host_numbers) return;
+    auto names_hosts = [](const EgressPolicy& policy) {
+        return !policy.hosts.empty() || !policy.wildcard_hosts.empty();
+    };
+    const size_t count = size_t(std::ranges::count_if(*in.policies, names_hosts));
+    if (count == 0) return;
+    if (count == in.policies->size()) return add_dns_hosts(image, in);
+    // Same order: the first policy still wins a shared key.
+    std::vector<EgressPolicy> with_hosts;
+    with_hosts.reserve(count);
+    std::ranges::copy_if(*in.policies, std::back_inserter(with_hosts), names_hosts);
+    PolicyInputs subset = in;
+    subset.policies = &with_hosts;
+    add_dns_hosts(image, subset);
+}
+
 }  // namespace
 
 Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, uint64_t generation,
@@ -191,7 +231,7 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
     if (std::ranges::any_of(image.ports, [](const PortRule& rule) { return rule.table == EGRESSD_PORTS_EXCLUDE; }))
         image.flags |= EGRESSD_CFG_HAS_EXCLUDED_PORTS;
     add_policy_rules(image, policy);
-    add_dns_hosts(image, policy);
+    add_host_names(image, policy);
     if (std::ranges::any_of(image.policy_rules, [](const PolicyRule& rule) { return !is_host_rule(rule); }))
         image.flags |= EGRESSD_CFG_POLICY_PREFIXES;
     // Without policy host names nothing is learned: row 7 need not look.

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
+#include <memory>
 #include <vector>
 
 #include "core/egress_policy.h"
@@ -23,17 +25,28 @@ public:
     void build(MapImage& image, const PolicyInputs& in);
     size_t rules() const { return all_.size(); }
 
+    // Optional: the immutable list the next builds read (in.policies ==
+    // list.get()). While builds read the very list the previous one read,
+    // its policies are known unchanged and are not compared one by one
+    // again (a MeshConfig toggle at 100k rules costs a copy of the rules).
+    void set_policies(std::shared_ptr<const std::vector<EgressPolicy>> list) { list_ = std::move(list); }
+
 private:
     struct Entry {
         EgressPolicy policy;
         std::vector<std::vector<IpAddress>> host_addresses;  // of policy.hosts, as built
         std::vector<uint32_t> host_numbers;                  // of its host names, as built
         uint32_t number = 0;
+        uint64_t build = 0;  // the last build that found the policy
     };
     std::map<PolicyRef, Entry> entries_;
     // Every cached policy's rules (before first-policy-wins), sorted by key,
     // then by the policy's (namespace, name).
     std::vector<PolicyRule> all_;
+    bool shared_keys_ = false;  // whether a key of all_ has rules of several policies
+    uint64_t builds_ = 0;
+    std::shared_ptr<const std::vector<EgressPolicy>> list_;        // from set_policies
+    std::shared_ptr<const std::vector<EgressPolicy>> built_list_;  // the list the last build read, if list_
 };
 
 }  // namespace egressd

@@ -1,0 +1,171 @@
+// The agent's update path: the policy rule cache reading one shared,
+// immutable policy list across builds (a MeshConfig toggle, a host's new
+// answer), policies with and without hosts side by side, and the diff's
+// shortcut over equal rules. Each is checked against the plain build.
+#include <netinet/in.h>
+
+#include <doctest/doctest.h>
+
+#include <memory>
+#include <random>
+#include <set>
+
+#include "core/dns_hosts.h"
+#include "core/image.h"
+#include "core/policy_rule_cache.h"
+
+using namespace egressd;
+
+namespace rule_cache_test {
+
+Cidr prefix(const char* text) { return Cidr::parse(text).value(); }
+IpAddress address(const char* text) { return IpAddress::parse(text).value(); }
+
+const PolicyPort kWeb{80, "http", IPPROTO_TCP};
+const PolicyPort kTls{443, "https", IPPROTO_TCP};
+const PolicyPort kDnsPort{53, "udp", IPPROTO_UDP};
+
+MeshConfig mesh(bool enable_egress) {
+    MeshConfig m;
+    m.enable_egress = enable_egress;
+    m.enable_egress_policy = true;
+    return m;
+}
+
+// What applying `diff` to `from` leaves, for the policy rules (keys are unique).
+std::vector<PolicyRule> apply_rules(const std::vector<PolicyRule>& from, const ImageDiff& diff) {
+    auto key = [](const PolicyRule& r) { return std::make_tuple(r.identity, r.proto, r.port, r.cidr); };
+    std::map<decltype(key(from.front())), PolicyRule> by_key;
+    for (const PolicyRule& r : from) by_key[key(r)] = r;
+    for (const PolicyRule& r : diff.policy_deletes) by_key.erase(key(r));
+    for (const PolicyRule& r : diff.policy_upserts) by_key[key(r)] = r;
+    std::vector<PolicyRule> out;
+    for (const auto& [k, r] : by_key) out.push_back(r);
+    return out;
+}
+
+}  // namespace rule_cache_test
+
+using namespace rule_cache_test;
+
+TEST_CASE("the rule cache on a shared policy list equals the plain build, change after change") {
+    const uint64_t seed = std::random_device{}();
+    CAPTURE(seed);
+    std::mt19937_64 rng(seed);
+    auto pick = [&rng](size_t n) { return static_cast<size_t>(rng() % n); };
+
+    const std::vector<Cidr> prefixes{prefix("203.0.113.0/24"), prefix("203.0.113.7/32"), prefix("198.18.0.0/15"),
+                                     prefix("2001:db8::/32"), prefix("198.18.1.1/32")};
+    const std::vector<std::string> host_names{"a.example", "b.example", "*.example", "c.example"};
+    const std::vector<IpAddress> addresses{address("203.0.113.7"), address("203.0.113.8"), address("2001:db8::5")};
+    auto random_policy = [&](const std::string& name) {
+        EgressPolicy p;
+        p.api_version = "policy.flomesh.io/v1alpha1";
+        p.namespace_ = "shop";
+        p.name = name;
+        for (size_t n = 1 + pick(3); n > 0; --n)
+            p.sources.push_back(PolicySource{"ns" + std::to_string(pick(2)), "sa" + std::to_string(pick(4))});
+        p.ports = {pick(2) ? kWeb : kDnsPort};
+        if (pick(3) == 0) p.ports.push_back(kTls);
+        for (size_t n = pick(3); n > 0; --n) p.ip_addresses.push_back(prefixes[pick(prefixes.size())]);
+        if (pick(3) == 0) {  // a third of the policies name a host
+            const std::string& host = host_names[pick(host_names.size())];
+            (host.starts_with("*.") ? p.wildcard_hosts : p.hosts).push_back(host);
+        }
+        return p;
+    };
+
+    AgentConfig agent;
+    agent.capacities.policy_rules = 100000;
+    std::map<std::string, EgressPolicy> by_name;
+    std::map<std::string, std::vector<IpAddress>> resolved;
+    IdentityRegistry ids, cached_ids;
+    PolicyRegistry numbers, cached_numbers;
+    HostRegistry hosts, cached_hosts;
+    PolicyRuleCache cache;
+    auto list = std::make_shared<const std::vector<EgressPolicy>>();
+    std::optional<MapImage> previous;
+    for (int step = 0; step < 300; ++step) {
+        CAPTURE(step);
+        bool enable_egress = false;
+        switch (pick(5)) {
+            case 0:
+            case 1: {  // add or replace: a new list
+                const std::string name = "p" + std::to_string(pick(10));
+                by_name.insert_or_assign(name, random_policy(name));
+                break;
+            }
+            case 2:
+                if (!by_name.empty()) by_name.erase(std::next(by_name.begin(), pick(by_name.size())));
+                break;
+            case 3: {  // a host's answer changes; the same list
+                auto& answer = resolved[host_names[pick(host_names.size())]];
+                answer.clear();
+                for (size_t n = pick(3); n > 0; --n) answer.push_back(addresses[pick(addresses.size())]);
+                break;
+            }
+            case 4:  // a MeshConfig toggle; the same list
+                enable_egress = pick(2);
+                break;
+        }
+        std::vector<EgressPolicy> policies;
+        for (const auto& [name, p] : by_name) policies.push_back(p);
+        if (policies != *list) list = std::make_shared<const std::vector<EgressPolicy>>(std::move(policies));
+
+        cache.set_policies(list);
+        PolicyInputs cached{list.get(), &resolved, &cached_ids, &cached_numbers, 0, &cache, &cached_hosts};
+        auto with_cache = build_image(agent, mesh(enable_egress), 1, cached);
+        REQUIRE(with_cache.ok());
+        PolicyInputs plain{list.get(), &resolved, &ids, &numbers, 0, nullptr, &hosts};
+        auto without = build_image(agent, mesh(enable_egress), 1, plain);
+        REQUIRE(without.ok());
+        // Same registries' history on both sides: the very same image.
+        CHECK(*with_cache == *without);
+
+        if (previous) {
+            const ImageDiff diff = diff_images(*previous, *with_cache);
+            CHECK(apply_rules(previous->policy_rules, diff) == with_cache->policy_rules);
+        }
+        previous = *with_cache;
+
+        // What the agent does after publishing: forget unused numbers.
+        for (auto* side : {&*with_cache, &*without}) {
+            std::set<uint32_t> used_identities, used_policies, used_hosts;
+            for (const auto& rule : side->policy_rules) used_identities.insert(rule.identity);
+            for (const auto& [number, ref] : side->policies) used_policies.insert(number);
+            for (const auto& rule : side->dns_hosts) used_hosts.insert(rule.number);
+            const bool is_cached = side == &*with_cache;
+            (is_cached ? cached_ids : ids).retain(used_identities);
+            (is_cached ? cached_numbers : numbers).retain(used_policies);
+            (is_cached ? cached_hosts : hosts).retain(used_hosts);
+        }
+    }
+}
+
+TEST_CASE("diff: one rule more among many equal ones is one upsert; one less is one delete") {
+    std::vector<PolicyRule> rules;
+    for (uint32_t identity = 1; identity <= 50; ++identity)
+        for (uint16_t port : {80, 443})
+            rules.push_back(PolicyRule{identity, IPPROTO_TCP, port, prefix("198.18.0.1/32"), identity});
+    MapImage from, to;
+    from.policy_rules = rules;
+    to.policy_rules = rules;
+    const PolicyRule added{25, IPPROTO_TCP, 80, prefix("198.18.0.2/32"), 99};
+    to.policy_rules.insert(to.policy_rules.begin() + 49, added);  // after (25, tcp, 80, 198.18.0.1)
+    ImageDiff diff = diff_images(from, to);
+    CHECK(diff.policy_deletes.empty());
+    REQUIRE(diff.policy_upserts.size() == 1);
+    CHECK(diff.policy_upserts.front() == added);
+
+    diff = diff_images(to, from);
+    CHECK(diff.policy_upserts.empty());
+    REQUIRE(diff.policy_deletes.size() == 1);
+    CHECK(diff.policy_deletes.front() == added);
+
+    to.policy_rules = rules;
+    to.policy_rules[10].policy = 7;  // same key, another policy: an upsert of its value
+    diff = diff_images(from, to);
+    CHECK(diff.policy_deletes.empty());
+    REQUIRE(diff.policy_upserts.size() == 1);
+    CHECK(diff.policy_upserts.front() == to.policy_rules[10]);
+}
