@@ -3,9 +3,11 @@
  * Revocation (docs/decision.md, "revocation"): socket iterators that list a
  * network namespace's TCP and connected UDP sockets for the agent, which
  * decides them against the new generation with the reference model, and
- * that destroy the ones it names (bpf_sock_destroy, kernel >= 6.5). A
- * separate object from egressd.bpf.c: iterators are tracing programs, loaded
- * only when revocation is on, and no hook depends on them.
+ * that destroy the ones it names (bpf_sock_destroy, kernel >= 6.5). The
+ * listing also gives open TCP connections' byte counts, read when egressctl
+ * flows or /metrics asks. A separate object from egressd.bpf.c: iterators
+ * are tracing programs, loaded only when revocation is on or bytes are
+ * asked for, and no hook depends on them.
  *
  * The kernel's types are declared here with only the fields read, and CO-RE
  * relocates every access against the running kernel's BTF.
