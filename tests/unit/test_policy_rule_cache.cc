@@ -84,11 +84,13 @@ TEST_CASE("the rule cache on a shared policy list equals the plain build, change
     HostRegistry hosts, cached_hosts;
     PolicyRuleCache cache;
     auto list = std::make_shared<const std::vector<EgressPolicy>>();
+    std::shared_ptr<const std::vector<EgressPolicy>> cache_list;  // the list the last build read
     std::optional<MapImage> previous;
     for (int step = 0; step < 300; ++step) {
         CAPTURE(step);
         bool enable_egress = false;
-        switch (pick(5)) {
+        const size_t change = pick(5);
+        switch (change) {
             case 0:
             case 1: {  // add or replace: a new list
                 const std::string name = "p" + std::to_string(pick(10));
@@ -112,10 +114,32 @@ TEST_CASE("the rule cache on a shared policy list equals the plain build, change
         for (const auto& [name, p] : by_name) policies.push_back(p);
         if (policies != *list) list = std::make_shared<const std::vector<EgressPolicy>>(std::move(policies));
 
+        const auto previous_list = step > 0 ? cache_list : nullptr;
+        cache_list = list;
         cache.set_policies(list);
         PolicyInputs cached{list.get(), &resolved, &cached_ids, &cached_numbers, 0, &cache, &cached_hosts};
         auto with_cache = build_image(agent, mesh(enable_egress), 1, cached);
         REQUIRE(with_cache.ok());
+
+        // What the cache says changed, for the log: as a comparison of the two lists says.
+        const PolicyRuleCache::Changes& found = cache.last_changes();
+        CHECK(found.since == previous_list);
+        std::vector<PolicyRef> added, changed, removed;
+        std::map<PolicyRef, const EgressPolicy*> before;
+        if (previous_list)
+            for (const EgressPolicy& p : *previous_list) before[{p.namespace_, p.name}] = &p;
+        for (const EgressPolicy& p : *list) {
+            auto it = before.find({p.namespace_, p.name});
+            if (it == before.end())
+                added.push_back({p.namespace_, p.name});
+            else if (!(*it->second == p))
+                changed.push_back({p.namespace_, p.name});
+            if (it != before.end()) before.erase(it);
+        }
+        for (const auto& [ref, p] : before) removed.push_back(ref);
+        CHECK(found.added == added);
+        CHECK(found.changed == changed);
+        CHECK(found.removed == removed);
         PolicyInputs plain{list.get(), &resolved, &ids, &numbers, 0, nullptr, &hosts};
         auto without = build_image(agent, mesh(enable_egress), 1, plain);
         REQUIRE(without.ok());
@@ -123,8 +147,10 @@ TEST_CASE("the rule cache on a shared policy list equals the plain build, change
         CHECK(*with_cache == *without);
 
         if (previous) {
+            // A toggle shares the previous image's rules: nothing to copy, compare or diff.
+            if (change == 4) CHECK(with_cache->policy_rules.shares_with(previous->policy_rules));
             const ImageDiff diff = diff_images(*previous, *with_cache);
-            CHECK(apply_rules(previous->policy_rules, diff) == with_cache->policy_rules);
+            CHECK(apply_rules(previous->policy_rules.vector(), diff) == with_cache->policy_rules.vector());
         }
         previous = *with_cache;
 
@@ -151,7 +177,7 @@ TEST_CASE("diff: one rule more among many equal ones is one upsert; one less is 
     from.policy_rules = rules;
     to.policy_rules = rules;
     const PolicyRule added{25, IPPROTO_TCP, 80, prefix("198.18.0.2/32"), 99};
-    to.policy_rules.insert(to.policy_rules.begin() + 49, added);  // after (25, tcp, 80, 198.18.0.1)
+    to.policy_rules.edit().insert(to.policy_rules.edit().begin() + 49, added);  // after (25, tcp, 80, 198.18.0.1)
     ImageDiff diff = diff_images(from, to);
     CHECK(diff.policy_deletes.empty());
     REQUIRE(diff.policy_upserts.size() == 1);
@@ -163,7 +189,7 @@ TEST_CASE("diff: one rule more among many equal ones is one upsert; one less is 
     CHECK(diff.policy_deletes.front() == added);
 
     to.policy_rules = rules;
-    to.policy_rules[10].policy = 7;  // same key, another policy: an upsert of its value
+    to.policy_rules.edit()[10].policy = 7;  // same key, another policy: an upsert of its value
     diff = diff_images(from, to);
     CHECK(diff.policy_deletes.empty());
     REQUIRE(diff.policy_upserts.size() == 1);

@@ -2,6 +2,10 @@
 
 #include <netinet/in.h>
 
+#include <algorithm>
+#include <random>
+#include <set>
+
 #include "core/revocation.h"
 #include "test_support.h"
 
@@ -37,6 +41,57 @@ std::vector<uint64_t> cookies_of(const std::vector<Revocation>& revoked) {
 }
 
 }  // namespace
+
+TEST_CASE("may_tighten on policy rules: any key withdrawn, wherever the change is") {
+    const uint64_t seed = std::random_device{}();
+    CAPTURE(seed);
+    std::mt19937_64 rng(seed);
+    auto pick = [&rng](uint32_t n) { return uint32_t(rng() % n); };
+    auto random_rule = [&] {
+        IpAddress a = IpAddress::parse("198.18.0.0").value();
+        a.bytes[15] = uint8_t(pick(8));
+        return PolicyRule{1 + pick(6), pick(2) ? uint8_t(IPPROTO_TCP) : uint8_t(IPPROTO_UDP), uint16_t(80 + pick(2)),
+                          Cidr{a, 128}, 1 + pick(3)};
+    };
+    auto sorted_unique = [](std::vector<PolicyRule> rules) {
+        auto key = [](const PolicyRule& r) { return std::tie(r.identity, r.proto, r.port, r.cidr); };
+        std::sort(rules.begin(), rules.end(), [&](const auto& x, const auto& y) { return key(x) < key(y); });
+        rules.erase(std::unique(rules.begin(), rules.end(), [&](const auto& x, const auto& y) { return key(x) == key(y); }),
+                    rules.end());
+        return rules;
+    };
+    for (int round = 0; round < 2000; ++round) {
+        CAPTURE(round);
+        std::vector<PolicyRule> before_rules;
+        for (uint32_t n = pick(60); n > 0; --n) before_rules.push_back(random_rule());
+        before_rules = sorted_unique(before_rules);
+        // A change somewhere: rules added, removed or given to another policy.
+        std::vector<PolicyRule> after_rules = before_rules;
+        for (uint32_t n = 1 + pick(3); n > 0; --n) {
+            const uint32_t what = pick(3);
+            if (what == 0 || after_rules.empty()) {
+                after_rules.push_back(random_rule());
+            } else {
+                const size_t at = pick(uint32_t(after_rules.size()));
+                if (what == 1)
+                    after_rules.erase(after_rules.begin() + long(at));
+                else
+                    after_rules[at].policy = 1 + pick(3);
+            }
+        }
+        after_rules = sorted_unique(after_rules);
+        std::set<std::tuple<uint32_t, uint8_t, uint16_t, Cidr>> after_keys;
+        for (const PolicyRule& r : after_rules) after_keys.insert({r.identity, r.proto, r.port, r.cidr});
+        const bool withdrawn = std::ranges::any_of(before_rules, [&](const PolicyRule& r) {
+            return !after_keys.contains({r.identity, r.proto, r.port, r.cidr});
+        });
+        MapImage before, after;
+        before.flags = after.flags = EGRESSD_CFG_VALID | EGRESSD_CFG_POLICY_ACTIVE;
+        before.policy_rules = before_rules;
+        after.policy_rules = after_rules;
+        CHECK(may_tighten(before, after) == withdrawn);
+    }
+}
 
 TEST_CASE("may_tighten: withdrawing what allows tightens; adding does not") {
     AgentConfig agent;

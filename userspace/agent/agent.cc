@@ -253,7 +253,7 @@ void Agent::revoke_tightened(const Enforced& before, std::chrono::steady_clock::
 Status Agent::load_datapath() {
     if (auto loaded = load_and_adopt(); !loaded) return loaded;
     reconciler_->set_mesh(mesh_);
-    reconciler_->set_policies(policies_.policies);
+    reconciler_->set_policies(policies_);
     reconciler_->set_workloads(workloads_);
     std::vector<std::string> problems;
     if (auto published = reconciler_->apply(problems); !published) return published.error();
@@ -361,7 +361,7 @@ void Agent::publish_telemetry() {
     telemetry_->set_map_entries(EGRESSD_STRINGIFY(EGRESSD_MAP_WORKLOAD_IDENTITIES),
                                 datapath_->workload_identities().size());
     telemetry_->set_state(config_.audit ? "audit" : "enforce", reconciler_->applied_policies(),
-                          policies_.errors.size());
+                          policy_errors_.size());
 }
 
 bool Agent::reload_mesh_config(bool force) {
@@ -382,19 +382,22 @@ bool Agent::reload_mesh_config(bool force) {
 bool Agent::reload_policies() {
     if (!kube_ && config_.policy_dir.empty()) return false;
     PolicySet loaded = kube_ ? kube_->read_policies() : sources_->read_policies();
-    if (loaded == policies_) return false;
+    const bool policies_changed = loaded.policies != *policies_;
+    if (!policies_changed && loaded.errors == policy_errors_ && loaded.notes == policy_notes_) return false;
     // Report what is new; errors that stay are not repeated on every event.
-    const std::set<std::string> old_errors(policies_.errors.begin(), policies_.errors.end());
-    const std::set<std::string> old_notes(policies_.notes.begin(), policies_.notes.end());
+    const std::set<std::string> old_errors(policy_errors_.begin(), policy_errors_.end());
+    const std::set<std::string> old_notes(policy_notes_.begin(), policy_notes_.end());
     for (const auto& e : loaded.errors)
         if (!old_errors.contains(e)) record_error("policy not applied: " + e);
     for (const auto& n : loaded.notes)
         if (!old_notes.contains(n)) log::info("policy note: {}", n);
-    const bool policies_changed = loaded.policies != policies_.policies;
-    policies_ = std::move(loaded);
+    policy_errors_ = std::move(loaded.errors);
+    policy_notes_ = std::move(loaded.notes);
+    if (!policies_changed) return false;
+    policies_ = std::make_shared<const std::vector<EgressPolicy>>(std::move(loaded.policies));
     if (resolver_) {
         std::set<std::string> hosts;
-        for (const auto& p : policies_.policies) hosts.insert(p.hosts.begin(), p.hosts.end());
+        for (const auto& p : *policies_) hosts.insert(p.hosts.begin(), p.hosts.end());
         resolver_->set_hosts({hosts.begin(), hosts.end()});
     }
     return policies_changed;
@@ -446,7 +449,7 @@ void Agent::on_inputs_changed(unsigned inputs, bool force) {
 // Hands the accepted inputs to the reconciler and reports what it applied.
 bool Agent::apply_inputs(std::chrono::steady_clock::time_point started) {
     reconciler_->set_mesh(mesh_);
-    reconciler_->set_policies(policies_.policies);
+    reconciler_->set_policies(policies_);
     reconciler_->set_workloads(workloads_);
     if (cluster_cidrs_) reconciler_->set_mesh_cidrs(*cluster_cidrs_);
     std::map<std::string, std::vector<IpAddress>> addresses;
@@ -512,8 +515,8 @@ void Agent::flush_status() {
         {"lastApplyMillis", last_apply_ms_},
         {"lastError", nullptr},
         {"policies", reconciler_->applied_policies()},
-        {"policyErrors", policies_.errors},
-        {"policyNotes", policies_.notes},
+        {"policyErrors", policy_errors_},
+        {"policyNotes", policy_notes_},
         {"hosts", hosts},
         {"workloads", workloads_.size()},
         {"mode", config_.audit ? "audit" : "enforce"},

@@ -139,7 +139,11 @@ private:
 
     // Inputs as last read and accepted (the reconciler has their values).
     MeshConfig mesh_;
-    PolicySet policies_;  // with the errors and notes of the last load
+    // The valid policies, one immutable list handed to the reconciler as it
+    // is (a MeshConfig change does not compare 100k rules' policies again),
+    // and the errors and notes of the last load.
+    std::shared_ptr<const std::vector<EgressPolicy>> policies_ = std::make_shared<const std::vector<EgressPolicy>>();
+    std::vector<std::string> policy_errors_, policy_notes_;
     std::vector<Workload> workloads_;
     std::map<std::string, HostState> hosts_;
     std::optional<std::vector<Cidr>> cluster_cidrs_;  // Kubernetes mode without meshCIDRs in the settings

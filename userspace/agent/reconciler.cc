@@ -32,6 +32,15 @@ std::string describe_policy_changes(const std::vector<EgressPolicy>& before, con
     return all.empty() ? "" : "policies" + all;
 }
 
+// The same line from what the rule cache found.
+std::string describe_policy_changes(const PolicyRuleCache::Changes& found) {
+    std::string all;
+    for (const PolicyRef& ref : found.added) all += " +" + ref.str();
+    for (const PolicyRef& ref : found.removed) all += " -" + ref.str();
+    for (const PolicyRef& ref : found.changed) all += " ~" + ref.str();
+    return all.empty() ? "" : "policies" + all;
+}
+
 }  // namespace
 
 void Reconciler::set_policies(const std::vector<EgressPolicy>& policies) {
@@ -42,6 +51,11 @@ void Reconciler::set_policies(const std::vector<EgressPolicy>& policies) {
 void Reconciler::set_policies(std::vector<EgressPolicy>&& policies) {
     if (*policies_ == policies) return;
     policies_ = std::make_shared<const std::vector<EgressPolicy>>(std::move(policies));
+}
+
+void Reconciler::set_policies(std::shared_ptr<const std::vector<EgressPolicy>> policies) {
+    if (policies == policies_) return;
+    policies_ = std::move(policies);
 }
 
 Reconciler::Reconciler(const AgentConfig& config, Datapath& datapath, CgroupTarget cgroup, uint32_t cgroup_level)
@@ -226,8 +240,13 @@ std::string Reconciler::describe(const MapImage& image, const std::map<uint64_t,
     if (!(applied_image_->flags & EGRESSD_CFG_VALID)) return "";  // the first generation: the agent says it all
     std::vector<std::string> changes;
     if (!(mesh_ == applied_mesh_)) changes.push_back(describe_changes(applied_mesh_, mesh_));
-    if (applied_policies_ != policies_)
-        if (auto p = describe_policy_changes(*applied_policies_, *policies_); !p.empty()) changes.push_back(p);
+    if (applied_policies_ != policies_) {
+        // The cache compared the policies already, against the list applied last.
+        const PolicyRuleCache::Changes& found = policy_rule_cache_.last_changes();
+        std::string p = found.since == applied_policies_ ? describe_policy_changes(found)
+                                                         : describe_policy_changes(*applied_policies_, *policies_);
+        if (!p.empty()) changes.push_back(p);
+    }
     if (changes.empty() && image.policy_rules != applied_image_->policy_rules)
         changes.push_back(
             fmt::format("policy entries {} -> {}", applied_image_->policy_rules.size(), image.policy_rules.size()));

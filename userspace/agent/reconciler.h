@@ -42,6 +42,8 @@ public:
     // list on every change) is neither copied nor rebuilt.
     void set_policies(const std::vector<EgressPolicy>& policies);
     void set_policies(std::vector<EgressPolicy>&& policies);
+    // The list as it is: the same list again is known unchanged.
+    void set_policies(std::shared_ptr<const std::vector<EgressPolicy>> policies);
     void set_workloads(std::vector<Workload> workloads) { workloads_ = std::move(workloads); }
     void set_host_addresses(std::map<std::string, std::vector<IpAddress>> addresses) {
         host_addresses_ = std::move(addresses);

@@ -1,10 +1,12 @@
 #include "core/dns_hosts.h"
 
 #include <algorithm>
+#include <iterator>
 #include <map>
 #include <string_view>
 
 #include "core/dns_message.h"
+#include "core/policy_rule_cache.h"
 #include "core/policy_rules.h"
 
 namespace egressd {
@@ -85,6 +87,14 @@ DnsHostName dns_host_name(const std::string& host) {
     return out;
 }
 
+std::vector<PolicyRule> merge_rules(const SharedVector<PolicyRule>& rules, const std::vector<PolicyRule>& added) {
+    std::vector<PolicyRule> merged;
+    merged.reserve(rules.size() + added.size());
+    std::merge(rules.begin(), rules.end(), added.begin(), added.end(), std::back_inserter(merged),
+               [](const PolicyRule& a, const PolicyRule& b) { return policy_key_order(a, b) < 0; });
+    return merged;
+}
+
 void add_dns_hosts(MapImage& image, const PolicyInputs& in) {
     if (!in.policies || !in.host_numbers) return;
     const HostsByIdentity hosts = hosts_by_identity(in);
@@ -117,10 +127,12 @@ void add_dns_hosts(MapImage& image, const PolicyInputs& in) {
         if (!std::binary_search(image.policy_rules.begin(), image.policy_rules.end(), extra[i].first, key_less))
             added.push_back(extra[i].first);
     }
-    const size_t middle = image.policy_rules.size();
-    image.policy_rules.insert(image.policy_rules.end(), added.begin(), added.end());
-    std::inplace_merge(image.policy_rules.begin(), image.policy_rules.begin() + long(middle), image.policy_rules.end(),
-                       key_less);
+    if (added.empty()) return;  // the rules stay shared with the previous image's
+    if (in.cache) {  // the same rules as last time stay shared too
+        image.policy_rules = in.cache->with_host_rules(image.policy_rules, std::move(added));
+        return;
+    }
+    image.policy_rules = merge_rules(image.policy_rules, added);
 }
 
 }  // namespace egressd

@@ -26,4 +26,7 @@ DnsHostName dns_host_name(const std::string& host);
 // policies' rules must be in the image already.
 void add_dns_hosts(MapImage& image, const PolicyInputs& in);
 
+// `rules` and `added` (both sorted by key, no key in both) as one sorted list.
+std::vector<PolicyRule> merge_rules(const SharedVector<PolicyRule>& rules, const std::vector<PolicyRule>& added);
+
 }  // namespace egressd

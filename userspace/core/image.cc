@@ -61,9 +61,7 @@ bool same_rule(const Rule& a, const Rule& b) {
 }
 template <>
 bool same_rule(const PolicyRule& a, const PolicyRule& b) {
-    return a.identity == b.identity && a.proto == b.proto && a.port == b.port && a.policy == b.policy &&
-           a.cidr.prefix == b.cidr.prefix && PolicyKeyWords(a).high == PolicyKeyWords(b).high &&
-           PolicyKeyWords(a).low == PolicyKeyWords(b).low;
+    return same_policy_rule(a, b);
 }
 
 // Sorted by key, one entry per key: the first occurrence in its list (the
@@ -145,6 +143,14 @@ void diff_rules(const std::vector<Rule>& from_in, const std::vector<Rule>& to_in
     deletes.insert(deletes.end(), old_rule, from.end());
 }
 
+// Rules shared by both images (a MeshConfig change) are equal without a look.
+template <typename Rule>
+void diff_rules(const SharedVector<Rule>& from, const SharedVector<Rule>& to, std::vector<Rule>& deletes,
+                std::vector<Rule>& upserts) {
+    if (from.shares_with(to)) return;
+    diff_rules(from.vector(), to.vector(), deletes, upserts);
+}
+
 // "<name> +a -b": what `after` adds and `before` loses, as sets (order and
 // duplicates change no decision); "" when nothing does.
 template <typename T, typename Format>
@@ -166,17 +172,19 @@ void add_policy_rules(MapImage& image, const PolicyInputs& in) {
     // Rules carry the policy's position first, so that sorting keeps the first
     // policy in (namespace, name) order on a shared key; then its number.
     std::vector<uint32_t> numbers;
+    std::vector<PolicyRule> rules;
     for (uint32_t index = 0; index < in.policies->size(); ++index) {
         const EgressPolicy& policy = (*in.policies)[index];
         const PolicyRef ref{policy.namespace_, policy.name};
         numbers.push_back(in.policy_numbers->number_for(ref));
         image.policies[numbers.back()] = ref;
-        append_rules(image.policy_rules, policy, host_addresses_of(policy, in), host_numbers_of(policy, in),
-                     *in.identities, index);
+        append_rules(rules, policy, host_addresses_of(policy, in), host_numbers_of(policy, in), *in.identities,
+                     index);
     }
     // One entry per key; sorting by (key, position) puts the first policy first.
-    sort_unique(image.policy_rules);
-    for (PolicyRule& rule : image.policy_rules) rule.policy = numbers[rule.policy];
+    sort_unique(rules);
+    for (PolicyRule& rule : rules) rule.policy = numbers[rule.policy];
+    image.policy_rules = std::move(rules);
 }
 
 // add_dns_hosts for the policies that name hosts: the others give it nothing

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "common/shared_vector.h"
 #include "core/agent_config.h"
 #include "core/egress_policy.h"
 #include "core/identity.h"
@@ -92,7 +93,9 @@ struct MapImage {
 
     std::vector<CidrRule> cidrs;             // sorted by (table, cidr), one entry per (table, cidr)
     std::vector<PortRule> ports;             // sorted by (table, port), one entry per (table, port)
-    std::vector<PolicyRule> policy_rules;    // sorted by (identity, proto, port, cidr), one entry per those
+    // Sorted by (identity, proto, port, cidr), one entry per those; shared
+    // with the generations and the rule cache that have the same rules.
+    SharedVector<PolicyRule> policy_rules;
     std::map<uint32_t, PolicyRef> policies;  // policy number -> namespace/name
     std::vector<DnsHostRule> dns_hosts;      // sorted, one entry per (identity, host name)
     // Host number -> the name as the policies write it ("*.example.com"):

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <iterator>
 
+#include "core/dns_hosts.h"
 #include "core/policy_rules.h"
 
 namespace egressd {
@@ -10,6 +11,8 @@ namespace egressd {
 void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
     // The list the last build read, still alive (held): its policies are as they were.
     const bool same_list = list_ && in.policies == list_.get() && list_ == built_list_;
+    changes_ = Changes{};
+    changes_.since = built_list_;
     built_list_ = in.policies == list_.get() ? list_ : nullptr;
     const uint64_t build = ++builds_;
     std::vector<uint32_t> dropped;  // numbers whose rules leave all_
@@ -24,13 +27,16 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
         // Policies come sorted by (namespace, name), as the entries: the
         // last one found is usually just before.
         auto old = hint != entries_.end() && hint->first == ref ? hint : entries_.find(ref);
-        if (old != entries_.end() && old->second.number == number && (same_list || old->second.policy == policy) &&
-            old->second.host_addresses == host_addresses && old->second.host_numbers == host_numbers) {
+        const bool found = old != entries_.end();
+        const bool same_policy = found && (same_list || old->second.policy == policy);
+        if (same_policy && old->second.number == number && old->second.host_addresses == host_addresses &&
+            old->second.host_numbers == host_numbers) {
             old->second.build = build;
             hint = std::next(old);
             continue;
         }
-        if (old != entries_.end()) {
+        if (!same_policy) (found ? changes_.changed : changes_.added).push_back(ref);
+        if (found) {
             dropped.push_back(old->second.number);
             entries_.erase(old);
         }
@@ -45,6 +51,7 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
             continue;
         }
         dropped.push_back(it->second.number);
+        changes_.removed.push_back(it->first);
         it = entries_.erase(it);
     }
 
@@ -54,47 +61,54 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
         if (order != 0) return order < 0;
         return image.policies.at(a.policy) < image.policies.at(b.policy);
     };
-    if (!dropped.empty()) {
+    if (!dropped.empty() || !added.empty()) {
         // One flag per policy number: a look-up per rule, not a tree walk.
-        std::vector<bool> gone(*std::max_element(dropped.begin(), dropped.end()) + 1);
+        std::vector<bool> gone;
+        if (!dropped.empty()) gone.resize(*std::max_element(dropped.begin(), dropped.end()) + 1);
         for (uint32_t number : dropped) gone[number] = true;
-        std::erase_if(all_, [&gone](const PolicyRule& rule) { return rule.policy < gone.size() && gone[rule.policy]; });
-    }
-    const bool changed = !dropped.empty() || !added.empty();
-    if (!added.empty()) {
+        auto kept = [&gone](const PolicyRule& rule) { return rule.policy >= gone.size() || !gone[rule.policy]; };
         std::sort(added.begin(), added.end(), less);
-        if (all_.empty()) {
-            all_ = std::move(added);
-        } else if (added.size() <= 8) {
-            // A policy or two more: insert in place (a memmove of the tail)
-            // rather than merge into a new vector of 100k entries.
-            for (const PolicyRule& rule : added)
-                all_.insert(std::upper_bound(all_.begin(), all_.end(), rule, less), rule);
-        } else {
-            std::vector<PolicyRule> merged;
-            merged.reserve(all_.size() + added.size());
-            std::merge(all_.begin(), all_.end(), added.begin(), added.end(), std::back_inserter(merged), less);
-            all_ = std::move(merged);
+        // One pass into new storage: the previous rules stay as they are,
+        // shared with the image the kernel has until the next is published.
+        std::vector<PolicyRule> next;
+        next.reserve(all_.size() + added.size());
+        auto add = added.begin();
+        for (const PolicyRule& rule : all_) {
+            if (!kept(rule)) continue;
+            for (; add != added.end() && less(*add, rule); ++add) next.push_back(*add);
+            next.push_back(rule);
         }
-    }
-    if (changed) {
+        next.insert(next.end(), add, added.end());
+        all_ = std::move(next);
         // Whether some key has rules of several policies: only then does the
         // image leave rules of all_ out. Known until all_ changes again.
-        shared_keys_ = std::adjacent_find(all_.begin(), all_.end(), [](const PolicyRule& a, const PolicyRule& b) {
-                           return policy_key_order(a, b) == 0;
-                       }) != all_.end();
+        const bool shared_keys =
+            std::adjacent_find(all_.begin(), all_.end(), [](const PolicyRule& a, const PolicyRule& b) {
+                return policy_key_order(a, b) == 0;
+            }) != all_.end();
+        // One entry per key: the first, i.e. the leading policy's. Without
+        // shared keys that is all_ itself, shared, not copied.
+        if (!shared_keys) {
+            image_rules_ = all_;
+        } else {
+            std::vector<PolicyRule> first;
+            first.reserve(all_.size());
+            for (const PolicyRule& rule : all_)
+                if (first.empty() || policy_key_order(first.back(), rule) < 0) first.push_back(rule);
+            image_rules_ = std::move(first);
+        }
     }
-    // One entry per key: the first, i.e. the leading policy's. Without
-    // shared keys that is all_ as it is: one copy of trivially copyable rules.
-    if (!shared_keys_) {
-        image.policy_rules = all_;
-        return;
+    image.policy_rules = image_rules_;
+}
+
+SharedVector<PolicyRule> PolicyRuleCache::with_host_rules(const SharedVector<PolicyRule>& rules,
+                                                          std::vector<PolicyRule> added) {
+    if (!host_rules_base_.shares_with(rules) || added != host_rules_added_ || host_rules_result_.empty()) {
+        host_rules_result_ = merge_rules(rules, added);
+        host_rules_base_ = rules;
+        host_rules_added_ = std::move(added);
     }
-    image.policy_rules.clear();
-    image.policy_rules.reserve(all_.size());
-    for (const PolicyRule& rule : all_)
-        if (image.policy_rules.empty() || policy_key_order(image.policy_rules.back(), rule) < 0)
-            image.policy_rules.push_back(rule);
+    return host_rules_result_;
 }
 
 }  // namespace egressd

@@ -16,7 +16,8 @@ namespace egressd {
 // take ~30 ms to generate and sort; with the cache, adding, changing or
 // removing a few policies (or a host's addresses) regenerates only theirs
 // and merges them into the sorted rules of the others: a few linear passes.
-// A MeshConfig change reuses every policy. The image is exactly the one a
+// A MeshConfig change reuses every policy, and the image shares the
+// previous image's rules. The image is exactly the one a
 // build without the cache gives (tested against it). One cache per sequence
 // of builds that share the registries.
 class PolicyRuleCache {
@@ -25,10 +26,24 @@ public:
     void build(MapImage& image, const PolicyInputs& in);
     size_t rules() const { return all_.size(); }
 
+    // The policies the last build found new, changed (the policy itself, not
+    // its hosts' addresses) or gone, against the list the build before read
+    // (`since`; null when that was no list given by set_policies).
+    struct Changes {
+        std::shared_ptr<const std::vector<EgressPolicy>> since;
+        std::vector<PolicyRef> added, changed, removed;  // removed: sorted
+    };
+    const Changes& last_changes() const { return changes_; }
+
+    // `rules` (this cache's output) with the rules that covering host names
+    // add (add_dns_hosts): the previous result again, shared, when both are
+    // as they were.
+    SharedVector<PolicyRule> with_host_rules(const SharedVector<PolicyRule>& rules, std::vector<PolicyRule> added);
+
     // Optional: the immutable list the next builds read (in.policies ==
     // list.get()). While builds read the very list the previous one read,
     // its policies are known unchanged and are not compared one by one
-    // again (a MeshConfig toggle at 100k rules costs a copy of the rules).
+    // again (a MeshConfig toggle at 100k rules looks at none of them).
     void set_policies(std::shared_ptr<const std::vector<EgressPolicy>> list) { list_ = std::move(list); }
 
 private:
@@ -42,11 +57,16 @@ private:
     std::map<PolicyRef, Entry> entries_;
     // Every cached policy's rules (before first-policy-wins), sorted by key,
     // then by the policy's (namespace, name).
-    std::vector<PolicyRule> all_;
-    bool shared_keys_ = false;  // whether a key of all_ has rules of several policies
+    SharedVector<PolicyRule> all_;
+    // all_ with one rule per key: what images get, shared while all_ stays.
+    SharedVector<PolicyRule> image_rules_;
+    // The last with_host_rules(): its inputs and its result.
+    SharedVector<PolicyRule> host_rules_base_, host_rules_result_;
+    std::vector<PolicyRule> host_rules_added_;
     uint64_t builds_ = 0;
     std::shared_ptr<const std::vector<EgressPolicy>> list_;        // from set_policies
     std::shared_ptr<const std::vector<EgressPolicy>> built_list_;  // the list the last build read, if list_
+    Changes changes_;
 };
 
 }  // namespace egressd

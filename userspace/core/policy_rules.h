@@ -36,6 +36,15 @@ inline std::strong_ordering policy_key_order(const PolicyRule& a, const PolicyRu
     return PolicyKeyWords(a) <=> PolicyKeyWords(b);
 }
 
+// a == b without a call to memcmp per address, as the defaulted comparison
+// makes: a change's diff compares 100k of them.
+inline bool same_policy_rule(const PolicyRule& a, const PolicyRule& b) {
+    return a.identity == b.identity && a.proto == b.proto && a.port == b.port && a.policy == b.policy &&
+           a.cidr.prefix == b.cidr.prefix && PolicyKeyWords::be64(a.cidr.addr.bytes.data()) ==
+                                                 PolicyKeyWords::be64(b.cidr.addr.bytes.data()) &&
+           PolicyKeyWords::be64(a.cidr.addr.bytes.data() + 8) == PolicyKeyWords::be64(b.cidr.addr.bytes.data() + 8);
+}
+
 // The current addresses of each of the policy's hosts (empty when unknown).
 std::vector<std::vector<IpAddress>> host_addresses_of(const EgressPolicy& policy, const PolicyInputs& in);
 

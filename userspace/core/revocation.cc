@@ -1,5 +1,7 @@
 #include "core/revocation.h"
 
+#include "core/policy_rules.h"
+
 #include <netinet/in.h>
 
 #include <algorithm>
@@ -25,6 +27,20 @@ bool kept_all(const std::vector<T>& before, const std::vector<T>& after, Key key
     std::sort(a.begin(), a.end());
     std::sort(b.begin(), b.end());
     return std::includes(b.begin(), b.end(), a.begin(), a.end());
+}
+
+// Policy rules: the same storage keeps all; otherwise they are sorted (built
+// images and slots read back are) and compared by their map keys' words.
+// A change's rules differ in a stretch of the middle: the equal head and
+// tail cost one comparison per rule, the rest a look by key.
+bool kept_all(const SharedVector<PolicyRule>& before, const SharedVector<PolicyRule>& after) {
+    if (before.shares_with(after)) return true;
+    auto [from, to] = std::mismatch(before.begin(), before.end(), after.begin(), after.end(), same_policy_rule);
+    auto from_end = before.end(), to_end = after.end();
+    for (; from_end != from && to_end != to && same_policy_rule(*(from_end - 1), *(to_end - 1)); --from_end, --to_end) {
+    }
+    return std::includes(to, to_end, from, from_end,
+                         [](const PolicyRule& a, const PolicyRule& b) { return policy_key_order(a, b) < 0; });
 }
 
 bool withdrawn(uint32_t before, uint32_t after, uint32_t flag) { return (before & flag) && !(after & flag); }
@@ -89,9 +105,7 @@ bool may_tighten(const MapImage& before, const MapImage& after) {
         return true;
     if (!kept_all(before.ports, after.ports, [](const PortRule& r) { return std::make_pair(r.table, r.port); }))
         return true;
-    return !kept_all(before.policy_rules, after.policy_rules, [](const PolicyRule& r) {
-        return std::make_tuple(r.identity, r.proto, r.port, r.cidr);
-    });
+    return !kept_all(before.policy_rules, after.policy_rules);
 }
 
 }  // namespace egressd

@@ -114,7 +114,7 @@ Result<MapImage> MapSet::read_slot(uint32_t slot) const {
         !read)
         return read.error();
     // policy_lengths_v1 follows from the rules: nothing to read there.
-    if (auto read = append_slot(policy_rules, slot, decode_policy_rule, image->policy_rules); !read) return read.error();
+    if (auto read = append_slot(policy_rules, slot, decode_policy_rule, image->policy_rules.edit()); !read) return read.error();
     if (auto read = append_slot(
             dns_hosts, slot, [&](const auto& k, const auto& v) { return always(decode_dns_host(k, v)); },
             image->dns_hosts);
@@ -126,7 +126,7 @@ Result<MapImage> MapSet::read_slot(uint32_t slot) const {
     std::sort(image->dns_hosts.begin(), image->dns_hosts.end());
     std::sort(image->cidrs.begin(), image->cidrs.end());
     std::sort(image->ports.begin(), image->ports.end());
-    std::sort(image->policy_rules.begin(), image->policy_rules.end());
+    std::sort(image->policy_rules.edit().begin(), image->policy_rules.edit().end());
     return image;
 }
 
