@@ -76,6 +76,48 @@ TEST_CASE("BpfMap: update, lookup, erase and apply") {
     CHECK_FALSE(map.lookup(0)->has_value());
 }
 
+TEST_CASE("BpfMap: apply writes and deletes thousands of entries, by batch (hash) and one by one (LPM trie)") {
+    auto hash = adopt<uint64_t, Value16>(make_map(BPF_MAP_TYPE_HASH, 8, 16, 12000));
+    auto trie = adopt<TrieKey, Value16>(make_map(BPF_MAP_TYPE_LPM_TRIE, 8, 16, 12000));
+    std::vector<std::pair<uint64_t, Value16>> hash_entries;
+    std::vector<std::pair<TrieKey, Value16>> trie_entries;
+    for (uint32_t i = 0; i < 10000; ++i) {  // more than one batch
+        hash_entries.push_back({i, {i, i * 5}});
+        trie_entries.push_back({{32, i}, {i, i * 5}});
+    }
+    REQUIRE(hash.apply({}, hash_entries).ok());
+    REQUIRE(trie.apply({}, trie_entries).ok());
+    // Deletes with absent keys among them: each one is gone, the rest stays.
+    std::vector<uint64_t> hash_deletes;
+    std::vector<TrieKey> trie_deletes;
+    for (uint32_t i = 0; i < 10000; i += 2) {
+        hash_deletes.push_back(i);
+        trie_deletes.push_back({32, i});
+        if (i % 1000 == 0) {
+            hash_deletes.push_back(1000000 + i);
+            trie_deletes.push_back({32, 1000000 + i});
+        }
+    }
+    REQUIRE(hash.apply(hash_deletes, {}).ok());
+    REQUIRE(trie.apply(trie_deletes, {}).ok());
+    auto hash_left = hash.read_all();
+    auto trie_left = trie.read_all();
+    REQUIRE(hash_left.ok());
+    REQUIRE(trie_left.ok());
+    CHECK(hash_left->size() == 5000);
+    CHECK(trie_left->size() == 5000);
+    for (const auto& [key, value] : *hash_left) CHECK((key % 2 == 1 && value.b == key * 5));
+    for (const auto& [key, value] : *trie_left) CHECK((key.addr % 2 == 1 && value.b == uint64_t{key.addr} * 5));
+
+    // A full map: the message names the entry that did not fit.
+    auto small = adopt<uint64_t, Value16>(make_map(BPF_MAP_TYPE_HASH, 8, 16, 8));
+    std::vector<std::pair<uint64_t, Value16>> nine;
+    for (uint64_t k = 0; k < 9; ++k) nine.push_back({k, {k, k}});
+    const Status full = small.apply({}, nine);
+    REQUIRE_FALSE(full.ok());
+    CHECK(full.error().describe().find("writing 9 of 9 entries (the map is full") != std::string::npos);
+}
+
 TEST_CASE("BpfMap: read_all reads every entry once, by batch (hash) and by walk (LPM trie)") {
     auto hash = adopt<uint64_t, Value16>(make_map(BPF_MAP_TYPE_HASH, 8, 16, 20000));
     auto trie = adopt<TrieKey, Value16>(make_map(BPF_MAP_TYPE_LPM_TRIE, 8, 16, 20000));

@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -127,16 +129,69 @@ Status read_all_raw(int fd, const std::string& name, const Shape& shape, size_t 
     return walk_raw(fd, name, shape, value_stride, keys, values, count);
 }
 
+namespace {
+
+// Entries per batch syscall: the kernel copies a batch in one call, element
+// by element, and stops at the first that fails, saying how many it did.
+constexpr size_t kWriteBatch = 4096;
+
+}  // namespace
+
+// 100k entries at load, twice (both slots), would be 200k syscalls one by
+// one: they go in batches where the map type has them, else one by one.
 Status apply_raw(int fd, const std::string& name, size_t key_size, const uint8_t* deletes, size_t delete_count,
                  const uint8_t* entries, size_t entry_size, size_t value_offset, size_t upsert_count) {
-    for (size_t i = 0; i < delete_count; ++i) {
+    bool batches = true;
+    for (size_t i = 0; i < delete_count;) {
+        if (batches && delete_count - i > 1) {
+            __u32 count = __u32(std::min(kWriteBatch, delete_count - i));
+            if (bpf_map_delete_batch(fd, deletes + i * key_size, &count, nullptr) == 0) {
+                i += count;
+                continue;
+            }
+            const int err = errno;
+            if (count == 0 && batch_unsupported(err)) {
+                batches = false;
+                continue;
+            }
+            i += count;  // deleted before the one that failed
+            if (err != ENOENT) return full_or_failed(name, fmt::format("deleting {} of {} entries", i + 1, delete_count), err);
+            ++i;  // gone already
+            continue;
+        }
         if (bpf_map_delete_elem(fd, deletes + i * key_size) != 0 && errno != ENOENT)
             return full_or_failed(name, fmt::format("deleting {} of {} entries", i + 1, delete_count), errno);
+        ++i;
     }
-    for (size_t i = 0; i < upsert_count; ++i) {
+    const size_t value_size = entry_size - value_offset;
+    std::vector<uint8_t> keys, values;
+    for (size_t i = 0; i < upsert_count;) {
+        if (batches && upsert_count - i > 1) {
+            // The batch call takes the keys and the values apart.
+            const size_t n = std::min(kWriteBatch, upsert_count - i);
+            keys.resize(n * key_size);
+            values.resize(n * value_size);
+            for (size_t j = 0; j < n; ++j) {
+                const uint8_t* entry = entries + (i + j) * entry_size;
+                std::memcpy(keys.data() + j * key_size, entry, key_size);
+                std::memcpy(values.data() + j * value_size, entry + value_offset, value_size);
+            }
+            __u32 count = __u32(n);
+            if (bpf_map_update_batch(fd, keys.data(), values.data(), &count, nullptr) == 0) {
+                i += count;
+                continue;
+            }
+            const int err = errno;
+            if (count == 0 && batch_unsupported(err)) {
+                batches = false;
+                continue;
+            }
+            return full_or_failed(name, fmt::format("writing {} of {} entries", i + count + 1, upsert_count), err);
+        }
         const uint8_t* entry = entries + i * entry_size;
         if (bpf_map_update_elem(fd, entry, entry + value_offset, BPF_ANY) != 0)
             return full_or_failed(name, fmt::format("writing {} of {} entries", i + 1, upsert_count), errno);
+        ++i;
     }
     return {};
 }
