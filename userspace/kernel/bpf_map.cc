@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
@@ -135,64 +136,74 @@ namespace {
 // by element, and stops at the first that fails, saying how many it did.
 constexpr size_t kWriteBatch = 4096;
 
+struct Failed {
+    size_t entry;  // 0-based
+    int err;
+};
+
+// Operations 0..total-1: batch(first, count) does up to `count` from `first`
+// in one call and sets `count` to how many it did; one(i) does one. Both
+// return 0, or -1 with errno. The error `skipped` (ENOENT for a delete)
+// passes over its entry. Without batches in the map type, one by one.
+template <typename Batch, typename One>
+std::optional<Failed> run_in_batches(size_t total, bool& batches, int skipped, Batch batch, One one) {
+    for (size_t i = 0; i < total;) {
+        if (batches && total - i > 1) {
+            __u32 count = __u32(std::min(kWriteBatch, total - i));
+            if (batch(i, count) == 0) {
+                i += count;
+                continue;
+            }
+            const int err = errno;
+            if (count == 0 && batch_unsupported(err)) {
+                batches = false;
+                continue;
+            }
+            i += count;  // done before the one that failed
+            if (err != skipped) return Failed{i, err};
+            ++i;
+            continue;
+        }
+        if (one(i) != 0 && errno != skipped) return Failed{i, errno};
+        ++i;
+    }
+    return std::nullopt;
+}
+
 }  // namespace
 
 // 100k entries at load, twice (both slots), would be 200k syscalls one by
-// one: they go in batches where the map type has them, else one by one.
+// one: they go in batches where the map type has them.
 Status apply_raw(int fd, const std::string& name, size_t key_size, const uint8_t* deletes, size_t delete_count,
                  const uint8_t* entries, size_t entry_size, size_t value_offset, size_t upsert_count) {
     bool batches = true;
-    for (size_t i = 0; i < delete_count;) {
-        if (batches && delete_count - i > 1) {
-            __u32 count = __u32(std::min(kWriteBatch, delete_count - i));
-            if (bpf_map_delete_batch(fd, deletes + i * key_size, &count, nullptr) == 0) {
-                i += count;
-                continue;
-            }
-            const int err = errno;
-            if (count == 0 && batch_unsupported(err)) {
-                batches = false;
-                continue;
-            }
-            i += count;  // deleted before the one that failed
-            if (err != ENOENT) return full_or_failed(name, fmt::format("deleting {} of {} entries", i + 1, delete_count), err);
-            ++i;  // gone already
-            continue;
-        }
-        if (bpf_map_delete_elem(fd, deletes + i * key_size) != 0 && errno != ENOENT)
-            return full_or_failed(name, fmt::format("deleting {} of {} entries", i + 1, delete_count), errno);
-        ++i;
-    }
+    const auto deleted = run_in_batches(
+        delete_count, batches, ENOENT,
+        [&](size_t first, __u32& count) { return bpf_map_delete_batch(fd, deletes + first * key_size, &count, nullptr); },
+        [&](size_t i) { return bpf_map_delete_elem(fd, deletes + i * key_size); });
+    if (deleted)
+        return full_or_failed(name, fmt::format("deleting {} of {} entries", deleted->entry + 1, delete_count),
+                              deleted->err);
+    // The batch call takes the keys and the values apart.
     const size_t value_size = entry_size - value_offset;
     std::vector<uint8_t> keys, values;
-    for (size_t i = 0; i < upsert_count;) {
-        if (batches && upsert_count - i > 1) {
-            // The batch call takes the keys and the values apart.
-            const size_t n = std::min(kWriteBatch, upsert_count - i);
-            keys.resize(n * key_size);
-            values.resize(n * value_size);
-            for (size_t j = 0; j < n; ++j) {
-                const uint8_t* entry = entries + (i + j) * entry_size;
-                std::memcpy(keys.data() + j * key_size, entry, key_size);
-                std::memcpy(values.data() + j * value_size, entry + value_offset, value_size);
-            }
-            __u32 count = __u32(n);
-            if (bpf_map_update_batch(fd, keys.data(), values.data(), &count, nullptr) == 0) {
-                i += count;
-                continue;
-            }
-            const int err = errno;
-            if (count == 0 && batch_unsupported(err)) {
-                batches = false;
-                continue;
-            }
-            return full_or_failed(name, fmt::format("writing {} of {} entries", i + count + 1, upsert_count), err);
+    auto write_batch = [&](size_t first, __u32& count) {
+        keys.resize(count * key_size);
+        values.resize(count * value_size);
+        for (size_t j = 0; j < count; ++j) {
+            const uint8_t* entry = entries + (first + j) * entry_size;
+            std::memcpy(keys.data() + j * key_size, entry, key_size);
+            std::memcpy(values.data() + j * value_size, entry + value_offset, value_size);
         }
+        return bpf_map_update_batch(fd, keys.data(), values.data(), &count, nullptr);
+    };
+    auto write_one = [&](size_t i) {
         const uint8_t* entry = entries + i * entry_size;
-        if (bpf_map_update_elem(fd, entry, entry + value_offset, BPF_ANY) != 0)
-            return full_or_failed(name, fmt::format("writing {} of {} entries", i + 1, upsert_count), errno);
-        ++i;
-    }
+        return bpf_map_update_elem(fd, entry, entry + value_offset, BPF_ANY);
+    };
+    if (const auto written = run_in_batches(upsert_count, batches, 0, write_batch, write_one))
+        return full_or_failed(name, fmt::format("writing {} of {} entries", written->entry + 1, upsert_count),
+                              written->err);
     return {};
 }
 
