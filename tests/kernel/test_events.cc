@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "enforcer.h"
+#include "agent/kernel_metrics.h"
 #include "kernel/datapath.h"
 #include "kernel/event_reader.h"
 #include "kernel/pins.h"
@@ -276,13 +277,33 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
     // SYN are acknowledged (the echo came back), the echo received.
     auto iterators = Revoker::load();
     REQUIRE(iterators.ok());
-    const Revoker::Listing listing = (*iterators)->list({{env.cg.path(), env.cg.id()}}, cgroup2_mount());
-    CHECK(listing.problems.empty());
-    const auto open = std::find_if(listing.sockets.begin(), listing.sockets.end(),
-                                   [&](const OpenSocket& s) { return s.cookie == our_cookie; });
-    REQUIRE(open != listing.sockets.end());
-    CHECK(open->bytes_sent == 3000 + 1);
-    CHECK(open->bytes_received == 3000);
+    const Revoker::OpenBytes open = (*iterators)->open_bytes({{env.cg.path(), env.cg.id()}}, cgroup2_mount());
+    CHECK(open.problems.empty());
+    const auto ours_open = open.by_cookie.find(our_cookie);
+    REQUIRE(ours_open != open.by_cookie.end());
+    CHECK(ours_open->second.sent == 3000 + 1);
+    CHECK(ours_open->second.received == 3000);
+
+    // /metrics shows them, and reads the sockets at most once a second
+    // however often it is scraped.
+    observe::Registry registry;
+    auto metrics = KernelMetrics::create(registry, &maps);
+    REQUIRE(metrics.ok());
+    int reads = 0;
+    (*metrics)->read_open_sockets([&]() -> Result<std::map<uint64_t, SocketBytes>> {
+        ++reads;
+        return open.by_cookie;
+    });
+    std::string scraped;
+    const auto first_scrape = std::chrono::steady_clock::now();
+    for (int i = 0; i < 5; ++i) {
+        std::vector<RenderedFamily> families;
+        (*metrics)->scrape(families);
+        for (const auto& [name, text] : families) scraped += text;
+    }
+    if (std::chrono::steady_clock::now() - first_scrape < std::chrono::milliseconds(900)) CHECK(reads == 1);
+    CHECK(scraped.find("egressd_open_egress_bytes{reason=\"passthrough\",rule=\"0\",direction=\"received\"} 3000") !=
+          std::string::npos);
 
     c = 'x';
     REQUIRE(::write(release[1], &c, 1) == 1);

@@ -277,17 +277,15 @@ Status Agent::start_telemetry_and_events() {
     // (the HTTP threads never share the revoker), loaded on first use.
     telemetry_->read_open_sockets(
         [root = cgroup_, mount = cgroup_mount_,
-         iterators = std::shared_ptr<Revoker>()]() mutable -> Result<std::map<uint64_t, std::pair<uint64_t, uint64_t>>> {
+         iterators = std::shared_ptr<Revoker>()]() mutable -> Result<std::map<uint64_t, SocketBytes>> {
             if (!iterators) {
                 auto loaded = Revoker::load();
                 if (!loaded) return loaded.error().with_context("socket iterators");
                 iterators = std::move(*loaded);
             }
-            const Revoker::Listing listing = iterators->list({root}, mount);
-            if (!listing.problems.empty()) return make_error(listing.problems.front());
-            std::map<uint64_t, std::pair<uint64_t, uint64_t>> bytes;
-            for (const OpenSocket& s : listing.sockets) bytes[s.cookie] = {s.bytes_sent, s.bytes_received};
-            return bytes;
+            Revoker::OpenBytes open = iterators->open_bytes({root}, mount);
+            if (!open.problems.empty()) return make_error(open.problems.front());
+            return std::move(open.by_cookie);
         });
     boottime_offset_ns_ = boottime_to_unix_offset_ns();
     auto reader =

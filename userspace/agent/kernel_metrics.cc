@@ -222,9 +222,20 @@ void KernelMetrics::scrape_open_flows(std::vector<RenderedFamily>& families) {
     auto control = maps_->read_control();
     if (!flows.ok()) return read_failed("open flows", flows.error());
     if (!control.ok()) return read_failed("open flows", control.error());
-    Result<std::map<uint64_t, std::pair<uint64_t, uint64_t>>> bytes = std::map<uint64_t, std::pair<uint64_t, uint64_t>>{};
-    if (!flows->empty() && read_open_sockets_) bytes = read_open_sockets_();
-    if (!bytes.ok()) return read_failed("open sockets", bytes.error());
+    Result<std::map<uint64_t, SocketBytes>> bytes = std::map<uint64_t, SocketBytes>{};
+    if (!flows->empty() && read_open_sockets_) {
+        // Reading the sockets walks every enforced cgroup and enters each
+        // network namespace: at most once per kOpenBytesMaxAge, however
+        // often /metrics is scraped.
+        const auto now = std::chrono::steady_clock::now();
+        if (!socket_bytes_read_at_ || now - *socket_bytes_read_at_ >= kOpenBytesMaxAge) {
+            bytes = read_open_sockets_();
+            if (!bytes.ok()) return read_failed("open sockets", bytes.error());
+            socket_bytes_ = *bytes;
+            socket_bytes_read_at_ = now;
+        }
+        bytes = socket_bytes_;
+    }
     read_works("open flows");
     std::map<uint32_t, PolicyRef> policies;
     if (!flows->empty()) {
@@ -240,8 +251,8 @@ void KernelMetrics::scrape_open_flows(std::vector<RenderedFamily>& families) {
         const std::string why(reason_name(reason));
         open_connections_->labels({why, rule}).inc();
         const auto socket = bytes->find(cookie);
-        open_bytes_->labels({why, rule, "sent"}).inc(socket == bytes->end() ? 0.0 : double(socket->second.first));
-        open_bytes_->labels({why, rule, "received"}).inc(socket == bytes->end() ? 0.0 : double(socket->second.second));
+        open_bytes_->labels({why, rule, "sent"}).inc(socket == bytes->end() ? 0.0 : double(socket->second.sent));
+        open_bytes_->labels({why, rule, "received"}).inc(socket == bytes->end() ? 0.0 : double(socket->second.received));
     }
     render(*open_connections_, families);
     render(*open_bytes_, families);

@@ -5,16 +5,19 @@
 // read fails is left out of that scrape (and counted), never shown stale.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "common/result.h"
+#include "core/revocation.h"
 #include "kernel/map_set.h"
 #include "observe/metrics.h"
 
@@ -36,7 +39,7 @@ public:
 
     // The enforced processes' TCP sockets' counters (sent, received) by
     // cookie, read now; called from the HTTP threads while a flow is open.
-    using OpenSocketBytes = std::function<Result<std::map<uint64_t, std::pair<uint64_t, uint64_t>>>()>;
+    using OpenSocketBytes = std::function<Result<std::map<uint64_t, SocketBytes>>()>;
     void read_open_sockets(OpenSocketBytes read) {
         std::lock_guard lock(scrape_mutex_);
         read_open_sockets_ = std::move(read);
@@ -69,6 +72,9 @@ private:
     observe::GaugeFamily* open_connections_ = nullptr;
     observe::GaugeFamily* open_bytes_ = nullptr;
     OpenSocketBytes read_open_sockets_;
+    static constexpr std::chrono::seconds kOpenBytesMaxAge{1};
+    std::optional<std::chrono::steady_clock::time_point> socket_bytes_read_at_;
+    std::map<uint64_t, SocketBytes> socket_bytes_;  // as last read
     observe::CounterFamily* dns_responses_ = nullptr;
     observe::CounterFamily* dns_queries_ = nullptr;
     observe::CounterFamily* dns_learned_ = nullptr;

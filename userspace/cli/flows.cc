@@ -23,14 +23,10 @@ namespace {
 
 using nlohmann::json;
 
-struct LiveBytes {
-    uint64_t sent = 0, received = 0;
-};
-
 // The counters of the enforced processes' TCP sockets, by cookie; nullopt
 // (with why on stderr) when they cannot be read here.
-std::optional<std::map<uint64_t, LiveBytes>> read_live_bytes(const AgentConfig& config) {
-    auto fail = [](const std::string& why) -> std::optional<std::map<uint64_t, LiveBytes>> {
+std::optional<std::map<uint64_t, SocketBytes>> read_live_bytes(const AgentConfig& config) {
+    auto fail = [](const std::string& why) -> std::optional<std::map<uint64_t, SocketBytes>> {
         std::cerr << "egressctl: bytes not shown: " << why << "\n";
         return std::nullopt;
     };
@@ -42,11 +38,9 @@ std::optional<std::map<uint64_t, LiveBytes>> read_live_bytes(const AgentConfig& 
     if (!cgroup) return fail(cgroup.error().describe());
     auto iterators = Revoker::load();
     if (!iterators) return fail(iterators.error().describe());
-    const Revoker::Listing listing = (*iterators)->list({*cgroup}, *mount);
-    for (const std::string& problem : listing.problems) std::cerr << "egressctl: " << problem << "\n";
-    std::map<uint64_t, LiveBytes> bytes;
-    for (const OpenSocket& s : listing.sockets) bytes[s.cookie] = {s.bytes_sent, s.bytes_received};
-    return bytes;
+    Revoker::OpenBytes open = (*iterators)->open_bytes({*cgroup}, *mount);
+    for (const std::string& problem : open.problems) std::cerr << "egressctl: " << problem << "\n";
+    return std::move(open.by_cookie);
 }
 
 // One JSON object per flow, as `flows --json` prints them.
@@ -62,7 +56,7 @@ Result<json> read_flows(const AgentConfig& config) {
     const auto policies = maps->read_policy_names(control->active_slot & 1);
     if (!policies) return policies.error();
     const uint64_t now_ns = boot_time_ns();
-    const auto live = flows->empty() ? std::map<uint64_t, LiveBytes>{} : read_live_bytes(config);
+    const auto live = flows->empty() ? std::map<uint64_t, SocketBytes>{} : read_live_bytes(config);
 
     json out = json::array();
     for (const auto& [cookie, f] : *flows) {

@@ -29,6 +29,13 @@ struct OpenSocket {
     uint64_t bytes_sent = 0, bytes_received = 0;  // TCP: the socket's counters when listed
 };
 
+// An open TCP socket's counters so far, as its socket says (no map counts
+// them while it is open): what egressctl flows and /metrics show.
+struct SocketBytes {
+    uint64_t sent = 0, received = 0;
+    bool operator==(const SocketBytes&) const = default;
+};
+
 // Enforced cgroups by id: their parent (0 for an enforced root) and level
 // below the cgroup2 mount.
 struct CgroupAncestry {

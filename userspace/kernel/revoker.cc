@@ -140,17 +140,17 @@ Result<Revoker::Sweep> Revoker::sweep_here(const Chooser& choose) {
     return sweep;
 }
 
-Revoker::Listing Revoker::list(const std::vector<CgroupTarget>& roots, const std::filesystem::path& mount) {
-    Listing listing;
+Revoker::OpenBytes Revoker::open_bytes(const std::vector<CgroupTarget>& roots, const std::filesystem::path& mount) {
+    OpenBytes out;
     for (const std::filesystem::path& netns : walk_enforced(roots, mount).namespaces) {
         auto swept = sweep(netns, [&](const std::vector<OpenSocket>& sockets) {
-            listing.sockets.insert(listing.sockets.end(), sockets.begin(), sockets.end());
+            for (const OpenSocket& s : sockets) out.by_cookie[s.cookie] = {s.bytes_sent, s.bytes_received};
             return std::vector<uint64_t>{};
         });
         // The process may have exited between the walk and the sweep.
-        if (!swept && swept.error().errnum != ENOENT) listing.problems.push_back(swept.error().describe());
+        if (!swept && swept.error().errnum != ENOENT) out.problems.push_back(swept.error().describe());
     }
-    return listing;
+    return out;
 }
 
 Revoker::Pass Revoker::revoke(const MapImage& image, const std::vector<CgroupTarget>& roots,

@@ -40,15 +40,15 @@ public:
     // process's own namespace). Lists, asks `choose`, destroys.
     Result<Sweep> sweep(const std::filesystem::path& netns, const Chooser& choose);
 
-    // Every open socket of the processes in and below `roots`, namespace by
-    // namespace, with its counters as of now: what egressctl flows and
-    // /metrics show of open connections. Namespaces that could not be read
-    // are named in `problems`.
-    struct Listing {
-        std::vector<OpenSocket> sockets;
+    // The counters of every open socket of the processes in and below
+    // `roots`, by cookie, as of now, namespace by namespace: what egressctl
+    // flows and /metrics show of open connections. Namespaces that could
+    // not be read are named in `problems`.
+    struct OpenBytes {
+        std::map<uint64_t, SocketBytes> by_cookie;
         std::vector<std::string> problems;
     };
-    Listing list(const std::vector<CgroupTarget>& roots, const std::filesystem::path& mount);
+    OpenBytes open_bytes(const std::vector<CgroupTarget>& roots, const std::filesystem::path& mount);
 
     struct Pass {
         std::vector<Revocation> revoked;  // destroyed
