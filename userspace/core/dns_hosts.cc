@@ -43,6 +43,9 @@ HostsByIdentity hosts_by_identity(const PolicyInputs& in) {
     HostsByIdentity out;
     for (uint32_t position = 0; position < in.policies->size(); ++position) {
         const EgressPolicy& policy = (*in.policies)[position];
+        // Without host names a policy gives nothing here; at 10k identities,
+        // looking up its sources would cost more than the rest of a change.
+        if (policy.hosts.empty() && policy.wildcard_hosts.empty()) continue;
         const auto number = in.policy_numbers->find({policy.namespace_, policy.name});
         if (!number) continue;
         for (const PolicySource& source : policy.sources) {

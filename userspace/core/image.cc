@@ -187,26 +187,6 @@ void add_policy_rules(MapImage& image, const PolicyInputs& in) {
     image.policy_rules = std::move(rules);
 }
 
-// add_dns_hosts for the policies that name hosts: the others give it nothing
-// (their identities are numbered already, by their rules), and at 10k
-// identities looking each of them up costs more than the rest of a change.
-void add_host_names(MapImage& image, const PolicyInputs& in) {
-    if (!in.policies || !in.host_numbers) return;
-    auto names_hosts = [](const EgressPolicy& policy) {
-        return !policy.hosts.empty() || !policy.wildcard_hosts.empty();
-    };
-    const size_t count = size_t(std::ranges::count_if(*in.policies, names_hosts));
-    if (count == 0) return;
-    if (count == in.policies->size()) return add_dns_hosts(image, in);
-    // Same order: the first policy still wins a shared key.
-    std::vector<EgressPolicy> with_hosts;
-    with_hosts.reserve(count);
-    std::ranges::copy_if(*in.policies, std::back_inserter(with_hosts), names_hosts);
-    PolicyInputs subset = in;
-    subset.policies = &with_hosts;
-    add_dns_hosts(image, subset);
-}
-
 }  // namespace
 
 Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, uint64_t generation,
@@ -239,7 +219,7 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
     if (std::ranges::any_of(image.ports, [](const PortRule& rule) { return rule.table == EGRESSD_PORTS_EXCLUDE; }))
         image.flags |= EGRESSD_CFG_HAS_EXCLUDED_PORTS;
     add_policy_rules(image, policy);
-    add_host_names(image, policy);
+    add_dns_hosts(image, policy);
     if (std::ranges::any_of(image.policy_rules, [](const PolicyRule& rule) { return !is_host_rule(rule); }))
         image.flags |= EGRESSD_CFG_POLICY_PREFIXES;
     // Without policy host names nothing is learned: row 7 need not look.
