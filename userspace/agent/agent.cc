@@ -192,7 +192,9 @@ void Agent::load_revoker() {
     revocation_ = "on";
 }
 
+// Only a revocation pass compares with it: without one, nothing is copied.
 Agent::Enforced Agent::enforced_now() const {
+    if (!revoker_) return {};
     return {reconciler_->applied_shared(), datapath_->workload_identities(), reconciler_->attached()};
 }
 

@@ -100,7 +100,7 @@ private:
         std::map<uint64_t, uint32_t> workloads;
         std::map<std::string, CgroupTarget> attached;
     };
-    Enforced enforced_now() const;
+    Enforced enforced_now() const;  // empty without a revoker
     void revoke_tightened(const Enforced& before, std::chrono::steady_clock::time_point flipped);
     void load_revoker();
     // Every second: is the kernel still enforcing what the inputs say? Pins
