@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "core/decision.h"
 #include "core/egress_policy.h"
 #include "core/identity.h"
 #include "core/image.h"
@@ -362,6 +363,39 @@ TEST_CASE("kernel: paths: kinds no hook decides are refused at socket(); absent 
     enforcer.publish(paths_agent(false), mesh);
     CHECK(in_workload(env, [] { return mptcp_connect(Net::kExternal4, 80); }) == EPERM);
     CHECK(in_workload(env, [] { return mptcp_connect(Net::kExternal6, 80); }) == EPERM);
+}
+
+TEST_CASE("kernel: paths: every socket kind the kernel creates is refused or not as the reference decision says") {
+    EGRESSD_REQUIRE_KERNEL_ENV();
+    MeshConfig mesh;
+    mesh.enable_egress = true;
+    PathsEnv paths(mesh);
+    const auto image = paths.enforcer.datapath().active_image();
+    REQUIRE(image.has_value());
+    // Types and protocols, known and not: the kernel turns most pairs away
+    // before any hook runs (EPROTONOSUPPORT, ESOCKTNOSUPPORT, EACCES for ping
+    // sockets outside ping_group_range); the others reach egressd_sock_create.
+    // (SOCK_PACKET is left out: the kernel makes it an AF_PACKET socket,
+    // which no cgroup hook decides; docs/decision.md, "Every way out".)
+    const int types[] = {SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_SEQPACKET, 6 /* SOCK_DCCP */};
+    const int protocols[] = {0,           IPPROTO_TCP,  IPPROTO_UDP,  IPPROTO_UDPLITE, IPPROTO_ICMP, IPPROTO_ICMPV6,
+                             IPPROTO_RAW, IPPROTO_SCTP, IPPROTO_DCCP, IPPROTO_MPTCP,   IPPROTO_GRE,  253};
+    size_t created = 0, refused = 0;
+    for (const int family : {AF_INET, AF_INET6})
+        for (const int type : types)
+            for (const int protocol : protocols) {
+                CAPTURE(family);
+                CAPTURE(type);
+                CAPTURE(protocol);
+                const int err = in_workload(paths.env, [=] { return socket_errno(family, type, protocol); });
+                if (err != 0 && err != EPERM) continue;  // no such kind here: no hook decided
+                const Decision model = decide_socket(&*image, type, protocol);
+                CHECK((err == EPERM) == (model.verdict != EGRESSD_VERDICT_ALLOW));
+                ++(err == EPERM ? refused : created);
+            }
+    MESSAGE("socket kinds decided by the kernel: " << created << " created, " << refused << " refused");
+    CHECK(created >= 8);  // TCP, MPTCP, UDP, raw in both families at least
+    CHECK(refused >= 2);  // UDP-Lite in both families
 }
 
 TEST_CASE("kernel: paths: sendmmsg() and io_uring send, sendmsg and connect are decided per datagram") {
