@@ -3,7 +3,7 @@
 # 1M-rule configurations, and the agent's idle CPU with the bundled settings'
 # layout. Uses the harness's helpers (add, say, fail, note, cbq, loop,
 # baseline_now, measure_egressd, bpf_snap, bpf_delta, floor_on/floor_off,
-# start_agent_try, stop_agent, cpu_ms, rss_mb, hwm_mb) and its namespaces and
+# start_agent_try, stop_agent, cpu_ms, idle_cpu_ms, rss_mb, hwm_mb) and its namespaces and
 # cgroups. See bench/README.md.
 
 scale_bundled_pid=
@@ -225,7 +225,7 @@ EOF2
     sleep 0.01
   done
   sleep "$scale_settle"
-  c0=$(cpu_ms "$scale_bundled_pid"); sleep "$idle_s"; c1=$(cpu_ms "$scale_bundled_pid")
+  c0=$(idle_cpu_ms "$scale_bundled_pid"); sleep "$idle_s"; c1=$(idle_cpu_ms "$scale_bundled_pid")
   add --section control --metric "agent CPU at idle (bundled config layout)" --config "config/egressd.yaml layout" --unit "ms CPU" \
     --values "$(python3 -c "print($c1 - $c0)")" \
     --note "over $idle_s s ($(python3 -c "print('%.1f%% of a core' % (($c1 - $c0) / 10 / $idle_s))")), starting ${scale_settle} s after it was enforcing; RSS $(rss_mb "$scale_bundled_pid") MB"
