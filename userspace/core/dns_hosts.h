@@ -11,7 +11,9 @@
 // every host name that covers it; the first policy still wins a shared key.
 #pragma once
 
+#include <map>
 #include <string>
+#include <vector>
 
 #include "core/image.h"
 
@@ -20,6 +22,14 @@ namespace egressd {
 // A policy host name ("api.example.com", "*.example.com"; lower case, as the
 // policy parser keeps it) as the kernel compares it.
 DnsHostName dns_host_name(const std::string& host);
+
+// What add_dns_hosts gives an image: dns_hosts, dns_host_names, and the
+// rules covering host names add (100::N, sorted, none of the policies' own).
+struct DnsHostPart {
+    std::vector<DnsHostRule> dns_hosts;
+    std::map<uint32_t, std::string> names;
+    std::vector<PolicyRule> covering_rules;
+};
 
 // Fills image.dns_hosts, and adds to image.policy_rules (sorted, one per key)
 // the rules that covering host names give. Needs in.host_numbers; the

@@ -102,11 +102,11 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
 }
 
 SharedVector<PolicyRule> PolicyRuleCache::with_host_rules(const SharedVector<PolicyRule>& rules,
-                                                          std::vector<PolicyRule> added) {
+                                                          const std::vector<PolicyRule>& added) {
     if (!host_rules_base_.shares_with(rules) || added != host_rules_added_ || host_rules_result_.empty()) {
         host_rules_result_ = merge_rules(rules, added);
         host_rules_base_ = rules;
-        host_rules_added_ = std::move(added);
+        host_rules_added_ = added;
     }
     return host_rules_result_;
 }

@@ -5,8 +5,10 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <vector>
 
+#include "core/dns_hosts.h"
 #include "core/egress_policy.h"
 #include "core/image.h"
 
@@ -35,10 +37,23 @@ public:
     };
     const Changes& last_changes() const { return changes_; }
 
+    // The DNS-host part of the last build (add_dns_hosts) while the builds
+    // read that very list: the same policies on the same registries give the
+    // same part. Null otherwise.
+    const DnsHostPart* dns_hosts_of(const std::vector<EgressPolicy>* list) const {
+        return dns_part_ && list_ && list == list_.get() && dns_list_ == list_ ? &*dns_part_ : nullptr;
+    }
+    // Keeps `part`, made from `list`, for the next builds; returns it.
+    const DnsHostPart* keep_dns_hosts(const std::vector<EgressPolicy>* list, DnsHostPart part) {
+        dns_list_ = list_ && list == list_.get() ? list_ : nullptr;
+        dns_part_ = std::move(part);
+        return &*dns_part_;
+    }
+
     // `rules` (this cache's output) with the rules that covering host names
     // add (add_dns_hosts): the previous result again, shared, when both are
     // as they were.
-    SharedVector<PolicyRule> with_host_rules(const SharedVector<PolicyRule>& rules, std::vector<PolicyRule> added);
+    SharedVector<PolicyRule> with_host_rules(const SharedVector<PolicyRule>& rules, const std::vector<PolicyRule>& added);
 
     // Optional: the immutable list the next builds read (in.policies ==
     // list.get()). While builds read the very list the previous one read,
@@ -67,6 +82,8 @@ private:
     std::shared_ptr<const std::vector<EgressPolicy>> list_;        // from set_policies
     std::shared_ptr<const std::vector<EgressPolicy>> built_list_;  // the list the last build read, if list_
     Changes changes_;
+    std::shared_ptr<const std::vector<EgressPolicy>> dns_list_;  // the list dns_part_ was made from
+    std::optional<DnsHostPart> dns_part_;
 };
 
 }  // namespace egressd
