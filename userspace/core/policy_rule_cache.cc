@@ -14,6 +14,19 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
     changes_ = Changes{};
     changes_.since = built_list_;
     built_list_ = in.policies == list_.get() ? list_ : nullptr;
+    // The same list and the same host addresses (a MeshConfig toggle): the
+    // same policies and rules, without a look at any policy.
+    const bool same_addresses = in.host_addresses ? host_addresses_ && *host_addresses_ == *in.host_addresses
+                                                  : !host_addresses_;
+    if (same_list && same_addresses && policies_) {
+        image.policies = *policies_;
+        image.policy_rules = image_rules_;
+        return;
+    }
+    if (in.host_addresses)
+        host_addresses_ = *in.host_addresses;
+    else
+        host_addresses_.reset();
     const uint64_t build = ++builds_;
     std::vector<uint32_t> dropped;  // numbers whose rules leave all_
     std::vector<PolicyRule> added;  // rules of new and changed policies, marked with their number
@@ -99,6 +112,7 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
         }
     }
     image.policy_rules = image_rules_;
+    policies_ = image.policies;
 }
 
 SharedVector<PolicyRule> PolicyRuleCache::with_host_rules(const SharedVector<PolicyRule>& rules,

@@ -82,6 +82,9 @@ private:
     std::shared_ptr<const std::vector<EgressPolicy>> list_;        // from set_policies
     std::shared_ptr<const std::vector<EgressPolicy>> built_list_;  // the list the last build read, if list_
     Changes changes_;
+    // The last build's host addresses and policy names, for the next.
+    std::optional<std::map<std::string, std::vector<IpAddress>>> host_addresses_;
+    std::optional<std::map<uint32_t, PolicyRef>> policies_;
     std::shared_ptr<const std::vector<EgressPolicy>> dns_list_;  // the list dns_part_ was made from
     std::optional<DnsHostPart> dns_part_;
 };
