@@ -48,16 +48,22 @@ HostsByIdentity hosts_by_identity(const PolicyInputs& in) {
         if (policy.hosts.empty() && policy.wildcard_hosts.empty()) continue;
         const auto number = in.policy_numbers->find({policy.namespace_, policy.name});
         if (!number) continue;
+        // Each name hashed and numbered once, not once per source.
+        std::vector<std::pair<const std::string*, std::pair<DnsHostName, uint32_t>>> names;
+        for (const auto* hosts : {&policy.hosts, &policy.wildcard_hosts})
+            for (const std::string& host : *hosts) {
+                const DnsHostName name = dns_host_name(host);
+                names.push_back({&host, {name, in.host_numbers->number_for(name)}});
+            }
         for (const PolicySource& source : policy.sources) {
             const uint32_t identity = in.identities->number_for({source.namespace_, source.service_account});
-            for (const auto* hosts : {&policy.hosts, &policy.wildcard_hosts})
-                for (const std::string& host : *hosts) {
-                    IdentityHost& entry = out[identity][host];
-                    entry.name = dns_host_name(host);
-                    entry.number = in.host_numbers->number_for(entry.name);
-                    for (const PolicyPort& port : policy.ports)
-                        entry.grants.push_back({port.l4, port.number, position, *number});
-                }
+            for (const auto& [host, name_number] : names) {
+                IdentityHost& entry = out[identity][*host];
+                entry.name = name_number.first;
+                entry.number = name_number.second;
+                for (const PolicyPort& port : policy.ports)
+                    entry.grants.push_back({port.l4, port.number, position, *number});
+            }
         }
     }
     return out;
