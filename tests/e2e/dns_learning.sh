@@ -19,10 +19,7 @@ egressctl=$bin/egressctl
 # shellcheck source=tests/e2e/lib.sh
 . "$here/lib.sh"
 
-[ "$(id -u)" -eq 0 ] || unavailable "needs root"
-cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
-[ -n "$cg2" ] || unavailable "no cgroup2 mount in /proc/mounts"
-for tool in ip python3 curl bpftool; do command -v $tool >/dev/null || unavailable "missing $tool"; done
+e2e_require ip python3 curl bpftool
 
 id=$$
 work=$(mktemp -d /tmp/egressd-e2e-dns.XXXXXX)

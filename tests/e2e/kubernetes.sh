@@ -20,10 +20,7 @@ probe=$here/probe.py
 
 . "$here/lib.sh"
 
-[ "$(id -u)" -eq 0 ] || unavailable "needs root"
-cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
-[ -n "$cg2" ] || unavailable "no cgroup2 mount in /proc/mounts"
-for tool in ip python3 openssl kubectl curl; do command -v $tool >/dev/null || unavailable "missing $tool"; done
+e2e_require ip python3 openssl kubectl curl
 
 id=$$
 echo "# kubelet cgroup driver: $driver"

@@ -14,6 +14,15 @@ unavailable() {
   if [ "${CI:-}" = "true" ]; then echo "e2e: cannot run under CI=true: $*" >&2; echo "0 passed, 1 failed"; exit 1; fi
   echo "e2e: SKIPPED: $*" >&2; echo "0 passed, 0 failed, 1 skipped"; exit 0
 }
+# e2e_require TOOL...: root, a cgroup2 mount (sets cg2) and TOOLs on PATH,
+# or the script cannot run (unavailable).
+e2e_require() {
+  [ "$(id -u)" -eq 0 ] || unavailable "needs root"
+  cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
+  [ -n "$cg2" ] || unavailable "no cgroup2 mount in /proc/mounts"
+  local tool
+  for tool in "$@"; do command -v "$tool" >/dev/null || unavailable "missing $tool"; done
+}
 finish() {
   echo "$passed passed, $failed failed"
   [ "$failed" -eq 0 ]

@@ -18,11 +18,8 @@ egressctl=$bin/egressctl
 # shellcheck source=tests/e2e/lib.sh
 . "$here/lib.sh"
 
-[ "$(id -u)" -eq 0 ] || unavailable "needs root"
-cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
-[ -n "$cg2" ] || unavailable "no cgroup2 mount in /proc/mounts"
+e2e_require ip python3
 [ -x "$new" ] || unavailable "no $new (cmake/upgrade_test.cmake builds it)"
-for tool in ip python3; do command -v $tool >/dev/null || unavailable "missing $tool"; done
 
 id=$$
 work=$(mktemp -d /tmp/egressd-upgrade.XXXXXX)
