@@ -222,19 +222,20 @@ void KernelMetrics::scrape_open_flows(std::vector<RenderedFamily>& families) {
     auto control = maps_->read_control();
     if (!flows.ok()) return read_failed("open flows", flows.error());
     if (!control.ok()) return read_failed("open flows", control.error());
-    Result<std::map<uint64_t, SocketBytes>> bytes = std::map<uint64_t, SocketBytes>{};
+    const std::map<uint64_t, SocketBytes> none;
+    const std::map<uint64_t, SocketBytes>* bytes = &none;
     if (!flows->empty() && read_open_sockets_) {
         // Reading the sockets walks every enforced cgroup and enters each
         // network namespace: at most once per kOpenBytesMaxAge, however
         // often /metrics is scraped.
         const auto now = std::chrono::steady_clock::now();
         if (!socket_bytes_read_at_ || now - *socket_bytes_read_at_ >= kOpenBytesMaxAge) {
-            bytes = read_open_sockets_();
-            if (!bytes.ok()) return read_failed("open sockets", bytes.error());
-            socket_bytes_ = *bytes;
+            auto read = read_open_sockets_();
+            if (!read.ok()) return read_failed("open sockets", read.error());
+            socket_bytes_ = std::move(*read);
             socket_bytes_read_at_ = now;
         }
-        bytes = socket_bytes_;
+        bytes = &socket_bytes_;
     }
     read_works("open flows");
     std::map<uint32_t, PolicyRef> policies;

@@ -43,21 +43,6 @@ std::string describe_policy_changes(const PolicyRuleCache::Changes& found) {
 
 }  // namespace
 
-void Reconciler::set_policies(const std::vector<EgressPolicy>& policies) {
-    if (*policies_ == policies) return;
-    policies_ = std::make_shared<const std::vector<EgressPolicy>>(policies);
-}
-
-void Reconciler::set_policies(std::vector<EgressPolicy>&& policies) {
-    if (*policies_ == policies) return;
-    policies_ = std::make_shared<const std::vector<EgressPolicy>>(std::move(policies));
-}
-
-void Reconciler::set_policies(std::shared_ptr<const std::vector<EgressPolicy>> policies) {
-    if (policies == policies_) return;
-    policies_ = std::move(policies);
-}
-
 Reconciler::Reconciler(const AgentConfig& config, Datapath& datapath, CgroupTarget cgroup, uint32_t cgroup_level)
     : config_(config), datapath_(datapath), cgroup_(std::move(cgroup)), cgroup_level_(cgroup_level) {
     identities_ = IdentityRegistry(datapath_.identity_names());

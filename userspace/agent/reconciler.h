@@ -37,13 +37,10 @@ public:
 
     // The inputs. Each replaces the previous value of its kind.
     void set_mesh(MeshConfig mesh) { mesh_ = std::move(mesh); }
-    // The policies are kept as one immutable list, shared with the applied
-    // generation's record: an unchanged list (the agent hands over its whole
-    // list on every change) is neither copied nor rebuilt.
-    void set_policies(const std::vector<EgressPolicy>& policies);
-    void set_policies(std::vector<EgressPolicy>&& policies);
-    // The list as it is: the same list again is known unchanged.
-    void set_policies(std::shared_ptr<const std::vector<EgressPolicy>> policies);
+    // The policies as one immutable list, shared with the applied
+    // generation's record: the same list again is known unchanged, and is
+    // neither compared nor rebuilt.
+    void set_policies(std::shared_ptr<const std::vector<EgressPolicy>> policies) { policies_ = std::move(policies); }
     void set_workloads(std::vector<Workload> workloads) { workloads_ = std::move(workloads); }
     void set_host_addresses(std::map<std::string, std::vector<IpAddress>> addresses) {
         host_addresses_ = std::move(addresses);

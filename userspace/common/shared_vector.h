@@ -28,8 +28,6 @@ public:
     size_t size() const { return items_ ? items_->size() : 0; }
     bool empty() const { return size() == 0; }
     const T& operator[](size_t i) const { return (*items_)[i]; }
-    const T& front() const { return items_->front(); }
-    const T& back() const { return items_->back(); }
 
     // The same storage: then equal without looking at the elements.
     bool shares_with(const SharedVector& other) const { return items_ == other.items_ || (empty() && other.empty()); }
@@ -46,7 +44,6 @@ public:
         return *items_;
     }
     void push_back(const T& item) { edit().push_back(item); }
-    void clear() { items_.reset(); }
 
 private:
     static const std::vector<T>& empty_vector() {

@@ -12,15 +12,11 @@ namespace egressd {
 
 namespace {
 
-// Every element of `before` (sorted) is in `after` (sorted), compared by `key`.
+// Every element of `before` is in `after`, compared by `key`, in any order
+// (a slot read back from the kernel comes in map order).
 template <typename T, typename Key>
 bool kept_all(const std::vector<T>& before, const std::vector<T>& after, Key key) {
     if (before.empty()) return true;
-    // Built images hold their entries sorted by key already (100k policy
-    // rules: no copy, no sort); a slot read back from the kernel may not.
-    auto by_key = [&](const T& x, const T& y) { return key(x) < key(y); };
-    if (std::is_sorted(before.begin(), before.end(), by_key) && std::is_sorted(after.begin(), after.end(), by_key))
-        return std::includes(after.begin(), after.end(), before.begin(), before.end(), by_key);
     std::vector<decltype(key(before.front()))> a, b;
     for (const T& x : before) a.push_back(key(x));
     for (const T& x : after) b.push_back(key(x));
