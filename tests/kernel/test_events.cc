@@ -301,7 +301,10 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
         (*metrics)->scrape(families);
         for (const auto& [name, text] : families) scraped += text;
     }
-    if (std::chrono::steady_clock::now() - first_scrape < std::chrono::milliseconds(900)) CHECK(reads == 1);
+    // One read per second begun (one, unless the machine stalled the scrapes).
+    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - first_scrape);
+    CHECK(reads >= 1);
+    CHECK(reads <= 1 + seconds.count());
     CHECK(scraped.find("egressd_open_egress_bytes{reason=\"passthrough\",rule=\"0\",direction=\"received\"} 3000") !=
           std::string::npos);
 
