@@ -32,13 +32,27 @@ struct egressd_decision {
 	__u32 rule;    /* index in the list that decided, or the policy number */
 	/* What reporting needs from the generation that decided (zero without one). */
 	__u64 generation;
-	__u32 flags; /* config_v1 flags */
+	__u32 flags; /* config_v2 flags */
 	__u32 mode;  /* enum egressd_mode */
 	__u32 cgroup_level;
 	__u32 identity; /* valid when identity_known */
 	__u32 identity_known;
 	__u32 learned; /* row 7 allowed a destination learned from a DNS answer */
+	/* The caller's uid: set up front where it is the socket's (packets),
+	 * else read from the current task when first needed (egressd_caller_uid):
+	 * row 2 with a sidecar uid, or an event. Most decisions need neither. */
+	__u32 uid;
+	__u32 uid_known;
 };
+
+static __always_inline __u32 egressd_caller_uid(struct egressd_decision *d)
+{
+	if (!d->uid_known) {
+		d->uid = (__u32)bpf_get_current_uid_gid();
+		d->uid_known = 1;
+	}
+	return d->uid;
+}
 
 static __always_inline void egressd_addr_from_v4(struct egressd_addr *a, __u32 ip4_be)
 {
@@ -88,6 +102,35 @@ static __always_inline const struct egressd_cidr_value *egressd_cidr_lookup(__u8
 
 	__builtin_memcpy(key.addr, a->w, sizeof(key.addr));
 	return bpf_map_lookup_elem(&EGRESSD_MAP_CIDRS, &key);
+}
+
+/* Rows 3a, 4 and 5: whether `a` is in the slot's CIDR table `table`, and the
+ * rule that matched (the longest prefix). A small table is matched in the
+ * config itself (egressd_config_table: longest first, so the first match is
+ * the trie's answer), a big one in the trie. */
+static __always_inline int egressd_table_lookup(const struct egressd_config *cfg, __u8 slot, __u8 table,
+						const struct egressd_addr *a, __u32 *rule)
+{
+	const struct egressd_config_table *t = &cfg->tables[table - 1];
+	const struct egressd_cidr_value *value;
+
+	if (t->count != EGRESSD_CONFIG_TABLE_IN_TRIE) {
+		for (__u32 i = 0; i < EGRESSD_CONFIG_CIDRS && i < t->count; i++) {
+			const struct egressd_config_cidr *c = &t->cidrs[i];
+
+			if ((((a->w[0] & c->mask[0]) ^ c->addr[0]) | ((a->w[1] & c->mask[1]) ^ c->addr[1]) |
+			     ((a->w[2] & c->mask[2]) ^ c->addr[2]) | ((a->w[3] & c->mask[3]) ^ c->addr[3])) == 0) {
+				*rule = c->rule;
+				return 1;
+			}
+		}
+		return 0;
+	}
+	value = egressd_cidr_lookup(slot, table, a);
+	if (!value)
+		return 0;
+	*rule = value->rule;
+	return 1;
 }
 
 /* The active slot's generation, or NULL when there is none (fail closed). */
@@ -305,17 +348,17 @@ static __always_inline void egressd_decide_socket(struct egressd_decision *d, __
 }
 
 /* The decision, rows 0-8 of docs/decision.md, first match wins. `d` starts
- * zeroed. `raw`: a packet of a raw socket, refused outright (loopback too:
- * a forged DNS answer would come that way) unless rawSockets is allow. */
+ * zeroed (but for the caller's uid, when already known). `raw`: a packet of a
+ * raw socket, refused outright (loopback too: a forged DNS answer would come
+ * that way) unless rawSockets is allow. */
 static __always_inline void egressd_decide(struct egressd_decision *d, const struct egressd_addr *dst, __u16 port,
-					   __u8 proto, __u32 uid, __u32 raw)
+					   __u8 proto, __u32 raw)
 {
 	const struct egressd_policy_value *policy;
-	const struct egressd_cidr_value *cidr;
 	const struct egressd_port_value *pv;
 	const struct egressd_config *cfg = NULL;
 	struct egressd_port_key pkey = {};
-	__u32 slot;
+	__u32 slot, rule;
 
 	if (!raw && egressd_addr_is_local(dst))
 		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL, 0);
@@ -330,14 +373,12 @@ static __always_inline void egressd_decide(struct egressd_decision *d, const str
 			return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_LOCAL, 0);
 	}
 
-	if ((cfg->flags & EGRESSD_CFG_SIDECAR_UID) && uid == cfg->sidecar_uid)
+	if ((cfg->flags & EGRESSD_CFG_SIDECAR_UID) && egressd_caller_uid(d) == cfg->sidecar_uid)
 		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_SIDECAR_UID, 0);
 
-	if (cfg->flags & EGRESSD_CFG_HAS_EXCLUDED_CIDRS) {
-		cidr = egressd_cidr_lookup(slot, EGRESSD_TABLE_EXCLUDE, dst);
-		if (cidr)
-			return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_CIDR, cidr->rule);
-	}
+	if ((cfg->flags & EGRESSD_CFG_HAS_EXCLUDED_CIDRS) &&
+	    egressd_table_lookup(cfg, slot, EGRESSD_TABLE_EXCLUDE, dst, &rule))
+		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_CIDR, rule);
 	if (cfg->flags & EGRESSD_CFG_HAS_EXCLUDED_PORTS) {
 		pkey.slot = slot;
 		pkey.table = EGRESSD_PORTS_EXCLUDE;
@@ -347,14 +388,11 @@ static __always_inline void egressd_decide(struct egressd_decision *d, const str
 			return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_EXCLUDED_PORT, pv->rule);
 	}
 
-	if ((cfg->flags & EGRESSD_CFG_HAS_INCLUSION) && !egressd_cidr_lookup(slot, EGRESSD_TABLE_INCLUDE, dst))
+	if ((cfg->flags & EGRESSD_CFG_HAS_INCLUSION) && !egressd_table_lookup(cfg, slot, EGRESSD_TABLE_INCLUDE, dst, &rule))
 		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_NOT_INCLUDED, 0);
 
-	if (cfg->flags & EGRESSD_CFG_HAS_MESH_CIDRS) {
-		cidr = egressd_cidr_lookup(slot, EGRESSD_TABLE_MESH, dst);
-		if (cidr)
-			return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_MESH, cidr->rule);
-	}
+	if ((cfg->flags & EGRESSD_CFG_HAS_MESH_CIDRS) && egressd_table_lookup(cfg, slot, EGRESSD_TABLE_MESH, dst, &rule))
+		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_MESH, rule);
 
 	if (cfg->flags & EGRESSD_CFG_ENABLE_EGRESS)
 		return egressd_verdict(d, EGRESSD_VERDICT_ALLOW, EGRESSD_REASON_PASSTHROUGH, 0);

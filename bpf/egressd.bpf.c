@@ -16,14 +16,15 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Counts and reports a decision taken for `hook`, and says whether the call
  * proceeds. Audit mode reports what rows 0 and 8 would deny and lets it
  * pass; a missing generation stays closed. */
-static __always_inline int egressd_enforce(const struct egressd_decision *d, const struct egressd_addr *dst, __u16 port,
-					   __u8 proto, __u32 hook, __u32 uid)
+static __always_inline int egressd_enforce(struct egressd_decision *d, const struct egressd_addr *dst, __u16 port,
+					   __u8 proto, __u32 hook)
 {
 	if (d->verdict != EGRESSD_VERDICT_ALLOW) {
 		__u32 audit = d->mode == EGRESSD_MODE_AUDIT && d->reason != EGRESSD_REASON_NO_CONFIG;
 
 		egressd_count(d->reason, hook);
-		egressd_report(d, dst, port, proto, hook, audit ? EGRESSD_EVENT_AUDIT : EGRESSD_EVENT_DENY, uid);
+		egressd_report(d, dst, port, proto, hook, audit ? EGRESSD_EVENT_AUDIT : EGRESSD_EVENT_DENY,
+			       egressd_caller_uid(d));
 		return audit;
 	}
 	if (d->reason == EGRESSD_REASON_NONE)
@@ -31,7 +32,7 @@ static __always_inline int egressd_enforce(const struct egressd_decision *d, con
 	egressd_count(d->reason, hook);
 	if ((d->reason == EGRESSD_REASON_POLICY && (d->flags & EGRESSD_CFG_EVENTS_POLICY)) ||
 	    (d->reason == EGRESSD_REASON_PASSTHROUGH && (d->flags & EGRESSD_CFG_EVENTS_PASSTHROUGH)))
-		egressd_report(d, dst, port, proto, hook, EGRESSD_EVENT_ALLOW, uid);
+		egressd_report(d, dst, port, proto, hook, EGRESSD_EVENT_ALLOW, egressd_caller_uid(d));
 	return 1;
 }
 
@@ -43,12 +44,11 @@ static __always_inline int egressd_sock_addr(struct bpf_sock_addr *ctx, const st
 {
 	__u8 proto = egressd_decision_proto(ctx->protocol);
 	__u16 port = proto == EGRESSD_PROTO_ICMP ? 0 : bpf_ntohs((__u16)ctx->user_port);
-	__u32 uid = (__u32)bpf_get_current_uid_gid();
 	struct egressd_decision d = {};
 	int proceed;
 
-	egressd_decide(&d, dst, port, proto, uid, 0);
-	proceed = egressd_enforce(&d, dst, port, proto, hook, uid);
+	egressd_decide(&d, dst, port, proto, 0);
+	proceed = egressd_enforce(&d, dst, port, proto, hook);
 	if (proceed && (hook == EGRESSD_HOOK_CONNECT4 || hook == EGRESSD_HOOK_CONNECT6))
 		egressd_track_flow(ctx, &d, dst, port);
 	return proceed;
@@ -100,7 +100,7 @@ int egressd_sock_create(struct bpf_sock *sk)
 	__u8 proto = (__u8)sk->protocol;
 
 	egressd_decide_socket(&d, sk->type, sk->protocol);
-	return egressd_enforce(&d, &none, 0, proto, EGRESSD_HOOK_SOCK_CREATE, (__u32)bpf_get_current_uid_gid());
+	return egressd_enforce(&d, &none, 0, proto, EGRESSD_HOOK_SOCK_CREATE);
 }
 
 /* Every packet leaving an enforced cgroup: DNS queries are recorded for
@@ -116,16 +116,16 @@ int egressd_packet_out(struct __sk_buff *skb)
 	struct bpf_sock *sk = egressd_packet_socket(skb);
 	struct egressd_decision d = {};
 	struct egressd_packet pkt;
-	__u32 uid;
 
 	if (sk && sk->type == SOCK_STREAM)
 		return 1;
 	egressd_dns_query_out(skb);
 	if (egressd_packet_of(skb, sk, &pkt))
 		return 1;
-	uid = bpf_get_socket_uid(skb);
-	egressd_decide(&d, &pkt.dst, pkt.port, pkt.proto, uid, pkt.raw);
-	return egressd_enforce(&d, &pkt.dst, pkt.port, pkt.proto, EGRESSD_HOOK_PACKET, uid);
+	d.uid = bpf_get_socket_uid(skb); /* the sending socket's owner */
+	d.uid_known = 1;
+	egressd_decide(&d, &pkt.dst, pkt.port, pkt.proto, pkt.raw);
+	return egressd_enforce(&d, &pkt.dst, pkt.port, pkt.proto, EGRESSD_HOOK_PACKET);
 }
 
 SEC("sockops")

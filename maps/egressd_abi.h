@@ -37,7 +37,7 @@
 
 /* Map names double as pin file names. They carry their own layout version. */
 #define EGRESSD_MAP_CONTROL control_v1
-#define EGRESSD_MAP_CONFIG config_v1
+#define EGRESSD_MAP_CONFIG config_v2 /* v2: small CIDR tables carried in the config */
 #define EGRESSD_MAP_CIDRS cidrs_v1
 /* EGRESSD_TEST_MAP_BUMP: a build for the upgrade test only (cmake/upgrade_test.cmake),
  * as if ports_v1 had changed layout. Never in a release. */
@@ -138,7 +138,7 @@ struct egressd_control {
 	__u32 abi_version; /* EGRESSD_ABI_VERSION of the agent that wrote it */
 };
 
-/* ---- config_v1: ARRAY, EGRESSD_SLOTS entries, key __u32 slot -------------- */
+/* ---- config_v2: ARRAY, EGRESSD_SLOTS entries, key __u32 slot -------------- */
 enum egressd_config_flag {
 	EGRESSD_CFG_VALID = 1u << 0,          /* slot holds a complete generation */
 	EGRESSD_CFG_ENABLE_EGRESS = 1u << 1,  /* spec.traffic.enableEgress */
@@ -162,12 +162,35 @@ enum egressd_mode {
 	EGRESSD_MODE_AUDIT = 1,
 };
 
+/* A CIDR table of rows 3a, 4 and 5 with at most EGRESSD_CONFIG_CIDRS
+ * entries is also carried in the slot's config and matched there: no trie
+ * lookup (a helper call) on the hot path. cidrs_v1 holds every entry either
+ * way, for bpftool and egressctl dump. Entries are sorted longest prefix
+ * first, so the first match is the one the trie would give. */
+#define EGRESSD_CONFIG_CIDRS 8
+#define EGRESSD_CONFIG_TABLE_IN_TRIE 0xffffffffu /* count: the table is too big, look it up in cidrs_v1 */
+#define EGRESSD_CONFIG_TABLES 3                  /* exclude, include, mesh: tables[table - 1] */
+
+struct egressd_config_cidr {
+	__u32 addr[4]; /* masked to the prefix, network byte order */
+	__u32 mask[4]; /* network byte order */
+	__u32 rule;    /* as in egressd_cidr_value */
+	__u32 _pad;
+};
+
+struct egressd_config_table {
+	__u32 count; /* entries used, or EGRESSD_CONFIG_TABLE_IN_TRIE */
+	__u32 _pad;
+	struct egressd_config_cidr cidrs[EGRESSD_CONFIG_CIDRS];
+};
+
 struct egressd_config {
 	__u64 generation;   /* increases with every applied change */
 	__u32 flags;        /* enum egressd_config_flag */
 	__u32 sidecar_uid;
 	__u32 mode;         /* enum egressd_mode */
 	__u32 cgroup_level; /* level of the enforced cgroup (root = 0), for the workload search */
+	struct egressd_config_table tables[EGRESSD_CONFIG_TABLES];
 };
 
 /* ---- cidrs_v1: LPM_TRIE (BPF_F_NO_PREALLOC) -------------------------------
@@ -291,7 +314,7 @@ struct egressd_policy_name {
 
 /* ---- events_v1: RINGBUF of struct egressd_event ---------------------------
  * Denials are always reported; audit-mode "would deny" decisions too; allow
- * by policy and passthrough when config_v1 asks. Per source (identity, or
+ * by policy and passthrough when config_v2 asks. Per source (identity, or
  * cgroup when unknown) a token bucket in event_limits_v1 bounds the rate, so
  * a workload looping on a denied connect cannot flood the agent; what the
  * bucket suppresses, and what the full ring drops, is counted in

@@ -282,7 +282,7 @@ check "the links were adopted, not re-created" log_has "connect4 adopted"
 
 # ---- operators' views ------------------------------------------------------------
 check "egressctl dump lists the mesh CIDR" bash -c "'$egressctl' --config '$work/egressd.yaml' dump | grep -q 'mesh *198.18.0.0/16'"
-check "bpftool prints config_v1 with field names" bash -c "bpftool map dump pinned '$pins/config_v1' | grep -q '\"generation\"'"
+check "bpftool prints config_v2 with field names" bash -c "bpftool map dump pinned '$pins/config_v2' | grep -q '\"generation\"'"
 check "bpftool shows the eight programs on the cgroup" test "$(bpftool cgroup show "$cgroup" | grep -c egressd_)" -eq 8
 check "egressctl needs root, says so" bash -c "setpriv --reuid=65534 --regid=65534 --clear-groups '$egressctl' --config '$work/egressd.yaml' status 2>&1 | grep -q 'must run as root'"
 

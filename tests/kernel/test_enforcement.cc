@@ -118,6 +118,40 @@ TEST_CASE("kernel: a non-empty inclusion list leaves other destinations uninterc
     check_cases(enforcer, &image, env.cg, env.net, cases);
 }
 
+// Rows 3a, 4 and 5 match a small table in the slot's config and a big one in
+// the trie (egressd_config_table): both must decide alike. The padding
+// (192.0.2.0/24, never contacted) pushes every table past the config's
+// capacity.
+TEST_CASE("kernel: CIDR tables decide alike carried in the config and looked up in the trie") {
+    EGRESSD_REQUIRE_KERNEL_ENV();
+    for (const size_t padding : {size_t{0}, size_t{EGRESSD_CONFIG_CIDRS}}) {
+        CAPTURE(padding);
+        EnforcedEnv env;
+        Enforcer enforcer(env.cg);
+        auto pad = [&](std::vector<Cidr> list) {
+            for (size_t i = 0; i < padding; ++i) list.push_back(cidr(fmt::format("192.0.2.{}/32", i + 1).c_str()));
+            return list;
+        };
+        AgentConfig agent = test_agent(env.cg);
+        agent.mesh_cidrs = pad(agent.mesh_cidrs);
+        MeshConfig mesh = mesh_with_egress(false);
+        mesh.outbound_ip_range_exclusion = pad({cidr("203.0.113.11/32"), cidr("2001:db8:1::11/128")});
+        mesh.outbound_ip_range_inclusion =
+            pad({cidr("203.0.113.0/25"), cidr("198.18.0.0/16"), cidr("2001:db8:1::/48")});
+        const MapImage image = enforcer.publish(agent, mesh);
+        enforcer.attach();
+
+        std::vector<Case> cases;
+        add(cases, every_way(Net::kExternal4b, 80, 53), EGRESSD_REASON_EXCLUDED_CIDR);
+        add(cases, every_way(Net::kExternal6b, 80, 53), EGRESSD_REASON_EXCLUDED_CIDR);
+        add(cases, every_way(Net::kOther4, 80, 53), EGRESSD_REASON_NOT_INCLUDED);
+        add(cases, every_way(Net::kExternal6, 80, 53), EGRESSD_REASON_DENY);  // included, not mesh
+        add(cases, every_way(Net::kMesh4, 80, 53), EGRESSD_REASON_MESH);
+        add(cases, every_way(Net::kExternal4, 80, 53), EGRESSD_REASON_DENY);
+        check_cases(enforcer, &image, env.cg, env.net, cases);
+    }
+}
+
 TEST_CASE("kernel: processes in nested cgroups are enforced; other cgroups are not touched") {
     EGRESSD_REQUIRE_KERNEL_ENV();
     EnforcedEnv env;
@@ -231,7 +265,7 @@ TEST_CASE("kernel: bpftool prints the pinned maps with field names (BTF)") {
         CHECK(::pclose(p) == 0);
         return out;
     };
-    const std::string config = dump("config_v1");
+    const std::string config = dump("config_v2");
     CHECK(config.find("\"generation\"") != std::string::npos);
     CHECK(config.find("\"sidecar_uid\": 1500") != std::string::npos);
     const std::string cidrs = dump("cidrs_v1");

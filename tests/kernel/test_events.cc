@@ -10,11 +10,14 @@
 #include <bpf/bpf.h>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 #include <thread>
 #include <vector>
 
+#include "core/decision.h"
 #include "enforcer.h"
 #include "agent/kernel_metrics.h"
 #include "kernel/datapath.h"
@@ -90,6 +93,49 @@ int connect_external_tcp() {
     ::close(fd);
     return -1;
 }
+
+// A child process in the cgroup opens a connection with `open` (its socket,
+// or minus an exit code) and holds it open until release(), so that the test
+// can look at the flow meanwhile.
+class HeldConnection {
+public:
+    HeldConnection(const EnforcedEnv& env, std::function<int()> open) {
+        REQUIRE(::pipe(ready_) == 0);
+        REQUIRE(::pipe(release_) == 0);
+        child_ = std::thread([this, &env, open = std::move(open)] {
+            const int rc = run_in_cgroup(env.cg, &env.net, [&] {
+                const int fd = open();
+                if (fd < 0) return -fd;
+                char c = 'r';
+                if (::write(ready_[1], &c, 1) != 1 || ::read(release_[0], &c, 1) != 1) return 100;
+                ::close(fd);
+                return 0;
+            });
+            CHECK(rc == 0);
+            ::close(ready_[1]);  // a child that failed wakes wait_open()
+        });
+    }
+    HeldConnection(const HeldConnection&) = delete;
+    HeldConnection& operator=(const HeldConnection&) = delete;
+    ~HeldConnection() { release(); }
+
+    // True once the connection is open (false: the child failed).
+    bool wait_open() {
+        char c;
+        return ::read(ready_[0], &c, 1) == 1;
+    }
+    void release() {
+        if (!child_.joinable()) return;
+        char c = 'x';
+        CHECK(::write(release_[1], &c, 1) == 1);
+        child_.join();
+        for (int fd : {ready_[0], release_[0], release_[1]}) ::close(fd);
+    }
+
+private:
+    int ready_[2] = {-1, -1}, release_[2] = {-1, -1};
+    std::thread child_;
+};
 
 }  // namespace
 
@@ -225,38 +271,27 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
 
     // The child connects, exchanges 3000 bytes with the echoing sink, tells
     // us, and closes only when we say so.
-    int ready[2], release[2];
-    REQUIRE(::pipe(ready) == 0);
-    REQUIRE(::pipe(release) == 0);
-    std::thread child([&] {
-        const int rc = run_in_cgroup(env.cg, &env.net, [&] {
-            const int fd = connect_external_tcp();
-            if (fd < 0) return 2;
-            // A mesh connection is not egress: it must not become a flow.
-            sockaddr_in mesh{};
-            mesh.sin_family = AF_INET;
-            mesh.sin_port = htons(80);
-            inet_pton(AF_INET, Net::kMesh4, &mesh.sin_addr);
-            const int mesh_fd = ::socket(AF_INET, SOCK_STREAM, 0);
-            if (::connect(mesh_fd, reinterpret_cast<sockaddr*>(&mesh), sizeof(mesh)) != 0) return 3;
-            char buf[3000] = {};
-            if (::send(fd, buf, sizeof(buf), 0) != static_cast<ssize_t>(sizeof(buf))) return 4;
-            size_t got = 0;
-            while (got < sizeof(buf)) {
-                const ssize_t n = ::recv(fd, buf, sizeof(buf) - got, 0);
-                if (n <= 0) return 5;
-                got += static_cast<size_t>(n);
-            }
-            char c = 'r';
-            if (::write(ready[1], &c, 1) != 1 || ::read(release[0], &c, 1) != 1) return 6;
-            ::close(mesh_fd);
-            ::close(fd);
-            return 0;
-        });
-        CHECK(rc == 0);
+    HeldConnection held(env, [] {
+        const int fd = connect_external_tcp();
+        if (fd < 0) return -2;
+        // A mesh connection is not egress: it must not become a flow.
+        sockaddr_in mesh{};
+        mesh.sin_family = AF_INET;
+        mesh.sin_port = htons(80);
+        inet_pton(AF_INET, Net::kMesh4, &mesh.sin_addr);
+        const int mesh_fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        if (::connect(mesh_fd, reinterpret_cast<sockaddr*>(&mesh), sizeof(mesh)) != 0) return -3;
+        char buf[3000] = {};
+        if (::send(fd, buf, sizeof(buf), 0) != static_cast<ssize_t>(sizeof(buf))) return -4;
+        size_t got = 0;
+        while (got < sizeof(buf)) {
+            const ssize_t n = ::recv(fd, buf, sizeof(buf) - got, 0);
+            if (n <= 0) return -5;
+            got += static_cast<size_t>(n);
+        }
+        return fd;  // the mesh socket closes when the child exits
     });
-    char c;
-    REQUIRE(::read(ready[0], &c, 1) == 1);
+    REQUIRE(held.wait_open());
     auto flows = maps.read_flows();
     REQUIRE(flows.ok());
     std::vector<egressd_flow> ours;
@@ -308,10 +343,7 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
     CHECK(scraped.find("egressd_open_egress_bytes{reason=\"passthrough\",rule=\"0\",direction=\"received\"} 3000") !=
           std::string::npos);
 
-    c = 'x';
-    REQUIRE(::write(release[1], &c, 1) == 1);
-    child.join();
-    for (int fd : {ready[0], ready[1], release[0], release[1]}) ::close(fd);
+    held.release();
 
     // The close is seen by the sockops program when the socket reaches
     // TCP_CLOSE; give the FIN exchange a moment.
@@ -332,6 +364,42 @@ TEST_CASE("kernel: flows: an egress connection is a flow while open; its bytes r
     auto identities = maps.read_identity_traffic();
     REQUIRE(identities.ok());
     CHECK(identities->count(0) == 1);  // unknown identity: the enforced cgroup is not a workload
+}
+
+// The rule a CIDR row names is the longest prefix that holds the destination,
+// whether the table is carried in the config (sorted longest first) or looked
+// up in the trie: a flow records it.
+TEST_CASE("kernel: flows: an excluded CIDR's flow names the longest matching entry, in the config or the trie") {
+    EGRESSD_REQUIRE_KERNEL_ENV();
+    for (const size_t padding : {size_t{0}, size_t{EGRESSD_CONFIG_CIDRS}}) {
+        CAPTURE(padding);
+        EnforcedEnv env;
+        Enforcer enforcer(env.cg);
+        MeshConfig mesh = mesh_with_egress(false);
+        // kExternal4 (203.0.113.10) is in all three; the /32 is entry 1.
+        mesh.outbound_ip_range_exclusion = {cidr("203.0.113.0/24"), cidr("203.0.113.10/32"), cidr("203.0.113.0/25")};
+        for (size_t i = 0; i < padding; ++i) mesh.outbound_ip_range_exclusion.push_back(cidr(fmt::format("192.0.2.{}/32", i + 1).c_str()));
+        const MapImage image = enforcer.publish(test_agent(env.cg), mesh);
+        enforcer.attach();
+        const Decision model = decide(&image, Query{.dst = IpAddress::parse(Net::kExternal4).value(), .port = 80, .proto = IPPROTO_TCP});
+        CHECK(model.reason == EGRESSD_REASON_EXCLUDED_CIDR);
+        CHECK(model.rule == 1);
+
+        HeldConnection held(env, [] {
+            const int fd = connect_external_tcp();
+            return fd < 0 ? -2 : fd;
+        });
+        REQUIRE(held.wait_open());
+        auto flows = enforcer.datapath().maps().read_flows();
+        held.release();
+        REQUIRE(flows.ok());
+        std::vector<egressd_flow> ours;
+        for (const auto& [cookie, flow] : *flows)
+            if (flow.cgroup_id == env.cg.id()) ours.push_back(flow);
+        REQUIRE(ours.size() == 1);
+        CHECK(ours[0].reason == EGRESSD_REASON_EXCLUDED_CIDR);
+        CHECK(ours[0].rule == model.rule);
+    }
 }
 
 TEST_CASE("kernel: flows: off: connections are decided and counted, leave no flow and no totals, no sockops") {

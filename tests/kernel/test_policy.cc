@@ -661,6 +661,15 @@ TEST_CASE("kernel: policy: differential, random policy sets and workloads, kerne
             agent.mesh_cidrs.push_back(random_cidr(rng));
             extra.push_back(agent.mesh_cidrs.back());
         }
+        // Now and then a table too big for the config: looked up in the trie.
+        for (std::vector<Cidr>* table :
+             {&mesh.outbound_ip_range_exclusion, &mesh.outbound_ip_range_inclusion, &agent.mesh_cidrs}) {
+            if (table->empty() || !rng.chance(0.3)) continue;
+            while (table->size() <= EGRESSD_CONFIG_CIDRS) {
+                table->push_back(random_cidr(rng));
+                extra.push_back(table->back());
+            }
+        }
         workloads.clear();
         const double registered = 0.3 + 0.4 * static_cast<double>(rng.below(100)) / 100.0;
         for (size_t c = 0; c < cgs.size(); ++c)
@@ -886,7 +895,7 @@ void fill_sockaddr(ChurnProbe& cp) {
 // In the forked worker: repeats every probe until told to stop; 0 or EPERM
 // per call, anything else is counted apart.
 // In the forked worker: repeats every probe until told to stop. Around each
-// call it reads the active slot and its generation (control_v1, config_v1,
+// call it reads the active slot and its generation (control_v1, config_v2,
 // through the descriptors inherited from the test process): when neither
 // changed, the call ran within that one generation and must get exactly its
 // verdict; a call that straddled a flip must get A's or B's.

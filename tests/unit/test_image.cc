@@ -232,6 +232,43 @@ TEST_CASE("encode and decode round trips") {
     CHECK(decoded.cgroup_level == 3);
 }
 
+TEST_CASE("encode_config carries tables of up to EGRESSD_CONFIG_CIDRS entries, longest prefix first") {
+    MeshConfig mesh;
+    mesh.enable_egress = false;
+    // Written shortest first: the config must list the longest first, so that
+    // the first match is the longest, as in the trie. Rule = index as written.
+    mesh.outbound_ip_range_exclusion = cidrs({"10.0.0.0/8", "10.1.0.0/16", "2001:db8::/32", "10.1.2.3/32"});
+    AgentConfig agent;
+    for (size_t i = 0; i <= EGRESSD_CONFIG_CIDRS; ++i)  // one too many for the config
+        agent.mesh_cidrs.push_back(Cidr::parse(fmt::format("192.0.2.{}/32", i)).value());
+    auto image = build_image(agent, mesh, 1);
+    REQUIRE_MESSAGE(image.ok(), egressd::test::why(image));
+    const egressd_config config = encode_config(*image);
+
+    const egressd_config_table& excluded = config.tables[EGRESSD_TABLE_EXCLUDE - 1];
+    REQUIRE(excluded.count == 4);
+    const std::vector<std::pair<std::string, uint32_t>> want = {
+        {"10.1.2.3/32", 3}, {"10.1.0.0/16", 1}, {"10.0.0.0/8", 0}, {"2001:db8::/32", 2}};  // IPv4 /n is 96+n
+    for (size_t i = 0; i < want.size(); ++i) {
+        CAPTURE(i);
+        const Cidr c = Cidr::parse(want[i].first).value();
+        CHECK(std::equal(std::begin(excluded.cidrs[i].addr), std::end(excluded.cidrs[i].addr),
+                         reinterpret_cast<const uint32_t*>(c.addr.bytes.data())));
+        CHECK(excluded.cidrs[i].rule == want[i].second);
+        // The mask has exactly the prefix's bits, in address byte order.
+        const auto* mask = reinterpret_cast<const uint8_t*>(excluded.cidrs[i].mask);
+        int bits = 0;
+        for (int b = 0; b < 16; ++b) bits += __builtin_popcount(mask[b]);
+        CHECK(bits == c.prefix);
+        CHECK(mask[0] == (c.prefix >= 8 ? 0xff : 0));
+    }
+    CHECK(config.tables[EGRESSD_TABLE_INCLUDE - 1].count == 0);
+    CHECK(config.tables[EGRESSD_TABLE_MESH - 1].count == EGRESSD_CONFIG_TABLE_IN_TRIE);
+    // The trie holds every entry either way.
+    CHECK(std::count_if(image->cidrs.begin(), image->cidrs.end(),
+                        [](const CidrRule& r) { return r.table == EGRESSD_TABLE_MESH; }) == EGRESSD_CONFIG_CIDRS + 1);
+}
+
 TEST_CASE("decode_cidr refuses keys egressd does not write") {
     const Cidr ten = cidrs({"10.0.0.0/8"})[0];
     const egressd_cidr_value value{};

@@ -142,10 +142,12 @@ json dump_json(const DumpView& v) {
 void print_image(const DumpView& v) {
     const MapImage& image = v.image;
     const std::string& dir = v.dir;
-    std::cout << fmt::format("{}/config_v1[{}]: generation {}, flags {}, sidecar uid {}, mode {}\n", dir, v.slot,
+    std::cout << fmt::format("{}/{}[{}]: generation {}, flags {}, sidecar uid {}, mode {}\n", dir,
+                             EGRESSD_STRINGIFY(EGRESSD_MAP_CONFIG), v.slot,
                              image.generation, flag_names(image.flags), image.sidecar_uid,
                              image.mode == EGRESSD_MODE_AUDIT ? "audit" : "enforce");
-    std::cout << fmt::format("{}/cidrs_v1 (slot {}): {} entries\n", dir, v.slot, image.cidrs.size());
+    std::cout << fmt::format("{}/{} (slot {}): {} entries\n", dir, EGRESSD_STRINGIFY(EGRESSD_MAP_CIDRS), v.slot,
+                             image.cidrs.size());
     for (const auto& r : image.cidrs)
         std::cout << fmt::format("  {:<8} {:<45} rule {}\n", table_name(r.table), r.cidr.str(), r.rule);
     std::cout << fmt::format("{}/ports_v1 (slot {}): {} entries\n", dir, v.slot, image.ports.size());

@@ -80,6 +80,40 @@ PortRule decode_port(const egressd_port_key& key, const egressd_port_value& valu
     return PortRule{key.table, key.port, value.rule};
 }
 
+namespace {
+
+// The mask of a prefix in the 16-byte space, as four words in network byte
+// order: byte for byte, so the words compare with the address's as loaded.
+std::array<uint8_t, 16> prefix_mask(uint8_t prefix) {
+    std::array<uint8_t, 16> mask{};
+    for (size_t bit = 0; bit < prefix && bit < 128; ++bit) mask[bit / 8] |= static_cast<uint8_t>(0x80u >> (bit % 8));
+    return mask;
+}
+
+// One table of the config (egressd_config_table): its entries longest
+// prefix first when there are few enough, else "in the trie".
+void encode_config_table(const std::vector<CidrRule>& cidrs, uint8_t table, egressd_config_table& out) {
+    std::vector<const CidrRule*> entries;
+    for (const CidrRule& rule : cidrs)
+        if (rule.table == table) entries.push_back(&rule);
+    if (entries.size() > EGRESSD_CONFIG_CIDRS) {
+        out.count = EGRESSD_CONFIG_TABLE_IN_TRIE;
+        return;
+    }
+    std::stable_sort(entries.begin(), entries.end(),
+                     [](const CidrRule* a, const CidrRule* b) { return a->cidr.prefix > b->cidr.prefix; });
+    out.count = static_cast<uint32_t>(entries.size());
+    for (size_t i = 0; i < entries.size(); ++i) {
+        egressd_config_cidr& c = out.cidrs[i];
+        const std::array<uint8_t, 16> mask = prefix_mask(entries[i]->cidr.prefix);
+        std::memcpy(c.addr, entries[i]->cidr.addr.bytes.data(), sizeof(c.addr));
+        std::memcpy(c.mask, mask.data(), sizeof(c.mask));
+        c.rule = entries[i]->rule;
+    }
+}
+
+}  // namespace
+
 egressd_config encode_config(const MapImage& image) {
     egressd_config config{};
     config.generation = image.generation;
@@ -87,6 +121,8 @@ egressd_config encode_config(const MapImage& image) {
     config.sidecar_uid = image.sidecar_uid;
     config.mode = image.mode;
     config.cgroup_level = image.cgroup_level;
+    for (uint8_t table = EGRESSD_TABLE_EXCLUDE; table <= EGRESSD_TABLE_MESH; ++table)
+        encode_config_table(image.cidrs, table, config.tables[table - 1]);
     return config;
 }
 

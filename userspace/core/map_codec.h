@@ -20,6 +20,7 @@ Result<CidrRule> decode_cidr(const egressd_cidr_key& key, const egressd_cidr_val
 egressd_port_key encode_port_key(uint8_t slot, const PortRule& rule);
 egressd_port_value encode_port_value(const PortRule& rule);
 PortRule decode_port(const egressd_port_key& key, const egressd_port_value& value);
+// The slot's config, with its small CIDR tables inline (egressd_config_table).
 egressd_config encode_config(const MapImage& image);
 void decode_config(const egressd_config& config, MapImage& image);
 egressd_policy_rule_key encode_policy_rule_key(uint8_t slot, const PolicyRule& rule);

@@ -15,7 +15,11 @@ static_assert(sizeof(egressd_control) == 8);
 static_assert(offsetof(egressd_control, active_slot) == 0);
 static_assert(offsetof(egressd_control, abi_version) == 4);
 
-static_assert(sizeof(egressd_config) == 24);
+static_assert(sizeof(egressd_config_cidr) == 40);
+static_assert(sizeof(egressd_config_table) == 8 + EGRESSD_CONFIG_CIDRS * 40);
+static_assert(sizeof(egressd_config) == 24 + EGRESSD_CONFIG_TABLES * sizeof(egressd_config_table));
+static_assert(offsetof(egressd_config, tables) == 24);
+static_assert(EGRESSD_CONFIG_TABLES == EGRESSD_TABLE_MESH && EGRESSD_TABLE_EXCLUDE == 1);
 static_assert(offsetof(egressd_config, generation) == 0);
 static_assert(offsetof(egressd_config, flags) == 8);
 static_assert(offsetof(egressd_config, sidecar_uid) == 12);
