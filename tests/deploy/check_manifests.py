@@ -482,7 +482,7 @@ def check_image_build(c, source, version):
 
     packages = runtime_packages(source)
     c.expect(packages and len(packages) == len(set(packages)), f"deploy/runtime-packages: {packages}")
-    for package in ("libbpf1", "libelf1", "libyaml-cpp0.7", "libfmt9", "libc-ares2", "libcurl4",
+    for package in ("libbpf1", "libelf1", "libyaml-0-2", "libfmt9", "libc-ares2", "libcurl4",
                     "ca-certificates", "zlib1g", "mount"):
         c.expect(package in packages, f"deploy/runtime-packages lacks {package}")
 

@@ -241,7 +241,7 @@ TEST_CASE("bad Egress documents: file, line, column, document, policy, field pat
         {"no kind", "apiVersion: policy.flomesh.io/v1alpha1\nmetadata: {name: x}\n",
          "1:1: document 1: kind: required field is missing"},
         {"syntax error", egress(kSources + "  ports: [{number: 443, protocol: https}\n"),
-         "9:1: end of sequence flow not found (no document of this file is applied)"},
+         "9:1: did not find expected ',' or ']' (while parsing a flow sequence at line 8) (no document of this file is applied)"},
         // apiVersion and metadata.
         {"apiVersion of another group", egress(kSources + kPorts, "web-out", "networking.k8s.io/v1"),
          "1:13: " + kWebOut +
@@ -469,7 +469,8 @@ TEST_CASE("a directory with bad documents, a duplicate, a broken file: the good 
             second + ":5:18: document 1 (Egress shop/alpha): metadata.name: Egress shop/alpha is already defined in " +
                 first + " document 1; the first one is kept",
             (dir / "30-broken.yaml").string() +
-                ":12:1: end of sequence flow not found (no document of this file is applied)",
+                ":12:1: did not find expected ',' or ']' (while parsing a flow sequence at line 11) (no document of this file "
+                "is applied)",
         }));
     // late-routes is defined in a later file: resolved. shared-routes is in another namespace.
     CHECK(lines(set.notes) ==

@@ -115,10 +115,10 @@ TEST_CASE("bad MeshConfigs: file, line, column, field path and reason") {
         {"top level is a scalar", "MeshConfig\n", "1:1: expected a mapping at the top level, got \"MeshConfig\""},
         {"two documents", "kind: MeshConfig\n---\nkind: MeshConfig\n",
          "3:1: expected one YAML document, found a second one"},
-        {"unclosed flow sequence", with_traffic("    enableEgress: [true\n"), "8:1: end of sequence flow not found"},
-        {"tab indentation", "spec:\n\ttraffic: 1\n", "2:9: illegal map value"},
+        {"unclosed flow sequence", with_traffic("    enableEgress: [true\n"), "8:1: did not find expected ',' or ']' (while parsing a flow sequence at line 7)"},
+        {"tab indentation", "spec:\n\ttraffic: 1\n", "2:1: found character that cannot start any token (a tab: YAML indents with spaces)"},
         {"bad indentation", with_traffic("    enableEgress: true\n   interceptionMode: PodLevel\n"),
-         "8:4: end of map not found"},
+         "8:4: did not find expected key (while parsing a block mapping at line 6)"},
         // kind, apiVersion, metadata.
         {"an Egress policy", "apiVersion: policy.flomesh.io/v1alpha1\nkind: Egress\n",
          "2:7: kind: expected MeshConfig, got Egress"},
@@ -220,6 +220,34 @@ TEST_CASE("bad MeshConfigs: file, line, column, field path and reason") {
         CHECK(mesh.error().message == "mesh.yaml:" + c.message);
         CHECK(mesh.error().errnum == 0);
     }
+}
+
+TEST_CASE("YAML that is not UTF-8, nests too deep or aliases an unknown anchor: refused with its position") {
+    const std::string head = "apiVersion: config.flomesh.io/v1alpha3\nkind: MeshConfig\nspec:\n  traffic:\n";
+    struct Case {
+        const char* name;
+        std::string yaml;
+        std::string message;
+    };
+    const std::vector<Case> cases = {
+        // 0xF7 starts a 4-byte sequence; the next byte, "s", does not continue it.
+        {"a byte that is not UTF-8", head + "    enableEgress: fal\xf7se\n",
+         "5:23: not UTF-8 text: invalid trailing UTF-8 octet (byte 0x73)"},
+        {"an alias inside its own anchored list", head + "    outboundPortExclusionList: &a [80, *a]\n",
+         "5:40: unknown anchor \"a\""},
+        {"nesting 300 levels deep", head + "    x: " + std::string(300, '[') + std::string(300, ']') + "\n",
+         "5:261: nested deeper than 256 levels"},  // the three mappings around count
+    };
+    for (const Case& c : cases) {
+        CAPTURE(c.name);
+        auto mesh = parse_meshconfig(c.yaml, "mesh.yaml");
+        REQUIRE_FALSE(mesh.ok());
+        CHECK(mesh.error().message == "mesh.yaml:" + c.message);
+    }
+    // An alias of a complete node reads as the node.
+    auto aliased = parse_meshconfig(head + "    enableEgress: &off false\n    x: *off\n", "mesh.yaml");
+    REQUIRE_MESSAGE(aliased.ok(), egressd::test::why(aliased));
+    CHECK_FALSE(aliased->enable_egress);
 }
 
 TEST_CASE("load_meshconfig names the file in every error") {

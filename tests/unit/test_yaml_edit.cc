@@ -218,7 +218,7 @@ TEST_CASE("set_enable_egress refuses what it cannot edit in place") {
          "style"},
         {"an explicit key", "kind: MeshConfig\nspec:\n  ? sidecar\n  : {logLevel: error}\n",
          "mesh.yaml:3:3: spec: cannot find the indentation of its keys (spaces only)"},
-        {"a syntax error", unnamed_mesh_config_with("    enableEgress: [true\n"), "mesh.yaml:6:1: end of sequence flow not found"},
+        {"a syntax error", unnamed_mesh_config_with("    enableEgress: [true\n"), "mesh.yaml:6:1: did not find expected ',' or ']' (while parsing a flow sequence at line 5)"},
         {"two documents", unnamed_mesh_config_with("    enableEgress: true\n---\nkind: MeshConfig\n"),
          "mesh.yaml:7:1: expected one YAML document, found a second one"},
         {"no spec", "kind: MeshConfig\n", "mesh.yaml:1:1: spec: required field is missing"},

@@ -86,7 +86,7 @@ Capacities capacities_setting(const Field& field) {
 
 // One ADDRESS[:PORT] or a list of them.
 std::vector<std::string> dns_servers_setting(const Field& field) {
-    std::vector<Field> items = field.node().IsSequence() ? field.items() : std::vector<Field>{field};
+    std::vector<Field> items = field.node().is_sequence() ? field.items() : std::vector<Field>{field};
     if (items.empty()) field.fail("expected a resolver ADDRESS[:PORT] or a list of them, got an empty list");
     std::vector<std::string> servers;
     for (const Field& item : items) {

@@ -222,7 +222,7 @@ EgressPolicy read_egress(const Field& top, Document& doc, std::string& duplicate
 DocumentResult read_document(const Field& top, Document doc) {
     DocumentResult result;
     try {
-        if (!top.node().IsMap()) top.fail_expected("a mapping at the top level");
+        if (!top.node().is_mapping()) top.fail_expected("a mapping at the top level");
         const std::string kind = top.required("kind").string();
         if (kind == "Egress") {
             result.policy = read_egress(top, doc, result.duplicate_prefix);

@@ -32,7 +32,7 @@ struct MeshConfig {
 //   "<file>:<line>:<column>: <field path>: <why>"
 // e.g. "mesh.yaml:14:7: spec.traffic.outboundIPRangeExclusionList[1]:
 //       \"10.0.0.300/8\" is not a valid CIDR: octet 300 out of range".
-// YAML syntax errors name the file, line and column yaml-cpp reports. Lines
+// YAML syntax errors name the file, line and column the parser reports. Lines
 // and columns are 1-based.
 Result<MeshConfig> parse_meshconfig(std::string_view yaml_text, const std::string& file_name);
 Result<MeshConfig> load_meshconfig(const std::filesystem::path& file);

@@ -15,21 +15,18 @@ namespace {
 using yaml_input::Field;
 using yaml_input::ParseError;
 
-constexpr std::string_view kUtf8Bom = "\xEF\xBB\xBF";
 
 std::string_view bool_text(bool value) { return value ? "true" : "false"; }
 
-// Byte offsets of yaml-cpp marks in the original text.
+// Positions in the original text, from the parser's marks (byte offsets).
 class TextPositions {
 public:
-    explicit TextPositions(std::string_view text)
-        : text_(text), base_(text.starts_with(kUtf8Bom) ? kUtf8Bom.size() : 0) {}
+    explicit TextPositions(std::string_view text) : text_(text) {}
 
-    // yaml-cpp counts bytes after the byte order mark it skips.
-    size_t offset(const YAML::Mark& mark) const { return base_ + mark.pos; }
+    size_t offset(const yaml_input::Mark& mark) const { return mark.offset; }
 
     // Start of the line after the one holding `mark`.
-    size_t next_line(const YAML::Mark& mark) const {
+    size_t next_line(const yaml_input::Mark& mark) const {
         const size_t newline = text_.find('\n', offset(mark));
         return newline == std::string_view::npos ? text_.size() : newline + 1;
     }
@@ -39,7 +36,7 @@ public:
     // Indentation of the block mapping `mapping`: the column of its first key,
     // which must be preceded by spaces only.
     size_t indentation(const Field& mapping) const {
-        const YAML::Mark first_key = mapping.node().begin()->first.Mark();
+        const yaml_input::Mark first_key = mapping.node().entries.front().first->mark;
         const size_t key_offset = offset(first_key);
         const std::string_view before = text_.substr(key_offset - first_key.column, first_key.column);
         if (before.find_first_not_of(' ') != std::string_view::npos)
@@ -73,12 +70,11 @@ public:
 
 private:
     std::string_view text_;
-    size_t base_;
 };
 
-// yaml-cpp also reads UTF-16 and UTF-32 (told by a byte order mark or by NUL
-// bytes), and its marks then count bytes of the text converted to UTF-8: not
-// offsets in this text. Such text, or any with a NUL (never in YAML), is refused.
+// The parser also reads UTF-16 (told by a byte order mark), and its marks
+// then count characters of the text converted: not offsets in this text.
+// Such text, or any with a NUL (never in YAML), is refused.
 void expect_utf8_text(std::string_view text, const std::string& file_name) {
     if (text.starts_with("\xFE\xFF") || text.starts_with("\xFF\xFE") || text.find('\0') != std::string_view::npos)
         throw ParseError{fmt::format("{}:1:1: not UTF-8 text (UTF-16, UTF-32 or a NUL byte): cannot be edited in place",
@@ -86,8 +82,8 @@ void expect_utf8_text(std::string_view text, const std::string& file_name) {
 }
 
 void expect_block_mapping(const Field& field) {
-    if (!field.node().IsMap()) field.fail_expected("a mapping");
-    if (field.node().Style() == YAML::EmitterStyle::Flow)
+    if (!field.node().is_mapping()) field.fail_expected("a mapping");
+    if (field.node().flow)
         field.fail("is a flow-style mapping ({...}), which cannot be edited in place; write it in block style");
 }
 
@@ -102,37 +98,37 @@ BoolEdit insert_under_traffic(std::string_view text, const Field& traffic, bool 
     const TextPositions positions(text);
     const std::string indent(positions.indentation(traffic), ' ');
     const std::string line = fmt::format("{}enableEgress: {}{}", indent, bool_text(value), positions.line_ending());
-    return BoolEdit{inserted(text, positions.next_line(traffic.key().Mark()), line), false, false, true};
+    return BoolEdit{inserted(text, positions.next_line(traffic.key().mark), line), false, false, true};
 }
 
 BoolEdit insert_traffic_under_spec(std::string_view text, const Field& spec, bool value) {
     const TextPositions positions(text);
     const size_t traffic_column = positions.indentation(spec);
     // traffic's children go one step deeper, the step spec's own children use.
-    const size_t step = traffic_column - spec.key().Mark().column;
+    const size_t step = traffic_column - spec.key().mark.column;
     const std::string_view eol = positions.line_ending();
     const std::string lines = fmt::format("{}traffic:{}{}enableEgress: {}{}", std::string(traffic_column, ' '), eol,
                                           std::string(traffic_column + step, ' '), bool_text(value), eol);
-    return BoolEdit{inserted(text, positions.next_line(spec.key().Mark()), lines), false, false, true};
+    return BoolEdit{inserted(text, positions.next_line(spec.key().mark), lines), false, false, true};
 }
 
 BoolEdit replace_value(std::string_view text, const Field& field, bool value) {
-    const YAML::Node& node = field.node();
+    const yaml_input::Node& node = field.node();
     // A quoted "true" is a string to the MeshConfig parser but says what it
     // means: read it, and write the new value plain.
-    const std::optional<bool> old_value = node.IsScalar() ? yaml_input::bool_word(node.Scalar()) : std::nullopt;
+    const std::optional<bool> old_value = node.is_scalar() ? yaml_input::bool_word(node.scalar) : std::nullopt;
     if (!old_value) field.fail_expected("a boolean (true or false)");
     // An alias's node is the anchored one, earlier in the text.
-    if (node.Mark().pos < field.key().Mark().pos) field.fail("is an alias; edit the anchored value instead");
+    if (node.mark.offset < field.key().mark.offset) field.fail("is an alias; edit the anchored value instead");
 
     const TextPositions positions(text);
-    const size_t start = positions.skip_properties(positions.offset(node.Mark()));
-    const std::optional<size_t> end = positions.scalar_end(start, node.Scalar());
+    const size_t start = positions.skip_properties(positions.offset(node.mark));
+    const std::optional<size_t> end = positions.scalar_end(start, node.scalar);
     if (!end) field.fail("cannot locate its value in the text; write it as a plain true or false");
 
     BoolEdit edit{std::string(text), true, *old_value, false};
     const std::string_view token = text.substr(start, *end - start);
-    if (*old_value == value && token == node.Scalar()) return edit;  // already that value, written plain
+    if (*old_value == value && token == node.scalar) return edit;  // already that value, written plain
     edit.text.replace(start, token.size(), bool_text(value));
     edit.changed = true;
     return edit;
@@ -153,10 +149,10 @@ BoolEdit edit_enable_egress(std::string_view text, bool value, const std::string
     const Field spec = Field::load(text, file_name).required("spec");
     expect_block_mapping(spec);
     const Field traffic = spec.child("traffic");
-    if (!traffic.node().IsDefined()) return insert_traffic_under_spec(text, spec, value);
+    if (!traffic.node().defined()) return insert_traffic_under_spec(text, spec, value);
     expect_block_mapping(traffic);
     const Field enable_egress = traffic.child("enableEgress");
-    if (!enable_egress.node().IsDefined()) return insert_under_traffic(text, traffic, value);
+    if (!enable_egress.node().defined()) return insert_under_traffic(text, traffic, value);
     return replace_value(text, enable_egress, value);
 }
 

@@ -1,17 +1,26 @@
 #include "k8s/cluster_config.h"
 
-#include <yaml-cpp/yaml.h>
-
 #include <array>
 #include <cstdlib>
 #include <optional>
 
 #include "core/files.h"
+#include "core/yaml_input.h"
 
 namespace egressd::k8s {
 namespace fs = std::filesystem;
 
 namespace {
+
+using yaml_input::Node;
+
+// The value of `key` in a mapping, or null when absent (or not a mapping).
+const Node* member(const Node& map, std::string_view key) {
+    if (!map.is_mapping()) return nullptr;
+    for (const auto& [k, v] : map.entries)
+        if (k->is_scalar() && k->scalar == key) return v.get();
+    return nullptr;
+}
 
 std::string trimmed(std::string_view text) {
     const auto begin = text.find_first_not_of(" \t\r\n");
@@ -28,30 +37,30 @@ std::string getenv_string(const char* name) {
 // Field access in one kubeconfig, with errors that name the file and the field.
 class Kubeconfig {
 public:
-    Kubeconfig(fs::path path, YAML::Node root) : path_(std::move(path)), root_(std::move(root)) {}
+    Kubeconfig(fs::path path, yaml_input::Field root) : path_(std::move(path)), root_(std::move(root)) {}
 
     Error error(const std::string& field, const std::string& what) const {
         return make_error("kubeconfig " + path_.string() + ": " + field + ": " + what);
     }
 
     // The string at map[key]; "" when absent or null.
-    Result<std::string> scalar(const YAML::Node& map, const char* key, const std::string& where) const {
-        const YAML::Node node = map[key];
-        if (!node || node.IsNull()) return std::string();
-        if (!node.IsScalar()) return error(where.empty() ? key : where + "." + key, "expected a string");
-        return node.Scalar();
+    Result<std::string> scalar(const Node& map, const char* key, const std::string& where) const {
+        const Node* node = member(map, key);
+        if (!node || node->is_null()) return std::string();
+        if (!node->is_scalar()) return error(where.empty() ? key : where + "." + key, "expected a string");
+        return node->scalar;
     }
 
     // The `inner` mapping of the entry named `name` in the list root[list].
-    Result<YAML::Node> named(const char* list, const char* inner, const std::string& name) const {
-        const YAML::Node entries = root_[list];
-        if (entries && !entries.IsNull() && !entries.IsSequence()) return error(list, "expected a list");
-        if (entries && entries.IsSequence()) {
-            for (const YAML::Node& entry : entries) {
-                if (!entry.IsMap() || !entry["name"] || !entry["name"].IsScalar()) continue;
-                if (entry["name"].Scalar() != name) continue;
-                const YAML::Node node = entry[inner];
-                if (!node || !node.IsMap()) return error(field(list, name, inner), "expected a mapping");
+    Result<const Node*> named(const char* list, const char* inner, const std::string& name) const {
+        const Node* entries = member(root(), list);
+        if (entries && !entries->is_null() && !entries->is_sequence()) return error(list, "expected a list");
+        if (entries && entries->is_sequence()) {
+            for (const auto& entry : entries->items) {
+                const Node* entry_name = member(*entry, "name");
+                if (!entry_name || !entry_name->is_scalar() || entry_name->scalar != name) continue;
+                const Node* node = member(*entry, inner);
+                if (!node || !node->is_mapping()) return error(field(list, name, inner), "expected a mapping");
                 return node;
             }
         }
@@ -69,7 +78,7 @@ public:
     }
 
     // `path_key` as a resolved path, `data_key` as decoded base64: one of them.
-    Status file_or_data(const YAML::Node& map, const std::string& where, const char* path_key, const char* data_key,
+    Status file_or_data(const Node& map, const std::string& where, const char* path_key, const char* data_key,
                         std::string& file, std::string& data) const {
         auto path = scalar(map, path_key, where);
         if (!path) return path.error();
@@ -84,14 +93,14 @@ public:
         return {};
     }
 
-    const YAML::Node& root() const { return root_; }
+    const Node& root() const { return root_.node(); }
 
 private:
     fs::path path_;
-    YAML::Node root_;
+    yaml_input::Field root_;
 };
 
-Status read_cluster(const Kubeconfig& kc, const YAML::Node& cluster, const std::string& where, ClusterConfig& out) {
+Status read_cluster(const Kubeconfig& kc, const Node& cluster, const std::string& where, ClusterConfig& out) {
     auto server = kc.scalar(cluster, "server", where);
     if (!server) return server.error();
     if (server->rfind("https://", 0) != 0 && server->rfind("http://", 0) != 0)
@@ -110,7 +119,7 @@ Status read_cluster(const Kubeconfig& kc, const YAML::Node& cluster, const std::
                            out.ca_data);
 }
 
-Status read_user(const Kubeconfig& kc, const YAML::Node& user, const std::string& where, ClusterConfig& out) {
+Status read_user(const Kubeconfig& kc, const Node& user, const std::string& where, ClusterConfig& out) {
     static constexpr std::array<std::pair<const char*, const char*>, 6> kRefused = {{
         {"exec", "exec credential plugins are not supported; use a token, tokenFile or client certificate"},
         {"auth-provider", "auth providers are not supported; use a token, tokenFile or client certificate"},
@@ -120,7 +129,7 @@ Status read_user(const Kubeconfig& kc, const YAML::Node& user, const std::string
         {"as-groups", "impersonation is not supported"},
     }};
     for (const auto& [key, why] : kRefused)
-        if (user[key] && !user[key].IsNull()) return kc.error(where + "." + key, why);
+        if (const Node* value = member(user, key); value && !value->is_null()) return kc.error(where + "." + key, why);
     auto token = kc.scalar(user, "token", where);
     if (!token) return token.error();
     auto token_file = kc.scalar(user, "tokenFile", where);
@@ -145,22 +154,22 @@ Result<ClusterConfig> read_context(const Kubeconfig& kc, const std::string& cont
     auto context = kc.named("contexts", "context", context_name);
     if (!context) return context.error();
     const std::string where = Kubeconfig::field("contexts", context_name, "context");
-    auto cluster_name = kc.scalar(*context, "cluster", where);
+    auto cluster_name = kc.scalar(**context, "cluster", where);
     if (!cluster_name) return cluster_name.error();
     if (cluster_name->empty()) return kc.error(where + ".cluster", "not set");
-    auto user_name = kc.scalar(*context, "user", where);
+    auto user_name = kc.scalar(**context, "user", where);
     if (!user_name) return user_name.error();
 
     ClusterConfig config;
     config.source = "kubeconfig " + path.string() + " context " + context_name;
     auto cluster = kc.named("clusters", "cluster", *cluster_name);
     if (!cluster) return cluster.error();
-    if (Status s = read_cluster(kc, *cluster, Kubeconfig::field("clusters", *cluster_name, "cluster"), config); !s)
+    if (Status s = read_cluster(kc, **cluster, Kubeconfig::field("clusters", *cluster_name, "cluster"), config); !s)
         return s.error();
     if (!user_name->empty()) {
         auto user = kc.named("users", "user", *user_name);
         if (!user) return user.error();
-        if (Status s = read_user(kc, *user, Kubeconfig::field("users", *user_name, "user"), config); !s)
+        if (Status s = read_user(kc, **user, Kubeconfig::field("users", *user_name, "user"), config); !s)
             return s.error();
     }
     return config;
@@ -236,8 +245,7 @@ Result<ClusterConfig> load_kubeconfig(const fs::path& path, const std::string& c
     auto text = read_file(path);
     if (!text) return text.error().with_context("kubeconfig");
     try {
-        const Kubeconfig kc(path, YAML::Load(*text));
-        if (!kc.root().IsMap()) return kc.error("(top level)", "expected a mapping");
+        const Kubeconfig kc(path, yaml_input::Field::load(*text, path.string()));
         std::string name = context;
         if (name.empty()) {
             auto current = kc.scalar(kc.root(), "current-context", "");
@@ -246,8 +254,8 @@ Result<ClusterConfig> load_kubeconfig(const fs::path& path, const std::string& c
             name = *current;
         }
         return read_context(kc, name, path);
-    } catch (const YAML::Exception& e) {
-        return make_error("kubeconfig " + path.string() + ": " + e.what());
+    } catch (const yaml_input::ParseError& e) {
+        return make_error("kubeconfig " + e.message);
     }
 }
 
