@@ -220,8 +220,13 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
         image.flags |= EGRESSD_CFG_HAS_EXCLUDED_PORTS;
     add_policy_rules(image, policy);
     add_dns_hosts(image, policy);
-    if (std::ranges::any_of(image.policy_rules, [](const PolicyRule& rule) { return !is_host_rule(rule); }))
-        image.flags |= EGRESSD_CFG_POLICY_PREFIXES;
+    // The rules host names add are single addresses: what the cache knows of
+    // its rules holds for the image's (a toggle makes no pass over 100k).
+    const bool prefixes =
+        policy.cache && policy.policies
+            ? policy.cache->rules_have_prefixes()
+            : std::ranges::any_of(image.policy_rules, [](const PolicyRule& rule) { return !is_host_rule(rule); });
+    if (prefixes) image.flags |= EGRESSD_CFG_POLICY_PREFIXES;
     // Without policy host names nothing is learned: row 7 need not look.
     if (!image.dns_hosts.empty()) image.flags |= EGRESSD_CFG_DNS_HOSTS;
     const Status rules_fit = check_capacity(kPoliciesMap, image.policy_rules.size(), agent.capacities.policy_rules,

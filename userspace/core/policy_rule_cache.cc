@@ -110,6 +110,8 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
                 if (first.empty() || policy_key_order(first.back(), rule) < 0) first.push_back(rule);
             image_rules_ = std::move(first);
         }
+        rules_have_prefixes_ =
+            std::ranges::any_of(image_rules_, [](const PolicyRule& rule) { return !is_host_rule(rule); });
     }
     image.policy_rules = image_rules_;
     policies_ = image.policies;

@@ -27,6 +27,10 @@ public:
     // Fills image.policy_rules and image.policies from `in`.
     void build(MapImage& image, const PolicyInputs& in);
     size_t rules() const { return all_.size(); }
+    // Whether the last build's rules hold prefixes other than single
+    // addresses (EGRESSD_CFG_POLICY_PREFIXES): known without a pass over
+    // them while they stay as they were.
+    bool rules_have_prefixes() const { return rules_have_prefixes_; }
 
     // The policies the last build found new, changed (the policy itself, not
     // its hosts' addresses) or gone, against the list the build before read
@@ -75,6 +79,7 @@ private:
     SharedVector<PolicyRule> all_;
     // all_ with one rule per key: what images get, shared while all_ stays.
     SharedVector<PolicyRule> image_rules_;
+    bool rules_have_prefixes_ = false;  // of image_rules_
     // The last with_host_rules(): its inputs and its result.
     SharedVector<PolicyRule> host_rules_base_, host_rules_result_;
     std::vector<PolicyRule> host_rules_added_;
