@@ -54,8 +54,11 @@ TEST_CASE("the rule cache on a shared policy list equals the plain build, change
     std::mt19937_64 rng(seed);
     auto pick = [&rng](size_t n) { return static_cast<size_t>(rng() % n); };
 
+    // 100::1 and 100::2 are where row 7 keeps host names' rules: a policy
+    // that lists them meets those keys.
     const std::vector<Cidr> prefixes{prefix("203.0.113.0/24"), prefix("203.0.113.7/32"), prefix("198.18.0.0/15"),
-                                     prefix("2001:db8::/32"), prefix("198.18.1.1/32")};
+                                     prefix("2001:db8::/32"),  prefix("198.18.1.1/32"),  prefix("100::1/128"),
+                                     prefix("100::2/128")};
     const std::vector<std::string> host_names{"a.example", "b.example", "*.example", "c.example"};
     const std::vector<IpAddress> addresses{address("203.0.113.7"), address("203.0.113.8"), address("2001:db8::5")};
     auto random_policy = [&](const std::string& name) {
@@ -166,6 +169,68 @@ TEST_CASE("the rule cache on a shared policy list equals the plain build, change
             (is_cached ? cached_hosts : hosts).retain(used_hosts);
         }
     }
+}
+
+// A change to policies without host names keeps the host names' part (the
+// same covering rules), unless a policy lists a host's own address 100::N:
+// its rule then meets a covering rule's key, and the part must be made again.
+TEST_CASE("the host names' part is kept across other policies' changes, unless one lists 100::N") {
+    auto policy = [](const std::string& name) {
+        EgressPolicy p;
+        p.api_version = "policy.flomesh.io/v1alpha1";
+        p.namespace_ = "shop";
+        p.name = name;
+        p.sources = {PolicySource{"shop", "web"}};
+        p.ports = {kWeb};
+        return p;
+    };
+    EgressPolicy wildcard = policy("a-wildcard");
+    wildcard.wildcard_hosts = {"*.example"};
+    EgressPolicy host = policy("b-host");
+    host.hosts = {"api.example"};
+    host.ports = {kTls};  // the wildcard's port 80 at api.example is a covering rule
+    EgressPolicy other = policy("c-other");
+    other.ip_addresses = {prefix("203.0.113.7/32")};
+
+    AgentConfig agent;
+    std::map<std::string, std::vector<IpAddress>> resolved;
+    IdentityRegistry ids, cached_ids;
+    PolicyRegistry numbers, cached_numbers;
+    HostRegistry hosts, cached_hosts;
+    PolicyRuleCache cache;
+    auto build_both = [&](std::vector<EgressPolicy> policies) {
+        auto list = std::make_shared<const std::vector<EgressPolicy>>(std::move(policies));
+        cache.set_policies(list);
+        auto cached = build_image(agent, mesh(false), 1,
+                                  PolicyInputs{list.get(), &resolved, &cached_ids, &cached_numbers, 0, &cache, &cached_hosts});
+        auto plain =
+            build_image(agent, mesh(false), 1, PolicyInputs{list.get(), &resolved, &ids, &numbers, 0, nullptr, &hosts});
+        REQUIRE(cached.ok());
+        REQUIRE(plain.ok());
+        CHECK(*cached == *plain);
+        return *cached;
+    };
+    const MapImage first = build_both({wildcard, host});
+    // The wildcard covers api.example: one covering rule at api.example's 100::N.
+    uint32_t api = 0;
+    for (const auto& [number, name] : first.dns_host_names)
+        if (name == "api.example") api = number;
+    REQUIRE(api != 0);
+    const Cidr api_address{dns_host_address(api), 128};
+    auto rules_at = [&](const MapImage& image) {
+        return std::count_if(image.policy_rules.begin(), image.policy_rules.end(),
+                             [&](const PolicyRule& r) { return r.cidr == api_address; });
+    };
+    CHECK(rules_at(first) == 2);  // the host's own (443) and the wildcard's covering one (80)
+
+    // Another policy, no host names: the part is kept.
+    const MapImage second = build_both({wildcard, host, other});
+    CHECK(second.dns_hosts == first.dns_hosts);
+    // That policy now lists 100::N itself, on port 80: its rule takes the key,
+    // once (covering rules only fill in).
+    other.ip_addresses.push_back(api_address);
+    const MapImage third = build_both({wildcard, host, other});
+    CHECK(rules_at(third) == 2);
 }
 
 TEST_CASE("diff: one rule more among many equal ones is one upsert; one less is one delete") {

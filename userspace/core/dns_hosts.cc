@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <iterator>
 #include <map>
+#include <ranges>
 #include <string_view>
 
 #include "core/dns_message.h"
@@ -36,6 +37,8 @@ bool covers(const std::string& wildcard, const std::string& covered) {
     return name.size() > suffix.size() && name.ends_with(suffix);
 }
 
+bool has_host_names(const EgressPolicy& policy) { return !policy.hosts.empty() || !policy.wildcard_hosts.empty(); }
+
 // identity -> host name text -> what the policies grant for it.
 using HostsByIdentity = std::map<uint32_t, std::map<std::string, IdentityHost>>;
 
@@ -45,7 +48,7 @@ HostsByIdentity hosts_by_identity(const PolicyInputs& in) {
         const EgressPolicy& policy = (*in.policies)[position];
         // Without host names a policy gives nothing here; at 10k identities,
         // looking up its sources would cost more than the rest of a change.
-        if (policy.hosts.empty() && policy.wildcard_hosts.empty()) continue;
+        if (!has_host_names(policy)) continue;
         const auto number = in.policy_numbers->find({policy.namespace_, policy.name});
         if (!number) continue;
         // Each name hashed and numbered once, not once per source.
@@ -106,8 +109,31 @@ std::vector<PolicyRule> merge_rules(const SharedVector<PolicyRule>& rules, const
 
 namespace {
 
+// Whether a policy of the list names, in its ipAddresses, an address 100::N
+// under which row 7 keeps host N's rules.
+bool lists_host_addresses(const std::vector<EgressPolicy>& policies) {
+    const IpAddress base = dns_host_address(0);
+    return std::ranges::any_of(policies, [&base](const EgressPolicy& policy) {
+        return std::ranges::any_of(policy.ip_addresses, [&base](const Cidr& cidr) {
+            return cidr.prefix == 128 && std::equal(base.bytes.begin(), base.bytes.begin() + 12, cidr.addr.bytes.begin());
+        });
+    });
+}
+
+// The last part, when `policies` has the same policies with host names and
+// neither list names a host's address: the rules of the other policies,
+// which changed, cannot meet the keys of its covering rules.
+bool part_still_holds(const DnsHostPart& last, const std::vector<EgressPolicy>& policies) {
+    if (last.lists_host_addresses || lists_host_addresses(policies)) return false;
+    auto with_names = policies | std::views::filter(has_host_names);
+    return std::ranges::equal(with_names, last.host_policies);
+}
+
 DnsHostPart dns_host_part(const SharedVector<PolicyRule>& rules, const PolicyInputs& in) {
     DnsHostPart part;
+    for (const EgressPolicy& policy : *in.policies)
+        if (has_host_names(policy)) part.host_policies.push_back(policy);
+    part.lists_host_addresses = lists_host_addresses(*in.policies);
     const HostsByIdentity hosts = hosts_by_identity(in);
     // Rules a covering host name gives, with the policy's position for first-wins.
     std::vector<std::pair<PolicyRule, uint32_t>> extra;
@@ -147,6 +173,10 @@ void add_dns_hosts(MapImage& image, const PolicyInputs& in) {
     // The very list of the last build: the same names, numbers and rules
     // (2,000 (identity, host) pairs at 100k rules: most of a toggle's work).
     const DnsHostPart* part = in.cache ? in.cache->dns_hosts_of(in.policies) : nullptr;
+    // Another list, with the same policies with host names (a change to
+    // others): the same part, kept for this list.
+    if (!part && in.cache && in.cache->last_dns_hosts() && part_still_holds(*in.cache->last_dns_hosts(), *in.policies))
+        part = in.cache->keep_dns_hosts(in.policies, *in.cache->last_dns_hosts());
     DnsHostPart made;
     if (!part) {
         made = dns_host_part(image.policy_rules, in);

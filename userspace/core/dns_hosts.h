@@ -29,6 +29,11 @@ struct DnsHostPart {
     std::vector<DnsHostRule> dns_hosts;
     std::map<uint32_t, std::string> names;
     std::vector<PolicyRule> covering_rules;
+    // What it was made from: the policies with host names, in list order.
+    // Another list with the same ones gives the same part, unless a policy
+    // lists a host's own address 100::N (then other rules may meet its keys).
+    std::vector<EgressPolicy> host_policies;
+    bool lists_host_addresses = false;
 };
 
 // Fills image.dns_hosts, and adds to image.policy_rules (sorted, one per key)

@@ -47,6 +47,8 @@ public:
     const DnsHostPart* dns_hosts_of(const std::vector<EgressPolicy>* list) const {
         return dns_part_ && list_ && list == list_.get() && dns_list_ == list_ ? &*dns_part_ : nullptr;
     }
+    // The last part kept, whatever list it was made from (null before any).
+    const DnsHostPart* last_dns_hosts() const { return dns_part_ ? &*dns_part_ : nullptr; }
     // Keeps `part`, made from `list`, for the next builds; returns it.
     const DnsHostPart* keep_dns_hosts(const std::vector<EgressPolicy>* list, DnsHostPart part) {
         dns_list_ = list_ && list == list_.get() ? list_ : nullptr;
