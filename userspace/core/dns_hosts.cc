@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <iterator>
 #include <map>
-#include <ranges>
 #include <string_view>
 
 #include "core/dns_message.h"
@@ -125,8 +124,14 @@ bool lists_host_addresses(const std::vector<EgressPolicy>& policies) {
 // which changed, cannot meet the keys of its covering rules.
 bool part_still_holds(const DnsHostPart& last, const std::vector<EgressPolicy>& policies) {
     if (last.lists_host_addresses || lists_host_addresses(policies)) return false;
-    auto with_names = policies | std::views::filter(has_host_names);
-    return std::ranges::equal(with_names, last.host_policies);
+    // A loop, not views::filter: clang 14 (the fuzz build) rejects the latter with libstdc++ 12.
+    size_t next = 0;
+    for (const EgressPolicy& policy : policies) {
+        if (!has_host_names(policy)) continue;
+        if (next == last.host_policies.size() || !(policy == last.host_policies[next])) return false;
+        ++next;
+    }
+    return next == last.host_policies.size();
 }
 
 DnsHostPart dns_host_part(const SharedVector<PolicyRule>& rules, const PolicyInputs& in) {
