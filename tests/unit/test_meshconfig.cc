@@ -222,7 +222,7 @@ TEST_CASE("bad MeshConfigs: file, line, column, field path and reason") {
     }
 }
 
-TEST_CASE("YAML that is not UTF-8, nests too deep or aliases an unknown anchor: refused with its position") {
+TEST_CASE("YAML that is not UTF-8 text, nests too deep or aliases an unknown anchor: refused with its position") {
     const std::string head = "apiVersion: config.flomesh.io/v1alpha3\nkind: MeshConfig\nspec:\n  traffic:\n";
     struct Case {
         const char* name;
@@ -233,6 +233,9 @@ TEST_CASE("YAML that is not UTF-8, nests too deep or aliases an unknown anchor: 
         // 0xF7 starts a 4-byte sequence; the next byte, "s", does not continue it.
         {"a byte that is not UTF-8", head + "    enableEgress: fal\xf7se\n",
          "5:23: not UTF-8 text: invalid trailing UTF-8 octet (byte 0x73)"},
+        // YAML forbids most control characters, UTF-8 or not.
+        {"a control character", head + "    enableEgress: fal\x01se\n",
+         "5:22: control characters are not allowed (byte 0x01)"},
         {"an alias inside its own anchored list", head + "    outboundPortExclusionList: &a [80, *a]\n",
          "5:40: unknown anchor \"a\""},
         {"nesting 300 levels deep", head + "    x: " + std::string(300, '[') + std::string(300, ']') + "\n",

@@ -134,9 +134,11 @@ private:
         const size_t line_start = text_.rfind('\n', offset == 0 ? 0 : offset - 1);
         const size_t column = line_start == std::string_view::npos || offset == 0 ? offset : offset - line_start - 1;
         const size_t line = static_cast<size_t>(std::count(text_.begin(), text_.begin() + offset, '\n'));
-        std::string why = parser_.problem ? parser_.problem : "invalid text";
+        const std::string problem = parser_.problem ? parser_.problem : "invalid text";
+        // "invalid leading UTF-8 octet" and the like; else a character YAML forbids.
+        std::string why = problem.find("UTF-") != std::string::npos ? "not UTF-8 text: " + problem : problem;
         if (parser_.problem_value >= 0) why += fmt::format(" (byte 0x{:02x})", parser_.problem_value);
-        throw ParseError{fmt::format("{}:{}:{}: not UTF-8 text: {}", file_name_, line + 1, column + 1, why)};
+        throw ParseError{fmt::format("{}:{}:{}: {}", file_name_, line + 1, column + 1, why)};
     }
     [[noreturn]] void fail_at(const yaml_mark_t& at, std::string_view why) {
         throw ParseError{fmt::format("{}: {}", position(file_name_, offsets_.mark(at)), why)};
