@@ -22,6 +22,11 @@ using namespace egressd::testenv;
 
 Cidr cidr(const char* text) { return Cidr::parse(text).value(); }
 
+std::vector<Cidr> padded(std::vector<Cidr> list, size_t count) {
+    for (size_t i = 0; i < count; ++i) list.push_back(cidr(fmt::format("192.0.2.{}/32", i + 1).c_str()));
+    return list;
+}
+
 namespace {
 
 constexpr const char* kPinPrefix = "egressd-test-";

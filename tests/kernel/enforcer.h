@@ -25,6 +25,9 @@
 namespace egressd::ktest {
 
 Cidr cidr(const char* text);
+// `list` with `count` /32s of 192.0.2.0/24 (TEST-NET-1, never contacted)
+// after it: enough pushes a CIDR table past what the slot's config carries.
+std::vector<Cidr> padded(std::vector<Cidr> list, size_t count);
 
 // The datapath on a private pin directory (/sys/fs/bpf/egressd-test-<pid>)
 // and the test's cgroup. Removes every link and pin it made, also when a test

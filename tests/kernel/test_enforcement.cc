@@ -120,24 +120,19 @@ TEST_CASE("kernel: a non-empty inclusion list leaves other destinations uninterc
 
 // Rows 3a, 4 and 5 match a small table in the slot's config and a big one in
 // the trie (egressd_config_table): both must decide alike. The padding
-// (192.0.2.0/24, never contacted) pushes every table past the config's
-// capacity.
+// pushes every table past the config's capacity.
 TEST_CASE("kernel: CIDR tables decide alike carried in the config and looked up in the trie") {
     EGRESSD_REQUIRE_KERNEL_ENV();
     for (const size_t padding : {size_t{0}, size_t{EGRESSD_CONFIG_CIDRS}}) {
         CAPTURE(padding);
         EnforcedEnv env;
         Enforcer enforcer(env.cg);
-        auto pad = [&](std::vector<Cidr> list) {
-            for (size_t i = 0; i < padding; ++i) list.push_back(cidr(fmt::format("192.0.2.{}/32", i + 1).c_str()));
-            return list;
-        };
         AgentConfig agent = test_agent(env.cg);
-        agent.mesh_cidrs = pad(agent.mesh_cidrs);
+        agent.mesh_cidrs = padded(agent.mesh_cidrs, padding);
         MeshConfig mesh = mesh_with_egress(false);
-        mesh.outbound_ip_range_exclusion = pad({cidr("203.0.113.11/32"), cidr("2001:db8:1::11/128")});
+        mesh.outbound_ip_range_exclusion = padded({cidr("203.0.113.11/32"), cidr("2001:db8:1::11/128")}, padding);
         mesh.outbound_ip_range_inclusion =
-            pad({cidr("203.0.113.0/25"), cidr("198.18.0.0/16"), cidr("2001:db8:1::/48")});
+            padded({cidr("203.0.113.0/25"), cidr("198.18.0.0/16"), cidr("2001:db8:1::/48")}, padding);
         const MapImage image = enforcer.publish(agent, mesh);
         enforcer.attach();
 

@@ -10,7 +10,6 @@
 #include <bpf/bpf.h>
 
 #include <doctest/doctest.h>
-#include <fmt/format.h>
 
 #include <algorithm>
 #include <functional>
@@ -377,11 +376,12 @@ TEST_CASE("kernel: flows: an excluded CIDR's flow names the longest matching ent
         Enforcer enforcer(env.cg);
         MeshConfig mesh = mesh_with_egress(false);
         // kExternal4 (203.0.113.10) is in all three; the /32 is entry 1.
-        mesh.outbound_ip_range_exclusion = {cidr("203.0.113.0/24"), cidr("203.0.113.10/32"), cidr("203.0.113.0/25")};
-        for (size_t i = 0; i < padding; ++i) mesh.outbound_ip_range_exclusion.push_back(cidr(fmt::format("192.0.2.{}/32", i + 1).c_str()));
+        mesh.outbound_ip_range_exclusion =
+            padded({cidr("203.0.113.0/24"), cidr("203.0.113.10/32"), cidr("203.0.113.0/25")}, padding);
         const MapImage image = enforcer.publish(test_agent(env.cg), mesh);
         enforcer.attach();
-        const Decision model = decide(&image, Query{.dst = IpAddress::parse(Net::kExternal4).value(), .port = 80, .proto = IPPROTO_TCP});
+        const Decision model =
+            decide(&image, Query{.dst = IpAddress::parse(Net::kExternal4).value(), .port = 80, .proto = IPPROTO_TCP});
         CHECK(model.reason == EGRESSD_REASON_EXCLUDED_CIDR);
         CHECK(model.rule == 1);
 
