@@ -111,10 +111,10 @@ namespace {
 // Whether a policy of the list names, in its ipAddresses, an address 100::N
 // under which row 7 keeps host N's rules.
 bool lists_host_addresses(const std::vector<EgressPolicy>& policies) {
-    const IpAddress base = dns_host_address(0);
-    return std::ranges::any_of(policies, [&base](const EgressPolicy& policy) {
-        return std::ranges::any_of(policy.ip_addresses, [&base](const Cidr& cidr) {
-            return cidr.prefix == 128 && std::equal(base.bytes.begin(), base.bytes.begin() + 12, cidr.addr.bytes.begin());
+    const Cidr host_addresses{dns_host_address(0), 96};
+    return std::ranges::any_of(policies, [&host_addresses](const EgressPolicy& policy) {
+        return std::ranges::any_of(policy.ip_addresses, [&host_addresses](const Cidr& cidr) {
+            return cidr.prefix == 128 && host_addresses.contains(cidr.addr);
         });
     });
 }

@@ -82,14 +82,6 @@ PortRule decode_port(const egressd_port_key& key, const egressd_port_value& valu
 
 namespace {
 
-// The mask of a prefix in the 16-byte space, as four words in network byte
-// order: byte for byte, so the words compare with the address's as loaded.
-std::array<uint8_t, 16> prefix_mask(uint8_t prefix) {
-    std::array<uint8_t, 16> mask{};
-    for (size_t bit = 0; bit < prefix && bit < 128; ++bit) mask[bit / 8] |= static_cast<uint8_t>(0x80u >> (bit % 8));
-    return mask;
-}
-
 // One table of the config (egressd_config_table): its entries longest
 // prefix first when there are few enough, else "in the trie".
 void encode_config_table(const std::vector<CidrRule>& cidrs, uint8_t table, egressd_config_table& out) {
@@ -105,9 +97,9 @@ void encode_config_table(const std::vector<CidrRule>& cidrs, uint8_t table, egre
     out.count = static_cast<uint32_t>(entries.size());
     for (size_t i = 0; i < entries.size(); ++i) {
         egressd_config_cidr& c = out.cidrs[i];
-        const std::array<uint8_t, 16> mask = prefix_mask(entries[i]->cidr.prefix);
+        // Byte for byte (network order), as the kernel loads the address's words.
         std::memcpy(c.addr, entries[i]->cidr.addr.bytes.data(), sizeof(c.addr));
-        std::memcpy(c.mask, mask.data(), sizeof(c.mask));
+        std::memcpy(c.mask, entries[i]->cidr.mask().bytes.data(), sizeof(c.mask));
         c.rule = entries[i]->rule;
     }
 }

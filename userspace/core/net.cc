@@ -161,6 +161,12 @@ Result<Cidr> Cidr::parse(std::string_view text) {
 
 bool Cidr::contains(const IpAddress& a) const { return masked(a, prefix) == addr; }
 
+IpAddress Cidr::mask() const {
+    IpAddress ones;
+    ones.bytes.fill(0xff);
+    return masked(ones, prefix);
+}
+
 std::string Cidr::str() const {
     if (is_v4()) return fmt::format("{}/{}", addr.str(), family_prefix());
     return fmt::format("{}/{}", v6_str(addr), prefix);

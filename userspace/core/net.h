@@ -41,6 +41,7 @@ struct Cidr {
     bool is_v4() const { return addr.is_v4() && prefix >= 96; }
     uint8_t family_prefix() const { return is_v4() ? prefix - 96 : prefix; }
     bool contains(const IpAddress& a) const;
+    IpAddress mask() const;  // the prefix's bits set, the others clear
     std::string str() const;  // "10.0.0.0/8" for IPv4, "2001:db8::/32" for IPv6
 
     auto operator<=>(const Cidr&) const = default;
