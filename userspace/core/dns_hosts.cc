@@ -181,7 +181,7 @@ void add_dns_hosts(MapImage& image, const PolicyInputs& in) {
     // Another list, with the same policies with host names (a change to
     // others): the same part, kept for this list.
     if (!part && in.cache && in.cache->last_dns_hosts() && part_still_holds(*in.cache->last_dns_hosts(), *in.policies))
-        part = in.cache->keep_dns_hosts(in.policies, *in.cache->last_dns_hosts());
+        part = in.cache->reuse_dns_hosts(in.policies);
     DnsHostPart made;
     if (!part) {
         made = dns_host_part(image.policy_rules, in);

@@ -51,8 +51,12 @@ public:
     const DnsHostPart* last_dns_hosts() const { return dns_part_ ? &*dns_part_ : nullptr; }
     // Keeps `part`, made from `list`, for the next builds; returns it.
     const DnsHostPart* keep_dns_hosts(const std::vector<EgressPolicy>* list, DnsHostPart part) {
-        dns_list_ = list_ && list == list_.get() ? list_ : nullptr;
         dns_part_ = std::move(part);
+        return reuse_dns_hosts(list);
+    }
+    // Keeps the last part, as it is, for `list` too (it holds for it); returns it.
+    const DnsHostPart* reuse_dns_hosts(const std::vector<EgressPolicy>* list) {
+        dns_list_ = list_ && list == list_.get() ? list_ : nullptr;
         return &*dns_part_;
     }
 

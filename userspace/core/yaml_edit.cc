@@ -23,11 +23,9 @@ class TextPositions {
 public:
     explicit TextPositions(std::string_view text) : text_(text) {}
 
-    size_t offset(const yaml_input::Mark& mark) const { return mark.offset; }
-
     // Start of the line after the one holding `mark`.
     size_t next_line(const yaml_input::Mark& mark) const {
-        const size_t newline = text_.find('\n', offset(mark));
+        const size_t newline = text_.find('\n', mark.offset);
         return newline == std::string_view::npos ? text_.size() : newline + 1;
     }
 
@@ -37,7 +35,7 @@ public:
     // which must be preceded by spaces only.
     size_t indentation(const Field& mapping) const {
         const yaml_input::Mark first_key = mapping.node().entries.front().first->mark;
-        const size_t key_offset = offset(first_key);
+        const size_t key_offset = first_key.offset;
         const std::string_view before = text_.substr(key_offset - first_key.column, first_key.column);
         if (before.find_first_not_of(' ') != std::string_view::npos)
             mapping.fail("cannot find the indentation of its keys (spaces only)");
@@ -122,7 +120,7 @@ BoolEdit replace_value(std::string_view text, const Field& field, bool value) {
     if (node.mark.offset < field.key().mark.offset) field.fail("is an alias; edit the anchored value instead");
 
     const TextPositions positions(text);
-    const size_t start = positions.skip_properties(positions.offset(node.mark));
+    const size_t start = positions.skip_properties(node.mark.offset);
     const std::optional<size_t> end = positions.scalar_end(start, node.scalar);
     if (!end) field.fail("cannot locate its value in the text; write it as a plain true or false");
 
