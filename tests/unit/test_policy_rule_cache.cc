@@ -223,7 +223,8 @@ TEST_CASE("the host names' part is kept across other policies' changes, unless o
     };
     CHECK(rules_at(first) == 2);  // the host's own (443) and the wildcard's covering one (80)
 
-    // Another policy, no host names: the part is kept.
+    // Another policy, no host names: the cache reuses its part (build_both
+    // checks the result against the plain build, which makes it anew).
     const MapImage second = build_both({wildcard, host, other});
     CHECK(second.dns_hosts == first.dns_hosts);
     // That policy now lists 100::N itself, on port 80: its rule takes the key,
