@@ -212,7 +212,7 @@ struct LearningEnv {
     IdentityRegistry identities;
     PolicyRegistry numbers;
     HostRegistry hosts;
-    std::vector<EgressPolicy> policies;
+    PolicyList policies;
     uint32_t curl = 0, batch = 0;
     MapImage image;
 

@@ -128,11 +128,7 @@ EgressPolicy make_policy(const std::string& ns, const std::string& name, const s
 }
 
 // As a PolicySet holds them: sorted by (namespace, name), which breaks ties between policies.
-void sort_policies(std::vector<EgressPolicy>& policies) {
-    std::sort(policies.begin(), policies.end(), [](const EgressPolicy& a, const EgressPolicy& b) {
-        return std::tie(a.namespace_, a.name) < std::tie(b.namespace_, b.name);
-    });
-}
+void sort_policies(PolicyList& policies) { policies.sort(); }
 
 // Policy numbers for every image these tests build: stable per (namespace,
 // name), as the agent's registry keeps them.
@@ -141,7 +137,7 @@ PolicyRegistry& policy_numbers() {
     return numbers;
 }
 
-uint32_t number_of(const std::vector<EgressPolicy>& policies, const std::string& name) {
+uint32_t number_of(const PolicyList& policies, const std::string& name) {
     for (const EgressPolicy& p : policies)
         if (p.name == name) return policy_numbers().number_for({p.namespace_, p.name});
     FAIL("no policy " << name);
@@ -162,7 +158,7 @@ std::string describe_policy(const EgressPolicy& p) {
     return s;
 }
 
-PolicyInputs inputs(const std::vector<EgressPolicy>& policies,
+PolicyInputs inputs(const PolicyList& policies,
                     const std::map<std::string, std::vector<IpAddress>>& hosts, IdentityRegistry& registry,
                     uint32_t level) {
     return PolicyInputs{&policies, &hosts, &registry, &policy_numbers(), level};
@@ -311,9 +307,9 @@ uint16_t random_port(Rng& rng) {
 // A random policy set among `names`: 3-10 policies, 1-3 sources, 1-3 ports,
 // CIDRs of random prefix lengths inside the test ranges, hosts with 0-3
 // answers (0: not resolved yet), and some any-destination policies.
-std::vector<EgressPolicy> random_policies(Rng& rng, const std::vector<IdentityName>& names, int round,
+PolicyList random_policies(Rng& rng, const std::vector<IdentityName>& names, int round,
                                           std::map<std::string, std::vector<IpAddress>>& hosts) {
-    std::vector<EgressPolicy> out;
+    PolicyList out;
     const int count = 3 + static_cast<int>(rng.below(8));
     for (int k = 0; k < count; ++k) {
         std::vector<IdentityName> sources;
@@ -417,7 +413,7 @@ TEST_CASE("kernel: policy: identity x destination x port/protocol x family, and 
     // answers of api.partner.test (203.0.113.11, 2001:db8:1::11), on tcp/8080
     // and udp/5353. A second source that no workload has is listed too.
     // ops/batch may reach anything on tcp/81 and udp/8080.
-    std::vector<EgressPolicy> policies = {
+    PolicyList policies = {
         make_policy("shop", "partner-ips", {web_name, {"shop", "absent"}},
                     {cidr("203.0.113.10/32"), cidr("2001:db8:1::10/128")}, {},
                     {port_of(8080, Proto::tcp), port_of(5353, Proto::udp)}),
@@ -633,7 +629,7 @@ TEST_CASE("kernel: policy: differential, random policy sets and workloads, kerne
     for (int round = 0; round < rounds; ++round) {
         // The policy set, the MeshConfig and the workloads of this round.
         std::map<std::string, std::vector<IpAddress>> hosts;
-        const std::vector<EgressPolicy> policies = random_policies(rng, names, round, hosts);
+        const PolicyList policies = random_policies(rng, names, round, hosts);
         MeshConfig mesh = mesh_with_egress(false);
         const uint64_t mode = rng.below(10);
         agent.egress_policy_semantics = PolicySemantics::fsm;
@@ -1034,9 +1030,9 @@ TEST_CASE("kernel: policy: sockets racing a writer that flips two large generati
     std::vector<Cidr> a_dests = bulk(0, 1), b_dests = bulk(32, 2);
     for (const char* c : {"203.0.113.64/32", "203.0.113.65/32", "2001:db8:1::a:1/128"}) a_dests.push_back(cidr(c));
     for (const char* c : {"203.0.113.64/28", "2001:db8:1::a:0/120", "203.0.113.100/32"}) b_dests.push_back(cidr(c));
-    std::vector<EgressPolicy> policies_a = {
+    PolicyList policies_a = {
         make_policy("churn", "generation-a", {web_name, api_name}, a_dests, {}, ports)};
-    std::vector<EgressPolicy> policies_b = {
+    PolicyList policies_b = {
         make_policy("churn", "generation-b", {web_name, api_name}, b_dests, {}, ports)};
     const std::map<std::string, std::vector<IpAddress>> no_hosts;
     const AgentConfig agent = test_agent(env.cg);
@@ -1243,10 +1239,10 @@ TEST_CASE("kernel: policy: a policy set beyond the capacities is refused whole, 
     const auto full = [&](int first) {
         std::vector<Cidr> ips;
         for (int i = first; i < first + 16; ++i) ips.push_back(Cidr::parse(fmt::format("203.0.113.{}/32", i)).value());
-        return std::vector<EgressPolicy>{make_policy("cap", "full", {web_name, other_name}, ips, {},
+        return PolicyList{make_policy("cap", "full", {web_name, other_name}, ips, {},
                                                      {port_of(80, Proto::tcp), port_of(53, Proto::udp)})};
     };
-    const std::vector<EgressPolicy> low = full(0), high = full(128);  // 203.0.113.0-15, 203.0.113.128-143
+    const PolicyList low = full(0), high = full(128);  // 203.0.113.0-15, 203.0.113.128-143
     const MapImage low_image = enforcer.publish(agent, mesh, inputs(low, no_hosts, registry, workloads.level()));
     REQUIRE(low_image.policy_rules.size() == 64);
     enforcer.attach();
@@ -1280,7 +1276,7 @@ TEST_CASE("kernel: policy: a policy set beyond the capacities is refused whole, 
     check_still_last("publishing two full generations");
 
     SUBCASE("one policy rule too many: build_image refuses, naming policy_rules_v1 and the numbers") {
-        std::vector<EgressPolicy> over = low;
+        PolicyList over = low;
         over.push_back(
             make_policy("cap", "one-more", {web_name}, {cidr("203.0.113.200/32")}, {}, {port_of(53, Proto::udp)}));
         sort_policies(over);
@@ -1297,7 +1293,7 @@ TEST_CASE("kernel: policy: a policy set beyond the capacities is refused whole, 
     }
 
     SUBCASE("one policy too many: build_image refuses, naming policy_names_v1 and the numbers") {
-        std::vector<EgressPolicy> many;
+        PolicyList many;
         for (int i = 0; i < 5; ++i)
             many.push_back(make_policy("cap", fmt::format("p{}", i), {web_name},
                                        {Cidr::parse(fmt::format("203.0.113.{}/32", 200 + i)).value()}, {},
@@ -1320,7 +1316,7 @@ TEST_CASE("kernel: policy: a policy set beyond the capacities is refused whole, 
         big.capacities.policy_rules = 1000;
         std::vector<Cidr> ips;
         for (int i = 0; i < 100; ++i) ips.push_back(Cidr::parse(fmt::format("198.19.1.{}/32", i)).value());
-        const std::vector<EgressPolicy> huge = {make_policy("cap", "huge", {web_name, other_name}, ips, {},
+        const PolicyList huge = {make_policy("cap", "huge", {web_name, other_name}, ips, {},
                                                             {port_of(80, Proto::tcp), port_of(53, Proto::udp)})};
         auto built =
             build_image(big, mesh, enforcer.next_generation(), inputs(huge, no_hosts, registry, workloads.level()));
@@ -1374,7 +1370,7 @@ TEST_CASE("kernel: policy: a restarted datapath adopts the policies, identity na
     first.set_identities(registry.names(), workloads.by_id());
     const std::map<std::string, std::vector<IpAddress>> hosts = {
         {"api.partner.test", {addr(Net::kExternal4b), addr(Net::kExternal6b)}}};
-    std::vector<EgressPolicy> policies = {
+    PolicyList policies = {
         make_policy("shop", "partner-ips", {web_name, {"shop", "other"}}, {cidr("203.0.113.10/32")}, {},
                     {port_of(8080, Proto::tcp)}),
         make_policy("shop", "partner-hosts", {web_name}, {}, {"api.partner.test"}, {port_of(5353, Proto::udp)}),
@@ -1408,7 +1404,7 @@ TEST_CASE("kernel: policy: a restarted datapath adopts the policies, identity na
 
     // The adopted datapath publishes the next generation from what it read back.
     IdentityRegistry adopted_registry((*second)->identity_names());
-    std::vector<EgressPolicy> next = {
+    PolicyList next = {
         make_policy("shop", "partner-hosts", {web_name}, {}, {"api.partner.test"}, {port_of(8080, Proto::tcp)})};
     auto built = build_image(agent, mesh_with_egress(false), image.generation + 1,
                              inputs(next, hosts, adopted_registry, workloads.level()));

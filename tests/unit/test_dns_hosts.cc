@@ -66,7 +66,7 @@ TEST_CASE("dns hosts: each host name of a policy gets a number, an entry per sou
     IdentityRegistry ids;
     PolicyRegistry numbers;
     HostRegistry hosts;
-    const std::vector<EgressPolicy> policies = {
+    const PolicyList policies = {
         host_policy("api", {{"curl", "curl"}, {"curl", "batch"}}, {kTlsPort}, {"api.example.com"}),
         host_policy("any-example", {{"curl", "curl"}}, {kPlainPort}, {}, {"*.example.com"}),
     };
@@ -110,7 +110,7 @@ TEST_CASE("dns hosts: a wildcard covers longer wildcards and names below it, nev
     IdentityRegistry ids;
     PolicyRegistry numbers;
     HostRegistry hosts;
-    const std::vector<EgressPolicy> policies = {
+    const PolicyList policies = {
         host_policy("a", {{"curl", "curl"}}, {kPlainPort}, {"example.com", "deep.eu.example.com"}, {"*.eu.example.com"}),
         host_policy("b", {{"curl", "curl"}}, {kTlsPort}, {}, {"*.example.com"}),
     };
@@ -131,7 +131,7 @@ TEST_CASE("dns hosts: the rule cache gives the same image, and numbers stay whil
     PolicyRegistry numbers, cached_numbers;
     HostRegistry hosts, cached_hosts;
     PolicyRuleCache cache;
-    std::vector<EgressPolicy> policies = {
+    PolicyList policies = {
         host_policy("api", {{"curl", "curl"}}, {kTlsPort}, {"api.example.com"}, {"*.cdn.example"}),
         host_policy("web", {{"curl", "web"}}, {kPlainPort, kTlsPort}, {"www.example.com"}),
     };
@@ -147,8 +147,12 @@ TEST_CASE("dns hosts: the rule cache gives the same image, and numbers stay whil
         REQUIRE(b.ok());
         CHECK(a->policy_rules == b->policy_rules);
         CHECK(a->dns_hosts == b->dns_hosts);
-        if (round == 0) policies[1].hosts.push_back("static.example.com");
-        if (round == 1) policies.erase(policies.begin());
+        if (round == 0) {  // a new object for the changed policy, as a load makes
+            EgressPolicy web = policies[1];
+            web.hosts.push_back("static.example.com");
+            policies = {policies[0], web};
+        }
+        if (round == 1) policies = {policies[1]};
     }
     CHECK(hosts.find(dns_host_name("www.example.com")).has_value());
 }

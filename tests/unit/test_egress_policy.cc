@@ -731,9 +731,17 @@ TEST_CASE("PolicyDirLoader: 200 files, one changed: one file parsed, the result 
     CHECK(loader.files_parsed_last_load() == 1);
     CHECK(find(after, "ops", "p137").ports[0].number == 8443);
     PolicySet expected = before;  // the same, but for the one port
-    for (EgressPolicy& policy : expected.policies)
+    expected.policies = {};
+    for (EgressPolicy policy : before.policies) {
         if (policy.name == "p137") policy.ports[0].number = 8443;
+        expected.policies.push_back(std::move(policy));
+    }
     CHECK(after == expected);
+    // Policies of the files that did not change are the very objects of the previous load.
+    for (size_t i = 0; i < after.policies.size(); ++i) {
+        CAPTURE(after.policies[i].name);
+        CHECK((after.policies.shared(i) == before.policies.shared(i)) == (after.policies[i].name != "p137"));
+    }
 
     CHECK(loader.load() == after);
     CHECK(loader.files_parsed_last_load() == 0);
@@ -748,4 +756,28 @@ TEST_CASE("PolicyDirLoader: a moved-to loader keeps the cache; load_policy_dir i
     CHECK(second.load() == set);
     CHECK(second.files_parsed_last_load() == 0);
     CHECK(set == load_policy_dir(tmp.path));
+}
+
+TEST_CASE("PolicyList: shared objects, compared by address first and by value otherwise") {
+    EgressPolicy a;
+    a.namespace_ = "ops";
+    a.name = "a";
+    a.ports = {{443, "https", IPPROTO_TCP}};
+    EgressPolicy b = a;
+    b.name = "b";
+    PolicyList list{b, a};
+    list.sort();
+    CHECK(list[0].name == "a");
+    CHECK(list.shared(1)->name == "b");
+
+    const PolicyList copy = list;  // copies pointers
+    CHECK(copy.shared(0) == list.shared(0));
+    CHECK(copy == list);
+    CHECK(PolicyList{a, b} == list);  // other objects, equal values
+    EgressPolicy other_port = b;
+    other_port.ports[0].number = 8443;
+    CHECK_FALSE((PolicyList{a, other_port} == list));
+    CHECK_FALSE((PolicyList{a} == list));
+    CHECK(same_policy(list.shared(0), std::make_shared<const EgressPolicy>(a)));
+    CHECK_FALSE(same_policy(list.shared(0), list.shared(1)));
 }

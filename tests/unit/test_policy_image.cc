@@ -115,7 +115,7 @@ TEST_CASE("policies become one entry per source, port and destination") {
     AgentConfig agent;
     IdentityRegistry ids;
     PolicyRegistry numbers;
-    const std::vector<EgressPolicy> policies = {
+    const PolicyList policies = {
         policy("curl", "by-address", {{"curl", "curl"}, {"curl", "other"}}, {kHttp, kDns},
                {cidr("203.0.113.0/24"), cidr("2001:db8::/32")}),
         policy("curl", "by-host", {{"curl", "curl"}}, {kHttp}, {}, {"api.test", "unresolved.test"}),
@@ -148,7 +148,7 @@ TEST_CASE("a host policy with no addresses yet allows nothing, not everything") 
     AgentConfig agent;
     IdentityRegistry ids;
     PolicyRegistry numbers;
-    const std::vector<EgressPolicy> policies = {policy("curl", "by-host", {{"curl", "curl"}}, {kHttp}, {}, {"x.test"})};
+    const PolicyList policies = {policy("curl", "by-host", {{"curl", "curl"}}, {kHttp}, {}, {"x.test"})};
     auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     REQUIRE(image.ok());
     CHECK(image->policy_rules.empty());
@@ -161,7 +161,7 @@ TEST_CASE("the same entry from two policies names the first policy") {
     AgentConfig agent;
     IdentityRegistry ids;
     PolicyRegistry numbers;
-    const std::vector<EgressPolicy> policies = {
+    const PolicyList policies = {
         policy("a", "first", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/24")}),
         policy("b", "second", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/24"), cidr("203.0.113.128/25")}),
     };
@@ -189,7 +189,7 @@ TEST_CASE("row 7 in the reference decision: identity, protocol, port, destinatio
     agent.mesh_cidrs = {cidr("198.18.0.0/16")};
     IdentityRegistry ids;
     PolicyRegistry numbers;
-    const std::vector<EgressPolicy> policies = {
+    const PolicyList policies = {
         policy("curl", "web", {{"curl", "curl"}}, {kHttp}, {cidr("203.0.113.10/32")})};
     auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     REQUIRE(image.ok());
@@ -271,7 +271,7 @@ TEST_CASE("the prefix lengths an identity's rules use, longest first; flagged on
     AgentConfig agent;
     IdentityRegistry identities;
     PolicyRegistry numbers;
-    auto has_prefixes = [&](std::vector<EgressPolicy> policies) {
+    auto has_prefixes = [&](PolicyList policies) {
         std::map<std::string, std::vector<IpAddress>> hosts{{"api.example.com", {ip("198.18.0.9")}}};
         auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, &hosts, &identities, &numbers});
         REQUIRE(image.ok());
@@ -288,9 +288,9 @@ TEST_CASE("policy entries and names diff between slots") {
     AgentConfig agent;
     IdentityRegistry ids;
     PolicyRegistry numbers;
-    std::vector<EgressPolicy> before = {policy("a", "p", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/24")}),
+    PolicyList before = {policy("a", "p", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/24")}),
                                         policy("a", "q", {{"ns", "sa"}}, {kDns}, {cidr("198.19.0.0/16")})};
-    std::vector<EgressPolicy> after = {policy("a", "p", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/25")})};
+    PolicyList after = {policy("a", "p", {{"ns", "sa"}}, {kHttp}, {cidr("203.0.113.0/25")})};
     auto from = build_image(agent, egress_off(), 1, PolicyInputs{&before, nullptr, &ids, &numbers, 0});
     auto to = build_image(agent, egress_off(), 2, PolicyInputs{&after, nullptr, &ids, &numbers, 0});
     const ImageDiff diff = diff_images(*from, *to);
@@ -306,7 +306,7 @@ TEST_CASE("a policy set that does not fit is refused whole, naming the map and t
     agent.capacities.policy_rules = 3;
     IdentityRegistry ids;
     PolicyRegistry numbers;
-    const std::vector<EgressPolicy> policies = {
+    const PolicyList policies = {
         policy("a", "p", {{"ns", "sa"}, {"ns", "sb"}}, {kHttp, kDns}, {cidr("203.0.113.0/24")})};
     auto image = build_image(agent, egress_off(), 1, PolicyInputs{&policies, nullptr, &ids, &numbers, 0});
     REQUIRE_FALSE(image.ok());
@@ -366,7 +366,7 @@ TEST_CASE("a build with the policy rule cache equals a build without it, change 
                 break;
             }
         }
-        std::vector<EgressPolicy> policies;
+        PolicyList policies;
         for (const auto& [name, p] : by_name) policies.push_back(p);
 
         PolicyInputs cached{&policies, &resolved, &identities, &policy_numbers, 0, &cache};

@@ -86,8 +86,8 @@ TEST_CASE("the rule cache on a shared policy list equals the plain build, change
     PolicyRegistry numbers, cached_numbers;
     HostRegistry hosts, cached_hosts;
     PolicyRuleCache cache;
-    auto list = std::make_shared<const std::vector<EgressPolicy>>();
-    std::shared_ptr<const std::vector<EgressPolicy>> cache_list;  // the list the last build read
+    auto list = std::make_shared<const PolicyList>();
+    std::shared_ptr<const PolicyList> cache_list;  // the list the last build read
     std::optional<MapImage> previous;
     for (int step = 0; step < 300; ++step) {
         CAPTURE(step);
@@ -113,9 +113,9 @@ TEST_CASE("the rule cache on a shared policy list equals the plain build, change
                 enable_egress = pick(2);
                 break;
         }
-        std::vector<EgressPolicy> policies;
+        PolicyList policies;
         for (const auto& [name, p] : by_name) policies.push_back(p);
-        if (policies != *list) list = std::make_shared<const std::vector<EgressPolicy>>(std::move(policies));
+        if (policies != *list) list = std::make_shared<const PolicyList>(std::move(policies));
 
         const auto previous_list = step > 0 ? cache_list : nullptr;
         cache_list = list;
@@ -198,8 +198,8 @@ TEST_CASE("the host names' part is kept across other policies' changes, unless o
     PolicyRegistry numbers, cached_numbers;
     HostRegistry hosts, cached_hosts;
     PolicyRuleCache cache;
-    auto build_both = [&](std::vector<EgressPolicy> policies) {
-        auto list = std::make_shared<const std::vector<EgressPolicy>>(std::move(policies));
+    auto build_both = [&](PolicyList policies) {
+        auto list = std::make_shared<const PolicyList>(std::move(policies));
         cache.set_policies(list);
         auto cached = build_image(agent, mesh(false), 1,
                                   PolicyInputs{list.get(), &resolved, &cached_ids, &cached_numbers, 0, &cache, &cached_hosts});

@@ -394,7 +394,7 @@ bool Agent::reload_policies() {
     policy_errors_ = std::move(loaded.errors);
     policy_notes_ = std::move(loaded.notes);
     if (!policies_changed) return false;
-    policies_ = std::make_shared<const std::vector<EgressPolicy>>(std::move(loaded.policies));
+    policies_ = std::make_shared<const PolicyList>(std::move(loaded.policies));
     if (resolver_) {
         std::set<std::string> hosts;
         for (const auto& p : *policies_) hosts.insert(p.hosts.begin(), p.hosts.end());

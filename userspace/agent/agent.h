@@ -142,7 +142,7 @@ private:
     // The valid policies, one immutable list handed to the reconciler as it
     // is (a MeshConfig change does not compare 100k rules' policies again),
     // and the errors and notes of the last load.
-    std::shared_ptr<const std::vector<EgressPolicy>> policies_ = std::make_shared<const std::vector<EgressPolicy>>();
+    std::shared_ptr<const PolicyList> policies_ = std::make_shared<const PolicyList>();
     std::vector<std::string> policy_errors_, policy_notes_;
     std::vector<Workload> workloads_;
     std::map<std::string, HostState> hosts_;

@@ -15,7 +15,7 @@ namespace egressd {
 namespace {
 
 // "policies +ns/a -ns/b ~ns/c" for added, removed and changed policies.
-std::string describe_policy_changes(const std::vector<EgressPolicy>& before, const std::vector<EgressPolicy>& after) {
+std::string describe_policy_changes(const PolicyList& before, const PolicyList& after) {
     std::map<std::pair<std::string, std::string>, const EgressPolicy*> old_by_name;
     for (const auto& p : before) old_by_name[{p.namespace_, p.name}] = &p;
     std::string added, changed, removed;
@@ -23,7 +23,7 @@ std::string describe_policy_changes(const std::vector<EgressPolicy>& before, con
         auto it = old_by_name.find({p.namespace_, p.name});
         if (it == old_by_name.end())
             added += " +" + p.namespace_ + "/" + p.name;
-        else if (!(*it->second == p))
+        else if (it->second != &p && !(*it->second == p))
             changed += " ~" + p.namespace_ + "/" + p.name;
         if (it != old_by_name.end()) old_by_name.erase(it);
     }

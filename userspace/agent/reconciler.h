@@ -40,7 +40,7 @@ public:
     // The policies as one immutable list, shared with the applied
     // generation's record: the same list again is known unchanged, and is
     // neither compared nor rebuilt.
-    void set_policies(std::shared_ptr<const std::vector<EgressPolicy>> policies) { policies_ = std::move(policies); }
+    void set_policies(std::shared_ptr<const PolicyList> policies) { policies_ = std::move(policies); }
     void set_workloads(std::vector<Workload> workloads) { workloads_ = std::move(workloads); }
     void set_host_addresses(std::map<std::string, std::vector<IpAddress>> addresses) {
         host_addresses_ = std::move(addresses);
@@ -93,7 +93,7 @@ private:
     uint32_t cgroup_level_ = 0;
 
     MeshConfig mesh_;
-    std::shared_ptr<const std::vector<EgressPolicy>> policies_ = std::make_shared<const std::vector<EgressPolicy>>();
+    std::shared_ptr<const PolicyList> policies_ = std::make_shared<const PolicyList>();
     std::vector<Workload> workloads_;
     std::map<std::string, std::vector<IpAddress>> host_addresses_;
     std::optional<std::vector<Cidr>> mesh_cidrs_;
@@ -112,7 +112,7 @@ private:
     // What the kernel enforces.
     MeshConfig applied_mesh_;
     std::shared_ptr<const MapImage> applied_image_ = std::make_shared<const MapImage>();
-    std::shared_ptr<const std::vector<EgressPolicy>> applied_policies_ = policies_;
+    std::shared_ptr<const PolicyList> applied_policies_ = policies_;
     std::string last_change_;
     std::string applied_at_;
 };

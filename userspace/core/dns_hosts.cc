@@ -110,7 +110,7 @@ namespace {
 
 // Whether a policy of the list names, in its ipAddresses, an address 100::N
 // under which row 7 keeps host N's rules.
-bool lists_host_addresses(const std::vector<EgressPolicy>& policies) {
+bool lists_host_addresses(const PolicyList& policies) {
     const Cidr host_addresses{dns_host_address(0), 96};
     return std::ranges::any_of(policies, [&host_addresses](const EgressPolicy& policy) {
         return std::ranges::any_of(policy.ip_addresses, [&host_addresses](const Cidr& cidr) {
@@ -122,13 +122,13 @@ bool lists_host_addresses(const std::vector<EgressPolicy>& policies) {
 // The last part, when `policies` has the same policies with host names and
 // neither list names a host's address: the rules of the other policies,
 // which changed, cannot meet the keys of its covering rules.
-bool part_still_holds(const DnsHostPart& last, const std::vector<EgressPolicy>& policies) {
+bool part_still_holds(const DnsHostPart& last, const PolicyList& policies) {
     if (last.lists_host_addresses || lists_host_addresses(policies)) return false;
-    // A loop, not views::filter: clang 14 (the fuzz build) rejects the latter with libstdc++ 12.
     size_t next = 0;
-    for (const EgressPolicy& policy : policies) {
-        if (!has_host_names(policy)) continue;
-        if (next == last.host_policies.size() || !(policy == last.host_policies[next])) return false;
+    for (size_t i = 0; i < policies.size(); ++i) {
+        if (!has_host_names(policies[i])) continue;
+        if (next == last.host_policies.size() || !same_policy(policies.shared(i), last.host_policies[next]))
+            return false;
         ++next;
     }
     return next == last.host_policies.size();
@@ -136,8 +136,8 @@ bool part_still_holds(const DnsHostPart& last, const std::vector<EgressPolicy>& 
 
 DnsHostPart dns_host_part(const SharedVector<PolicyRule>& rules, const PolicyInputs& in) {
     DnsHostPart part;
-    for (const EgressPolicy& policy : *in.policies)
-        if (has_host_names(policy)) part.host_policies.push_back(policy);
+    for (size_t i = 0; i < in.policies->size(); ++i)
+        if (has_host_names((*in.policies)[i])) part.host_policies.push_back(in.policies->shared(i));
     part.lists_host_addresses = lists_host_addresses(*in.policies);
     const HostsByIdentity hosts = hosts_by_identity(in);
     // Rules a covering host name gives, with the policy's position for first-wins.

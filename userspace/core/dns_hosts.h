@@ -32,7 +32,7 @@ struct DnsHostPart {
     // What it was made from: the policies with host names, in list order.
     // Another list with the same ones gives the same part, unless a policy
     // lists a host's own address 100::N (then other rules may meet its keys).
-    std::vector<EgressPolicy> host_policies;
+    std::vector<SharedPolicy> host_policies;
     bool lists_host_addresses = false;
 };
 

@@ -172,7 +172,7 @@ PolicyPort read_port(const Field& port) {
 // cached with its file. Exactly one of error, policy, target is set, or none (another kind: a note).
 struct DocumentResult {
     std::string error;                   // not applied, and why
-    std::optional<EgressPolicy> policy;  // an Egress read without error
+    SharedPolicy policy;                 // an Egress read without error (shared by every load while its file stays)
     // For `policy`: the error it becomes when an earlier document of the load has its namespace/name,
     // up to the reason (the message of metadata.name, worded for this document).
     std::string duplicate_prefix;
@@ -225,7 +225,7 @@ DocumentResult read_document(const Field& top, Document doc) {
         if (!top.node().is_mapping()) top.fail_expected("a mapping at the top level");
         const std::string kind = top.required("kind").string();
         if (kind == "Egress") {
-            result.policy = read_egress(top, doc, result.duplicate_prefix);
+            result.policy = std::make_shared<const EgressPolicy>(read_egress(top, doc, result.duplicate_prefix));
         } else if (contains(kMatchKinds, kind)) {
             // The name is checked before the namespace (the order the reported error has always had).
             std::string name = non_empty(top.child("metadata").required("name"));
@@ -272,7 +272,7 @@ public:
     PolicySet finish() && {
         for (const Reference& reference : references_)
             if (!targets_.contains(reference.target)) set_.notes.push_back(reference.note);
-        std::ranges::sort(set_.policies, {}, [](const EgressPolicy& p) { return std::tie(p.namespace_, p.name); });
+        set_.policies.sort();
         return std::move(set_);
     }
 
@@ -281,13 +281,12 @@ private:
         if (!doc.error.empty()) return add_error(doc.error);
         if (doc.policy) {
             const EgressPolicy& policy = *doc.policy;
-            const auto [first, inserted] =
-                first_.try_emplace({policy.namespace_, policy.name}, policy.file, policy.document);
+            const auto [first, inserted] = first_.try_emplace({policy.namespace_, policy.name}, &policy);
             if (!inserted)
                 return add_error(fmt::format(
                     "{}Egress {}/{} is already defined in {} document {}; the first one is kept", doc.duplicate_prefix,
-                    policy.namespace_, policy.name, first->second.first, first->second.second + 1));
-            set_.policies.push_back(policy);
+                    policy.namespace_, policy.name, first->second->file, first->second->document + 1));
+            set_.policies.push_back(doc.policy);
         }
         if (doc.target) targets_.insert(*doc.target);
         set_.notes.insert(set_.notes.end(), doc.notes.begin(), doc.notes.end());
@@ -295,8 +294,8 @@ private:
     }
 
     PolicySet set_;
-    // namespace/name: the file and document of the one kept
-    std::map<std::pair<std::string, std::string>, std::pair<std::string, int>> first_;
+    // namespace/name: the one kept, an object set_.policies holds.
+    std::map<std::pair<std::string_view, std::string_view>, const EgressPolicy*> first_;
     std::set<Target> targets_;
     std::vector<Reference> references_;
 };

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/net.h"
+#include "core/policy_list.h"
 
 namespace egressd {
 
@@ -49,7 +50,7 @@ struct EgressPolicy {
 };
 
 struct PolicySet {
-    std::vector<EgressPolicy> policies;  // valid ones, sorted by (namespace, name), unique by (namespace, name)
+    PolicyList policies;              // valid ones, sorted by (namespace, name), unique by (namespace, name)
     std::vector<std::string> errors;     // invalid documents and policies, not applied
     std::vector<std::string> notes;      // accepted with a remark: mtls ignored, matches delegated, wildcard hosts,
                                          // other kinds passed over, unresolvable references

@@ -120,7 +120,7 @@ struct MapImage {
 // wins. A policy whose hosts have no addresses yet and which has no
 // ipAddresses allows nothing.
 struct PolicyInputs {
-    const std::vector<EgressPolicy>* policies = nullptr;
+    const PolicyList* policies = nullptr;
     const std::map<std::string, std::vector<IpAddress>>* host_addresses = nullptr;
     IdentityRegistry* identities = nullptr;    // required when policies is non-empty
     PolicyRegistry* policy_numbers = nullptr;  // required when policies is non-empty

@@ -56,14 +56,12 @@ PolicySet policies_from_objects(const Objects& egresses) {
     PolicySet all;
     for (const auto& [key, object] : egresses) {
         PolicySet one = parse_policy_documents(parser_input(object), object_name(object, "Egress"));
-        all.policies.insert(all.policies.end(), one.policies.begin(), one.policies.end());
+        for (size_t i = 0; i < one.policies.size(); ++i) all.policies.push_back(one.policies.shared(i));
         all.errors.insert(all.errors.end(), one.errors.begin(), one.errors.end());
         all.notes.insert(all.notes.end(), one.notes.begin(), one.notes.end());
     }
     // Keys are unique by namespace/name already: the set's order is the parsers'.
-    std::sort(all.policies.begin(), all.policies.end(), [](const EgressPolicy& a, const EgressPolicy& b) {
-        return std::tie(a.namespace_, a.name) < std::tie(b.namespace_, b.name);
-    });
+    all.policies.sort();
     return all;
 }
 

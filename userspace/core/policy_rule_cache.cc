@@ -31,7 +31,9 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
     std::vector<uint32_t> dropped;  // numbers whose rules leave all_
     std::vector<PolicyRule> added;  // rules of new and changed policies, marked with their number
     auto hint = entries_.begin();
-    for (const EgressPolicy& policy : *in.policies) {
+    for (size_t position = 0; position < in.policies->size(); ++position) {
+        const EgressPolicy& policy = (*in.policies)[position];
+        const SharedPolicy& shared = in.policies->shared(position);
         PolicyRef ref{policy.namespace_, policy.name};
         const uint32_t number = in.policy_numbers->number_for(ref);
         image.policies.emplace_hint(image.policies.end(), number, ref);
@@ -41,21 +43,22 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
         // last one found is usually just before.
         auto old = hint != entries_.end() && hint->first == ref ? hint : entries_.find(ref);
         const bool found = old != entries_.end();
-        const bool same_policy = found && (same_list || old->second.policy == policy);
-        if (same_policy && old->second.number == number && old->second.host_addresses == host_addresses &&
+        // The same object (its file or API object unchanged) is the same policy without a look.
+        const bool unchanged = found && (same_list || same_policy(old->second.policy, shared));
+        if (unchanged && old->second.number == number && old->second.host_addresses == host_addresses &&
             old->second.host_numbers == host_numbers) {
             old->second.build = build;
             hint = std::next(old);
             continue;
         }
-        if (!same_policy) (found ? changes_.changed : changes_.added).push_back(ref);
+        if (!unchanged) (found ? changes_.changed : changes_.added).push_back(ref);
         if (found) {
             dropped.push_back(old->second.number);
             entries_.erase(old);
         }
         append_rules(added, policy, host_addresses, host_numbers, *in.identities, number);
         auto made = entries_.insert_or_assign(
-            std::move(ref), Entry{policy, std::move(host_addresses), std::move(host_numbers), number, build});
+            std::move(ref), Entry{shared, std::move(host_addresses), std::move(host_numbers), number, build});
         hint = std::next(made.first);
     }
     for (auto it = entries_.begin(); it != entries_.end();) {

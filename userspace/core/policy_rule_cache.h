@@ -36,7 +36,7 @@ public:
     // its hosts' addresses) or gone, against the list the build before read
     // (`since`; null when that was no list given by set_policies).
     struct Changes {
-        std::shared_ptr<const std::vector<EgressPolicy>> since;
+        std::shared_ptr<const PolicyList> since;
         std::vector<PolicyRef> added, changed, removed;  // removed: sorted
     };
     const Changes& last_changes() const { return changes_; }
@@ -44,18 +44,18 @@ public:
     // The DNS-host part of the last build (add_dns_hosts) while the builds
     // read that very list: the same policies on the same registries give the
     // same part. Null otherwise.
-    const DnsHostPart* dns_hosts_of(const std::vector<EgressPolicy>* list) const {
+    const DnsHostPart* dns_hosts_of(const PolicyList* list) const {
         return dns_part_ && list_ && list == list_.get() && dns_list_ == list_ ? &*dns_part_ : nullptr;
     }
     // The last part kept, whatever list it was made from (null before any).
     const DnsHostPart* last_dns_hosts() const { return dns_part_ ? &*dns_part_ : nullptr; }
     // Keeps `part`, made from `list`, for the next builds; returns it.
-    const DnsHostPart* keep_dns_hosts(const std::vector<EgressPolicy>* list, DnsHostPart part) {
+    const DnsHostPart* keep_dns_hosts(const PolicyList* list, DnsHostPart part) {
         dns_part_ = std::move(part);
         return reuse_dns_hosts(list);
     }
     // Keeps the last part, as it is, for `list` too (it holds for it); returns it.
-    const DnsHostPart* reuse_dns_hosts(const std::vector<EgressPolicy>* list) {
+    const DnsHostPart* reuse_dns_hosts(const PolicyList* list) {
         dns_list_ = list_ && list == list_.get() ? list_ : nullptr;
         return &*dns_part_;
     }
@@ -69,11 +69,11 @@ public:
     // list.get()). While builds read the very list the previous one read,
     // its policies are known unchanged and are not compared one by one
     // again (a MeshConfig toggle at 100k rules looks at none of them).
-    void set_policies(std::shared_ptr<const std::vector<EgressPolicy>> list) { list_ = std::move(list); }
+    void set_policies(std::shared_ptr<const PolicyList> list) { list_ = std::move(list); }
 
 private:
     struct Entry {
-        EgressPolicy policy;
+        SharedPolicy policy;
         std::vector<std::vector<IpAddress>> host_addresses;  // of policy.hosts, as built
         std::vector<uint32_t> host_numbers;                  // of its host names, as built
         uint32_t number = 0;
@@ -90,13 +90,13 @@ private:
     SharedVector<PolicyRule> host_rules_base_, host_rules_result_;
     std::vector<PolicyRule> host_rules_added_;
     uint64_t builds_ = 0;
-    std::shared_ptr<const std::vector<EgressPolicy>> list_;        // from set_policies
-    std::shared_ptr<const std::vector<EgressPolicy>> built_list_;  // the list the last build read, if list_
+    std::shared_ptr<const PolicyList> list_;        // from set_policies
+    std::shared_ptr<const PolicyList> built_list_;  // the list the last build read, if list_
     Changes changes_;
     // The last build's host addresses and policy names, for the next.
     std::optional<std::map<std::string, std::vector<IpAddress>>> host_addresses_;
     std::optional<std::map<uint32_t, PolicyRef>> policies_;
-    std::shared_ptr<const std::vector<EgressPolicy>> dns_list_;  // the list dns_part_ was made from
+    std::shared_ptr<const PolicyList> dns_list_;  // the list dns_part_ was made from
     std::optional<DnsHostPart> dns_part_;
 };
 
