@@ -85,6 +85,37 @@ TEST_CASE("kube: Egress objects become the policy set; a bad one is named and th
     CHECK_MESSAGE(set.errors[0].find("spec.ports[0]") != std::string::npos, set.errors[0]);
 }
 
+TEST_CASE("kube: EgressReader parses only the objects that changed, and gives what a full read gives") {
+    const json ports = json::array({{{"number", 443}, {"protocol", "https"}}});
+    const json sources = json::array({{{"kind", "ServiceAccount"}, {"name", "curl"}, {"namespace", "curl"}}});
+    auto spec = [&](const char* range) { return json{{"sources", sources}, {"ports", ports}, {"ipAddresses", {range}}}; };
+    Objects egresses{
+        {"curl/a", egress("curl", "a", spec("203.0.113.0/24"))},
+        {"curl/b", egress("curl", "b", spec("198.18.0.0/15"))},
+        {"curl/bad", egress("curl", "bad", {{"sources", sources}, {"ports", {{{"number", 70000}}}}})},
+    };
+    EgressReader reader;
+    const PolicySet first = reader.read(egresses);
+    CHECK(reader.parsed_last_read() == 3);
+    CHECK(first == policies_from_objects(egresses));
+
+    egresses["curl/b"] = egress("curl", "b", spec("198.18.0.0/16"));  // changed
+    egresses["curl/c"] = egress("curl", "c", spec("203.0.113.7"));    // added
+    egresses.erase("curl/bad");                                        // removed
+    const PolicySet second = reader.read(egresses);
+    CHECK(reader.parsed_last_read() == 2);
+    CHECK(second == policies_from_objects(egresses));
+    REQUIRE(second.policies.size() == 3);
+    CHECK(second.errors.empty());
+    CHECK(second.policies[1].ip_addresses[0].str() == "198.18.0.0/16");
+    // The unchanged object's policy is the object read the first time.
+    CHECK(second.policies.shared(0) == first.policies.shared(0));
+    CHECK(second.policies.shared(1) != first.policies.shared(1));
+
+    CHECK(reader.read(egresses) == second);
+    CHECK(reader.parsed_last_read() == 0);
+}
+
 TEST_CASE("kube: meshed pods are the injected pods of monitored namespaces, never hostNetwork") {
     const MeshConventions& fsm = mesh_conventions(Mesh::fsm);
     const json injected = {{"fsm-proxy-uuid", "2c0d"}, {"app", "curl"}};

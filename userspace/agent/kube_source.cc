@@ -262,7 +262,7 @@ std::optional<std::vector<IpAddress>> KubeSource::read_dns_servers() {
 
 PolicySet KubeSource::read_policies() {
     seen_egresses_ = egresses_->revision();
-    return kube::policies_from_objects(*egresses_->objects());
+    return egress_reader_.read(*egresses_->objects());
 }
 
 std::vector<Workload> KubeSource::read_workloads() {

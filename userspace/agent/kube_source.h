@@ -115,6 +115,7 @@ private:
     uint64_t seen_dns_ = 0;
     uint64_t seen_mesh_ = 0, seen_egresses_ = 0, seen_namespaces_ = 0, seen_pods_ = 0, seen_ranges_ = 0;
     std::optional<std::string> mesh_json_;  // the MeshConfig object last read, as JSON text
+    kube::EgressReader egress_reader_;      // parses only the Egress objects that changed
     kube::PodSelection selection_;
     std::vector<std::string> pods_waiting_;  // meshed pods whose cgroup is not there yet
     // Each meshed pod's cgroup as last found, by pod uid (or config hash): a

@@ -52,15 +52,45 @@ Result<MeshConfig> mesh_config_from_object(const nlohmann::json& object) {
     return parse_meshconfig(parser_input(object), object_name(object, "MeshConfig"));
 }
 
+namespace {
+
+PolicySet parse_egress(const nlohmann::json& object) {
+    return parse_policy_documents(parser_input(object), object_name(object, "Egress"));
+}
+
+void add_to(PolicySet& all, const PolicySet& one) {
+    for (size_t i = 0; i < one.policies.size(); ++i) all.policies.push_back(one.policies.shared(i));
+    all.errors.insert(all.errors.end(), one.errors.begin(), one.errors.end());
+    all.notes.insert(all.notes.end(), one.notes.begin(), one.notes.end());
+}
+
+}  // namespace
+
 PolicySet policies_from_objects(const Objects& egresses) {
     PolicySet all;
-    for (const auto& [key, object] : egresses) {
-        PolicySet one = parse_policy_documents(parser_input(object), object_name(object, "Egress"));
-        for (size_t i = 0; i < one.policies.size(); ++i) all.policies.push_back(one.policies.shared(i));
-        all.errors.insert(all.errors.end(), one.errors.begin(), one.errors.end());
-        all.notes.insert(all.notes.end(), one.notes.begin(), one.notes.end());
-    }
+    for (const auto& [key, object] : egresses) add_to(all, parse_egress(object));
     // Keys are unique by namespace/name already: the set's order is the parsers'.
+    all.policies.sort();
+    return all;
+}
+
+PolicySet EgressReader::read(const Objects& egresses) {
+    PolicySet all;
+    std::map<std::string, Read> next;
+    parsed_last_read_ = 0;
+    for (const auto& [key, object] : egresses) {
+        auto last = last_.extract(key);
+        Read read;
+        if (last && last.mapped().object == object) {
+            read = std::move(last.mapped());
+        } else {
+            read = Read{object, parse_egress(object)};
+            ++parsed_last_read_;
+        }
+        add_to(all, read.policies);
+        next.emplace_hint(next.end(), key, std::move(read));
+    }
+    last_ = std::move(next);
     all.policies.sort();
     return all;
 }

@@ -36,6 +36,25 @@ Result<MeshConfig> mesh_config_from_object(const nlohmann::json& object);
 // Every Egress object; an invalid one is an error of the set, the others apply.
 PolicySet policies_from_objects(const Objects& egresses);
 
+// policies_from_objects for a collection that changes a few objects at a
+// time: an object equal to the one read last time under its key is not
+// parsed again, and its policy is the very object read then (policy_list.h).
+// The result equals policies_from_objects(egresses).
+class EgressReader {
+public:
+    PolicySet read(const Objects& egresses);
+    // How many objects the last read() parsed.
+    size_t parsed_last_read() const { return parsed_last_read_; }
+
+private:
+    struct Read {
+        nlohmann::json object;
+        PolicySet policies;  // what it gives alone
+    };
+    std::map<std::string, Read> last_;
+    size_t parsed_last_read_ = 0;
+};
+
 // A pod of this node that the mesh manages, with what finds its cgroup.
 struct MeshedPod {
     std::string uid;  // metadata.uid; for a static pod, its mirror annotation (the kubelet's config hash)
