@@ -85,7 +85,8 @@ private:
     SharedVector<PolicyRule> all_;
     // all_ with one rule per key: what images get, shared while all_ stays.
     SharedVector<PolicyRule> image_rules_;
-    bool rules_have_prefixes_ = false;  // of image_rules_
+    bool rules_have_prefixes_ = false;  // of all_, and so of image_rules_
+    bool shared_keys_ = false;          // some key of all_ has rules of several policies
     // The last with_host_rules(): its inputs and its result.
     SharedVector<PolicyRule> host_rules_base_, host_rules_result_;
     std::vector<PolicyRule> host_rules_added_;
