@@ -4,9 +4,11 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -756,6 +758,33 @@ TEST_CASE("PolicyDirLoader: a moved-to loader keeps the cache; load_policy_dir i
     CHECK(second.load() == set);
     CHECK(second.files_parsed_last_load() == 0);
     CHECK(set == load_policy_dir(tmp.path));
+}
+
+TEST_CASE("PolicyDirLoader: a settled file whose stamp holds is not read again; a same-size change is seen") {
+    TempDir tmp;
+    tmp.write("a.yaml", minimal_egress("api", 443));
+    tmp.write("b.yaml", minimal_egress("db", 5432));
+    PolicyDirLoader loader(tmp.path);
+    const PolicySet set = load_checked(loader);
+    CHECK(loader.files_read_last_load() == 2);
+    // Changed less than a second ago: read and compared again, not parsed.
+    CHECK(loader.load() == set);
+    CHECK(loader.files_read_last_load() == 2);
+    CHECK(loader.files_parsed_last_load() == 0);
+
+    std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+    CHECK(loader.load() == set);  // read once more, now settled
+    CHECK(loader.files_read_last_load() == 2);
+    CHECK(loader.load() == set);
+    CHECK(loader.files_read_last_load() == 0);
+
+    // The same size, other bytes, rewritten in place: the times differ.
+    tmp.write("a.yaml", minimal_egress("api", 444));
+    const PolicySet after = load_checked(loader);
+    CHECK(loader.files_read_last_load() == 1);
+    CHECK(loader.files_parsed_last_load() == 1);
+    CHECK(find(after, "ops", "api").ports[0].number == 444);
+    CHECK(after == load_policy_dir(tmp.path));
 }
 
 TEST_CASE("PolicyList: shared objects, compared by address first and by value otherwise") {

@@ -3,6 +3,8 @@
 #include "egressd_abi.h"
 
 #include <netinet/in.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #include <algorithm>
 #include <array>
@@ -328,11 +330,47 @@ PolicySet parse_policy_documents(std::string_view yaml_text, const std::string& 
 
 PolicySet load_policy_dir(const fs::path& dir) { return PolicyDirLoader(dir).load(); }
 
+namespace {
+
+// What changes when a file's bytes change, short of a change within the
+// timestamp granularity that keeps the size.
+struct FileStamp {
+    dev_t device = 0;
+    ino_t inode = 0;
+    off_t size = 0;
+    int64_t mtime_ns = 0, ctime_ns = 0;
+    bool operator==(const FileStamp&) const = default;
+};
+
+int64_t nanoseconds(const timespec& t) { return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec; }
+
+std::optional<FileStamp> stamp_of(const fs::path& file) {
+    struct stat st {};
+    if (::stat(file.c_str(), &st) != 0) return std::nullopt;  // reading it reports why
+    return FileStamp{st.st_dev, st.st_ino, st.st_size, nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)};
+}
+
+int64_t realtime_ns() {
+    timespec now{};
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    return nanoseconds(now);
+}
+
+// A file changed within this long before it was read may change again and
+// keep its stamp: timestamps come from a clock that ticks in jiffies (up to
+// 10 ms), or coarser on some filesystems.
+constexpr int64_t kSettledNs = 1'000'000'000;
+
+}  // namespace
+
 // A file's bytes, and what they contribute to a load.
 struct PolicyDirLoader::Cache {
     struct File {
         std::string text;
         std::vector<DocumentResult> documents;
+        // Its stamp before it was read, if the file had settled then: the
+        // same stamp again means the same bytes.
+        std::optional<FileStamp> stamp;
     };
     std::map<fs::path, File> files;
 };
@@ -348,21 +386,33 @@ PolicySet PolicyDirLoader::load() {
     if (!cache_) cache_ = std::make_unique<Cache>();  // moved from
     Combiner combiner;
     std::map<fs::path, Cache::File> kept;  // the next cache: only the files read by this load
-    files_parsed_last_load_ = 0;
+    files_parsed_last_load_ = files_read_last_load_ = 0;
     for (const fs::path& file : policy_files(dir_, combiner)) {
+        // Stamped before the read: a change during it leaves another stamp.
+        const std::optional<FileStamp> stamp = stamp_of(file);
+        auto cached = cache_->files.extract(file);
+        if (cached && stamp && cached.mapped().stamp == stamp) {
+            combiner.add(cached.mapped().documents);
+            kept.insert(std::move(cached));
+            continue;
+        }
+        const int64_t read_at = realtime_ns();
         auto text = read_file(file);
         if (!text) {
             combiner.add_error(text.error().describe());
             continue;
         }
+        ++files_read_last_load_;
         Cache::File entry;
-        if (auto cached = cache_->files.extract(file); cached && cached.mapped().text == *text) {
+        if (cached && cached.mapped().text == *text) {
             entry = std::move(cached.mapped());
         } else {
             entry.documents = read_documents(*text, file.string());
             entry.text = std::move(*text);
             ++files_parsed_last_load_;
         }
+        const bool settled = stamp && stamp->ctime_ns < read_at - kSettledNs;
+        entry.stamp = settled ? stamp : std::nullopt;
         combiner.add(entry.documents);
         kept.emplace(file, std::move(entry));
     }

@@ -80,7 +80,11 @@ PolicySet load_policy_dir(const std::filesystem::path& dir);
 // the previous load (by path); unchanged files reuse their parsed result. The result of load() is
 // identical to load_policy_dir(dir) at that moment.
 //
-// Every load lists the directory and reads every file (cheap); what is cached per file is the YAML
+// Every load lists the directory and stats every file. A file is read again only when its stamp
+// (device, inode, size, mtime, ctime) differs from the one it had when it was last read, or when
+// that read was less than a second after its last change: a change within the filesystem's
+// timestamp granularity may keep all of the stamp ("racily clean", as git calls it), so such a
+// file is read and compared until it has settled. What is cached per file is its bytes, the YAML
 // parse and its reading into policies, errors, notes and spec.matches targets and references. Only
 // the steps that need the whole load run every time: file order, namespace/name duplicates across
 // files, references that nothing in the load defines, sorting. A file that is gone, or unreadable,
@@ -99,6 +103,8 @@ public:
     const std::filesystem::path& dir() const { return dir_; }
     // How many files the last load() parsed (new or changed bytes); the others came from the cache.
     size_t files_parsed_last_load() const { return files_parsed_last_load_; }
+    // How many files the last load() read (the others' stamps were as when they were read).
+    size_t files_read_last_load() const { return files_read_last_load_; }
     // How many files the cache holds: those the last load() read.
     size_t files_cached() const;
 
@@ -107,6 +113,7 @@ private:
     std::filesystem::path dir_;
     std::unique_ptr<Cache> cache_;
     size_t files_parsed_last_load_ = 0;
+    size_t files_read_last_load_ = 0;
 };
 
 }  // namespace egressd
