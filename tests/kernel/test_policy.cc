@@ -1355,6 +1355,62 @@ TEST_CASE("kernel: policy: a policy set beyond the capacities is refused whole, 
     }
 }
 
+TEST_CASE("kernel: policy: an identity's prefix lengths come and go with its prefix rules, not its addresses") {
+    EGRESSD_REQUIRE_KERNEL_ENV();
+    EnforcedEnv env;
+    TestCgroup web = env.cg.child("web");
+    Enforcer enforcer(env.cg);
+    IdentityRegistry registry;
+    const IdentityName web_name{"shop", "web"};
+    Workloads workloads(env.cg);
+    workloads.set(web, registry.number_for(web_name));
+    const uint32_t identity = workloads.identity_of(web);
+    enforcer.set_identities(registry.names(), workloads.by_id());
+    enforcer.attach();
+    const AgentConfig agent = test_agent(env.cg);
+    const std::map<std::string, std::vector<IpAddress>> no_hosts;
+    const PolicyList hosts_only = {make_policy("shop", "one-host", {web_name}, {cidr("203.0.113.10/32")}, {},
+                                               {port_of(8080, Proto::tcp)})};
+    PolicyList with_prefix = hosts_only;
+    with_prefix.push_back(make_policy("shop", "range", {web_name}, {cidr("203.0.113.0/24")}, {},
+                                      {port_of(8080, Proto::tcp)}));
+    with_prefix.sort();
+    // The identity's entry in policy_lengths_v1 for the active slot.
+    auto active_lengths = [&]() -> std::optional<std::vector<uint8_t>> {
+        auto control = enforcer.datapath().maps().read_control();
+        REQUIRE(control.ok());
+        auto entries = enforcer.datapath().maps().policy_lengths.read_all();
+        REQUIRE(entries.ok());
+        for (const auto& [key, value] : *entries)
+            if (key.slot == control->active_slot && key.identity == identity)
+                return std::vector<uint8_t>(value.lengths, value.lengths + value.count);
+        return std::nullopt;
+    };
+    // 203.0.113.11: in the range, not the one host.
+    const std::vector<Case> range_allowed = {
+        {Probe{.address = Net::kExternal4b, .port = 8080}, EGRESSD_REASON_POLICY}};
+    const std::vector<Case> range_denied = {{Probe{.address = Net::kExternal4b, .port = 8080}, EGRESSD_REASON_DENY}};
+
+    // Each list twice: once into each slot, the second from what that slot held.
+    for (int round = 0; round < 2; ++round) {
+        CAPTURE(round);
+        for (int slot = 0; slot < 2; ++slot) {
+            CAPTURE(slot);
+            MapImage image = enforcer.publish(agent, mesh_with_egress(false),
+                                              inputs(hosts_only, no_hosts, registry, workloads.level()));
+            CHECK_FALSE(active_lengths().has_value());
+            check_cases(enforcer, &image, web, env.net, range_denied, identity);
+        }
+        for (int slot = 0; slot < 2; ++slot) {
+            CAPTURE(slot);
+            MapImage image = enforcer.publish(agent, mesh_with_egress(false),
+                                              inputs(with_prefix, no_hosts, registry, workloads.level()));
+            CHECK(active_lengths() == std::vector<uint8_t>{96 + 24});
+            check_cases(enforcer, &image, web, env.net, range_allowed, identity);
+        }
+    }
+}
+
 // ---- 5. adoption ------------------------------------------------------------------------------
 
 TEST_CASE("kernel: policy: a restarted datapath adopts the policies, identity names and workloads") {

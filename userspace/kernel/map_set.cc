@@ -227,19 +227,24 @@ Status MapSet::write_diff(uint32_t slot, const ImageDiff& diff, const MapImage& 
     for (const auto& rule : diff.port_upserts)
         port_changes.upserts.emplace_back(encode_port_key(s, rule), encode_port_value(rule));
     MapChanges<egressd_policy_rule_key, egressd_policy_value> policy_changes;
-    std::set<uint32_t> identities_changed;
+    // Only rules of other prefixes than single addresses are in an
+    // identity's lengths: single addresses coming and going change none, and
+    // an identity that never had other prefixes has no entry to delete (at
+    // 100k single addresses over 10k identities, 10k deletes that each
+    // stopped a batch).
+    std::set<uint32_t> lengths_changed;
     for (const auto& rule : diff.policy_deletes) {
         policy_changes.deletes.push_back(encode_policy_rule_key(s, rule));
-        identities_changed.insert(rule.identity);
+        if (!is_host_rule(rule)) lengths_changed.insert(rule.identity);
     }
     for (const auto& rule : diff.policy_upserts) {
         policy_changes.upserts.emplace_back(encode_policy_rule_key(s, rule), encode_policy_value(rule));
-        identities_changed.insert(rule.identity);
+        if (!is_host_rule(rule)) lengths_changed.insert(rule.identity);
     }
-    // The prefix lengths of each identity whose rules changed, from what the
-    // slot will hold (`to`'s rules are sorted by identity first).
+    // The prefix lengths of each identity whose prefixes may have changed,
+    // from what the slot will hold (`to`'s rules are sorted by identity first).
     MapChanges<egressd_policy_lengths_key, egressd_policy_lengths> length_changes;
-    for (uint32_t identity : identities_changed) {
+    for (uint32_t identity : lengths_changed) {
         const auto range = std::equal_range(to.policy_rules.begin(), to.policy_rules.end(), identity, IdentityOrder{});
         const egressd_policy_lengths_key key{s, {}, identity};
         if (auto lengths = encode_policy_lengths({range.first, range.second}))
