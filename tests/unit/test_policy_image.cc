@@ -299,6 +299,14 @@ TEST_CASE("policy entries and names diff between slots") {
     CHECK(diff.policy_name_deletes == std::vector<uint32_t>{numbers.find({"a", "q"}).value()});
     CHECK(diff.policy_name_upserts.empty());  // "p" keeps its number and name
     CHECK(diff_images(*to, *to).empty());
+
+    // Names: gone before, between and after the kept ones; new and renamed.
+    MapImage names_from, names_to;
+    names_from.policies = {{1, {"a", "one"}}, {2, {"a", "two"}}, {4, {"a", "four"}}, {6, {"a", "six"}}};
+    names_to.policies = {{2, {"a", "two"}}, {3, {"a", "three"}}, {4, {"b", "four"}}, {5, {"a", "five"}}};
+    const ImageDiff names = diff_images(names_from, names_to);
+    CHECK(names.policy_name_deletes == std::vector<uint32_t>{1, 6});
+    CHECK(names.policy_name_upserts == std::vector<uint32_t>{3, 4, 5});
 }
 
 TEST_CASE("a policy set that does not fit is refused whole, naming the map and the numbers") {

@@ -32,6 +32,17 @@ MeshConfig mesh(bool enable_egress) {
     return m;
 }
 
+// shop/<name>, from shop/web to port 80, with no destination yet.
+EgressPolicy web_policy(const std::string& name) {
+    EgressPolicy p;
+    p.api_version = "policy.flomesh.io/v1alpha1";
+    p.namespace_ = "shop";
+    p.name = name;
+    p.sources = {PolicySource{"shop", "web"}};
+    p.ports = {kWeb};
+    return p;
+}
+
 // What applying `diff` to `from` leaves, for the policy rules (keys are unique).
 std::vector<PolicyRule> apply_rules(const std::vector<PolicyRule>& from, const ImageDiff& diff) {
     auto key = [](const PolicyRule& r) { return std::make_tuple(r.identity, r.proto, r.port, r.cidr); };
@@ -89,6 +100,7 @@ TEST_CASE("the rule cache on a shared policy list equals the plain build, change
     auto list = std::make_shared<const PolicyList>();
     std::shared_ptr<const PolicyList> cache_list;  // the list the last build read
     std::optional<MapImage> previous;
+    int deltas_used = 0;
     for (int step = 0; step < 300; ++step) {
         CAPTURE(step);
         bool enable_egress = false;
@@ -154,6 +166,15 @@ TEST_CASE("the rule cache on a shared policy list equals the plain build, change
             if (change == 4) CHECK(with_cache->policy_rules.shares_with(previous->policy_rules));
             const ImageDiff diff = diff_images(*previous, *with_cache);
             CHECK(apply_rules(previous->policy_rules.vector(), diff) == with_cache->policy_rules.vector());
+            // The cache's delta, where it stands for the comparison, gives the same diff.
+            if (const RulesDelta* delta = cache.last_delta();
+                delta && delta->from.shares_with(previous->policy_rules) &&
+                delta->to.shares_with(with_cache->policy_rules)) {
+                ++deltas_used;
+                const ImageDiff by_delta = diff_images(*previous, *with_cache, delta);
+                CHECK(by_delta.policy_deletes == diff.policy_deletes);
+                CHECK(by_delta.policy_upserts == diff.policy_upserts);
+            }
         }
         previous = *with_cache;
 
@@ -169,21 +190,63 @@ TEST_CASE("the rule cache on a shared policy list equals the plain build, change
             (is_cached ? cached_hosts : hosts).retain(used_hosts);
         }
     }
+    MESSAGE("diffs compared with the cache's delta: ", deltas_used);
+}
+
+// Policies with keys of their own: each change's delta is known, holds only
+// the change, and gives the diff a full comparison gives.
+TEST_CASE("the rule cache's delta is the change alone, and the diff it gives is the full one") {
+    auto policy = [](const std::string& name, std::vector<Cidr> ips) {
+        EgressPolicy p = web_policy(name);
+        p.ip_addresses = std::move(ips);
+        return p;
+    };
+    AgentConfig agent;
+    IdentityRegistry ids;
+    PolicyRegistry numbers;
+    HostRegistry hosts;
+    PolicyRuleCache cache;
+    std::optional<MapImage> previous;
+    // Each step: the policies, then how many rules the delta upserts and deletes.
+    const std::vector<std::tuple<PolicyList, size_t, size_t>> steps = {
+        {{policy("a", {prefix("203.0.113.1/32"), prefix("203.0.113.2/32")}), policy("b", {prefix("198.18.0.0/15")})},
+         3, 0},
+        {{policy("a", {prefix("203.0.113.1/32"), prefix("203.0.113.2/32")}), policy("b", {prefix("198.18.0.0/15")}),
+          policy("c", {prefix("203.0.113.3/32")})},
+         1, 0},  // c added
+        {{policy("a", {prefix("203.0.113.1/32"), prefix("203.0.113.9/32")}), policy("b", {prefix("198.18.0.0/15")}),
+          policy("c", {prefix("203.0.113.3/32")})},
+         1, 1},  // a: .2 replaced by .9, .1 kept
+        {{policy("a", {prefix("203.0.113.1/32"), prefix("203.0.113.9/32")}), policy("c", {prefix("203.0.113.3/32")})},
+         0, 1},  // b removed
+    };
+    for (size_t step = 0; step < steps.size(); ++step) {
+        CAPTURE(step);
+        const auto& [policies, upserts, deletes] = steps[step];
+        auto list = std::make_shared<const PolicyList>(policies);
+        cache.set_policies(list);
+        PolicyInputs in{list.get(), nullptr, &ids, &numbers, 0, &cache, &hosts};
+        auto image = build_image(agent, mesh(false), step + 1, in);
+        REQUIRE(image.ok());
+        const RulesDelta* delta = cache.last_delta();
+        REQUIRE(delta != nullptr);
+        CHECK(delta->to.shares_with(image->policy_rules));
+        CHECK(delta->upserts.size() == upserts);
+        CHECK(delta->deletes.size() == deletes);
+        const MapImage from = previous ? *previous : MapImage{};
+        if (previous) CHECK(delta->from.shares_with(previous->policy_rules));
+        const ImageDiff full = diff_images(from, *image), by_delta = diff_images(from, *image, delta);
+        CHECK(by_delta.policy_upserts == full.policy_upserts);
+        CHECK(by_delta.policy_deletes == full.policy_deletes);
+        previous = *image;
+    }
 }
 
 // A change to policies without host names keeps the host names' part (the
 // same covering rules), unless a policy lists a host's own address 100::N:
 // its rule then meets a covering rule's key, and the part must be made again.
 TEST_CASE("the host names' part is kept across other policies' changes, unless one lists 100::N") {
-    auto policy = [](const std::string& name) {
-        EgressPolicy p;
-        p.api_version = "policy.flomesh.io/v1alpha1";
-        p.namespace_ = "shop";
-        p.name = name;
-        p.sources = {PolicySource{"shop", "web"}};
-        p.ports = {kWeb};
-        return p;
-    };
+    auto policy = web_policy;
     EgressPolicy wildcard = policy("a-wildcard");
     wildcard.wildcard_hosts = {"*.example"};
     EgressPolicy host = policy("b-host");

@@ -241,18 +241,26 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
     return image;
 }
 
-ImageDiff diff_images(const MapImage& from, const MapImage& to) {
+ImageDiff diff_images(const MapImage& from, const MapImage& to, const RulesDelta* delta) {
     ImageDiff diff;
     diff_rules(from.cidrs, to.cidrs, diff.cidr_deletes, diff.cidr_upserts);
     diff_rules(from.ports, to.ports, diff.port_deletes, diff.port_upserts);
-    diff_rules(from.policy_rules, to.policy_rules, diff.policy_deletes, diff.policy_upserts);
-    diff_rules(from.dns_hosts, to.dns_hosts, diff.dns_host_deletes, diff.dns_host_upserts);
-    for (const auto& [number, ref] : to.policies) {
-        auto old = from.policies.find(number);
-        if (old == from.policies.end() || old->second != ref) diff.policy_name_upserts.push_back(number);
+    if (delta && delta->from.shares_with(from.policy_rules) && delta->to.shares_with(to.policy_rules)) {
+        diff.policy_deletes = delta->deletes;
+        diff.policy_upserts = delta->upserts;
+    } else {
+        diff_rules(from.policy_rules, to.policy_rules, diff.policy_deletes, diff.policy_upserts);
     }
-    for (const auto& [number, ref] : from.policies)
-        if (!to.policies.contains(number)) diff.policy_name_deletes.push_back(number);
+    diff_rules(from.dns_hosts, to.dns_hosts, diff.dns_host_deletes, diff.dns_host_upserts);
+    // Both sorted by number: one walk, not a look-up per policy.
+    auto old = from.policies.begin();
+    for (const auto& [number, ref] : to.policies) {
+        for (; old != from.policies.end() && old->first < number; ++old) diff.policy_name_deletes.push_back(old->first);
+        const bool named = old != from.policies.end() && old->first == number;
+        if (!named || old->second != ref) diff.policy_name_upserts.push_back(number);
+        if (named) ++old;
+    }
+    for (; old != from.policies.end(); ++old) diff.policy_name_deletes.push_back(old->first);
     return diff;
 }
 

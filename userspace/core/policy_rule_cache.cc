@@ -8,11 +8,36 @@
 
 namespace egressd {
 
+namespace {
+
+// From rules without shared keys to rules without shared keys, where `left`
+// (rules of `from`) made way for `added`: a left rule whose key comes back
+// with the same policy is no change, one whose key does not is a delete.
+RulesDelta rules_delta(const SharedVector<PolicyRule>& from, const SharedVector<PolicyRule>& to,
+                       const std::vector<PolicyRule>& left, const std::vector<PolicyRule>& added) {
+    RulesDelta delta{from, to, {}, {}};
+    auto gone = left.begin();
+    for (const PolicyRule& rule : added) {
+        for (; gone != left.end() && policy_key_order(*gone, rule) < 0; ++gone) delta.deletes.push_back(*gone);
+        if (gone != left.end() && policy_key_order(*gone, rule) == 0) {
+            if (gone->policy != rule.policy) delta.upserts.push_back(rule);
+            ++gone;
+        } else {
+            delta.upserts.push_back(rule);
+        }
+    }
+    delta.deletes.insert(delta.deletes.end(), gone, left.end());
+    return delta;
+}
+
+}  // namespace
+
 void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
     // The list the last build read, still alive (held): its policies are as they were.
     const bool same_list = list_ && in.policies == list_.get() && list_ == built_list_;
     changes_ = Changes{};
     changes_.since = built_list_;
+    delta_.reset();
     built_list_ = in.policies == list_.get() ? list_ : nullptr;
     // The same list and the same host addresses (a MeshConfig toggle): the
     // same policies and rules, without a look at any policy.
@@ -91,11 +116,10 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
         // about one copy of the rules, not a comparison per rule.
         std::vector<PolicyRule> next;
         next.reserve(all_.size() + added.size());
+        std::vector<PolicyRule> left;  // the dropped policies' rules, in order
         auto copy_kept = [&](auto first, auto last) {
-            if (dropped.empty())
-                next.insert(next.end(), first, last);
-            else
-                std::copy_if(first, last, std::back_inserter(next), kept);
+            if (dropped.empty()) return next.insert(next.end(), first, last), void();
+            for (; first != last; ++first) (kept(*first) ? next : left).push_back(*first);
         };
         // The first rule after `from` that `rule` goes before.
         auto place = [&](std::vector<PolicyRule>::const_iterator from, const PolicyRule& rule) {
@@ -117,6 +141,8 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
             from = at;
         }
         copy_kept(from, all_.vector().end());
+        const SharedVector<PolicyRule> previous_image_rules = image_rules_;
+        const bool shared_keys_before = shared_keys_;
         all_ = std::move(next);
         // Whether some key has rules of several policies: only then does the
         // image leave rules of all_ out. Taking rules out of sorted rules
@@ -143,6 +169,8 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
                 if (first.empty() || policy_key_order(first.back(), rule) < 0) first.push_back(rule);
             image_rules_ = std::move(first);
         }
+        if (!shared_keys_before && !shared_keys_)
+            delta_ = rules_delta(previous_image_rules, image_rules_, left, added);
         // Rules of one key have the same prefix: what holds for all_ holds
         // for the image's. Known from the added rules unless some left.
         auto prefix = [](const PolicyRule& rule) { return !is_host_rule(rule); };

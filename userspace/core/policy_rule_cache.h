@@ -31,6 +31,10 @@ public:
     // addresses (EGRESSD_CFG_POLICY_PREFIXES): known without a pass over
     // them while they stay as they were.
     bool rules_have_prefixes() const { return rules_have_prefixes_; }
+    // What the last build changed in the rules it gives images, when known
+    // (no key shared by several policies before or after); null otherwise,
+    // or when it changed nothing.
+    const RulesDelta* last_delta() const { return delta_ ? &*delta_ : nullptr; }
 
     // The policies the last build found new, changed (the policy itself, not
     // its hosts' addresses) or gone, against the list the build before read
@@ -87,6 +91,7 @@ private:
     SharedVector<PolicyRule> image_rules_;
     bool rules_have_prefixes_ = false;  // of all_, and so of image_rules_
     bool shared_keys_ = false;          // some key of all_ has rules of several policies
+    std::optional<RulesDelta> delta_;   // of the last build
     // The last with_host_rules(): its inputs and its result.
     SharedVector<PolicyRule> host_rules_base_, host_rules_result_;
     std::vector<PolicyRule> host_rules_added_;

@@ -181,11 +181,11 @@ Status Datapath::settle() {
     return {};
 }
 
-Status Datapath::publish(std::shared_ptr<const MapImage> image) {
+Status Datapath::publish(std::shared_ptr<const MapImage> image, const RulesDelta* delta) {
     const uint32_t next = active_slot_ ^ 1;
     if (auto settled = settle(); !settled) return settled;
     last_diff_.reset();
-    LastDiff made{slot_images_[next], image, diff_images(*slot_images_[next], *image)};
+    LastDiff made{slot_images_[next], image, diff_images(*slot_images_[next], *image, delta)};
     if (auto written = maps_.write_diff(next, made.diff, *image); !written) {
         // The inactive slot is now partly written: learn what it really holds
         // so the next attempt starts from the truth. Nothing enforced changed.

@@ -59,8 +59,9 @@ public:
     // from then on; programs that started before may still read the old slot,
     // so the old slot is written again only after they are done (see
     // settle()), not here: that wait (an RCU grace period, ~10-20 ms) stays
-    // off the path from a file write to the kernel's verdict.
-    Status publish(std::shared_ptr<const MapImage> image);
+    // off the path from a file write to the kernel's verdict. `delta`: what
+    // the rule cache changed in the policy rules (diff_images).
+    Status publish(std::shared_ptr<const MapImage> image, const RulesDelta* delta = nullptr);
     Status publish(const MapImage& image) { return publish(std::make_shared<const MapImage>(image)); }
 
     // Makes the inactive slot equal to the active one, so the next publish()
