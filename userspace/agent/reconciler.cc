@@ -198,7 +198,8 @@ Status Reconciler::apply(std::vector<std::string>& problems) {
     // Names first (a generation may use new identities), then the generation,
     // then forget the names nothing uses any more.
     if (auto named = push_identities(*workload_ids); !named) return named;
-    if (auto published = datapath_.publish(image, policy_rule_cache_.last_delta()); !published) return published;
+    const std::optional<RulesDelta> delta = policy_rule_cache_.take_delta();
+    if (auto published = datapath_.publish(image, delta ? &*delta : nullptr); !published) return published;
     if (used.size() != identities_.size())  // used is a subset of the numbered
         identities_.retain(std::set<uint32_t>(used.begin(), used.end()));
     std::set<uint32_t> policies_in_use;

@@ -169,7 +169,9 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
                 if (first.empty() || policy_key_order(first.back(), rule) < 0) first.push_back(rule);
             image_rules_ = std::move(first);
         }
-        if (!shared_keys_before && !shared_keys_)
+        // Worth it for a change, not for a first build or a big change,
+        // which a walk over both lists diffs as fast.
+        if (!shared_keys_before && !shared_keys_ && (left.size() + added.size()) * 4 < all_.size())
             delta_ = rules_delta(previous_image_rules, image_rules_, left, added);
         // Rules of one key have the same prefix: what holds for all_ holds
         // for the image's. Known from the added rules unless some left.

@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "core/dns_hosts.h"
@@ -32,9 +33,11 @@ public:
     // them while they stay as they were.
     bool rules_have_prefixes() const { return rules_have_prefixes_; }
     // What the last build changed in the rules it gives images, when known
-    // (no key shared by several policies before or after); null otherwise,
-    // or when it changed nothing.
-    const RulesDelta* last_delta() const { return delta_ ? &*delta_ : nullptr; }
+    // (no key shared by several policies before or after) and small against
+    // them; nothing otherwise, or when it changed nothing. Taken, not kept:
+    // held past its publish, a first build's delta would be a second copy of
+    // every rule.
+    std::optional<RulesDelta> take_delta() { return std::exchange(delta_, std::nullopt); }
 
     // The policies the last build found new, changed (the policy itself, not
     // its hosts' addresses) or gone, against the list the build before read
