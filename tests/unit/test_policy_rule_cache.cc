@@ -104,8 +104,26 @@ TEST_CASE("the rule cache on a shared policy list equals the plain build, change
     for (int step = 0; step < 300; ++step) {
         CAPTURE(step);
         bool enable_egress = false;
-        const size_t change = pick(5);
+        const size_t change = pick(7);
         switch (change) {
+            case 5:  // a rename: the same rules under another name, maybe sharing keys
+                if (!by_name.empty()) {
+                    auto it = std::next(by_name.begin(), pick(by_name.size()));
+                    EgressPolicy renamed = it->second;
+                    renamed.name = "p" + std::to_string(pick(10));
+                    by_name.erase(it);
+                    by_name.insert_or_assign(renamed.name, renamed);
+                }
+                break;
+            case 6:  // several policies at once, added, replaced and removed
+                for (size_t n = 2 + pick(3); n > 0; --n) {
+                    const std::string name = "p" + std::to_string(pick(10));
+                    if (pick(3) == 0)
+                        by_name.erase(name);
+                    else
+                        by_name.insert_or_assign(name, random_policy(name));
+                }
+                break;
             case 0:
             case 1: {  // add or replace: a new list
                 const std::string name = "p" + std::to_string(pick(10));
@@ -335,4 +353,42 @@ TEST_CASE("diff: one rule more among many equal ones is one upsert; one less is 
     CHECK(diff.policy_deletes.empty());
     REQUIRE(diff.policy_upserts.size() == 1);
     CHECK(diff.policy_upserts.front() == to.policy_rules[10]);
+}
+
+// A rename drops the old name's number while the new name's rules take the
+// same keys: the cache places them among rules of a policy that is gone.
+TEST_CASE("the rule cache after a rename, and after a rule moved between policies, equals the plain build") {
+    auto policy = [](const std::string& name, const char* ip) {
+        EgressPolicy p = web_policy(name);
+        p.ip_addresses = {prefix(ip)};
+        return p;
+    };
+    const std::vector<PolicyList> lists = {
+        {policy("a", "203.0.113.1/32"), policy("m", "203.0.113.5/32")},
+        {policy("b", "203.0.113.1/32"), policy("m", "203.0.113.5/32")},  // a renamed b
+        {policy("b", "203.0.113.5/32"), policy("m", "203.0.113.1/32")},  // the rules swap policies
+        {policy("c", "203.0.113.5/32"), policy("m", "203.0.113.1/32")},  // b renamed c, keys kept
+    };
+    AgentConfig agent;
+    IdentityRegistry ids, cached_ids;
+    PolicyRegistry numbers, cached_numbers;
+    HostRegistry hosts, cached_hosts;
+    PolicyRuleCache cache;
+    for (size_t step = 0; step < lists.size(); ++step) {
+        CAPTURE(step);
+        auto list = std::make_shared<const PolicyList>(lists[step]);
+        cache.set_policies(list);
+        PolicyInputs cached{list.get(), nullptr, &cached_ids, &cached_numbers, 0, &cache, &cached_hosts};
+        PolicyInputs plain{list.get(), nullptr, &ids, &numbers, 0, nullptr, &hosts};
+        auto with_cache = build_image(agent, mesh(false), step + 1, cached);
+        auto without = build_image(agent, mesh(false), step + 1, plain);
+        REQUIRE(with_cache.ok());
+        REQUIRE(without.ok());
+        CHECK(*with_cache == *without);
+        for (auto* registry : {&cached_numbers, &numbers}) {  // as the agent does after publishing
+            std::set<uint32_t> used;
+            for (const auto& [number, ref] : with_cache->policies) used.insert(number);
+            registry->retain(used);
+        }
+    }
 }

@@ -33,6 +33,19 @@ RulesDelta rules_delta(const SharedVector<PolicyRule>& from, const SharedVector<
 }  // namespace
 
 void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
+    try {
+        build_from_cache(image, in);
+    } catch (...) {
+        // Half updated: forget it all, so that the next build makes every
+        // policy's rules again instead of trusting a half-made record.
+        auto list = std::move(list_);
+        *this = PolicyRuleCache{};
+        list_ = std::move(list);
+        throw;
+    }
+}
+
+void PolicyRuleCache::build_from_cache(MapImage& image, const PolicyInputs& in) {
     // The list the last build read, still alive (held): its policies are as they were.
     const bool same_list = list_ && in.policies == list_.get() && list_ == built_list_;
     changes_ = Changes{};
@@ -96,11 +109,18 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
         it = entries_.erase(it);
     }
 
-    // Same key: the policy first in (namespace, name) order leads.
-    auto less = [&image](const PolicyRule& a, const PolicyRule& b) {
+    // Same key: the policy first in (namespace, name) order leads. The
+    // search for an added rule's place meets the previous rules, dropped
+    // policies' too: their names are the previous build's, by which all_
+    // was sorted.
+    auto name_of = [&image, this](uint32_t number) -> const PolicyRef& {
+        if (auto it = image.policies.find(number); it != image.policies.end()) return it->second;
+        return policies_->at(number);
+    };
+    auto less = [&name_of](const PolicyRule& a, const PolicyRule& b) {
         const auto order = policy_key_order(a, b);
         if (order != 0) return order < 0;
-        return image.policies.at(a.policy) < image.policies.at(b.policy);
+        return name_of(a.policy) < name_of(b.policy);
     };
     if (!dropped.empty() || !added.empty()) {
         // One flag per policy number: a look-up per rule, not a tree walk.
@@ -112,8 +132,9 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
         // One pass into new storage: the previous rules stay as they are,
         // shared with the image the kernel has until the next is published.
         // Between two added rules the previous ones are copied as a run,
-        // found by a galloping search: a change of a few rules in 100k costs
-        // about one copy of the rules, not a comparison per rule.
+        // found by a galloping search: adding a few rules to 100k costs
+        // about one copy of the rules, not a comparison per rule (when some
+        // policy's rules leave, each previous rule is still looked at once).
         std::vector<PolicyRule> next;
         next.reserve(all_.size() + added.size());
         std::vector<PolicyRule> left;  // the dropped policies' rules, in order
@@ -124,8 +145,8 @@ void PolicyRuleCache::build(MapImage& image, const PolicyInputs& in) {
         // The first rule after `from` that `rule` goes before.
         auto place = [&](std::vector<PolicyRule>::const_iterator from, const PolicyRule& rule) {
             for (size_t step = 1;; step *= 2) {
-                const auto left = static_cast<size_t>(all_.vector().end() - from);
-                if (left <= step) return std::upper_bound(from, all_.vector().end(), rule, less);
+                const auto remaining = static_cast<size_t>(all_.vector().end() - from);
+                if (remaining <= step) return std::upper_bound(from, all_.vector().end(), rule, less);
                 if (less(rule, from[step - 1])) return std::upper_bound(from, from + step, rule, less);
                 from += step;
             }

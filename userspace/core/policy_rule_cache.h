@@ -25,7 +25,8 @@ namespace egressd {
 // of builds that share the registries.
 class PolicyRuleCache {
 public:
-    // Fills image.policy_rules and image.policies from `in`.
+    // Fills image.policy_rules and image.policies from `in`. If it throws,
+    // the cache is left empty: the next build makes every rule again.
     void build(MapImage& image, const PolicyInputs& in);
     size_t rules() const { return all_.size(); }
     // Whether the last build's rules hold prefixes other than single
@@ -35,8 +36,8 @@ public:
     // What the last build changed in the rules it gives images, when known
     // (no key shared by several policies before or after) and small against
     // them; nothing otherwise, or when it changed nothing. Taken, not kept:
-    // held past its publish, a first build's delta would be a second copy of
-    // every rule.
+    // held past its publish, it would keep the previous rules' storage alive.
+    // The next build drops one not taken.
     std::optional<RulesDelta> take_delta() { return std::exchange(delta_, std::nullopt); }
 
     // The policies the last build found new, changed (the policy itself, not
@@ -79,6 +80,8 @@ public:
     void set_policies(std::shared_ptr<const PolicyList> list) { list_ = std::move(list); }
 
 private:
+    void build_from_cache(MapImage& image, const PolicyInputs& in);
+
     struct Entry {
         SharedPolicy policy;
         std::vector<std::vector<IpAddress>> host_addresses;  // of policy.hosts, as built
