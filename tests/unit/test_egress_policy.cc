@@ -764,7 +764,7 @@ TEST_CASE("PolicyDirLoader: a settled file whose stamp holds is not read again; 
     TempDir tmp;
     tmp.write("a.yaml", minimal_egress("api", 443));
     tmp.write("b.yaml", minimal_egress("db", 5432));
-    PolicyDirLoader loader(tmp.path);
+    PolicyDirLoader loader(tmp.path, std::chrono::seconds(1));  // settled a second after a change
     const PolicySet set = load_checked(loader);
     CHECK(loader.files_read_last_load() == 2);
     // Changed less than a second ago: read and compared again, not parsed.
@@ -777,6 +777,9 @@ TEST_CASE("PolicyDirLoader: a settled file whose stamp holds is not read again; 
     CHECK(loader.files_read_last_load() == 2);
     CHECK(loader.load() == set);
     CHECK(loader.files_read_last_load() == 0);
+    CHECK(loader.load(true) == set);  // SIGHUP: every file read, whatever its stamp
+    CHECK(loader.files_read_last_load() == 2);
+    CHECK(loader.files_parsed_last_load() == 0);
 
     // The same size, other bytes, rewritten in place: the times differ.
     tmp.write("a.yaml", minimal_egress("api", 444));

@@ -379,9 +379,9 @@ bool Agent::reload_mesh_config(bool force) {
     return true;
 }
 
-bool Agent::reload_policies() {
+bool Agent::reload_policies(bool reread) {
     if (!kube_ && config_.policy_dir.empty()) return false;
-    PolicySet loaded = kube_ ? kube_->read_policies() : sources_->read_policies();
+    PolicySet loaded = kube_ ? kube_->read_policies() : sources_->read_policies(reread);
     const bool policies_changed = loaded.policies != *policies_;
     if (!policies_changed && loaded.errors == policy_errors_ && loaded.notes == policy_notes_) return false;
     // Report what is new; errors that stay are not repeated on every event.
@@ -436,7 +436,7 @@ void Agent::on_inputs_changed(unsigned inputs, bool force) {
     const auto started = std::chrono::steady_clock::now();
     bool changed = false;
     if (inputs & kMesh) changed |= reload_mesh_config(force);
-    if (inputs & kPolicies) changed |= reload_policies();
+    if (inputs & kPolicies) changed |= reload_policies(force);
     if (inputs & kWorkloads) changed |= reload_workloads();
     if (inputs & kHosts) changed |= reload_hosts();
     if (inputs & kMeshCidrs) changed |= reload_mesh_cidrs();

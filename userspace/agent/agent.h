@@ -83,7 +83,7 @@ private:
     // anything that matters changed. `force` re-reads even identical bytes.
     void on_inputs_changed(unsigned inputs, bool force);
     bool reload_mesh_config(bool force);
-    bool reload_policies();
+    bool reload_policies(bool reread = false);
     bool reload_workloads();
     bool reload_hosts();
     bool reload_mesh_cidrs();

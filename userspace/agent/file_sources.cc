@@ -76,10 +76,10 @@ Result<std::optional<MeshConfig>> FileSources::read_mesh(bool force) {
     return std::optional<MeshConfig>(std::move(*mesh));
 }
 
-PolicySet FileSources::read_policies() {
+PolicySet FileSources::read_policies(bool reread) {
     if (config_.policy_dir.empty()) return {};
     if (!policy_loader_) policy_loader_.emplace(config_.policy_dir);
-    return policy_loader_->load();
+    return policy_loader_->load(reread);
 }
 
 Result<std::vector<Workload>> FileSources::read_workloads() const {

@@ -41,8 +41,9 @@ public:
     // The MeshConfig when its bytes changed since the last read (or `force`),
     // nullopt when they did not; an error when it cannot be read or parsed.
     Result<std::optional<MeshConfig>> read_mesh(bool force);
-    // The policy directory, re-parsing only changed files (an empty set without policyDir).
-    PolicySet read_policies();
+    // The policy directory, re-parsing only changed files (an empty set without policyDir);
+    // `reread`: every file read again, whatever its stamp (SIGHUP).
+    PolicySet read_policies(bool reread = false);
     // The workloads file (none without the setting, or while it does not exist).
     Result<std::vector<Workload>> read_workloads() const;
 

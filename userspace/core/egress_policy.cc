@@ -356,11 +356,6 @@ int64_t realtime_ns() {
     return nanoseconds(now);
 }
 
-// A file changed within this long before it was read may change again and
-// keep its stamp: timestamps come from a clock that ticks in jiffies (up to
-// 10 ms), or coarser on some filesystems.
-constexpr int64_t kSettledNs = 1'000'000'000;
-
 }  // namespace
 
 // A file's bytes, and what they contribute to a load.
@@ -375,14 +370,18 @@ struct PolicyDirLoader::Cache {
     std::map<fs::path, File> files;
 };
 
-PolicyDirLoader::PolicyDirLoader(fs::path dir) : dir_(std::move(dir)), cache_(std::make_unique<Cache>()) {}
+// A file changed within `settled` before it was read may change again and
+// keep its stamp: timestamps come from a clock that ticks in jiffies (up to
+// 10 ms), and FAT's in 2 s.
+PolicyDirLoader::PolicyDirLoader(fs::path dir, std::chrono::nanoseconds settled)
+    : dir_(std::move(dir)), settled_(settled), cache_(std::make_unique<Cache>()) {}
 PolicyDirLoader::~PolicyDirLoader() = default;
 PolicyDirLoader::PolicyDirLoader(PolicyDirLoader&&) noexcept = default;
 PolicyDirLoader& PolicyDirLoader::operator=(PolicyDirLoader&&) noexcept = default;
 
 size_t PolicyDirLoader::files_cached() const { return cache_ ? cache_->files.size() : 0; }
 
-PolicySet PolicyDirLoader::load() {
+PolicySet PolicyDirLoader::load(bool reread) {
     if (!cache_) cache_ = std::make_unique<Cache>();  // moved from
     Combiner combiner;
     std::map<fs::path, Cache::File> kept;  // the next cache: only the files read by this load
@@ -391,7 +390,7 @@ PolicySet PolicyDirLoader::load() {
         // Stamped before the read: a change during it leaves another stamp.
         const std::optional<FileStamp> stamp = stamp_of(file);
         auto cached = cache_->files.extract(file);
-        if (cached && stamp && cached.mapped().stamp == stamp) {
+        if (!reread && cached && stamp && cached.mapped().stamp == stamp) {
             combiner.add(cached.mapped().documents);
             kept.insert(std::move(cached));
             continue;
@@ -411,7 +410,7 @@ PolicySet PolicyDirLoader::load() {
             entry.text = std::move(*text);
             ++files_parsed_last_load_;
         }
-        const bool settled = stamp && stamp->ctime_ns < read_at - kSettledNs;
+        const bool settled = stamp && stamp->ctime_ns < read_at - settled_.count();
         entry.stamp = settled ? stamp : std::nullopt;
         combiner.add(entry.documents);
         kept.emplace(file, std::move(entry));

@@ -4,6 +4,7 @@
 // left out.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -82,23 +83,28 @@ PolicySet load_policy_dir(const std::filesystem::path& dir);
 //
 // Every load lists the directory and stats every file. A file is read again only when its stamp
 // (device, inode, size, mtime, ctime) differs from the one it had when it was last read, or when
-// that read was less than a second after its last change: a change within the filesystem's
-// timestamp granularity may keep all of the stamp ("racily clean", as git calls it), so such a
-// file is read and compared until it has settled. What is cached per file is its bytes, the YAML
+// that read came less than `settled` (2 s) after its last change: a change within the
+// filesystem's timestamp granularity may keep all of the stamp ("racily clean", as git calls it),
+// so such a file is read and compared until it has settled. This trusts timestamps from this
+// machine's clock: on a network filesystem whose server's clock runs ahead, or with writes
+// through a shared mapping (which may not touch the times), a same-size change can be missed
+// until the next one; load(true), which the agent makes on SIGHUP, reads every file. What is cached per file is its bytes, the YAML
 // parse and its reading into policies, errors, notes and spec.matches targets and references. Only
 // the steps that need the whole load run every time: file order, namespace/name duplicates across
 // files, references that nothing in the load defines, sorting. A file that is gone, or unreadable,
 // leaves the cache. Not thread-safe: one load at a time.
 class PolicyDirLoader {
 public:
-    explicit PolicyDirLoader(std::filesystem::path dir);
+    explicit PolicyDirLoader(std::filesystem::path dir,
+                             std::chrono::nanoseconds settled = std::chrono::seconds(2));
     ~PolicyDirLoader();
     PolicyDirLoader(PolicyDirLoader&&) noexcept;
     PolicyDirLoader& operator=(PolicyDirLoader&&) noexcept;
     PolicyDirLoader(const PolicyDirLoader&) = delete;
     PolicyDirLoader& operator=(const PolicyDirLoader&) = delete;
 
-    PolicySet load();
+    // `reread`: every file read and compared, whatever its stamp.
+    PolicySet load(bool reread = false);
 
     const std::filesystem::path& dir() const { return dir_; }
     // How many files the last load() parsed (new or changed bytes); the others came from the cache.
@@ -111,6 +117,7 @@ public:
 private:
     struct Cache;
     std::filesystem::path dir_;
+    std::chrono::nanoseconds settled_;
     std::unique_ptr<Cache> cache_;
     size_t files_parsed_last_load_ = 0;
     size_t files_read_last_load_ = 0;
