@@ -3,12 +3,11 @@
 #include "egressd_abi.h"
 
 #include <netinet/in.h>
-#include <sys/stat.h>
-#include <time.h>
 
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <chrono>
 #include <map>
 #include <optional>
 #include <set>
@@ -330,42 +329,14 @@ PolicySet parse_policy_documents(std::string_view yaml_text, const std::string& 
 
 PolicySet load_policy_dir(const fs::path& dir) { return PolicyDirLoader(dir).load(); }
 
-namespace {
-
-// What changes when a file's bytes change, short of a change within the
-// timestamp granularity that keeps the size.
-struct FileStamp {
-    dev_t device = 0;
-    ino_t inode = 0;
-    off_t size = 0;
-    int64_t mtime_ns = 0, ctime_ns = 0;
-    bool operator==(const FileStamp&) const = default;
-};
-
-int64_t nanoseconds(const timespec& t) { return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec; }
-
-std::optional<FileStamp> stamp_of(const fs::path& file) {
-    struct stat st {};
-    if (::stat(file.c_str(), &st) != 0) return std::nullopt;  // reading it reports why
-    return FileStamp{st.st_dev, st.st_ino, st.st_size, nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)};
-}
-
-int64_t realtime_ns() {
-    timespec now{};
-    ::clock_gettime(CLOCK_REALTIME, &now);
-    return nanoseconds(now);
-}
-
-}  // namespace
-
 // A file's bytes, and what they contribute to a load.
 struct PolicyDirLoader::Cache {
     struct File {
         std::string text;
         std::vector<DocumentResult> documents;
-        // Its stamp before it was read, if the file had settled then: the
-        // same stamp again means the same bytes.
-        std::optional<FileStamp> stamp;
+        // Its state before it was read, if the file had settled then: the
+        // same state again means the same bytes.
+        std::optional<FileState> stamp;
     };
     std::map<fs::path, File> files;
 };
@@ -388,14 +359,16 @@ PolicySet PolicyDirLoader::load(bool reread) {
     files_parsed_last_load_ = files_read_last_load_ = 0;
     for (const fs::path& file : policy_files(dir_, combiner)) {
         // Stamped before the read: a change during it leaves another stamp.
-        const std::optional<FileStamp> stamp = stamp_of(file);
+        // A file stat() fails on is read, and reading it reports why.
+        const Result<FileState> state = file_state(file);
+        const std::optional<FileState> stamp = state ? std::optional(*state) : std::nullopt;
         auto cached = cache_->files.extract(file);
         if (!reread && cached && stamp && cached.mapped().stamp == stamp) {
             combiner.add(cached.mapped().documents);
             kept.insert(std::move(cached));
             continue;
         }
-        const int64_t read_at = realtime_ns();
+        const auto read_at = std::chrono::system_clock::now().time_since_epoch();
         auto text = read_file(file);
         if (!text) {
             combiner.add_error(text.error().describe());
@@ -410,7 +383,7 @@ PolicySet PolicyDirLoader::load(bool reread) {
             entry.text = std::move(*text);
             ++files_parsed_last_load_;
         }
-        const bool settled = stamp && stamp->ctime_ns < read_at - settled_.count();
+        const bool settled = stamp && std::chrono::nanoseconds(stamp->changed_ns) < read_at - settled_;
         entry.stamp = settled ? stamp : std::nullopt;
         combiner.add(entry.documents);
         kept.emplace(file, std::move(entry));

@@ -51,7 +51,7 @@ struct EgressPolicy {
 };
 
 struct PolicySet {
-    PolicyList policies;              // valid ones, sorted by (namespace, name), unique by (namespace, name)
+    PolicyList policies;                 // valid ones, sorted by (namespace, name), unique by (namespace, name)
     std::vector<std::string> errors;     // invalid documents and policies, not applied
     std::vector<std::string> notes;      // accepted with a remark: mtls ignored, matches delegated, wildcard hosts,
                                          // other kinds passed over, unresolvable references
@@ -79,17 +79,18 @@ PolicySet load_policy_dir(const std::filesystem::path& dir);
 
 // Loads a policy directory like load_policy_dir, re-parsing only files whose bytes changed since
 // the previous load (by path); unchanged files reuse their parsed result. The result of load() is
-// identical to load_policy_dir(dir) at that moment.
+// identical to load_policy_dir(dir) at that moment, within the limits of the stamps below.
 //
 // Every load lists the directory and stats every file. A file is read again only when its stamp
-// (device, inode, size, mtime, ctime) differs from the one it had when it was last read, or when
-// that read came less than `settled` (2 s) after its last change: a change within the
-// filesystem's timestamp granularity may keep all of the stamp ("racily clean", as git calls it),
-// so such a file is read and compared until it has settled. This trusts timestamps from this
-// machine's clock: on a network filesystem whose server's clock runs ahead, or with writes
-// through a shared mapping (which may not touch the times), a same-size change can be missed
-// until the next one; load(true), which the agent makes on SIGHUP, reads every file. What is cached per file is its bytes, the YAML
-// parse and its reading into policies, errors, notes and spec.matches targets and references. Only
+// (device, inode, size, mtime, ctime: FileState) differs from the one it had when it was last
+// read, or when that read came less than `settled` (2 s) after its last change: a change within
+// the filesystem's timestamp granularity may keep all of the stamp ("racily clean", as git calls
+// it), so such a file is read and compared until it has settled. This trusts timestamps from this
+// machine's clock: on a network filesystem whose server's clock runs ahead, or with writes through
+// a shared mapping (which may not touch the times), a same-size change can be missed until the
+// next one; load(true), which the agent makes on SIGHUP, reads every file. What is cached per file
+// is its bytes, the YAML parse and its reading into policies, errors, notes and spec.matches
+// targets and references. Only
 // the steps that need the whole load run every time: file order, namespace/name duplicates across
 // files, references that nothing in the load defines, sorting. A file that is gone, or unreadable,
 // leaves the cache. Not thread-safe: one load at a time.
@@ -111,7 +112,7 @@ public:
     size_t files_parsed_last_load() const { return files_parsed_last_load_; }
     // How many files the last load() read (the others' stamps were as when they were read).
     size_t files_read_last_load() const { return files_read_last_load_; }
-    // How many files the cache holds: those the last load() read.
+    // How many files the cache holds: those the last load() found (read or not).
     size_t files_cached() const;
 
 private:

@@ -87,11 +87,18 @@ Status write_file_atomically(const fs::path& path, const std::string& content, D
     return rename_into_place(tmp, *target);
 }
 
-Result<FileVersion> file_version(const fs::path& path) {
+Result<FileState> file_state(const fs::path& path) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) return system_error("reading " + path.string());
-    return FileVersion{uint64_t(st.st_dev), uint64_t(st.st_ino), int64_t(st.st_size),
-                       int64_t(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+    auto ns = [](const timespec& t) { return int64_t(t.tv_sec) * 1'000'000'000 + t.tv_nsec; };
+    return FileState{FileVersion{uint64_t(st.st_dev), uint64_t(st.st_ino), int64_t(st.st_size), ns(st.st_mtim)},
+                     ns(st.st_ctim)};
+}
+
+Result<FileVersion> file_version(const fs::path& path) {
+    auto state = file_state(path);
+    if (!state) return state.error();
+    return state->version;
 }
 
 Result<bool> replace_file_if_unchanged(const fs::path& path, const std::string& content, const FileVersion& expected) {

@@ -33,6 +33,15 @@ struct FileVersion {
     bool operator==(const FileVersion&) const = default;
 };
 Result<FileVersion> file_version(const std::filesystem::path& path);
+// A file's version and when its inode last changed (ctime), which any write
+// moves whatever the mtime is set to: what tells a policy file unchanged
+// since it was last read (PolicyDirLoader).
+struct FileState {
+    FileVersion version;
+    int64_t changed_ns = 0;
+    bool operator==(const FileState&) const = default;
+};
+Result<FileState> file_state(const std::filesystem::path& path);
 
 // write_file_atomically, durable, but only if `path` is still the version
 // `expected` after the new content is written beside it: false, and nothing
