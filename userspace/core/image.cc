@@ -241,6 +241,11 @@ Result<MapImage> build_image(const AgentConfig& agent, const MeshConfig& mesh, u
     return image;
 }
 
+void diff_policy_rules(const std::vector<PolicyRule>& from, const std::vector<PolicyRule>& to,
+                       std::vector<PolicyRule>& deletes, std::vector<PolicyRule>& upserts) {
+    diff_rules(from, to, deletes, upserts);
+}
+
 ImageDiff diff_images(const MapImage& from, const MapImage& to, const RulesDelta* delta) {
     ImageDiff diff;
     diff_rules(from.cidrs, to.cidrs, diff.cidr_deletes, diff.cidr_upserts);

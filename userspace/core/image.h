@@ -164,6 +164,11 @@ struct RulesDelta {
     std::vector<PolicyRule> deletes, upserts;
 };
 
+// The deletes and upserts that turn `from` into `to`, policy rules sorted by
+// key with one rule per key, as diff_images finds them.
+void diff_policy_rules(const std::vector<PolicyRule>& from, const std::vector<PolicyRule>& to,
+                       std::vector<PolicyRule>& deletes, std::vector<PolicyRule>& upserts);
+
 // `delta`, when given and made between exactly these rules (the same
 // storage), stands for the policy rules' comparison: a change's diff then
 // costs the change, not a pass over 100k entries. The result is the same.

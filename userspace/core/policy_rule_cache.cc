@@ -11,22 +11,13 @@ namespace egressd {
 namespace {
 
 // From rules without shared keys to rules without shared keys, where `left`
-// (rules of `from`) made way for `added`: a left rule whose key comes back
-// with the same policy is no change, one whose key does not is a delete.
+// (rules of `from`) made way for `added` (each sorted by key, one rule per
+// key): the rest is the same in both, so the diff of the two small lists is
+// the diff of the whole.
 RulesDelta rules_delta(const SharedVector<PolicyRule>& from, const SharedVector<PolicyRule>& to,
                        const std::vector<PolicyRule>& left, const std::vector<PolicyRule>& added) {
     RulesDelta delta{from, to, {}, {}};
-    auto gone = left.begin();
-    for (const PolicyRule& rule : added) {
-        for (; gone != left.end() && policy_key_order(*gone, rule) < 0; ++gone) delta.deletes.push_back(*gone);
-        if (gone != left.end() && policy_key_order(*gone, rule) == 0) {
-            if (gone->policy != rule.policy) delta.upserts.push_back(rule);
-            ++gone;
-        } else {
-            delta.upserts.push_back(rule);
-        }
-    }
-    delta.deletes.insert(delta.deletes.end(), gone, left.end());
+    diff_policy_rules(left, added, delta.deletes, delta.upserts);
     return delta;
 }
 
@@ -169,14 +160,13 @@ void PolicyRuleCache::build_from_cache(MapImage& image, const PolicyInputs& in) 
         // image leave rules of all_ out. Taking rules out of sorted rules
         // without such keys makes none, so without them before only the
         // added rules' neighbours are looked at.
-        auto same_key = [this](size_t a, size_t b) { return policy_key_order(all_[a], all_[b]) == 0; };
+        auto same_key = [](const PolicyRule& a, const PolicyRule& b) { return policy_key_order(a, b) == 0; };
         if (shared_keys_) {
-            shared_keys_ = std::adjacent_find(all_.begin(), all_.end(), [](const PolicyRule& a, const PolicyRule& b) {
-                               return policy_key_order(a, b) == 0;
-                           }) != all_.end();
+            shared_keys_ = std::adjacent_find(all_.begin(), all_.end(), same_key) != all_.end();
         } else {
             shared_keys_ = std::ranges::any_of(inserted, [&](size_t at) {
-                return (at > 0 && same_key(at - 1, at)) || (at + 1 < all_.size() && same_key(at, at + 1));
+                return (at > 0 && same_key(all_[at - 1], all_[at])) ||
+                       (at + 1 < all_.size() && same_key(all_[at], all_[at + 1]));
             });
         }
         // One entry per key: the first, i.e. the leading policy's. Without
