@@ -127,8 +127,6 @@ EgressPolicy make_policy(const std::string& ns, const std::string& name, const s
     return p;
 }
 
-// As a PolicySet holds them: sorted by (namespace, name), which breaks ties between policies.
-void sort_policies(PolicyList& policies) { policies.sort(); }
 
 // Policy numbers for every image these tests build: stable per (namespace,
 // name), as the agent's registry keeps them.
@@ -340,7 +338,7 @@ PolicyList random_policies(Rng& rng, const std::vector<IdentityName>& names, int
         out.push_back(
             make_policy(fmt::format("ns{}", rng.below(3)), fmt::format("p{:02}", k), sources, ips, host_names, ports));
     }
-    sort_policies(out);
+    out.sort();  // as a PolicySet holds them: (namespace, name) breaks ties
     return out;
 }
 
@@ -421,7 +419,7 @@ TEST_CASE("kernel: policy: identity x destination x port/protocol x family, and 
                     {port_of(8080, Proto::tcp), port_of(5353, Proto::udp)}),
         make_policy("ops", "anywhere", {batch_name}, {}, {}, {port_of(81, Proto::tcp), port_of(8080, Proto::udp)}),
     };
-    sort_policies(policies);
+    policies.sort();
     const uint32_t p_ips = number_of(policies, "partner-ips"), p_hosts = number_of(policies, "partner-hosts"),
                    p_any = number_of(policies, "anywhere");
     const std::map<std::string, std::vector<IpAddress>> hosts = {
@@ -1279,7 +1277,7 @@ TEST_CASE("kernel: policy: a policy set beyond the capacities is refused whole, 
         PolicyList over = low;
         over.push_back(
             make_policy("cap", "one-more", {web_name}, {cidr("203.0.113.200/32")}, {}, {port_of(53, Proto::udp)}));
-        sort_policies(over);
+        over.sort();
         auto refused =
             build_image(agent, mesh, enforcer.next_generation(), inputs(over, no_hosts, registry, workloads.level()));
         REQUIRE_FALSE(refused.ok());
@@ -1431,7 +1429,7 @@ TEST_CASE("kernel: policy: a restarted datapath adopts the policies, identity na
                     {port_of(8080, Proto::tcp)}),
         make_policy("shop", "partner-hosts", {web_name}, {}, {"api.partner.test"}, {port_of(5353, Proto::udp)}),
     };
-    sort_policies(policies);
+    policies.sort();
     const AgentConfig agent = test_agent(env.cg);
     const MapImage image =
         first.publish(agent, mesh_with_egress(false), inputs(policies, hosts, registry, workloads.level()));

@@ -66,13 +66,7 @@ void add_to(PolicySet& all, const PolicySet& one) {
 
 }  // namespace
 
-PolicySet policies_from_objects(const Objects& egresses) {
-    PolicySet all;
-    for (const auto& [key, object] : egresses) add_to(all, parse_egress(object));
-    // Keys are unique by namespace/name already: the set's order is the parsers'.
-    all.policies.sort();
-    return all;
-}
+PolicySet policies_from_objects(const Objects& egresses) { return EgressReader().read(egresses); }
 
 PolicySet EgressReader::read(const Objects& egresses) {
     PolicySet all;
@@ -91,6 +85,7 @@ PolicySet EgressReader::read(const Objects& egresses) {
         next.emplace_hint(next.end(), key, std::move(read));
     }
     last_ = std::move(next);
+    // Keys are unique by namespace/name already: the set's order is the parsers'.
     all.policies.sort();
     return all;
 }
