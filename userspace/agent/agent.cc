@@ -122,7 +122,7 @@ Status Agent::load_and_adopt() {
     const itimerspec every_second{{1, 0}, {1, 0}};
     if (!health_check_.valid() || ::timerfd_settime(health_check_.get(), 0, &every_second, nullptr) != 0)
         return system_error("timerfd for the enforcement check");
-    load_revoker();
+    start_loading_revoker();
     return {};
 }
 
@@ -175,13 +175,19 @@ void Agent::check_enforcement() {
 }
 
 // Not loading is not fatal: enforcement of new connections does not depend
-// on it. The status file and the log say which it is.
-void Agent::load_revoker() {
+// on it. The status file and the log say which it is. Started after the
+// datapath's load, which sets libbpf's logging up for both.
+void Agent::start_loading_revoker() {
     if (!config_.revoke_on_tighten) {
         revocation_ = "off (revokeOnTighten: false)";
         return;
     }
-    auto revoker = Revoker::load();
+    revoker_loading_ = std::async(std::launch::async, &Revoker::load);
+}
+
+void Agent::finish_loading_revoker() {
+    if (!revoker_loading_.valid()) return;
+    auto revoker = revoker_loading_.get();
     if (!revoker) {
         revocation_ = "unavailable: " + revoker.error().describe();
         log::error("revocation is unavailable ({}): a tightening applies to new connections only",
@@ -299,6 +305,7 @@ Status Agent::start_telemetry_and_events() {
 }
 
 Status Agent::attach_and_report() {
+    finish_loading_revoker();
     auto reports = datapath_->attach(cgroup_);
     if (!reports) return reports.error();
     std::string hooks;

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
@@ -102,7 +103,11 @@ private:
     };
     Enforced enforced_now() const;  // empty without a revoker
     void revoke_tightened(const Enforced& before, std::chrono::steady_clock::time_point flipped);
-    void load_revoker();
+    // The revoker's load (parsing the kernel's BTF: tens of ms) runs in a
+    // thread while the first generation is written; finish_loading_revoker()
+    // takes its result before the first revocation pass.
+    void start_loading_revoker();
+    void finish_loading_revoker();
     // Every second: is the kernel still enforcing what the inputs say? Pins
     // lost are pinned again; in file mode, a cgroup made anew is attached
     // again. What cannot be repaired makes /readyz fail, with the reason.
@@ -133,6 +138,7 @@ private:
     std::unique_ptr<Telemetry> telemetry_;
     std::unique_ptr<EventReader> events_;
     std::unique_ptr<Revoker> revoker_;  // null: revokeOnTighten off, or unavailable (revocation_ says why)
+    std::future<Result<std::unique_ptr<Revoker>>> revoker_loading_;
     std::string revocation_ = "off";
     std::filesystem::path cgroup_mount_;
     int64_t boottime_offset_ns_ = 0;
