@@ -191,8 +191,11 @@ def targets(stats, quick=False):
         p99 = pct(s["values"], 99)
         t("toggle p99 ≤ 50 ms", p99 <= 50, f"p99 {fmt(p99)} ms over {len(s['values'])} toggles" + over(p99, 50, "ms"))
     s = find("control", "full load (agent start → watching)", bigq)
+    both = find("control", "full load, both slots written (agent start → second slot)", bigq)
     if s:
-        t(f"full load of {big} ≤ 500 ms", s["median"] <= 500, f"median {fmt(s['median'])} ms" + over(s["median"], 500, "ms"))
+        t(f"full load of {big} ≤ 500 ms", s["median"] <= 500, f"median {fmt(s['median'])} ms to enforcing"
+          + over(s["median"], 500, "ms")
+          + (f"; {fmt(both['median'])} ms until the second slot is written too" if both else ""))
     s = find("control", "agent RSS at rest", bigq)
     peak = find("control", "agent peak RSS while loading (VmHWM)", bigq)
     if s:

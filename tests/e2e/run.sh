@@ -108,6 +108,16 @@ check "an unknown agent setting is refused with its name" grep -q "unknown-key.y
 
 # ---- start, deny, toggle ------------------------------------------------------
 check "egressd starts on the temporary config" start_agent
+# Enforcement starts from one slot; the other is written right after, so the
+# first change writes only its difference.
+slots_hold() { # slots_hold GENERATION: both slots of config_v2 hold it, and the log says so
+  for _ in $(seq 200); do log_has "both slots hold generation $1" && break; sleep 0.01; done
+  log_has "both slots hold generation $1" && bpftool -j map dump pinned "$pins/config_v2" | python3 -c '
+import json, sys
+slots = [e["formatted"]["value"] if "formatted" in e else e["value"] for e in json.load(sys.stdin)]
+sys.exit(0 if len(slots) == 2 and all(v["generation"] == int(sys.argv[1]) for v in slots) else 1)' "$1"
+}
+check "after the start both slots hold generation 1" slots_hold 1
 check "egressctl status reports enforcing" ctl status >/dev/null
 check "enableEgress false: connect is denied (EPERM)" test "$(verdict)" = denied
 check "enableEgress false: UDP sendmsg is denied" test "$(verdict --udp)" = denied

@@ -257,7 +257,10 @@ void Agent::revoke_tightened(const Enforced& before, std::chrono::steady_clock::
 }
 
 // Fills the maps before any program can read them: a fresh attach then
-// enforces the full configuration from its first connect().
+// enforces the full configuration from its first connect(). The slot not in
+// force is brought up to date after the attach (run()): enforcement does not
+// wait for it, and a change never finds it half written, since changes are
+// handled in the same loop.
 Status Agent::load_datapath() {
     if (auto loaded = load_and_adopt(); !loaded) return loaded;
     reconciler_->set_mesh(mesh_);
@@ -266,7 +269,7 @@ Status Agent::load_datapath() {
     std::vector<std::string> problems;
     if (auto published = reconciler_->apply(problems); !published) return published.error();
     for (const auto& problem : problems) record_error(problem);
-    if (auto converged = datapath_->converge(); !converged) return converged.error();
+    converge_after_start_ = true;
     schedule_memory_release();
     return {};
 }
@@ -635,6 +638,14 @@ int Agent::run() {
         log::info("watching {}{}{} for changes", config_.mesh_config.string(),
                   config_.policy_dir.empty() ? "" : ", " + config_.policy_dir.string(),
                   config_.workloads_file.empty() ? "" : ", " + config_.workloads_file.string());
+    if (converge_after_start_) {
+        converge_after_start_ = false;
+        if (auto converged = datapath_->converge(); !converged)
+            log::error("{} (the next change writes more)", converged.error().describe());
+        else
+            log::info("both slots hold generation {} ({:.0f} ms after start)", reconciler_->applied().generation,
+                      millis_since(started_));
+    }
     in_event_loop_ = true;
     for (;;) {
         epoll_event events[4];

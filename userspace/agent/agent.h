@@ -163,6 +163,10 @@ private:
     std::string enforcement_problem_;
     UniqueFd stale_check_;     // Kubernetes mode, timerfd: when a failing watch becomes stale
     std::string started_at_;
+    std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+    // File mode: the first generation is enforced from one slot; the other is
+    // written once the event loop starts, as after every change (converge).
+    bool converge_after_start_ = false;
     double last_apply_ms_ = 0;
     std::optional<std::string> last_error_;
     std::string last_error_at_;
