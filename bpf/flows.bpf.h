@@ -23,7 +23,7 @@
 const volatile __u32 egressd_flows_enabled = 1;
 
 /* Records an outgoing TCP socket as a connecting flow, with why it was
- * allowed (see flows_v1 in the ABI). Local and mesh traffic is not egress. */
+ * allowed (see flows_v2 in the ABI). Local and mesh traffic is not egress. */
 static __always_inline void egressd_track_flow(struct bpf_sock_addr *ctx, const struct egressd_decision *d,
 					       const struct egressd_addr *dst, __u16 port)
 {

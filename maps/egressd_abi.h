@@ -365,7 +365,7 @@ enum egressd_event_stat {
 	EGRESSD_STAT_EVENTS_SENT = 0,
 	EGRESSD_STAT_EVENTS_SUPPRESSED = 1, /* rate limit */
 	EGRESSD_STAT_EVENTS_LOST = 2,       /* ring buffer full */
-	EGRESSD_STAT_FLOWS_LOST = 3,        /* a tracked connection evicted from flows_v1 before it closed */
+	EGRESSD_STAT_FLOWS_LOST = 3,        /* a tracked connection evicted from flows_v2 before it closed */
 	EGRESSD_STAT_TRAFFIC_LOST = 4,      /* a closed connection whose total had no room (traffic maps full) */
 	EGRESSD_STAT_MAX = 5,
 };

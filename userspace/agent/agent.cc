@@ -182,7 +182,8 @@ void Agent::start_loading_revoker() {
         revocation_ = "off (revokeOnTighten: false)";
         return;
     }
-    revoker_loading_ = std::async(std::launch::async, &Revoker::load);
+    // With both policies, libstdc++ runs it deferred (in get()) when no thread can be made.
+    revoker_loading_ = std::async(std::launch::async | std::launch::deferred, &Revoker::load);
 }
 
 void Agent::finish_loading_revoker() {
@@ -308,7 +309,6 @@ Status Agent::start_telemetry_and_events() {
 }
 
 Status Agent::attach_and_report() {
-    finish_loading_revoker();
     auto reports = datapath_->attach(cgroup_);
     if (!reports) return reports.error();
     std::string hooks;
@@ -321,6 +321,7 @@ Status Agent::attach_and_report() {
               config_.mesh_config.string(), summarize(mesh_, config_), reconciler_->applied_policies(),
               workloads_.size());
     // Enforcement begins: connections opened before it are decided now.
+    finish_loading_revoker();
     revoke_tightened(Enforced{std::make_shared<const MapImage>(), {}, {}}, std::chrono::steady_clock::now());
     telemetry_->set_ready(true, "");
     write_status();

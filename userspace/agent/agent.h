@@ -104,8 +104,9 @@ private:
     Enforced enforced_now() const;  // empty without a revoker
     void revoke_tightened(const Enforced& before, std::chrono::steady_clock::time_point flipped);
     // The revoker's load (parsing the kernel's BTF: tens of ms) runs in a
-    // thread while the first generation is written; finish_loading_revoker()
-    // takes its result before the first revocation pass.
+    // thread while the first generation is written and attached;
+    // finish_loading_revoker() takes its result before the first revocation
+    // pass.
     void start_loading_revoker();
     void finish_loading_revoker();
     // Every second: is the kernel still enforcing what the inputs say? Pins

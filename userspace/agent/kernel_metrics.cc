@@ -53,7 +53,7 @@ Status KernelMetrics::register_families(observe::Registry& registry) {
     events_lost_ = r.take(
         k.counter("egressd_events_lost_total", "Decision events the kernel lost because the ring buffer was full."));
     flows_lost_ = r.take(
-        k.counter("egressd_flows_lost_total", "Tracked egress connections evicted from flows_v1 before they closed."));
+        k.counter("egressd_flows_lost_total", "Tracked egress connections evicted from flows_v2 before they closed."));
     traffic_lost_ =
         r.take(k.counter("egressd_traffic_lost_total",
                          "Closed egress connections not added to the traffic totals because those maps were full."));

@@ -91,7 +91,7 @@ public:
 
     // Open egress TCP connections (socket cookie -> flow), and what closed
     // ones carried per (reason, rule) and per identity, summed over CPUs.
-    // Established connections only (see flows_v1 in the ABI).
+    // Established connections only (see flows_v2 in the ABI).
     Result<std::vector<std::pair<uint64_t, egressd_flow>>> read_flows() const;
     Result<std::map<std::pair<uint32_t, uint32_t>, Traffic>> read_rule_traffic() const;
     Result<std::map<uint32_t, Traffic>> read_identity_traffic() const;
