@@ -10,6 +10,7 @@
 // and the rows the kernel counted.
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -1320,7 +1321,24 @@ TEST_CASE("kernel: policy: a policy set beyond the capacities is refused whole, 
             build_image(big, mesh, enforcer.next_generation(), inputs(huge, no_hosts, registry, workloads.level()));
         REQUIRE(built.ok());
         REQUIRE(built->policy_rules.size() == 400);
+        // The write fails at policy_rules_v1, after deleting and adding some
+        // rules; the read-back either works or fails too (policy_names_v1,
+        // which the failed write never reached, made unreadable meanwhile:
+        // its descriptor number points at /dev/null). Either way the next
+        // write must start from what the slot really holds.
+        bool unreadable = false;
+        SUBCASE("the slot is read back") {}
+        SUBCASE("the read-back fails too") { unreadable = true; }
+        const int names_fd = enforcer.datapath().maps().policy_names.fd();
+        UniqueFd saved(::fcntl(names_fd, F_DUPFD_CLOEXEC, 0));
+        UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+        REQUIRE((saved.valid() && null_fd.valid()));
+        if (unreadable) REQUIRE(::dup2(null_fd.get(), names_fd) == names_fd);
         const auto failed = enforcer.datapath().publish(*built);
+        if (unreadable) {
+            REQUIRE(::dup2(saved.get(), names_fd) == names_fd);
+            CHECK(enforcer.datapath().maps().read_slot(0).ok());  // readable again
+        }
         REQUIRE_FALSE(failed.ok());
         MESSAGE("publish refused: " << failed.error().describe());
         // Every rule lives in policy_rules_v1: that map is the one that is full.

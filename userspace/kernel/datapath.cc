@@ -181,16 +181,35 @@ Status Datapath::settle() {
     return {};
 }
 
+// A write to the inactive slot failed part-way: what it really holds is read
+// back, so that the next write starts from the truth. When even that read
+// fails, the slot is marked unknown: know_slot() reads it before any write,
+// for a diff from a wrong base could leave a withdrawn rule in force.
+void Datapath::relearn_slot(uint32_t slot) {
+    auto actual = maps_.read_slot(slot);
+    slot_unknown_[slot] = !actual;
+    if (actual) slot_images_[slot] = std::make_shared<const MapImage>(std::move(*actual));
+}
+
+Status Datapath::know_slot(uint32_t slot) {
+    if (!slot_unknown_[slot]) return {};
+    auto actual = maps_.read_slot(slot);
+    if (!actual)
+        return actual.error().with_context("reading back slot " + std::to_string(slot) + " after a failed write");
+    slot_images_[slot] = std::make_shared<const MapImage>(std::move(*actual));
+    slot_unknown_[slot] = false;
+    return {};
+}
+
 Status Datapath::publish(std::shared_ptr<const MapImage> image, const RulesDelta* delta) {
     const uint32_t next = active_slot_ ^ 1;
     if (auto settled = settle(); !settled) return settled;
+    if (auto known = know_slot(next); !known) return known;
     last_diff_.reset();
     LastDiff made{slot_images_[next], image, diff_images(*slot_images_[next], *image, delta)};
     if (auto written = maps_.write_diff(next, made.diff, *image); !written) {
-        // The inactive slot is now partly written: learn what it really holds
-        // so the next attempt starts from the truth. Nothing enforced changed.
-        if (auto actual = maps_.read_slot(next))
-            slot_images_[next] = std::make_shared<const MapImage>(std::move(*actual));
+        // Nothing enforced changed: the written slot is not the active one.
+        relearn_slot(next);
         return written.error().with_context("writing generation " + std::to_string(image->generation));
     }
     slot_images_[next] = std::move(image);
@@ -203,6 +222,7 @@ Status Datapath::publish(std::shared_ptr<const MapImage> image, const RulesDelta
 
 Status Datapath::converge() {
     const uint32_t inactive = active_slot_ ^ 1;
+    if (auto known = know_slot(inactive); !known) return known;
     const std::shared_ptr<const MapImage>& active = slot_images_[active_slot_];
     if (slot_images_[inactive] == active) return {};
     if (*slot_images_[inactive] == *active) {
@@ -215,8 +235,7 @@ Status Datapath::converge() {
                                        : maps_.write_slot(inactive, *slot_images_[inactive], *active);
     last_diff_.reset();
     if (!written) {
-        if (auto actual = maps_.read_slot(inactive))
-            slot_images_[inactive] = std::make_shared<const MapImage>(std::move(*actual));
+        relearn_slot(inactive);
         return written.error().with_context("bringing the inactive slot up to date");
     }
     slot_images_[inactive] = active;

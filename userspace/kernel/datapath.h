@@ -124,6 +124,8 @@ private:
     // Waits, once after each flip, until no program can still be reading the
     // slot that was active before it. Every write to the inactive slot calls it.
     Status settle();
+    void relearn_slot(uint32_t slot);
+    Status know_slot(uint32_t slot);
 
     Options options_;
     Skeleton skel_;
@@ -146,6 +148,9 @@ private:
     // after converge() both slots point at the same one.
     std::array<std::shared_ptr<const MapImage>, EGRESSD_SLOTS> slot_images_{std::make_shared<const MapImage>(),
                                                                             std::make_shared<const MapImage>()};
+    // A slot whose write failed and could not be read back: slot_images_ is
+    // not what it holds until know_slot() reads it.
+    std::array<bool, EGRESSD_SLOTS> slot_unknown_{};
     std::vector<PinnedLink> links_;
     std::map<std::string, std::vector<PinnedLink>> workload_links_;  // Kubernetes mode, by workload key
     bool maps_pinned_ = false;
