@@ -186,9 +186,8 @@ Status Datapath::settle() {
 // fails, the slot is marked unknown: know_slot() reads it before any write,
 // for a diff from a wrong base could leave a withdrawn rule in force.
 void Datapath::relearn_slot(uint32_t slot) {
-    auto actual = maps_.read_slot(slot);
-    slot_unknown_[slot] = !actual;
-    if (actual) slot_images_[slot] = std::make_shared<const MapImage>(std::move(*actual));
+    slot_unknown_[slot] = true;
+    (void)know_slot(slot);  // a failed read leaves the slot unknown: the next write reads it first
 }
 
 Status Datapath::know_slot(uint32_t slot) {
