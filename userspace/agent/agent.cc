@@ -184,24 +184,27 @@ void Agent::start_loading_revoker() {
     }
     // With both policies, libstdc++ runs it deferred (in get()) when no thread can be made.
     revoker_loading_ = std::async(std::launch::async | std::launch::deferred, &Revoker::load);
+    revocation_ = "loading";
 }
 
-void Agent::finish_loading_revoker() {
-    if (!revoker_loading_.valid()) return;
+// Every use of the revoker comes through here: the first waits for its load.
+Revoker* Agent::revoker() {
+    if (!revoker_loading_.valid()) return revoker_.get();
     auto revoker = revoker_loading_.get();
     if (!revoker) {
         revocation_ = "unavailable: " + revoker.error().describe();
         log::error("revocation is unavailable ({}): a tightening applies to new connections only",
                    revoker.error().describe());
-        return;
+        return nullptr;
     }
     revoker_ = std::move(*revoker);
     revocation_ = "on";
+    return revoker_.get();
 }
 
 // Only a revocation pass compares with it: without one, nothing is copied.
-Agent::Enforced Agent::enforced_now() const {
-    if (!revoker_) return {};
+Agent::Enforced Agent::enforced_now() {
+    if (!revoker()) return {};
     return {reconciler_->applied_shared(), datapath_->workload_identities(), reconciler_->attached()};
 }
 
@@ -222,7 +225,8 @@ bool identities_withdrawn(const std::map<uint64_t, uint32_t>& before, const std:
 // otherwise only cgroups whose enforcement begins now (their sockets were
 // opened unenforced).
 void Agent::revoke_tightened(const Enforced& before, std::chrono::steady_clock::time_point flipped) {
-    if (!revoker_) return;
+    Revoker* revoker = this->revoker();
+    if (!revoker) return;
     const MapImage& image = reconciler_->applied();
     std::vector<CgroupTarget> roots;
     if (kube_) {
@@ -246,7 +250,7 @@ void Agent::revoke_tightened(const Enforced& before, std::chrono::steady_clock::
     if (image.flags & EGRESSD_CFG_DNS_HOSTS) {
         if (auto entries = datapath_->maps().dns_learned.read_all()) learned = std::move(*entries);
     }
-    const Revoker::Pass pass = revoker_->revoke(image, roots, cgroup_mount_, datapath_->workload_identities(), learned);
+    const Revoker::Pass pass = revoker->revoke(image, roots, cgroup_mount_, datapath_->workload_identities(), learned);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - flipped).count();
     for (const std::string& problem : pass.problems) log::error("revocation: {}", problem);
     const uint64_t now = boottime_now_ns();
@@ -321,7 +325,6 @@ Status Agent::attach_and_report() {
               config_.mesh_config.string(), summarize(mesh_, config_), reconciler_->applied_policies(),
               workloads_.size());
     // Enforcement begins: connections opened before it are decided now.
-    finish_loading_revoker();
     revoke_tightened(Enforced{std::make_shared<const MapImage>(), {}, {}}, std::chrono::steady_clock::now());
     telemetry_->set_ready(true, "");
     write_status();

@@ -101,14 +101,13 @@ private:
         std::map<uint64_t, uint32_t> workloads;
         std::map<std::string, CgroupTarget> attached;
     };
-    Enforced enforced_now() const;  // empty without a revoker
+    Enforced enforced_now();  // empty without a revoker
     void revoke_tightened(const Enforced& before, std::chrono::steady_clock::time_point flipped);
     // The revoker's load (parsing the kernel's BTF: tens of ms) runs in a
-    // thread while the first generation is written and attached;
-    // finish_loading_revoker() takes its result before the first revocation
-    // pass.
+    // thread while the first generation is written and attached; revoker()
+    // takes its result at the first use, and is the only way to the revoker.
     void start_loading_revoker();
-    void finish_loading_revoker();
+    Revoker* revoker();  // null: revokeOnTighten off, or unavailable
     // Every second: is the kernel still enforcing what the inputs say? Pins
     // lost are pinned again; in file mode, a cgroup made anew is attached
     // again. What cannot be repaired makes /readyz fail, with the reason.

@@ -58,7 +58,7 @@ Status Agent::prepare_kubernetes() {
 }
 
 Status Agent::wait_for_first_sync() {
-    finish_loading_revoker();
+    (void)revoker();  // the status says whether revocation is on while the sync is awaited
     if (auto watched = telemetry_->watch_resources([source = kube_.get()] { return source->watched_resources(); });
         !watched)
         return watched.error();
