@@ -7,9 +7,11 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <bpf/bpf.h>
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "core/decision.h"
@@ -238,6 +240,100 @@ TEST_CASE("kernel: a second datapath adopts the pinned maps and links without a 
     }
     CHECK(run_probe(env.cg, env.net, {.address = Net::kExternal4, .port = 80}).error == EPERM);
     CHECK(run_probe(env.cg, env.net, {.address = Net::kMesh4, .port = 80}).error == 0);
+}
+
+// What a build with a new layout of one map finds: that pin holds a map of
+// another definition. The rest is kept by groups (MapCarry, map_set.h).
+TEST_CASE("kernel: a map of another layout is made fresh with its group, and the rest is kept") {
+    EGRESSD_REQUIRE_KERNEL_ENV();
+    EnforcedEnv env;
+    Enforcer first(env.cg);
+    const AgentConfig agent = test_agent(env.cg);
+    const MapImage image = first.publish(agent, mesh_with_egress(false));
+    first.attach();
+    const MapSet& maps = first.datapath().maps();
+    const egressd_dns_learned_key learned_key{7, 3};
+    egressd_dns_learned learned{};
+    learned.addr[15] = 10;
+    learned.expires_ns = 123456789;
+    learned.host = 2;
+    REQUIRE(maps.dns_learned.update(learned_key, learned).ok());
+    const uint64_t source = 4242;
+    REQUIRE(maps.event_limits.update(source, egressd_event_bucket{1, 2}).ok());
+
+    auto pin_other_shape = [&](const char* name) {
+        const std::filesystem::path path = first.pin_dir() / name;
+        REQUIRE(::unlink(path.c_str()) == 0);
+        UniqueFd other(bpf_map_create(BPF_MAP_TYPE_HASH, name, 4, 4, 8, nullptr));
+        REQUIRE(other.valid());
+        REQUIRE(bpf_obj_pin(other.get(), path.c_str()) == 0);
+    };
+    auto pinned_map_id = [&](const char* name) -> uint32_t {
+        auto fd = open_pinned_object(first.pin_dir() / name, true);
+        bpf_map_info info{};
+        uint32_t length = sizeof(info);
+        return fd && bpf_obj_get_info_by_fd(fd->get(), &info, &length) == 0 ? info.id : 0;
+    };
+    const uint32_t learned_id = pinned_map_id(EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_LEARNED));
+    const uint32_t limits_id = pinned_map_id(EGRESSD_STRINGIFY(EGRESSD_MAP_EVENT_LIMITS));
+
+    SUBCASE("a numbered map: the generation and the learned DNS answers are kept") {
+        const char* changed = EGRESSD_STRINGIFY(EGRESSD_MAP_ID_TRAFFIC);
+        pin_other_shape(changed);
+        auto second = Datapath::load({first.pin_dir(), Capacities{}});
+        REQUIRE(second.ok());
+        CHECK((*second)->adopted_maps());
+        CHECK((*second)->not_adopted_why().find(changed) != std::string::npos);
+        CHECK((*second)->fresh_maps() == std::vector<std::string>{changed});
+        REQUIRE((*second)->active_image().has_value());
+        CHECK((*second)->active_image()->generation == image.generation);
+        const auto kept = (*second)->maps().dns_learned.lookup(learned_key);
+        REQUIRE(kept.ok());
+        REQUIRE(kept->has_value());
+        CHECK((*kept)->host == learned.host);
+        CHECK((*kept)->expires_ns == learned.expires_ns);
+
+        // The fresh map replaces the other one's pin once the links use it; the rest stays as it was.
+        REQUIRE((*second)->attach(CgroupTarget{env.cg.path(), env.cg.id()}).ok());
+        auto fd = open_pinned_object(first.pin_dir() / changed, true);
+        REQUIRE(fd.ok());
+        bpf_map_info info{};
+        uint32_t length = sizeof(info);
+        REQUIRE(bpf_obj_get_info_by_fd(fd->get(), &info, &length) == 0);
+        CHECK(info.value_size == sizeof(egressd_traffic));
+        CHECK(info.btf_id != 0);
+        CHECK(pinned_map_id(EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_LEARNED)) == learned_id);
+        CHECK(run_probe(env.cg, env.net, {.address = Net::kExternal4, .port = 80}).error == EPERM);
+        CHECK(run_probe(env.cg, env.net, {.address = Net::kMesh4, .port = 80}).error == 0);
+    }
+    SUBCASE("a generation map: the generation and numbered maps are all made fresh, the others kept") {
+        const char* changed = EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS);
+        pin_other_shape(changed);
+        auto second = Datapath::load({first.pin_dir(), Capacities{}});
+        REQUIRE(second.ok());
+        CHECK_FALSE((*second)->adopted_maps());
+        CHECK_FALSE((*second)->active_image().has_value());
+        CHECK((*second)->not_adopted_why().find(changed) != std::string::npos);
+        std::vector<std::string> expected_fresh;
+        for (const char* name : kMapNames)
+            if (map_carry(name) != MapCarry::own) expected_fresh.emplace_back(name);
+        std::vector<std::string> fresh = (*second)->fresh_maps();
+        std::sort(fresh.begin(), fresh.end());
+        std::sort(expected_fresh.begin(), expected_fresh.end());
+        CHECK(fresh == expected_fresh);
+        // Learned answers carry the old set's numbers: not kept. Rate limits are.
+        const auto learned_now = (*second)->maps().dns_learned.lookup(learned_key);
+        REQUIRE(learned_now.ok());
+        CHECK_FALSE(learned_now->has_value());
+        const auto bucket = (*second)->maps().event_limits.lookup(source);
+        REQUIRE(bucket.ok());
+        REQUIRE(bucket->has_value());
+        CHECK((*bucket)->tokens == 2);
+        // Nothing is replaced before the links use the new set.
+        CHECK(pinned_map_id(EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_LEARNED)) == learned_id);
+        CHECK(pinned_map_id(EGRESSD_STRINGIFY(EGRESSD_MAP_EVENT_LIMITS)) == limits_id);
+        CHECK(run_probe(env.cg, env.net, {.address = Net::kExternal4, .port = 80}).error == EPERM);
+    }
 }
 
 TEST_CASE("kernel: bpftool prints the pinned maps with field names (BTF)") {

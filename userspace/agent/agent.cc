@@ -109,8 +109,11 @@ Status Agent::load_and_adopt() {
     if (resolvers_.empty() && !kube_)
         log::info("no resolver to learn DNS answers from: dnsServer is not set and /etc/resolv.conf names none");
     if (!datapath_->not_adopted_why().empty())
-        log::error("not adopting the pinned maps in {}: {}; a fresh set replaces them once the programs use it",
+        log::error("not adopting the pinned maps in {}: {}; fresh maps replace them once the programs use them",
                    config_.bpffs.string(), datapath_->not_adopted_why());
+    if (datapath_->adopted_maps() && !datapath_->fresh_maps().empty())
+        log::info("kept the pinned maps in {} but {}, made fresh for this build", config_.bpffs.string(),
+                  fmt::join(datapath_->fresh_maps(), ", "));
     if (datapath_->active_image()) {
         reconciler_->continue_pinned();
         log::info("adopted the pinned maps in {} (generation {} in force)", config_.bpffs.string(),

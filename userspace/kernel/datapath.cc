@@ -68,18 +68,34 @@ std::vector<bpf_map*> shared_maps(const bpf_object* object) {
     return maps;
 }
 
-// Makes the object use the pinned maps if all of them exist and match its
-// definitions; a partial or incompatible set is replaced as a whole, so no
-// program ever pairs a new map with an old one. True when adopted; false
-// with `why` set when something pinned was not.
-Result<bool> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir, std::string& why) {
-    std::vector<std::pair<bpf_map*, UniqueFd>> pinned;
+// What reuse_pinned_maps() kept of the pinned maps.
+struct Carried {
+    bool generation = false;          // the generation maps (and with them the numbered ones that matched)
+    std::vector<std::string> fresh;   // made anew by this load: pinned once the programs use them
+    std::string why;                  // what was pinned and could not be kept, or ""
+};
+
+// Makes the object use the pinned maps that exist and match its definitions,
+// as map_carry() says: the generation maps all or none, so no program ever
+// reads one generation across two sets; the numbered ones only along with
+// them; the others one by one. A layout change to some maps (a new build)
+// thus keeps the rest, learned DNS answers included when the generation
+// maps are unchanged. The rest is made fresh, and replaces the pins only
+// once the links use it.
+Result<Carried> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir) {
+    Carried carried;
+    std::vector<std::pair<bpf_map*, UniqueFd>> found;  // no descriptor: nothing usable pinned
+    bool generation_whole = true, generation_any = false;
+    auto note = [&carried](const std::string& problem) { carried.why += (carried.why.empty() ? "" : "; ") + problem; };
     for (bpf_map* map : shared_maps(object)) {
         const fs::path path = pin_dir / bpf_map__name(map);
+        const bool generation = map_carry(bpf_map__name(map)) == MapCarry::generation;
         auto fd = open_pinned_object(path, false);
         if (!fd) {
-            if (!pinned.empty() || errno != ENOENT) why = path.string() + " is missing or not a map";
-            return false;
+            if (errno != ENOENT) note(path.string() + " is not a map");
+            generation_whole = generation_whole && !generation;
+            found.emplace_back(map, UniqueFd());
+            continue;
         }
         bpf_map_info info{};
         uint32_t length = sizeof(info);
@@ -93,21 +109,36 @@ Result<bool> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir, std:
             std::string_view(info.name) == std::string_view(bpf_map__name(map)).substr(0, BPF_OBJ_NAME_LEN - 1) &&
             (info.btf_id != 0 || bpf_map__type(map) == BPF_MAP_TYPE_RINGBUF);  // a ring buffer has no key or value type
         if (!compatible) {
-            why = fmt::format("{} does not match this build (type {} key {} value {} entries {} flags {:#x}{}; "
-                              "expected type {} key {} value {} entries {} flags {:#x} with BTF)",
-                              path.string(), info.type, info.key_size, info.value_size, info.max_entries,
-                              info.map_flags, info.btf_id ? "" : ", no BTF", int(bpf_map__type(map)),
-                              bpf_map__key_size(map), bpf_map__value_size(map), bpf_map__max_entries(map),
-                              bpf_map__map_flags(map));
-            return false;
+            note(fmt::format("{} does not match this build (type {} key {} value {} entries {} flags {:#x}{}; "
+                             "expected type {} key {} value {} entries {} flags {:#x} with BTF)",
+                             path.string(), info.type, info.key_size, info.value_size, info.max_entries,
+                             info.map_flags, info.btf_id ? "" : ", no BTF", int(bpf_map__type(map)),
+                             bpf_map__key_size(map), bpf_map__value_size(map), bpf_map__max_entries(map),
+                             bpf_map__map_flags(map)));
+            generation_whole = generation_whole && !generation;
+            found.emplace_back(map, UniqueFd());
+            continue;
         }
-        pinned.emplace_back(map, std::move(*fd));
+        generation_any = generation_any || generation;
+        found.emplace_back(map, std::move(*fd));
     }
-    for (auto& [m, fd] : pinned) {
-        if (int err = bpf_map__reuse_fd(m, fd.get()); err != 0)
-            return libbpf_error(std::string("adopting pinned map ") + bpf_map__name(m), err);
+    carried.generation = generation_whole && generation_any;
+    if (generation_any && !generation_whole) {
+        for (const auto& [map, fd] : found) {
+            if (map_carry(bpf_map__name(map)) == MapCarry::generation && !fd.valid() && carried.why.empty())
+                note((pin_dir / bpf_map__name(map)).string() + " is missing");
+        }
     }
-    return true;
+    for (auto& [map, fd] : found) {
+        const MapCarry carry = map_carry(bpf_map__name(map));
+        if (!fd.valid() || (carry != MapCarry::own && !carried.generation)) {
+            carried.fresh.emplace_back(bpf_map__name(map));
+            continue;
+        }
+        if (int err = bpf_map__reuse_fd(map, fd.get()); err != 0)
+            return libbpf_error(std::string("adopting pinned map ") + bpf_map__name(map), err);
+    }
+    return carried;
 }
 
 }  // namespace
@@ -126,9 +157,11 @@ Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
     bpf_object* object = dp->skel_->obj;
     if (auto sized = size_maps(object, options.capacities); !sized) return sized.error();
     dp->skel_->rodata->egressd_flows_enabled = options.track_flows ? 1 : 0;
-    auto adopted = reuse_pinned_maps(object, options.pin_dir, dp->not_adopted_why_);
-    if (!adopted) return adopted.error();
-    dp->adopted_maps_ = *adopted;
+    auto carried = reuse_pinned_maps(object, options.pin_dir);
+    if (!carried) return carried.error();
+    dp->adopted_maps_ = carried->generation;
+    dp->not_adopted_why_ = std::move(carried->why);
+    dp->fresh_maps_ = std::move(carried->fresh);
 
     if (int err = egressd_bpf__load(dp->skel_.get()); err != 0)
         return libbpf_error("loading the BPF programs (is this kernel built with CONFIG_CGROUP_BPF?)", err);
@@ -345,8 +378,8 @@ Result<std::vector<AttachReport>> Datapath::attach(const CgroupTarget& cgroup) {
 }
 
 Status Datapath::pin_maps_once() {
-    if (!adopted_maps_ && !maps_pinned_) {
-        if (auto pinned = pin_maps(); !pinned) return pinned.error();
+    if (!maps_pinned_) {
+        if (auto pinned = pin_fresh_maps(); !pinned) return pinned.error();
     }
     maps_pinned_ = true;
     return remove_retired_maps();
@@ -438,14 +471,15 @@ Status Datapath::repin() {
     return {};
 }
 
-Status Datapath::pin_maps() {
-    for (bpf_map* map : shared_maps(skel_->obj)) {
-        const fs::path path = options_.pin_dir / bpf_map__name(map);
+Status Datapath::pin_fresh_maps() {
+    for (const std::string& name : fresh_maps_) {
+        bpf_map* map = bpf_object__find_map_by_name(skel_->obj, name.c_str());
+        const fs::path path = options_.pin_dir / name;
         // The links use these maps already; an old pin only keeps an unused map alive.
         if (path_present(path) && ::unlink(path.c_str()) != 0) return system_error("replacing " + path.string());
-        if (bpf_obj_pin(bpf_map__fd(map), path.c_str()) != 0) return system_error("pinning " + path.string());
+        if (!map || bpf_obj_pin(bpf_map__fd(map), path.c_str()) != 0) return system_error("pinning " + path.string());
     }
-    adopted_maps_ = true;
+    fresh_maps_.clear();
     return {};
 }
 

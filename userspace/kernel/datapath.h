@@ -38,17 +38,21 @@ public:
         bool track_flows = true;  // off: no flow tracking (flows.bpf.h, egressd_flows_enabled)
     };
 
-    // Opens and loads the BPF object. When every pinned map is compatible the
-    // maps are adopted (the kernel keeps its current generation); otherwise a
-    // fresh set is created and replaces the pins only after the links use it.
+    // Opens and loads the BPF object, adopting the pinned maps that match
+    // this build (map_carry(): the generation maps all or none; with them the
+    // kernel keeps its current generation). The maps made fresh replace the
+    // pins only after the links use them.
     static Result<std::unique_ptr<Datapath>> load(const Options& options);
     ~Datapath();  // links stay pinned: enforcement outlives the agent by design
     Datapath(const Datapath&) = delete;
     Datapath& operator=(const Datapath&) = delete;
 
+    // The generation maps were adopted (and the numbered ones that matched).
     bool adopted_maps() const { return adopted_maps_; }
-    // Why pinned maps were found but not adopted (a fresh set replaces them), or "".
+    // Why pinned maps were found but not adopted (fresh ones replace them), or "".
     const std::string& not_adopted_why() const { return not_adopted_why_; }
+    // The maps this load made fresh, until they are pinned (attach()).
+    const std::vector<std::string>& fresh_maps() const { return fresh_maps_; }
     // Maps another build pinned, unpinned once this build's were in place.
     const std::vector<std::string>& retired_maps() const { return retired_maps_; }
     // The generation the kernel enforces now (adopted maps), if any.
@@ -119,7 +123,7 @@ private:
     // Every hook on one cgroup, links pinned in `link_dir`.
     Result<std::vector<AttachReport>> attach_all(const std::filesystem::path& link_dir, const CgroupTarget& cgroup,
                                                  std::vector<PinnedLink>& links);
-    Status pin_maps();
+    Status pin_fresh_maps();
     Status remove_retired_maps();
     // Waits, once after each flip, until no program can still be reading the
     // slot that was active before it. Every write to the inactive slot calls it.
@@ -142,6 +146,7 @@ private:
     std::optional<LastDiff> last_diff_;
     bool adopted_maps_ = false;
     std::string not_adopted_why_;
+    std::vector<std::string> fresh_maps_;
     std::vector<std::string> retired_maps_;
     uint32_t active_slot_ = 0;
     // What each slot holds in the kernel. Images are immutable and shared:

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -20,39 +21,63 @@
 
 namespace egressd {
 
-// X(member, pinned name macro, key type, value type). The ring buffer has no
-// key or value; its member is a plain descriptor (see MapSet::events).
-#define EGRESSD_MAP_TABLE(X)                                                                              \
-    X(control, EGRESSD_MAP_CONTROL, uint32_t, egressd_control)                                            \
-    X(config, EGRESSD_MAP_CONFIG, uint32_t, egressd_config)                                               \
-    X(cidrs, EGRESSD_MAP_CIDRS, egressd_cidr_key, egressd_cidr_value)                                     \
-    X(ports, EGRESSD_MAP_PORTS, egressd_port_key, egressd_port_value)                                     \
-    X(counters, EGRESSD_MAP_COUNTERS, uint32_t, egressd_counter)                                          \
-    X(workload_identities, EGRESSD_MAP_WORKLOAD_IDENTITIES, egressd_identity_key, egressd_identity_value) \
-    X(identity_names, EGRESSD_MAP_IDENTITY_NAMES, uint32_t, egressd_identity_name)                        \
-    X(policy_rules, EGRESSD_MAP_POLICY_RULES, egressd_policy_rule_key, egressd_policy_value)              \
-    X(policy_lengths, EGRESSD_MAP_POLICY_LENGTHS, egressd_policy_lengths_key, egressd_policy_lengths)     \
-    X(policy_names, EGRESSD_MAP_POLICY_NAMES, egressd_policy_name_key, egressd_policy_name)               \
-    X(event_limits, EGRESSD_MAP_EVENT_LIMITS, uint64_t, egressd_event_bucket)                             \
-    X(event_stats, EGRESSD_MAP_EVENT_STATS, uint32_t, uint64_t)                                           \
-    X(flows, EGRESSD_MAP_FLOWS, uint64_t, egressd_flow)                                                   \
-    X(rule_traffic, EGRESSD_MAP_RULE_TRAFFIC, egressd_traffic_key, egressd_traffic)                       \
-    X(identity_traffic, EGRESSD_MAP_ID_TRAFFIC, uint32_t, egressd_traffic)                                \
-    X(dns_scratch, EGRESSD_MAP_DNS_SCRATCH, uint32_t, egressd_dns_scratch)                                \
-    X(dns_settings, EGRESSD_MAP_DNS_SETTINGS, uint32_t, egressd_dns_settings)                             \
-    X(dns_servers, EGRESSD_MAP_DNS_SERVERS, egressd_dns_server_key, uint32_t)                             \
-    X(dns_queries, EGRESSD_MAP_DNS_QUERIES, egressd_dns_query_key, egressd_dns_query)                     \
-    X(dns_hosts, EGRESSD_MAP_DNS_HOSTS, egressd_dns_host_key, egressd_dns_host)                           \
-    X(dns_learned, EGRESSD_MAP_DNS_LEARNED, egressd_dns_learned_key, egressd_dns_learned)                 \
-    X(dns_stats, EGRESSD_MAP_DNS_STATS, uint32_t, uint64_t)
+// X(member, pinned name macro, key type, value type, carry). The ring buffer
+// has no key or value; its member is a plain descriptor (see MapSet::events).
+// `carry` says how a pinned map passes to a newly loaded build (MapCarry).
+#define EGRESSD_MAP_TABLE(X)                                                                                          \
+    X(control, EGRESSD_MAP_CONTROL, uint32_t, egressd_control, generation)                                            \
+    X(config, EGRESSD_MAP_CONFIG, uint32_t, egressd_config, generation)                                               \
+    X(cidrs, EGRESSD_MAP_CIDRS, egressd_cidr_key, egressd_cidr_value, generation)                                     \
+    X(ports, EGRESSD_MAP_PORTS, egressd_port_key, egressd_port_value, generation)                                     \
+    X(counters, EGRESSD_MAP_COUNTERS, uint32_t, egressd_counter, own)                                                 \
+    X(workload_identities, EGRESSD_MAP_WORKLOAD_IDENTITIES, egressd_identity_key, egressd_identity_value, generation) \
+    X(identity_names, EGRESSD_MAP_IDENTITY_NAMES, uint32_t, egressd_identity_name, generation)                        \
+    X(policy_rules, EGRESSD_MAP_POLICY_RULES, egressd_policy_rule_key, egressd_policy_value, generation)              \
+    X(policy_lengths, EGRESSD_MAP_POLICY_LENGTHS, egressd_policy_lengths_key, egressd_policy_lengths, generation)     \
+    X(policy_names, EGRESSD_MAP_POLICY_NAMES, egressd_policy_name_key, egressd_policy_name, generation)               \
+    X(event_limits, EGRESSD_MAP_EVENT_LIMITS, uint64_t, egressd_event_bucket, own)                                    \
+    X(event_stats, EGRESSD_MAP_EVENT_STATS, uint32_t, uint64_t, own)                                                  \
+    X(flows, EGRESSD_MAP_FLOWS, uint64_t, egressd_flow, numbered)                                                     \
+    X(rule_traffic, EGRESSD_MAP_RULE_TRAFFIC, egressd_traffic_key, egressd_traffic, numbered)                         \
+    X(identity_traffic, EGRESSD_MAP_ID_TRAFFIC, uint32_t, egressd_traffic, numbered)                                  \
+    X(dns_scratch, EGRESSD_MAP_DNS_SCRATCH, uint32_t, egressd_dns_scratch, own)                                       \
+    X(dns_settings, EGRESSD_MAP_DNS_SETTINGS, uint32_t, egressd_dns_settings, own)                                    \
+    X(dns_servers, EGRESSD_MAP_DNS_SERVERS, egressd_dns_server_key, uint32_t, own)                                    \
+    X(dns_queries, EGRESSD_MAP_DNS_QUERIES, egressd_dns_query_key, egressd_dns_query, numbered)                       \
+    X(dns_hosts, EGRESSD_MAP_DNS_HOSTS, egressd_dns_host_key, egressd_dns_host, generation)                           \
+    X(dns_learned, EGRESSD_MAP_DNS_LEARNED, egressd_dns_learned_key, egressd_dns_learned, numbered)                   \
+    X(dns_stats, EGRESSD_MAP_DNS_STATS, uint32_t, uint64_t, own)
 
 // Every map's pinned name, the ring buffer's included.
 inline constexpr auto kMapNames = std::to_array<const char*>({
-#define EGRESSD_MAP_NAME(member, name, key, value) EGRESSD_STRINGIFY(name),
+#define EGRESSD_MAP_NAME(member, name, key, value, carry) EGRESSD_STRINGIFY(name),
     EGRESSD_MAP_TABLE(EGRESSD_MAP_NAME)
 #undef EGRESSD_MAP_NAME
         EGRESSD_STRINGIFY(EGRESSD_MAP_EVENTS),
 });
+// How a pinned map of the same definition passes to a newly loaded build
+// (Datapath::load), so that a change to some maps' layout keeps the rest:
+enum class MapCarry {
+    // The generations in force and the numbers they give identities, policies
+    // and host names: all of these maps or none, for a program must never read
+    // one generation across maps of two sets.
+    generation,
+    // State written with those numbers (learned DNS answers, queries awaiting
+    // an answer, flows, traffic totals): kept only along with the generation maps.
+    numbered,
+    // Meaningful alone (counters, rate limits, settings rewritten at every start).
+    own,
+};
+
+// How `name` (a pinned name of kMapNames) is carried; the ring buffer is `own`.
+constexpr MapCarry map_carry(std::string_view name) {
+#define EGRESSD_MAP_CARRY(member, name_macro, key, value, carry) \
+    if (name == EGRESSD_STRINGIFY(name_macro)) return MapCarry::carry;
+    EGRESSD_MAP_TABLE(EGRESSD_MAP_CARRY)
+#undef EGRESSD_MAP_CARRY
+    return MapCarry::own;
+}
+
 // Maps earlier versions pinned and this one no longer has: unpinned once the
 // new set is pinned, and by --cleanup.
 inline constexpr std::array<const char*, 2> kRetiredMapNames = {"flow_marks_v1", "flows_v1"};
@@ -115,7 +140,7 @@ public:
                               const std::set<std::array<uint8_t, 16>>& servers) const;
     Status set_active_slot(uint32_t slot) const;
 
-#define EGRESSD_MAP_MEMBER(member, name, key, value) BpfMap<key, value> member;
+#define EGRESSD_MAP_MEMBER(member, name, key, value, carry) BpfMap<key, value> member;
     EGRESSD_MAP_TABLE(EGRESSD_MAP_MEMBER)
 #undef EGRESSD_MAP_MEMBER
     UniqueFd events;  // the ring buffer of decision events (EventReader reads it)
@@ -124,7 +149,7 @@ public:
 template <typename FdOf>
 Result<MapSet> MapSet::adopt(FdOf fd_of) {
     MapSet set;
-#define EGRESSD_MAP_ADOPT(member, name, key, value)                                    \
+#define EGRESSD_MAP_ADOPT(member, name, key, value, carry)                             \
     {                                                                                  \
         auto fd = fd_of(EGRESSD_STRINGIFY(name));                                      \
         if (!fd) return fd.error();                                                    \
