@@ -112,6 +112,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, EGRESSD_TRAFFIC_RULES);
 	__type(key, struct egressd_traffic_key);
 	__type(value, struct egressd_traffic);
@@ -119,6 +120,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, EGRESSD_TRAFFIC_IDENTITIES);
 	__type(key, __u32);
 	__type(value, struct egressd_traffic);

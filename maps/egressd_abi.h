@@ -58,8 +58,9 @@
 #define EGRESSD_MAP_EVENT_LIMITS event_limits_v1 /* per-source token buckets */
 #define EGRESSD_MAP_EVENT_STATS event_stats_v1
 #define EGRESSD_MAP_FLOWS flows_v2 /* v2: no byte counts (read from the socket when asked) */
-#define EGRESSD_MAP_RULE_TRAFFIC rule_traffic_v1
-#define EGRESSD_MAP_ID_TRAFFIC id_traffic_v1
+/* v2: allocated as totals appear (BPF_F_NO_PREALLOC), not 16k per-CPU values up front */
+#define EGRESSD_MAP_RULE_TRAFFIC rule_traffic_v2
+#define EGRESSD_MAP_ID_TRAFFIC id_traffic_v2
 #define EGRESSD_MAP_DNS_SCRATCH dns_scratch_v1 /* per-CPU: a DNS response and what it says */
 #define EGRESSD_MAP_DNS_SETTINGS dns_settings_v1
 #define EGRESSD_MAP_DNS_SERVERS dns_servers_v1 /* the trusted resolvers */
@@ -375,8 +376,8 @@ enum egressd_event_stat {
  * local or mesh in flows_v2 (LRU by socket cookie), as connecting
  * (started_ns 0). The sockops program asks for state callbacks on it when
  * the SYN goes out, stamps it established, and, when it closes, adds its
- * bytes to the totals per rule (rule_traffic_v1) and per identity
- * (id_traffic_v1) and removes it; a connection that never got established
+ * bytes to the totals per rule (rule_traffic_v2) and per identity
+ * (id_traffic_v2) and removes it; a connection that never got established
  * is removed without totals. Nothing runs while bytes flow: an open flow's
  * bytes so far are read from the socket itself when asked (the socket
  * iterators of bpf/revoke.bpf.c). With the agent's `flows: off`, nothing is
@@ -403,8 +404,8 @@ struct egressd_traffic_key {
 	__u32 rule;   /* list index, or policy number */
 };
 
-/* PERCPU_HASH values of rule_traffic_v1 (key egressd_traffic_key) and
- * id_traffic_v1 (key __u32 identity, 0 = unknown). Totals are never evicted;
+/* PERCPU_HASH values of rule_traffic_v2 (key egressd_traffic_key) and
+ * id_traffic_v2 (key __u32 identity, 0 = unknown). Totals are never evicted;
  * when a map is full, a new key's connection is counted as traffic lost. */
 struct egressd_traffic {
 	__u64 connections; /* closed connections counted */

@@ -112,7 +112,7 @@ Status Agent::load_and_adopt() {
         log::error("not adopting the pinned maps in {}: {}; fresh maps replace them once the programs use them",
                    config_.bpffs.string(), datapath_->not_adopted_why());
     if (datapath_->adopted_maps() && !datapath_->fresh_maps().empty())
-        log::info("kept the pinned maps in {} but {}, made fresh for this build", config_.bpffs.string(),
+        log::info("kept the pinned maps in {}, but for {}: made fresh for this build", config_.bpffs.string(),
                   fmt::join(datapath_->fresh_maps(), ", "));
     if (datapath_->active_image()) {
         reconciler_->continue_pinned();
