@@ -64,14 +64,16 @@ for _ in $(seq 100); do [ -s "$work/dns.ready" ] && break; sleep 0.05; done
 
 cp "$root/config/meshconfig.yaml" "$work/meshconfig.yaml"
 mkdir -p "$work/policies"
-cat > "$work/policies/app.yaml" <<EOF
-# The workload may reach its hosts on 8080, and its resolver (no implicit allow for DNS).
+# The workload may reach its hosts on 8080, and its resolver (no implicit
+# allow for DNS). host_policy DESTINATIONS_LINE: the first policy's destinations.
+host_policy() {
+  cat > "$work/policies/app.yaml.new" <<EOF
 kind: Egress
 apiVersion: policy.flomesh.io/v1alpha1
 metadata: {name: hosts, namespace: app}
 spec:
   sources: [{kind: ServiceAccount, name: curl, namespace: app}]
-  hosts: [api.test.egressd, www.test.egressd, "*.wild.test.egressd"]
+  $1
   ports: [{number: 8080, protocol: tcp}]
 ---
 kind: Egress
@@ -82,7 +84,10 @@ spec:
   ipAddresses: [$resolver/32]
   ports: [{number: 53, protocol: udp}]
 EOF
-write_settings() { # write_settings DNS_SERVERS
+  mv "$work/policies/app.yaml.new" "$work/policies/app.yaml"
+}
+host_policy 'hosts: [api.test.egressd, www.test.egressd, "*.wild.test.egressd"]'
+write_settings() { # write_settings DNS_SERVERS [MIN_TTL]
   cat > "$work/egressd.yaml" <<EOF
 cgroup: $cgroup_rel
 bpffs: $pins
@@ -92,7 +97,7 @@ runDir: $work/run
 policyDir: policies
 workloads: $work/run/workloads.yaml
 dnsServer: $1
-dnsLearning: {minTTL: 0}
+dnsLearning: {minTTL: ${2:-0}}
 httpAddress: $http
 events: {allowedByPolicy: true, log: $work/events.log}
 EOF
@@ -107,6 +112,14 @@ workload_loop() { # workload_loop COUNT
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 metric() { curl -s "http://$http/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+connect_denied() { # connect_denied ADDRESS: the workload's connect() to ADDRESS:8080 gets EPERM
+  ctl run --as app/curl -- ip netns exec "$client" python3 -c '
+import socket, sys
+s = socket.socket(); s.settimeout(2)
+try: s.connect((sys.argv[1], 8080))
+except PermissionError: sys.exit(0)
+sys.exit(1)' "$1"
+}
 
 # ---- learning: the agent trusts the workloads' resolver -------------------------
 write_settings "[127.0.0.1:$dns_port, $resolver]"
@@ -152,12 +165,7 @@ check "/metrics counts the malformed answer" test "$(metric 'egressd_dns_respons
 # Expiry: every TTL is at most 5 s (minTTL 0): after 6 s a learned address is denied.
 address=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])[0]['address'])" "$hosts_json")
 sleep 6
-check "an address whose TTL ran out is denied ($address)" bash -c "
-  '$egressctl' --config '$work/egressd.yaml' run --as app/curl -- ip netns exec '$client' \
-    python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(2)
-try: s.connect((\"$address\", 8080))
-except PermissionError: sys.exit(0)
-sys.exit(1)'"
+check "an address whose TTL ran out is denied ($address)" connect_denied "$address"
 
 check "/metrics shows the learned entries whose TTL ran out" \
   test "$(metric 'egressd_dns_learned_addresses{state="expired"}')" -ge 1
@@ -178,5 +186,32 @@ check "with the agent's lookups alone, the loop is denied (the pool answers each
   test "$(field "$loop" denied)" -ge 90
 check "/metrics: the workloads' answers are untrusted now" \
   test "$(metric 'egressd_dns_responses_total{outcome="untrusted"}')" -ge 100
+
+# ---- a host's number outlives the host while an answer names it ------------------
+# A learned answer names its host by number and lives out its TTL even when
+# the host leaves the policies. A number given to another host after a
+# restart would allow the old answer's address under the new host's rule.
+verdict_of() { ctl check --from app/curl --to "$1" >/dev/null; echo $?; }  # 0 allowed, 1 denied
+until_verdict() { # until_verdict DEST EXPECTED: the agent applies a file change within seconds
+  for _ in $(seq 100); do [ "$(verdict_of "$1")" = "$2" ] && return 0; sleep 0.1; done; return 1; }
+stop_agent
+"$egressd" --cleanup --config "$work/egressd.yaml" >/dev/null   # numbering from 1: api.test.egressd gets 1
+write_settings "[127.0.0.1:$dns_port, $resolver]" 120   # learned answers outlive the test
+host_policy "hosts: [api.test.egressd]"
+check "the agent restarts with api.test.egressd its only policy host" start_agent
+ctl run --as app/curl -- ip netns exec "$client" python3 "$here/dns_client.py" --resolver "$resolver" \
+  --names api.test.egressd --port 8080 --count 1 >/dev/null
+learned=$(ctl hosts --json | python3 -c "
+import json, sys; h = [e for e in json.load(sys.stdin) if e['host'] == 'api.test.egressd' and e['expiresInSeconds'] > 60]
+print(h[0]['address'] if h else '')")
+check "the workload's answer for api.test.egressd is learned (${learned:-none})" test -n "$learned"
+host_policy "ipAddresses: [203.0.113.250/32]"
+check "api.test.egressd withdrawn: its learned address is denied" until_verdict "$learned:8080" 1
+stop_agent
+check "the agent restarts on a generation with no policy host" start_agent
+host_policy "hosts: [www.test.egressd]"
+check "a new policy host is allowed" until_verdict www.test.egressd:8080 0
+check "and it does not inherit api.test.egressd's learned address ($learned)" test "$(verdict_of "$learned:8080")" = 1
+check "  ...which the workload's connect() confirms" connect_denied "$learned"
 
 finish

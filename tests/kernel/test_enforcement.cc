@@ -258,8 +258,15 @@ TEST_CASE("kernel: a map of another layout is made fresh with its group, and the
     learned.expires_ns = 123456789;
     learned.host = 2;
     REQUIRE(maps.dns_learned.update(learned_key, learned).ok());
-    const uint64_t source = 4242;
-    REQUIRE(maps.event_limits.update(source, egressd_event_bucket{1, 2}).ok());
+    // Numbers the kept state names: an identity (a query awaiting its answer) and a policy (a flow).
+    REQUIRE(maps.dns_queries.update(egressd_dns_query_key{99, 1, {}}, egressd_dns_query{5, 6, 11, 0}).ok());
+    egressd_flow flow{};
+    flow.identity = 9;
+    flow.rule = 5;
+    flow.reason = EGRESSD_REASON_POLICY;
+    REQUIRE(maps.flows.update(77, flow).ok());
+    const uint32_t zero = 0;
+    REQUIRE(maps.dns_settings.update(zero, egressd_dns_settings{1, 2, 3, 0}).ok());
 
     auto pin_other_shape = [&](const char* name) {
         const std::filesystem::path path = first.pin_dir() / name;
@@ -275,7 +282,7 @@ TEST_CASE("kernel: a map of another layout is made fresh with its group, and the
         return fd && bpf_obj_get_info_by_fd(fd->get(), &info, &length) == 0 ? info.id : 0;
     };
     const uint32_t learned_id = pinned_map_id(EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_LEARNED));
-    const uint32_t limits_id = pinned_map_id(EGRESSD_STRINGIFY(EGRESSD_MAP_EVENT_LIMITS));
+    const uint32_t settings_id = pinned_map_id(EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_SETTINGS));
 
     SUBCASE("numbered maps: the generation and the learned DNS answers are kept") {
         const char* changed = EGRESSD_STRINGIFY(EGRESSD_MAP_ID_TRAFFIC);
@@ -287,7 +294,9 @@ TEST_CASE("kernel: a map of another layout is made fresh with its group, and the
         CHECK((*second)->adopted_maps());
         CHECK((*second)->not_adopted_why().find(changed) != std::string::npos);
         CHECK((*second)->not_adopted_why().find(missing) == std::string::npos);  // not a fault: a new map
-        CHECK((*second)->fresh_maps() == std::vector<std::string>{missing, changed});
+        std::vector<std::string> fresh = (*second)->fresh_maps();
+        std::sort(fresh.begin(), fresh.end());
+        CHECK(fresh == std::vector<std::string>{changed, missing});
         REQUIRE((*second)->active_image().has_value());
         CHECK((*second)->active_image()->generation == image.generation);
         const auto kept = (*second)->maps().dns_learned.lookup(learned_key);
@@ -295,6 +304,10 @@ TEST_CASE("kernel: a map of another layout is made fresh with its group, and the
         REQUIRE(kept->has_value());
         CHECK((*kept)->host == learned.host);
         CHECK((*kept)->expires_ns == learned.expires_ns);
+        // What the agent keeps from handing out again (a learned answer names host 2).
+        const auto in_use = (*second)->maps().read_numbers_in_use();
+        REQUIRE(in_use.ok());
+        CHECK(*in_use == NumbersInUse{11, 5, 2});
 
         // The fresh map replaces the other one's pin once the links use it; the rest stays as it was.
         REQUIRE((*second)->attach(CgroupTarget{env.cg.path(), env.cg.id()}).ok());
@@ -325,18 +338,33 @@ TEST_CASE("kernel: a map of another layout is made fresh with its group, and the
         std::sort(fresh.begin(), fresh.end());
         std::sort(expected_fresh.begin(), expected_fresh.end());
         CHECK(fresh == expected_fresh);
-        // Learned answers carry the old set's numbers: not kept. Rate limits are.
+        // Learned answers carry the old set's numbers: not kept. The DNS settings are.
         const auto learned_now = (*second)->maps().dns_learned.lookup(learned_key);
         REQUIRE(learned_now.ok());
         CHECK_FALSE(learned_now->has_value());
-        const auto bucket = (*second)->maps().event_limits.lookup(source);
-        REQUIRE(bucket.ok());
-        REQUIRE(bucket->has_value());
-        CHECK((*bucket)->tokens == 2);
+        const auto in_use = (*second)->maps().read_numbers_in_use();
+        REQUIRE(in_use.ok());
+        CHECK(*in_use == NumbersInUse{});
+        const auto settings = (*second)->maps().dns_settings.lookup(zero);
+        REQUIRE(settings.ok());
+        REQUIRE(settings->has_value());
+        CHECK((*settings)->max_ttl == 2);
         // Nothing is replaced before the links use the new set.
         CHECK(pinned_map_id(EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_LEARNED)) == learned_id);
-        CHECK(pinned_map_id(EGRESSD_STRINGIFY(EGRESSD_MAP_EVENT_LIMITS)) == limits_id);
         CHECK(run_probe(env.cg, env.net, {.address = Net::kExternal4, .port = 80}).error == EPERM);
+        // Then the fresh ones replace their pins, and the kept ones stay.
+        REQUIRE((*second)->publish(image).ok());
+        REQUIRE((*second)->attach(CgroupTarget{env.cg.path(), env.cg.id()}).ok());
+        CHECK(pinned_map_id(EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_LEARNED)) != learned_id);
+        CHECK(pinned_map_id(EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_SETTINGS)) == settings_id);
+        auto ports = open_pinned_object(first.pin_dir() / changed, true);
+        REQUIRE(ports.ok());
+        bpf_map_info info{};
+        uint32_t length = sizeof(info);
+        REQUIRE(bpf_obj_get_info_by_fd(ports->get(), &info, &length) == 0);
+        CHECK(info.btf_id != 0);
+        CHECK(run_probe(env.cg, env.net, {.address = Net::kExternal4, .port = 80}).error == EPERM);
+        CHECK(run_probe(env.cg, env.net, {.address = Net::kMesh4, .port = 80}).error == 0);
     }
 }
 

@@ -72,6 +72,14 @@ TEST_CASE("identity numbers are stable, never 0, and not reused after being forg
     IdentityRegistry adopted({{7, {"ns", "x"}}, {3, {"ns", "y"}}});
     CHECK(adopted.find({"ns", "x"}) == 7u);
     CHECK(adopted.number_for({"ns", "new"}) == 8u);
+
+    // Numbers that kept state still names (a learned DNS answer) are not handed out again.
+    IdentityRegistry reserved({{3, {"ns", "y"}}});
+    reserved.reserve_through(12);
+    reserved.reserve_through(5);  // never lowers it
+    CHECK(reserved.number_for({"ns", "new"}) == 13u);
+    reserved.reserve_through(UINT32_MAX);  // no wrap to 0
+    CHECK(reserved.number_for({"ns", "newer"}) == 14u);
 }
 
 TEST_CASE("the workloads file: parsing, errors, rendering round trip") {

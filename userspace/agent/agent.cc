@@ -109,15 +109,22 @@ Status Agent::load_and_adopt() {
     if (resolvers_.empty() && !kube_)
         log::info("no resolver to learn DNS answers from: dnsServer is not set and /etc/resolv.conf names none");
     if (!datapath_->not_adopted_why().empty())
-        log::error("not adopting the pinned maps in {}: {}; fresh maps replace them once the programs use them",
+        log::error("not keeping some of the pinned maps in {}: {}; fresh ones replace them once the programs use them",
                    config_.bpffs.string(), datapath_->not_adopted_why());
-    if (datapath_->adopted_maps() && !datapath_->fresh_maps().empty())
-        log::info("kept the pinned maps in {}, but for {}: made fresh for this build", config_.bpffs.string(),
-                  fmt::join(datapath_->fresh_maps(), ", "));
+    if (!datapath_->not_adopted_why().empty() || (datapath_->adopted_maps() && !datapath_->fresh_maps().empty()))
+        log::info("made fresh for this build: {}", fmt::join(datapath_->fresh_maps(), ", "));
     if (datapath_->active_image()) {
         reconciler_->continue_pinned();
         log::info("adopted the pinned maps in {} (generation {} in force)", config_.bpffs.string(),
                   reconciler_->applied().generation);
+    }
+    if (datapath_->adopted_maps()) {
+        // The generation in force numbers only what it uses: a host number
+        // retired before the restart may still be named by a learned answer,
+        // and given to another host it would allow that answer's address.
+        auto in_use = datapath_->maps().read_numbers_in_use();
+        if (!in_use) return in_use.error().with_context("reading the numbers the pinned state uses");
+        reconciler_->reserve_numbers(*in_use);
     }
     memory_release_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
     if (!memory_release_.valid()) return system_error("timerfd_create");

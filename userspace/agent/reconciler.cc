@@ -60,6 +60,12 @@ void Reconciler::continue_pinned() {
     host_numbers_ = HostRegistry(std::move(hosts));
 }
 
+void Reconciler::reserve_numbers(const NumbersInUse& in_use) {
+    identities_.reserve_through(in_use.identity);
+    policy_numbers_.reserve_through(in_use.policy);
+    host_numbers_.reserve_through(in_use.host);
+}
+
 std::optional<PolicyRef> Reconciler::policy_name(uint32_t number) const {
     auto it = policy_names_seen_.find(number);
     if (it == policy_names_seen_.end()) return std::nullopt;

@@ -34,6 +34,8 @@ public:
     // Continues from what the datapath adopted from the pins: the generation
     // number, the identities' and the policies' numbers.
     void continue_pinned();
+    // Adoption: numbers the kept state uses are never handed out again.
+    void reserve_numbers(const NumbersInUse& in_use);
 
     // The inputs. Each replaces the previous value of its kind.
     void set_mesh(MeshConfig mesh) { mesh_ = std::move(mesh); }

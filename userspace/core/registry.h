@@ -40,6 +40,13 @@ public:
         return it->second;
     }
 
+    // Never hands out `number` or a smaller one again: numbers that state
+    // kept in the kernel still uses (a learned DNS answer names its host's
+    // number) must not come back with another meaning after a restart.
+    void reserve_through(uint32_t number) {
+        if (number != UINT32_MAX) next_ = std::max(next_, number + 1);
+    }
+
     const std::map<uint32_t, Name>& names() const { return names_; }
     size_t size() const { return names_.size(); }
     // Changes whenever a number is allocated or forgotten: a caller that

@@ -85,14 +85,17 @@ struct Carried {
 Result<Carried> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir) {
     Carried carried;
     std::vector<std::pair<bpf_map*, UniqueFd>> found;  // no descriptor: nothing usable pinned
-    bool generation_whole = true, generation_any = false;
+    bool generation_whole = true, generation_any = false, generation_noted = false;
     auto note = [&carried](const std::string& problem) { carried.why += (carried.why.empty() ? "" : "; ") + problem; };
     for (bpf_map* map : shared_maps(object)) {
         const fs::path path = pin_dir / bpf_map__name(map);
         const bool generation = map_carry(bpf_map__name(map)) == MapCarry::generation;
         auto fd = open_pinned_object(path, false);
         if (!fd) {
-            if (errno != ENOENT) note(path.string() + " is not a map");
+            if (errno != ENOENT) {
+                note(path.string() + " is not a map");
+                generation_noted = generation_noted || generation;
+            }
             generation_whole = generation_whole && !generation;
             found.emplace_back(map, UniqueFd());
             continue;
@@ -115,6 +118,7 @@ Result<Carried> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir) {
                              info.map_flags, info.btf_id ? "" : ", no BTF", int(bpf_map__type(map)),
                              bpf_map__key_size(map), bpf_map__value_size(map), bpf_map__max_entries(map),
                              bpf_map__map_flags(map)));
+            generation_noted = generation_noted || generation;
             generation_whole = generation_whole && !generation;
             found.emplace_back(map, UniqueFd());
             continue;
@@ -123,10 +127,12 @@ Result<Carried> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir) {
         found.emplace_back(map, std::move(*fd));
     }
     carried.generation = generation_whole && generation_any;
-    if (generation_any && !generation_whole) {
+    if (generation_any && !generation_whole && !generation_noted) {
         for (const auto& [map, fd] : found) {
-            if (map_carry(bpf_map__name(map)) == MapCarry::generation && !fd.valid() && carried.why.empty())
+            if (map_carry(bpf_map__name(map)) == MapCarry::generation && !fd.valid()) {
                 note((pin_dir / bpf_map__name(map)).string() + " is missing");
+                break;
+            }
         }
     }
     for (auto& [map, fd] : found) {
@@ -477,7 +483,8 @@ Status Datapath::pin_fresh_maps() {
         const fs::path path = options_.pin_dir / name;
         // The links use these maps already; an old pin only keeps an unused map alive.
         if (path_present(path) && ::unlink(path.c_str()) != 0) return system_error("replacing " + path.string());
-        if (!map || bpf_obj_pin(bpf_map__fd(map), path.c_str()) != 0) return system_error("pinning " + path.string());
+        if (!map) return make_error("pinning " + path.string() + ": no such map in this build");
+        if (bpf_obj_pin(bpf_map__fd(map), path.c_str()) != 0) return system_error("pinning " + path.string());
     }
     fresh_maps_.clear();
     return {};

@@ -184,6 +184,36 @@ Result<std::map<uint32_t, Traffic>> MapSet::read_identity_traffic() const {
     return out;
 }
 
+Result<NumbersInUse> MapSet::read_numbers_in_use() const {
+    NumbersInUse in_use;
+    auto identity = [&in_use](uint32_t n) { in_use.identity = std::max(in_use.identity, n); };
+    auto policy = [&in_use](uint32_t reason, uint32_t n) {
+        if (reason == EGRESSD_REASON_POLICY) in_use.policy = std::max(in_use.policy, n);
+    };
+    auto learned = dns_learned.read_all();
+    if (!learned) return learned.error();
+    for (const auto& [key, entry] : *learned) {
+        identity(key.identity);
+        in_use.host = std::max(in_use.host, entry.host);
+    }
+    auto queries = dns_queries.read_all();
+    if (!queries) return queries.error();
+    for (const auto& [key, query] : *queries) identity(query.identity);
+    auto open = flows.read_all();
+    if (!open) return open.error();
+    for (const auto& [cookie, flow] : *open) {
+        identity(flow.identity);
+        policy(flow.reason, flow.rule);
+    }
+    auto rules = read_rule_traffic();
+    if (!rules) return rules.error();
+    for (const auto& [key, traffic] : *rules) policy(key.first, key.second);
+    auto identities = read_identity_traffic();
+    if (!identities) return identities.error();
+    for (const auto& [key, traffic] : *identities) identity(key);
+    return in_use;
+}
+
 Result<std::map<uint64_t, uint32_t>> MapSet::read_workload_identities() const {
     auto entries = workload_identities.read_all();
     if (!entries) return entries.error();

@@ -35,7 +35,7 @@ namespace egressd {
     X(policy_rules, EGRESSD_MAP_POLICY_RULES, egressd_policy_rule_key, egressd_policy_value, generation)              \
     X(policy_lengths, EGRESSD_MAP_POLICY_LENGTHS, egressd_policy_lengths_key, egressd_policy_lengths, generation)     \
     X(policy_names, EGRESSD_MAP_POLICY_NAMES, egressd_policy_name_key, egressd_policy_name, generation)               \
-    X(event_limits, EGRESSD_MAP_EVENT_LIMITS, uint64_t, egressd_event_bucket, own)                                    \
+    X(event_limits, EGRESSD_MAP_EVENT_LIMITS, uint64_t, egressd_event_bucket, numbered)                               \
     X(event_stats, EGRESSD_MAP_EVENT_STATS, uint32_t, uint64_t, own)                                                  \
     X(flows, EGRESSD_MAP_FLOWS, uint64_t, egressd_flow, numbered)                                                     \
     X(rule_traffic, EGRESSD_MAP_RULE_TRAFFIC, egressd_traffic_key, egressd_traffic, numbered)                         \
@@ -63,19 +63,23 @@ enum class MapCarry {
     // one generation across maps of two sets.
     generation,
     // State written with those numbers (learned DNS answers, queries awaiting
-    // an answer, flows, traffic totals): kept only along with the generation maps.
+    // an answer, flows, traffic totals, rate limits per identity, the events
+    // not read yet): kept only along with the generation maps.
     numbered,
-    // Meaningful alone (counters, rate limits, settings rewritten at every start).
+    // Meaningful alone (counters, settings rewritten at every start).
     own,
 };
 
-// How `name` (a pinned name of kMapNames) is carried; the ring buffer is `own`.
+// How `name` (a pinned name of kMapNames) is carried. The ring buffer's
+// events name identities and policies by number. A name of no map of this
+// build goes with the generation: what is not known is never kept alone.
 constexpr MapCarry map_carry(std::string_view name) {
 #define EGRESSD_MAP_CARRY(member, name_macro, key, value, carry) \
     if (name == EGRESSD_STRINGIFY(name_macro)) return MapCarry::carry;
     EGRESSD_MAP_TABLE(EGRESSD_MAP_CARRY)
 #undef EGRESSD_MAP_CARRY
-    return MapCarry::own;
+    if (name == EGRESSD_STRINGIFY(EGRESSD_MAP_EVENTS)) return MapCarry::numbered;
+    return MapCarry::generation;
 }
 
 // Maps earlier versions pinned and this one no longer has: unpinned once the
@@ -86,6 +90,13 @@ inline constexpr auto kRetiredMapNames =
 struct Traffic {
     uint64_t connections = 0, bytes_sent = 0, bytes_received = 0;
     bool operator==(const Traffic&) const = default;
+};
+
+// The highest identity, policy and host numbers the numbered maps use
+// (MapCarry::numbered), expired entries included; 0: none.
+struct NumbersInUse {
+    uint32_t identity = 0, policy = 0, host = 0;
+    bool operator==(const NumbersInUse&) const = default;
 };
 
 // Open, typed descriptors of the egressd maps, from a loaded object or from
@@ -121,6 +132,9 @@ public:
     Result<std::vector<std::pair<uint64_t, egressd_flow>>> read_flows() const;
     Result<std::map<std::pair<uint32_t, uint32_t>, Traffic>> read_rule_traffic() const;
     Result<std::map<uint32_t, Traffic>> read_identity_traffic() const;
+    // What the numbered maps hold numbers of: learned DNS answers, queries
+    // awaiting an answer, flows and traffic totals.
+    Result<NumbersInUse> read_numbers_in_use() const;
 
     // Not per generation: registered workload cgroups and identity names.
     Result<std::map<uint64_t, uint32_t>> read_workload_identities() const;
