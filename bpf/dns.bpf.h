@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * The DNS response parser of the packet program: a copy of the UDP payload
- * (in dns_scratch_v1) into struct egressd_dns_parsed. Every read is bounds
+ * (in dns_scratch_v2) into struct egressd_dns_parsed. Every read is bounds
  * checked against the copy, every loop is a bpf_loop() bounded by a limit of
  * maps/egressd_abi.h, and a compression pointer must point before itself, so
  * no packet can make it read out of bounds or loop: the verifier proves the

@@ -118,12 +118,12 @@ static __always_inline void egressd_dns_query_out(struct __sk_buff *skb)
 	struct egressd_dns_ctx ctx;
 	const struct egressd_config *cfg;
 	struct egressd_dns_scratch *s;
-	__u32 zero = 0, slot;
+	__u32 entry = EGRESSD_DNS_SCRATCH_QUERY, slot;
 	__u16 flags, qdcount;
 
 	if (egressd_dns_datagram(skb, 0, &dgram) || !egressd_dns_trusted(&dgram.peer))
 		return;
-	s = bpf_map_lookup_elem(&EGRESSD_MAP_DNS_SCRATCH, &zero);
+	s = bpf_map_lookup_elem(&EGRESSD_MAP_DNS_SCRATCH, &entry);
 	cfg = egressd_active_config(&slot);
 	if (!s || !cfg || egressd_dns_copy(skb, dgram.payload, dgram.length, s) != EGRESSD_DNS_OK)
 		return;
@@ -246,7 +246,7 @@ static __always_inline void egressd_dns_answer_in(struct __sk_buff *skb)
 	const struct egressd_config *cfg;
 	struct egressd_dns_learning learning = {};
 	struct egressd_dns_scratch *s;
-	__u32 zero = 0, slot, status;
+	__u32 entry = EGRESSD_DNS_SCRATCH_ANSWER, zero = 0, slot, status;
 
 	if (egressd_dns_datagram(skb, 1, &dgram))
 		return;
@@ -255,7 +255,7 @@ static __always_inline void egressd_dns_answer_in(struct __sk_buff *skb)
 		egressd_dns_count(EGRESSD_DNS_STAT_UNTRUSTED);
 		return;
 	}
-	s = bpf_map_lookup_elem(&EGRESSD_MAP_DNS_SCRATCH, &zero);
+	s = bpf_map_lookup_elem(&EGRESSD_MAP_DNS_SCRATCH, &entry);
 	if (!s)
 		return;
 	status = egressd_dns_copy(skb, dgram.payload, dgram.length, s);

@@ -128,7 +128,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, EGRESSD_DNS_SCRATCH_ENTRIES);
 	__type(key, __u32);
 	__type(value, struct egressd_dns_scratch);
 } EGRESSD_MAP_DNS_SCRATCH SEC(".maps");

@@ -61,7 +61,8 @@
 /* v2: allocated as totals appear (BPF_F_NO_PREALLOC), not 16k per-CPU values up front */
 #define EGRESSD_MAP_RULE_TRAFFIC rule_traffic_v2
 #define EGRESSD_MAP_ID_TRAFFIC id_traffic_v2
-#define EGRESSD_MAP_DNS_SCRATCH dns_scratch_v1 /* per-CPU: a DNS response and what it says */
+/* v2: one entry per direction (v1 had one, shared) */
+#define EGRESSD_MAP_DNS_SCRATCH dns_scratch_v2 /* per-CPU: a DNS message and what it says */
 #define EGRESSD_MAP_DNS_SETTINGS dns_settings_v1
 #define EGRESSD_MAP_DNS_SERVERS dns_servers_v1 /* the trusted resolvers */
 #define EGRESSD_MAP_DNS_QUERIES dns_queries_v1 /* queries on their way out, awaiting their answer */
@@ -534,9 +535,17 @@ struct egressd_dns_work {
 	__u64 hash; /* the hash being computed */
 };
 
-/* dns_scratch_v1: PERCPU_ARRAY, 1 entry: the packet program's working space
- * (a BPF stack is 512 bytes). The packet is copied to `payload`; `parsed` is
- * the result. Nothing in it outlives one program run. */
+/* dns_scratch_v2: PERCPU_ARRAY, one entry per direction: the packet
+ * programs' working space (a BPF stack is 512 bytes). The packet is copied to
+ * `payload`; `parsed` is the result. Nothing in it outlives one program run.
+ * A query is parsed in the egress program, which runs with softirqs enabled
+ * when the sender is a task; an answer arriving meanwhile is parsed by the
+ * ingress program in a softirq on the same CPU, so each has its own entry. */
+enum egressd_dns_scratch_entry {
+	EGRESSD_DNS_SCRATCH_QUERY = 0,  /* egress: a query, recorded */
+	EGRESSD_DNS_SCRATCH_ANSWER = 1, /* ingress: an answer, learned from */
+	EGRESSD_DNS_SCRATCH_ENTRIES = 2,
+};
 struct egressd_dns_scratch {
 	__u8 payload[EGRESSD_DNS_PAYLOAD_MAX];
 	__u32 payload_len;

@@ -107,14 +107,14 @@ public:
             std::memset(&v, 0, sizeof v);
             v.parsed.status = EGRESSD_DNS_STATUS_MAX;
         }
-        const uint32_t zero = 0;
-        const int map = bpf_map__fd(skel_->maps.dns_scratch_v1);
-        REQUIRE(bpf_map_update_elem(map, &zero, values_.data(), BPF_ANY) == 0);
+        const uint32_t answer = EGRESSD_DNS_SCRATCH_ANSWER;  // egressd_dns_in's entry
+        const int map = bpf_map__fd(skel_->maps.EGRESSD_MAP_DNS_SCRATCH);
+        REQUIRE(bpf_map_update_elem(map, &answer, values_.data(), BPF_ANY) == 0);
         LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = packet.data(), .data_size_in = uint32_t(packet.size()),
                     .repeat = 1);
         REQUIRE(bpf_prog_test_run_opts(bpf_program__fd(skel_->progs.egressd_dns_in), &opts) == 0);
         CHECK(opts.retval == 1);  // the program never drops
-        REQUIRE(bpf_map_lookup_elem(map, &zero, values_.data()) == 0);
+        REQUIRE(bpf_map_lookup_elem(map, &answer, values_.data()) == 0);
         return values_[static_cast<size_t>(cpu_)].parsed;
     }
 

@@ -85,7 +85,7 @@ constexpr MapCarry map_carry(std::string_view name) {
 // Maps earlier versions pinned and this one no longer has: unpinned once the
 // new set is pinned, and by --cleanup.
 inline constexpr auto kRetiredMapNames =
-    std::to_array<const char*>({"flow_marks_v1", "flows_v1", "rule_traffic_v1", "id_traffic_v1"});
+    std::to_array<const char*>({"flow_marks_v1", "flows_v1", "rule_traffic_v1", "id_traffic_v1", "dns_scratch_v1"});
 
 struct Traffic {
     uint64_t connections = 0, bytes_sent = 0, bytes_received = 0;
