@@ -540,7 +540,10 @@ struct egressd_dns_work {
  * `payload`; `parsed` is the result. Nothing in it outlives one program run.
  * A query is parsed in the egress program, which runs with softirqs enabled
  * when the sender is a task; an answer arriving meanwhile is parsed by the
- * ingress program in a softirq on the same CPU, so each has its own entry. */
+ * ingress program in a softirq on the same CPU, so each has its own entry.
+ * Two runs of one direction on one CPU (a preemptible kernel, or softirqs in
+ * threads) can still meet in an entry: a query is then not recorded or an
+ * answer not learned, and the connect() denied; never anything allowed. */
 enum egressd_dns_scratch_entry {
 	EGRESSD_DNS_SCRATCH_QUERY = 0,  /* egress: a query, recorded */
 	EGRESSD_DNS_SCRATCH_ANSWER = 1, /* ingress: an answer, learned from */

@@ -209,6 +209,9 @@ host_policy "ipAddresses: [203.0.113.250/32]"
 check "api.test.egressd withdrawn: its learned address is denied" until_verdict "$learned:8080" 1
 stop_agent
 check "the agent restarts on a generation with no policy host" start_agent
+check "  ...and keeps the learned answer, under its old host's number alone" python3 -c "
+import json, sys; h = [e for e in json.loads(sys.argv[1]) if e['address'] == sys.argv[2] and not e['expired']]
+sys.exit(0 if h and h[0]['host'] is None else 1)" "$(ctl hosts --json)" "$learned"
 host_policy "hosts: [www.test.egressd]"
 check "a new policy host is allowed" until_verdict www.test.egressd:8080 0
 check "and it does not inherit api.test.egressd's learned address ($learned)" test "$(verdict_of "$learned:8080")" = 1

@@ -323,6 +323,27 @@ TEST_CASE("kernel: a map of another layout is made fresh with its group, and the
         CHECK(run_probe(env.cg, env.net, {.address = Net::kExternal4, .port = 80}).error == EPERM);
         CHECK(run_probe(env.cg, env.net, {.address = Net::kMesh4, .port = 80}).error == 0);
     }
+    SUBCASE("learned answers of another capacity: the numbers they hold are still known") {
+        Capacities other;
+        other.dns_learned = 2 * Capacities{}.dns_learned;
+        auto second = Datapath::load({first.pin_dir(), other});
+        REQUIRE(second.ok());
+        CHECK((*second)->adopted_maps());
+        const std::vector<std::string> fresh = (*second)->fresh_maps();
+        CHECK(fresh == std::vector<std::string>{EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_LEARNED)});
+        // The fresh map is empty; the old programs still read the old one, which names host 2.
+        const auto in_use = (*second)->numbers_in_use();
+        REQUIRE(in_use.ok());
+        CHECK(in_use->host == 2);
+        CHECK(in_use->identity == 11);
+    }
+    SUBCASE("learned answers that cannot be read: the generation maps are not kept either") {
+        pin_other_shape(EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_LEARNED));
+        auto second = Datapath::load({first.pin_dir(), Capacities{}});
+        REQUIRE(second.ok());
+        CHECK_FALSE((*second)->adopted_maps());
+        CHECK((*second)->not_adopted_why().find("cannot be read") != std::string::npos);
+    }
     SUBCASE("a generation map: the generation and numbered maps are all made fresh, the others kept") {
         const char* changed = EGRESSD_STRINGIFY(EGRESSD_MAP_PORTS);
         pin_other_shape(changed);

@@ -122,7 +122,7 @@ Status Agent::load_and_adopt() {
         // The generation in force numbers only what it uses: a host number
         // retired before the restart may still be named by a learned answer,
         // and given to another host it would allow that answer's address.
-        auto in_use = datapath_->maps().read_numbers_in_use();
+        auto in_use = datapath_->numbers_in_use();
         if (!in_use) return in_use.error().with_context("reading the numbers the pinned state uses");
         reconciler_->reserve_numbers(*in_use);
     }

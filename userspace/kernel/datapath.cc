@@ -73,6 +73,7 @@ struct Carried {
     bool generation = false;          // the generation maps (and with them the numbered ones that matched)
     std::vector<std::string> fresh;   // made anew by this load: pinned once the programs use them
     std::string why;                  // what was pinned and could not be kept, or ""
+    NumbersInUse replaced_numbers;    // what numbered maps made fresh held, with the generation kept
 };
 
 // Makes the object use the pinned maps that exist and match its definitions,
@@ -81,10 +82,14 @@ struct Carried {
 // them; the others one by one. A layout change to some maps (a new build)
 // thus keeps the rest, learned DNS answers included when the generation
 // maps are unchanged. The rest is made fresh, and replaces the pins only
-// once the links use it.
+// once the links use it. A numbered map of another capacity is read for the
+// numbers it holds (they must not be handed out again while the old programs
+// still read it); one whose numbers decide a verdict and cannot be read makes
+// the generation maps fresh too.
 Result<Carried> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir) {
     Carried carried;
     std::vector<std::pair<bpf_map*, UniqueFd>> found;  // no descriptor: nothing usable pinned
+    std::vector<std::pair<std::string, UniqueFd>> resized;  // numbered maps pinned with another capacity
     bool generation_whole = true, generation_any = false, generation_noted = false;
     auto note = [&carried](const std::string& problem) { carried.why += (carried.why.empty() ? "" : "; ") + problem; };
     for (bpf_map* map : shared_maps(object)) {
@@ -111,6 +116,9 @@ Result<Carried> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir) {
             info.max_entries == bpf_map__max_entries(map) && info.map_flags == bpf_map__map_flags(map) &&
             std::string_view(info.name) == std::string_view(bpf_map__name(map)).substr(0, BPF_OBJ_NAME_LEN - 1) &&
             (info.btf_id != 0 || bpf_map__type(map) == BPF_MAP_TYPE_RINGBUF);  // a ring buffer has no key or value type
+        if (!compatible && map_carry(bpf_map__name(map)) == MapCarry::numbered && info.type == bpf_map__type(map) &&
+            info.key_size == bpf_map__key_size(map) && info.value_size == bpf_map__value_size(map) && info.btf_id != 0)
+            resized.emplace_back(bpf_map__name(map), std::move(*fd));
         if (!compatible) {
             note(fmt::format("{} does not match this build (type {} key {} value {} entries {} flags {:#x}{}; "
                              "expected type {} key {} value {} entries {} flags {:#x} with BTF)",
@@ -127,6 +135,23 @@ Result<Carried> reuse_pinned_maps(bpf_object* object, const fs::path& pin_dir) {
         found.emplace_back(map, std::move(*fd));
     }
     carried.generation = generation_whole && generation_any;
+    std::set<std::string> numbers_known;
+    for (auto& [name, fd] : resized) {
+        if (!fd.valid()) continue;
+        if (auto read = MapSet::add_numbers_of_pinned(name, std::move(fd), carried.replaced_numbers); read)
+            numbers_known.insert(name);
+        else
+            note(read.error().describe());
+    }
+    for (const auto& [map, fd] : found) {
+        const std::string name = bpf_map__name(map);
+        if (carried.generation && !fd.valid() && numbers_decide(name) && !numbers_known.contains(name)) {
+            note(fmt::format("{} is not kept and the numbers it held cannot be read, so the generation maps are "
+                             "not kept either",
+                             (pin_dir / name).string()));
+            carried.generation = false;
+        }
+    }
     if (generation_any && !generation_whole && !generation_noted) {
         for (const auto& [map, fd] : found) {
             if (map_carry(bpf_map__name(map)) == MapCarry::generation && !fd.valid()) {
@@ -166,6 +191,7 @@ Result<std::unique_ptr<Datapath>> Datapath::load(const Options& options) {
     auto carried = reuse_pinned_maps(object, options.pin_dir);
     if (!carried) return carried.error();
     dp->adopted_maps_ = carried->generation;
+    dp->replaced_numbers_ = carried->replaced_numbers;
     dp->not_adopted_why_ = std::move(carried->why);
     dp->fresh_maps_ = std::move(carried->fresh);
 
@@ -206,6 +232,15 @@ Status Datapath::read_adopted_state() {
 }
 
 Datapath::~Datapath() = default;
+
+Result<NumbersInUse> Datapath::numbers_in_use() const {
+    auto in_use = maps_.read_numbers_in_use();
+    if (!in_use) return in_use.error();
+    in_use->identity = std::max(in_use->identity, replaced_numbers_.identity);
+    in_use->policy = std::max(in_use->policy, replaced_numbers_.policy);
+    in_use->host = std::max(in_use->host, replaced_numbers_.host);
+    return in_use;
+}
 
 std::optional<MapImage> Datapath::active_image() const {
     const MapImage& active = *slot_images_[active_slot_];

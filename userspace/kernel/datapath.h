@@ -53,6 +53,10 @@ public:
     const std::string& not_adopted_why() const { return not_adopted_why_; }
     // The maps this load made fresh, until they are pinned (attach()).
     const std::vector<std::string>& fresh_maps() const { return fresh_maps_; }
+    // The highest numbers the numbered maps hold: those kept, and those of
+    // another capacity that this load replaced (the old programs read them
+    // until the links use the new ones).
+    Result<NumbersInUse> numbers_in_use() const;
     // Maps another build pinned, unpinned once this build's were in place.
     const std::vector<std::string>& retired_maps() const { return retired_maps_; }
     // The generation the kernel enforces now (adopted maps), if any.
@@ -147,6 +151,7 @@ private:
     bool adopted_maps_ = false;
     std::string not_adopted_why_;
     std::vector<std::string> fresh_maps_;
+    NumbersInUse replaced_numbers_;
     std::vector<std::string> retired_maps_;
     uint32_t active_slot_ = 0;
     // What each slot holds in the kernel. Images are immutable and shared:

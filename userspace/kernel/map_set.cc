@@ -184,34 +184,100 @@ Result<std::map<uint32_t, Traffic>> MapSet::read_identity_traffic() const {
     return out;
 }
 
-Result<NumbersInUse> MapSet::read_numbers_in_use() const {
-    NumbersInUse in_use;
-    auto identity = [&in_use](uint32_t n) { in_use.identity = std::max(in_use.identity, n); };
-    auto policy = [&in_use](uint32_t reason, uint32_t n) {
-        if (reason == EGRESSD_REASON_POLICY) in_use.policy = std::max(in_use.policy, n);
-    };
-    auto learned = dns_learned.read_all();
-    if (!learned) return learned.error();
-    for (const auto& [key, entry] : *learned) {
-        identity(key.identity);
+namespace {
+
+void note_identity(NumbersInUse& in_use, uint32_t n) { in_use.identity = std::max(in_use.identity, n); }
+void note_policy(NumbersInUse& in_use, uint32_t reason, uint32_t n) {
+    if (reason == EGRESSD_REASON_POLICY) in_use.policy = std::max(in_use.policy, n);
+}
+
+Status add_numbers(const BpfMap<egressd_dns_learned_key, egressd_dns_learned>& map, NumbersInUse& in_use) {
+    auto entries = map.read_all();
+    if (!entries) return entries.error();
+    for (const auto& [key, entry] : *entries) {
+        note_identity(in_use, key.identity);
         in_use.host = std::max(in_use.host, entry.host);
     }
-    auto queries = dns_queries.read_all();
-    if (!queries) return queries.error();
-    for (const auto& [key, query] : *queries) identity(query.identity);
-    auto open = flows.read_all();
-    if (!open) return open.error();
-    for (const auto& [cookie, flow] : *open) {
-        identity(flow.identity);
-        policy(flow.reason, flow.rule);
+    return {};
+}
+
+Status add_numbers(const BpfMap<egressd_dns_query_key, egressd_dns_query>& map, NumbersInUse& in_use) {
+    auto entries = map.read_all();
+    if (!entries) return entries.error();
+    for (const auto& [key, query] : *entries) note_identity(in_use, query.identity);
+    return {};
+}
+
+Status add_numbers(const BpfMap<uint64_t, egressd_flow>& map, NumbersInUse& in_use) {
+    auto entries = map.read_all();
+    if (!entries) return entries.error();
+    for (const auto& [cookie, flow] : *entries) {
+        note_identity(in_use, flow.identity);
+        note_policy(in_use, flow.reason, flow.rule);
     }
-    auto rules = read_rule_traffic();
-    if (!rules) return rules.error();
-    for (const auto& [key, traffic] : *rules) policy(key.first, key.second);
-    auto identities = read_identity_traffic();
-    if (!identities) return identities.error();
-    for (const auto& [key, traffic] : *identities) identity(key);
+    return {};
+}
+
+Status add_numbers(const BpfMap<uint64_t, egressd_event_bucket>& map, NumbersInUse& in_use) {
+    auto entries = map.read_all();
+    if (!entries) return entries.error();
+    for (const auto& [source, bucket] : *entries) {
+        if (!(source >> 63)) note_identity(in_use, static_cast<uint32_t>(source));  // else a cgroup id
+    }
+    return {};
+}
+
+Status add_numbers(const BpfMap<egressd_traffic_key, egressd_traffic>& map, NumbersInUse& in_use) {
+    auto entries = map.read_all_per_cpu();
+    if (!entries) return entries.error();
+    for (const auto& [key, values] : *entries) note_policy(in_use, key.reason, key.rule);
+    return {};
+}
+
+Status add_numbers(const BpfMap<uint32_t, egressd_traffic>& map, NumbersInUse& in_use) {
+    auto entries = map.read_all_per_cpu();
+    if (!entries) return entries.error();
+    for (const auto& [identity, values] : *entries) note_identity(in_use, identity);
+    return {};
+}
+
+}  // namespace
+
+Result<NumbersInUse> MapSet::read_numbers_in_use() const {
+    NumbersInUse in_use;
+    for (const Status& read : {add_numbers(dns_learned, in_use), add_numbers(dns_queries, in_use),
+                               add_numbers(flows, in_use), add_numbers(event_limits, in_use),
+                               add_numbers(rule_traffic, in_use), add_numbers(identity_traffic, in_use)}) {
+        if (!read) return read.error();
+    }
     return in_use;
+}
+
+namespace {
+
+template <typename Key, typename Value>
+Status add_pinned_numbers(const std::string& name, UniqueFd fd, NumbersInUse& in_use) {
+    auto map = BpfMap<Key, Value>::adopt(std::move(fd), name);  // key and value sizes checked
+    if (!map) return map.error();
+    return add_numbers(*map, in_use);
+}
+
+}  // namespace
+
+Status MapSet::add_numbers_of_pinned(const std::string& name, UniqueFd fd, NumbersInUse& in_use) {
+    if (name == EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_LEARNED))
+        return add_pinned_numbers<egressd_dns_learned_key, egressd_dns_learned>(name, std::move(fd), in_use);
+    if (name == EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_QUERIES))
+        return add_pinned_numbers<egressd_dns_query_key, egressd_dns_query>(name, std::move(fd), in_use);
+    if (name == EGRESSD_STRINGIFY(EGRESSD_MAP_FLOWS))
+        return add_pinned_numbers<uint64_t, egressd_flow>(name, std::move(fd), in_use);
+    if (name == EGRESSD_STRINGIFY(EGRESSD_MAP_EVENT_LIMITS))
+        return add_pinned_numbers<uint64_t, egressd_event_bucket>(name, std::move(fd), in_use);
+    if (name == EGRESSD_STRINGIFY(EGRESSD_MAP_RULE_TRAFFIC))
+        return add_pinned_numbers<egressd_traffic_key, egressd_traffic>(name, std::move(fd), in_use);
+    if (name == EGRESSD_STRINGIFY(EGRESSD_MAP_ID_TRAFFIC))
+        return add_pinned_numbers<uint32_t, egressd_traffic>(name, std::move(fd), in_use);
+    return make_error(name + " holds no numbers this build can read");
 }
 
 Result<std::map<uint64_t, uint32_t>> MapSet::read_workload_identities() const {

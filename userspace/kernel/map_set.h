@@ -82,6 +82,14 @@ constexpr MapCarry map_carry(std::string_view name) {
     return MapCarry::generation;
 }
 
+// Numbered maps whose numbers reach a verdict: a learned answer allows its
+// address under its host's rule, for its identity. When one is not kept, the
+// numbers the pinned one holds must be known, or the generation maps are not
+// kept either (Datapath::load).
+constexpr bool numbers_decide(std::string_view name) {
+    return name == EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_LEARNED) || name == EGRESSD_STRINGIFY(EGRESSD_MAP_DNS_QUERIES);
+}
+
 // Maps earlier versions pinned and this one no longer has: unpinned once the
 // new set is pinned, and by --cleanup.
 inline constexpr auto kRetiredMapNames =
@@ -92,8 +100,9 @@ struct Traffic {
     bool operator==(const Traffic&) const = default;
 };
 
-// The highest identity, policy and host numbers the numbered maps use
-// (MapCarry::numbered), expired entries included; 0: none.
+// The highest identity, policy and host numbers that numbered maps
+// (MapCarry::numbered) hold, expired entries included; 0: none. The event
+// ring is not read: an event not read yet may be named anew.
 struct NumbersInUse {
     uint32_t identity = 0, policy = 0, host = 0;
     bool operator==(const NumbersInUse&) const = default;
@@ -133,8 +142,11 @@ public:
     Result<std::map<std::pair<uint32_t, uint32_t>, Traffic>> read_rule_traffic() const;
     Result<std::map<uint32_t, Traffic>> read_identity_traffic() const;
     // What the numbered maps hold numbers of: learned DNS answers, queries
-    // awaiting an answer, flows and traffic totals.
+    // awaiting an answer, flows, rate limits and traffic totals.
     Result<NumbersInUse> read_numbers_in_use() const;
+    // The same for one pinned map this build did not keep (another capacity),
+    // by its name; an error for a map it cannot read.
+    static Status add_numbers_of_pinned(const std::string& name, UniqueFd fd, NumbersInUse& in_use);
 
     // Not per generation: registered workload cgroups and identity names.
     Result<std::map<uint64_t, uint32_t>> read_workload_identities() const;
