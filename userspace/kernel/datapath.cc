@@ -236,9 +236,7 @@ Datapath::~Datapath() = default;
 Result<NumbersInUse> Datapath::numbers_in_use() const {
     auto in_use = maps_.read_numbers_in_use();
     if (!in_use) return in_use.error();
-    in_use->identity = std::max(in_use->identity, replaced_numbers_.identity);
-    in_use->policy = std::max(in_use->policy, replaced_numbers_.policy);
-    in_use->host = std::max(in_use->host, replaced_numbers_.host);
+    in_use->add(replaced_numbers_);
     return in_use;
 }
 

@@ -186,17 +186,12 @@ Result<std::map<uint32_t, Traffic>> MapSet::read_identity_traffic() const {
 
 namespace {
 
-void note_identity(NumbersInUse& in_use, uint32_t n) { in_use.identity = std::max(in_use.identity, n); }
-void note_policy(NumbersInUse& in_use, uint32_t reason, uint32_t n) {
-    if (reason == EGRESSD_REASON_POLICY) in_use.policy = std::max(in_use.policy, n);
-}
-
 Status add_numbers(const BpfMap<egressd_dns_learned_key, egressd_dns_learned>& map, NumbersInUse& in_use) {
     auto entries = map.read_all();
     if (!entries) return entries.error();
     for (const auto& [key, entry] : *entries) {
-        note_identity(in_use, key.identity);
-        in_use.host = std::max(in_use.host, entry.host);
+        in_use.note_identity(key.identity);
+        in_use.note_host(entry.host);
     }
     return {};
 }
@@ -204,7 +199,7 @@ Status add_numbers(const BpfMap<egressd_dns_learned_key, egressd_dns_learned>& m
 Status add_numbers(const BpfMap<egressd_dns_query_key, egressd_dns_query>& map, NumbersInUse& in_use) {
     auto entries = map.read_all();
     if (!entries) return entries.error();
-    for (const auto& [key, query] : *entries) note_identity(in_use, query.identity);
+    for (const auto& [key, query] : *entries) in_use.note_identity(query.identity);
     return {};
 }
 
@@ -212,8 +207,8 @@ Status add_numbers(const BpfMap<uint64_t, egressd_flow>& map, NumbersInUse& in_u
     auto entries = map.read_all();
     if (!entries) return entries.error();
     for (const auto& [cookie, flow] : *entries) {
-        note_identity(in_use, flow.identity);
-        note_policy(in_use, flow.reason, flow.rule);
+        in_use.note_identity(flow.identity);
+        in_use.note_policy(flow.reason, flow.rule);
     }
     return {};
 }
@@ -222,7 +217,7 @@ Status add_numbers(const BpfMap<uint64_t, egressd_event_bucket>& map, NumbersInU
     auto entries = map.read_all();
     if (!entries) return entries.error();
     for (const auto& [source, bucket] : *entries) {
-        if (!(source >> 63)) note_identity(in_use, static_cast<uint32_t>(source));  // else a cgroup id
+        if (!(source >> 63)) in_use.note_identity(static_cast<uint32_t>(source));  // else a cgroup id
     }
     return {};
 }
@@ -230,14 +225,14 @@ Status add_numbers(const BpfMap<uint64_t, egressd_event_bucket>& map, NumbersInU
 Status add_numbers(const BpfMap<egressd_traffic_key, egressd_traffic>& map, NumbersInUse& in_use) {
     auto entries = map.read_all_per_cpu();
     if (!entries) return entries.error();
-    for (const auto& [key, values] : *entries) note_policy(in_use, key.reason, key.rule);
+    for (const auto& [key, values] : *entries) in_use.note_policy(key.reason, key.rule);
     return {};
 }
 
 Status add_numbers(const BpfMap<uint32_t, egressd_traffic>& map, NumbersInUse& in_use) {
     auto entries = map.read_all_per_cpu();
     if (!entries) return entries.error();
-    for (const auto& [identity, values] : *entries) note_identity(in_use, identity);
+    for (const auto& [identity, values] : *entries) in_use.note_identity(identity);
     return {};
 }
 

@@ -4,6 +4,7 @@
 // all come from it. Names and types come from maps/egressd_abi.h.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <filesystem>
@@ -105,6 +106,16 @@ struct Traffic {
 // ring is not read: an event not read yet may be named anew.
 struct NumbersInUse {
     uint32_t identity = 0, policy = 0, host = 0;
+    void note_identity(uint32_t n) { identity = std::max(identity, n); }
+    void note_policy(uint32_t reason, uint32_t n) {  // a rule number is a policy's only on row 7
+        if (reason == EGRESSD_REASON_POLICY) policy = std::max(policy, n);
+    }
+    void note_host(uint32_t n) { host = std::max(host, n); }
+    void add(const NumbersInUse& other) {
+        note_identity(other.identity);
+        note_policy(EGRESSD_REASON_POLICY, other.policy);
+        note_host(other.host);
+    }
     bool operator==(const NumbersInUse&) const = default;
 };
 
